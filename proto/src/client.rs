@@ -1,0 +1,380 @@
+//! A leader-agnostic etcd v3 client over a list of endpoints.
+//!
+//! Any member will do: every eden member forwards writes to the leader itself. When an endpoint
+//! cannot be reached, the client moves on to the next. A request is retried on another endpoint only
+//! when it surely did not take effect: the connection could not be made, or the server said it has
+//! no leader. A write whose connection broke mid-way is reported, never silently repeated.
+//!
+//! [`Client::watch`] resumes by itself: it remembers the next revision it needs and, when its
+//! stream breaks, re-creates the watch on another endpoint from that revision, so the caller sees
+//! no gap and no duplicate.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::etcdserverpb::cluster_client::ClusterClient;
+use crate::etcdserverpb::kv_client::KvClient;
+use crate::etcdserverpb::lease_client::LeaseClient;
+use crate::etcdserverpb::maintenance_client::MaintenanceClient;
+use crate::etcdserverpb::watch_client::WatchClient;
+use crate::etcdserverpb::*;
+
+/// How long to wait for a TCP connection to one endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest response the client accepts.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No endpoint could be reached, or the cluster has no leader.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The cluster answered with an error.
+    #[error("{}", .0.message())]
+    Server(Status),
+    #[error("{0}")]
+    InvalidEndpoint(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Server(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Whether a request of this kind may be sent again after this error.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads: any unavailability is worth another endpoint.
+    Read,
+    /// Writes: only when the request surely did not take effect.
+    Write,
+}
+
+pub struct Client {
+    endpoints: Vec<String>,
+    current: AtomicUsize,
+    channels: Mutex<Vec<Option<Channel>>>,
+}
+
+fn normalize(ep: &str) -> String {
+    let ep = ep.trim();
+    if ep.starts_with("http://") || ep.starts_with("https://") {
+        ep.to_string()
+    } else {
+        format!("http://{ep}")
+    }
+}
+
+/// True when the failure happened before the request reached a server.
+fn not_sent(s: &Status) -> bool {
+    let m = s.message().to_ascii_lowercase();
+    s.code() == Code::Unavailable && (m.contains("connect") || m.contains("connection refused") || m.contains("dns"))
+}
+
+fn retryable(s: &Status, kind: Retry) -> bool {
+    match kind {
+        Retry::Read => s.code() == Code::Unavailable,
+        Retry::Write => not_sent(s) || (s.code() == Code::Unavailable && s.message() == "etcdserver: no leader"),
+    }
+}
+
+impl Client {
+    /// A client for these endpoints (`host:port` or URLs). Nothing is dialed until the first request.
+    pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Client> {
+        let endpoints: Vec<String> = endpoints.iter().map(|e| normalize(e.as_ref())).filter(|e| e.len() > 7).collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::InvalidEndpoint("no endpoints given".into()));
+        }
+        for ep in &endpoints {
+            Endpoint::from_shared(ep.clone()).map_err(|e| ClientError::InvalidEndpoint(format!("{ep}: {e}")))?;
+        }
+        let n = endpoints.len();
+        Ok(Client { endpoints, current: AtomicUsize::new(0), channels: Mutex::new(vec![None; n]) })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    async fn channel(&self, i: usize) -> std::result::Result<Channel, String> {
+        if let Some(ch) = self.channels.lock().expect("channel lock")[i].clone() {
+            return Ok(ch);
+        }
+        let ep = Endpoint::from_shared(self.endpoints[i].clone())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true);
+        let ch = ep.connect().await.map_err(|e| format!("{}: {e}", self.endpoints[i]))?;
+        self.channels.lock().expect("channel lock")[i] = Some(ch.clone());
+        Ok(ch)
+    }
+
+    fn forget(&self, i: usize) {
+        self.channels.lock().expect("channel lock")[i] = None;
+    }
+
+    /// Runs `f` against endpoints in turn, starting with the last one that worked.
+    pub async fn call<T, F, Fut>(&self, kind: Retry, f: F) -> Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
+    {
+        let n = self.endpoints.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last_err = String::new();
+        // Two rounds over the endpoints: a member may come back or elect a leader meanwhile.
+        for attempt in 0..2 * n {
+            let i = (start + attempt) % n;
+            let ch = match self.channel(i).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    last_err = e;
+                    continue;
+                }
+            };
+            match f(ch).await {
+                Ok(v) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(s) if retryable(&s, kind) => {
+                    last_err = format!("{}: {}", self.endpoints[i], s.message());
+                    self.forget(i);
+                    if attempt + 1 >= n {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+                Err(s) if s.code() == Code::Unavailable => {
+                    self.forget(i);
+                    return Err(ClientError::Unavailable(format!("{}: {}", self.endpoints[i], s.message())));
+                }
+                Err(s) if s.code() == Code::DeadlineExceeded => {
+                    return Err(ClientError::Unavailable(format!("{}: {}", self.endpoints[i], s.message())));
+                }
+                Err(s) => return Err(ClientError::Server(s)),
+            }
+        }
+        Err(ClientError::Unavailable(format!("no endpoint available ({last_err})")))
+    }
+
+    fn kv(ch: Channel) -> KvClient<Channel> {
+        KvClient::new(ch).max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.call(Retry::Read, |ch| {
+            let req = req.clone();
+            async move { Self::kv(ch).range(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        self.call(Retry::Write, |ch| {
+            let req = req.clone();
+            async move { Self::kv(ch).put(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        self.call(Retry::Write, |ch| {
+            let req = req.clone();
+            async move { Self::kv(ch).delete_range(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        self.call(Retry::Write, |ch| {
+            let req = req.clone();
+            async move { Self::kv(ch).txn(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
+        self.call(Retry::Write, |ch| {
+            let req = req.clone();
+            async move { Self::kv(ch).compact(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn lease_grant(&self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
+        self.call(Retry::Write, |ch| async move {
+            LeaseClient::new(ch).lease_grant(LeaseGrantRequest { ttl, id }).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
+        self.call(Retry::Write, |ch| async move {
+            LeaseClient::new(ch).lease_revoke(LeaseRevokeRequest { id }).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse> {
+        self.call(Retry::Read, |ch| async move {
+            LeaseClient::new(ch).lease_time_to_live(LeaseTimeToLiveRequest { id, keys }).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse> {
+        self.call(Retry::Read, |ch| async move {
+            LeaseClient::new(ch).lease_leases(LeaseLeasesRequest {}).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// One keep-alive round trip (a fresh stream each time, so it survives member failures).
+    pub async fn lease_keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        self.call(Retry::Read, |ch| async move {
+            let mut c = LeaseClient::new(ch);
+            let mut stream = c
+                .lease_keep_alive(tokio_stream::once(LeaseKeepAliveRequest { id }))
+                .await?
+                .into_inner();
+            match stream.message().await? {
+                Some(r) => Ok(r),
+                None => Err(Status::unavailable("keep-alive stream closed")),
+            }
+        })
+        .await
+    }
+
+    pub async fn member_list(&self) -> Result<MemberListResponse> {
+        self.call(Retry::Read, |ch| async move {
+            ClusterClient::new(ch).member_list(MemberListRequest { linearizable: false }).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// The status of one endpoint (by its index in [`Client::endpoints`]); no failover.
+    pub async fn status_of(&self, i: usize) -> Result<StatusResponse> {
+        let ch = self.channel(i).await.map_err(ClientError::Unavailable)?;
+        MaintenanceClient::new(ch)
+            .status(StatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| {
+                self.forget(i);
+                if s.code() == Code::Unavailable {
+                    ClientError::Unavailable(format!("{}: {}", self.endpoints[i], s.message()))
+                } else {
+                    ClientError::Server(s)
+                }
+            })
+    }
+
+    /// Watches a key or range, resuming on another endpoint whenever a stream breaks. Responses
+    /// (events, progress notifications, and a final cancel) arrive on the returned channel; it
+    /// closes after a cancel or when every endpoint stayed unreachable for `give_up`.
+    pub fn watch(self: &std::sync::Arc<Self>, create: WatchCreateRequest, give_up: Duration) -> mpsc::Receiver<Result<WatchResponse>> {
+        let (tx, rx) = mpsc::channel(64);
+        let client = self.clone();
+        tokio::spawn(async move { client.watch_loop(create, give_up, tx).await });
+        rx
+    }
+
+    async fn watch_loop(&self, mut create: WatchCreateRequest, give_up: Duration, tx: mpsc::Sender<Result<WatchResponse>>) {
+        let n = self.endpoints.len();
+        let mut i = self.current.load(Ordering::Relaxed);
+        // The next revision the caller needs; 0 until the first created response tells us.
+        let mut next_rev = create.start_revision;
+        let mut down_since: Option<tokio::time::Instant> = None;
+        loop {
+            if next_rev > 0 {
+                create.start_revision = next_rev;
+            }
+            let outcome = self.watch_once(i, &create, &mut next_rev, &tx).await;
+            match outcome {
+                WatchEnd::Done => return,
+                WatchEnd::Broken(reason) => {
+                    tracing::debug!(endpoint = %self.endpoints[i], %reason, "watch stream broke, resuming");
+                    self.forget(i);
+                    let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > give_up {
+                        let _ = tx.send(Err(ClientError::Unavailable(format!("watch: no endpoint available ({reason})")))).await;
+                        return;
+                    }
+                    i = (i + 1) % n;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                WatchEnd::Healthy => down_since = None,
+            }
+        }
+    }
+
+    async fn watch_once(
+        &self,
+        i: usize,
+        create: &WatchCreateRequest,
+        next_rev: &mut i64,
+        tx: &mpsc::Sender<Result<WatchResponse>>,
+    ) -> WatchEnd {
+        let ch = match self.channel(i).await {
+            Ok(ch) => ch,
+            Err(e) => return WatchEnd::Broken(e),
+        };
+        let (req_tx, req_rx) = mpsc::channel(4);
+        let _ = req_tx
+            .send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create.clone())) })
+            .await;
+        let mut wc = WatchClient::new(ch).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(req_rx));
+        req.metadata_mut().insert("hasleader", "true".parse().expect("ascii"));
+        let mut stream = match wc.watch(req).await {
+            Ok(s) => s.into_inner(),
+            Err(s) => return WatchEnd::Broken(s.message().to_string()),
+        };
+        let mut healthy = false;
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return if healthy { WatchEnd::Healthy } else { WatchEnd::Broken("stream closed".into()) },
+                Err(s) => return if healthy { WatchEnd::Healthy } else { WatchEnd::Broken(s.message().to_string()) },
+            };
+            if msg.created && !msg.canceled {
+                healthy = true;
+                if *next_rev == 0 {
+                    *next_rev = msg.header.as_ref().map_or(0, |h| h.revision) + 1;
+                }
+            }
+            if let Some(last) = msg.events.last() {
+                *next_rev = last.kv.as_ref().map_or(*next_rev, |kv| kv.mod_revision + 1);
+            }
+            let done = msg.canceled;
+            if tx.send(Ok(msg)).await.is_err() || done {
+                drop(req_tx);
+                return WatchEnd::Done;
+            }
+        }
+    }
+}
+
+enum WatchEnd {
+    /// The caller is gone or the watch was canceled.
+    Done,
+    /// The stream broke after working: resume at once.
+    Healthy,
+    /// The stream could not be set up.
+    Broken(String),
+}

@@ -1,0 +1,31 @@
+//! eden's wire contract and client.
+//!
+//! - [`etcdserverpb`], [`mvccpb`], [`authpb`]: etcd's v3 API, generated from `proto/etcd/*.proto`. The
+//!   client port of `eden server` serves these services, so etcdctl and etcd client libraries work.
+//! - [`peer`]: what members say to each other (Raft messages, forwarded writes, read index, lease
+//!   queries), as opaque payloads the store encodes.
+//! - [`client`]: a leader-agnostic client over a list of endpoints, used by the CLI, agents and
+//!   reactors. It retries on another member when one is unavailable and resumes watches.
+
+pub mod mvccpb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod authpb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("authpb");
+}
+
+pub mod etcdserverpb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod peer {
+    #![allow(clippy::all)]
+    tonic::include_proto!("eden.peer");
+}
+
+pub mod client;
+pub mod keys;

@@ -1,0 +1,95 @@
+//! The RocksDB engine: one database per member holding the Raft log, the vote and the state
+//! machine in separate column families (see [`crate::keys`]). Everything that must survive a crash
+//! is written with a synced WriteBatch; the state machine's data and its last applied log id always
+//! go in the same batch.
+
+use std::path::Path;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch, WriteOptions, DB};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::keys::{ALL_CFS, CF_META};
+
+/// A storage failure: the member itself is broken (disk, corruption), not the request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt record in {cf}: {msg}")]
+    Corrupt { cf: &'static str, msg: String },
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+pub struct Engine {
+    pub db: DB,
+}
+
+impl Engine {
+    /// Opens (or creates) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Engine> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_compression_type(DBCompressionType::Lz4);
+        opts.set_keep_log_file_num(4);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_compression_type(DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, cf_opts)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        Ok(Engine { db })
+    }
+
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    /// Writes a batch and syncs the WAL before returning.
+    pub fn write_sync(&self, batch: WriteBatch) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// Writes a batch without waiting for fsync (for work that is safe to redo after a crash).
+    pub fn write_nosync(&self, batch: WriteBatch) -> Result<()> {
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    pub fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        match self.db.get_cf(self.cf(CF_META), key)? {
+            None => Ok(None),
+            Some(raw) => decode(CF_META, &raw).map(Some),
+        }
+    }
+
+    pub fn put_meta<T: Serialize>(&self, batch: &mut WriteBatch, key: &[u8], value: &T) {
+        batch.put_cf(self.cf(CF_META), key, encode(value));
+    }
+
+    /// Bytes on disk (SST files plus memtables), for Status.dbSize.
+    pub fn size_bytes(&self) -> i64 {
+        let sst = self.db.property_int_value("rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
+        let mem = self.db.property_int_value("rocksdb.cur-size-all-mem-tables").ok().flatten().unwrap_or(0);
+        let mut total = sst + mem;
+        for cf in ALL_CFS {
+            let h = self.cf(cf);
+            total += self.db.property_int_value_cf(h, "rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
+        }
+        total as i64
+    }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("bincode serialization of an in-memory value cannot fail")
+}
+
+pub fn decode<T: DeserializeOwned>(cf: &'static str, raw: &[u8]) -> Result<T> {
+    bincode::deserialize(raw).map_err(|e| EngineError::Corrupt { cf, msg: e.to_string() })
+}

@@ -1,0 +1,513 @@
+//! One member of the cluster: the Raft instance and the store around it, and what a member does on
+//! its own: forward writes and read-index requests to the leader, keep lease deadlines when it
+//! leads, compact old versions, and publish its client URLs through the log.
+//!
+//! Retrying a write is only safe when it surely was not committed. openraft answers
+//! `ForwardToLeader` for a write it never appended or whose entry was truncated, so those are retried
+//! (on the leader they name). A forwarded write whose connection breaks mid-way is indeterminate, as
+//! in etcd, and the client gets "etcdserver: leader changed".
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eden_proto::etcdserverpb::{Member as PbMember, ResponseHeader};
+use eden_proto::peer::peer_client::PeerClient;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::engine::{Engine, EngineError};
+use crate::keys::{META_CLUSTER, META_COMPACT_DONE};
+use crate::lease::{LeaseKeeper, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
+use crate::mvcc::{ApplyError, Mvcc};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{from_payload, peer_channel, to_payload, PeerNetwork};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{Command, Member, Raft, Reply, Response};
+use crate::watch::{WatchHub, DEFAULT_RING_REVISIONS};
+
+/// How long a request waits for a leader and for its write to be applied.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// The client address other members and clients are told about.
+    pub client_addr: String,
+    pub peer_addr: String,
+    /// name -> peer address of every initial member (including this one).
+    pub initial_cluster: Vec<(String, String)>,
+    /// Take a snapshot after this many applied entries (etcd's --snapshot-count).
+    pub snapshot_count: u64,
+    /// Entries kept behind a snapshot for slow followers (etcd's --snapshot-catchup-entries).
+    pub snapshot_catchup_entries: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub progress_notify_interval: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(name: &str, data_dir: PathBuf, client_addr: &str, peer_addr: &str) -> NodeConfig {
+        NodeConfig {
+            name: name.to_string(),
+            data_dir,
+            client_addr: client_addr.to_string(),
+            peer_addr: peer_addr.to_string(),
+            initial_cluster: vec![(name.to_string(), peer_addr.to_string())],
+            snapshot_count: 10_000,
+            snapshot_catchup_entries: 5_000,
+            heartbeat_ms: 100,
+            election_timeout_ms: 1_000,
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+            progress_notify_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A member's id: a stable 64-bit hash of its name (FNV-1a), never 0.
+pub fn member_id(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in name.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h.max(1)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ClusterInfo {
+    cluster_id: u64,
+}
+
+/// A write or read-index request forwarded between members.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardError {
+    NotLeader,
+    Failed(String),
+}
+
+/// Lease questions only the leader can answer (it holds the deadlines).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LeaseQuery {
+    KeepAlive(i64),
+    TimeToLive(i64),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LeaseAnswer {
+    /// TTL after a keep-alive (0 = unknown lease).
+    Ttl(i64),
+    /// remaining and granted TTL; None = unknown lease.
+    Remaining(Option<(i64, i64)>),
+    NotLeader,
+}
+
+pub struct Node {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub config: NodeConfig,
+    pub raft: Raft,
+    pub sm: Arc<StateMachine>,
+    peers: Mutex<BTreeMap<String, PeerClient<Channel>>>,
+    revoking: Mutex<HashSet<i64>>,
+}
+
+pub fn unavailable(msg: &str) -> Status {
+    Status::unavailable(msg.to_string())
+}
+
+/// Maps a deterministic refusal to etcd's gRPC status.
+pub fn refused(e: &ApplyError) -> Status {
+    let msg = e.to_string();
+    match e {
+        ApplyError::Compacted | ApplyError::FutureRev => Status::out_of_range(msg),
+        ApplyError::LeaseNotFound => Status::not_found(msg),
+        ApplyError::LeaseExists => Status::failed_precondition(msg),
+        ApplyError::KeyNotFound => Status::invalid_argument(msg),
+    }
+}
+
+pub fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("etcdserver: {e}"))
+}
+
+impl Node {
+    /// Opens the data dir, starts Raft and this member's background tasks. The caller serves the
+    /// client and peer ports (see [`crate::grpc::serve`]).
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let engine = Arc::new(Engine::open(&config.data_dir.join("db"))?);
+        let id = member_id(&config.name);
+        let cluster_id = match engine.get_meta::<ClusterInfo>(META_CLUSTER)? {
+            Some(c) => c.cluster_id,
+            None => {
+                let mut names: Vec<String> = config.initial_cluster.iter().map(|(n, a)| format!("{n}={a}")).collect();
+                names.sort();
+                let c = ClusterInfo { cluster_id: member_id(&names.join(",")) };
+                let mut b = rocksdb::WriteBatch::default();
+                engine.put_meta(&mut b, META_CLUSTER, &c);
+                engine.write_sync(b)?;
+                c.cluster_id
+            }
+        };
+        let mvcc = Arc::new(Mvcc::open(engine.clone())?);
+        let hub = Arc::new(WatchHub::new(mvcc.current_rev(), DEFAULT_RING_REVISIONS));
+        let leases = Arc::new(LeaseKeeper::new());
+        leases.load(mvcc.leases()?.into_iter().map(|(id, l)| (id, l.ttl)));
+        let sm = Arc::new(StateMachine {
+            engine: engine.clone(),
+            mvcc,
+            hub,
+            leases,
+            compactor: Arc::new(Notify::new()),
+            snapshot_path: config.data_dir.join("snapshot.bin"),
+        });
+        let raft_config = Config {
+            cluster_name: "eden".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
+            install_snapshot_timeout: 10_000,
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()?;
+        let raft = Raft::new(id, Arc::new(raft_config), PeerNetwork, LogStore::new(engine.clone()), sm.clone()).await?;
+        if !raft.is_initialized().await? {
+            let members: BTreeMap<u64, Member> = config
+                .initial_cluster
+                .iter()
+                .map(|(n, a)| (member_id(n), Member { name: n.clone(), peer_addr: a.clone() }))
+                .collect();
+            if !members.contains_key(&id) {
+                anyhow::bail!("--initial-cluster does not name this member ({})", config.name);
+            }
+            tracing::info!(?members, "bootstrapping a new cluster");
+            raft.initialize(members).await?;
+        }
+        let node = Arc::new(Node {
+            id,
+            cluster_id,
+            config,
+            raft,
+            sm,
+            peers: Mutex::new(BTreeMap::new()),
+            revoking: Mutex::new(HashSet::new()),
+        });
+        tokio::spawn(node.clone().lease_loop());
+        tokio::spawn(node.clone().compactor_loop());
+        tokio::spawn(node.clone().publish_self());
+        Ok(node)
+    }
+
+    pub fn mvcc(&self) -> &Mvcc {
+        &self.sm.mvcc
+    }
+
+    pub fn hub(&self) -> &WatchHub {
+        &self.sm.hub
+    }
+
+    pub fn header(&self) -> ResponseHeader {
+        self.header_at(self.mvcc().current_rev())
+    }
+
+    pub fn header_at(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.id,
+            revision,
+            raft_term: self.raft.metrics().borrow().current_term,
+        }
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.id)
+    }
+
+    fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, Status> {
+        let mut peers = self.peers.lock().expect("peer lock");
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = peer_channel(addr).map_err(|e| internal(format!("bad peer address {addr}: {e}")))?;
+        let c = PeerClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        peers.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn leader_addr(&self, leader: Option<u64>) -> Option<String> {
+        let leader = leader?;
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&leader).map(|n| n.peer_addr.clone())
+    }
+
+    /// Proposes a command through Raft from any member and waits until it is applied here or on
+    /// the leader. Deterministic refusals come back as `Ok(Reply::Refused)`.
+    pub async fn propose(&self, cmd: Command) -> Result<Response, Status> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let leader = match self.propose_local(cmd.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(ForwardError::Failed(e)) => return Err(unavailable(&e)),
+                Err(ForwardError::NotLeader) => self.leader(),
+            };
+            if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {
+                let mut client = self.peer(&addr)?;
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, client.forward(to_payload(&cmd))).await {
+                    Err(_) => return Err(unavailable("etcdserver: request timed out")),
+                    Ok(Ok(reply)) => {
+                        let r: Result<Response, ForwardError> =
+                            from_payload(reply.get_ref()).map_err(|e| internal(format!("bad forward reply: {e}")))?;
+                        match r {
+                            Ok(r) => return Ok(r),
+                            Err(ForwardError::Failed(e)) => return Err(unavailable(&e)),
+                            Err(ForwardError::NotLeader) => {}
+                        }
+                    }
+                    Ok(Err(status)) if is_connect_error(&status) => {}
+                    Ok(Err(_)) => return Err(unavailable("etcdserver: leader changed")),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(unavailable(if self.leader().is_none() {
+                    "etcdserver: no leader"
+                } else {
+                    "etcdserver: request timed out"
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Proposes on this member only; `NotLeader` when it does not lead (and the write surely was
+    /// not committed).
+    pub async fn propose_local(&self, cmd: Command) -> Result<Response, ForwardError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.client_write(cmd)).await {
+            Err(_) => Err(ForwardError::Failed("etcdserver: request timed out".into())),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ForwardError::NotLeader),
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(ForwardError::Failed(format!("etcdserver: {e}")))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Failed(format!("etcdserver: server stopped: {e}"))),
+        }
+    }
+
+    /// Waits until this member may serve a linearizable read: the leader confirms its leadership
+    /// with a quorum and names a read index, and this member has applied up to it.
+    pub async fn read_barrier(&self) -> Result<(), Status> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let leader = match self.read_index_local().await {
+                Ok(index) => return self.wait_applied(index, deadline).await,
+                Err(ForwardError::Failed(e)) => return Err(unavailable(&e)),
+                Err(ForwardError::NotLeader) => self.leader(),
+            };
+            if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {
+                let mut client = self.peer(&addr)?;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Ok(Ok(reply)) = tokio::time::timeout(left, client.read_index(to_payload(&()))).await {
+                    let r: Result<u64, ForwardError> =
+                        from_payload(reply.get_ref()).map_err(|e| internal(format!("bad read index reply: {e}")))?;
+                    if let Ok(index) = r {
+                        return self.wait_applied(index, deadline).await;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(unavailable("etcdserver: request timed out"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the read index.
+    pub async fn read_index_local(&self) -> Result<u64, ForwardError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.get_read_log_id()).await {
+            Err(_) => Err(ForwardError::Failed("etcdserver: request timed out".into())),
+            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(ForwardError::NotLeader),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(ForwardError::NotLeader),
+            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Failed(format!("etcdserver: server stopped: {e}"))),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), Status> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|_| unavailable("etcdserver: request timed out"))
+    }
+
+    /// Grants a lease (id 0: the member picks one).
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64, i64), Status> {
+        if ttl > MAX_LEASE_TTL_SECS {
+            return Err(Status::out_of_range("etcdserver: too large lease TTL"));
+        }
+        let ttl = ttl.max(MIN_LEASE_TTL_SECS);
+        let id = if id == 0 { (rand::random::<u64>() >> 2) as i64 + 1 } else { id };
+        let r = self.propose(Command::LeaseGrant { id, ttl }).await?;
+        match r.result {
+            Reply::LeaseGranted { id, ttl } => Ok((id, ttl, r.revision)),
+            Reply::Refused(e) => Err(refused(&e)),
+            other => Err(internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Answers a lease question here if this member leads, else asks the leader.
+    pub async fn lease_query(&self, q: LeaseQuery) -> Result<LeaseAnswer, Status> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let leader = self.leader();
+            if leader == Some(self.id) {
+                return Ok(self.lease_query_local(&q));
+            }
+            if let Some(addr) = self.leader_addr(leader) {
+                let mut client = self.peer(&addr)?;
+                if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), client.lease_query(to_payload(&q))).await {
+                    let a: LeaseAnswer =
+                        from_payload(reply.get_ref()).map_err(|e| internal(format!("bad lease reply: {e}")))?;
+                    if !matches!(a, LeaseAnswer::NotLeader) {
+                        return Ok(a);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(unavailable("etcdserver: no leader"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn lease_query_local(&self, q: &LeaseQuery) -> LeaseAnswer {
+        if !self.is_leader() {
+            return LeaseAnswer::NotLeader;
+        }
+        match q {
+            LeaseQuery::KeepAlive(id) => LeaseAnswer::Ttl(self.sm.leases.renew(*id).unwrap_or(0)),
+            LeaseQuery::TimeToLive(id) => LeaseAnswer::Remaining(self.sm.leases.remaining(*id)),
+        }
+    }
+
+    /// The members with their published names and client URLs.
+    pub fn members(&self) -> Result<Vec<PbMember>, EngineError> {
+        let attrs = self.sm.members()?;
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: HashSet<u64> = m.membership().voter_ids().collect();
+        Ok(m.membership()
+            .nodes()
+            .map(|(id, node)| {
+                let a = attrs.get(id);
+                PbMember {
+                    id: *id,
+                    name: a.map_or_else(|| node.name.clone(), |a| a.name.clone()),
+                    peer_ur_ls: vec![format!("http://{}", node.peer_addr)],
+                    client_ur_ls: a.map(|a| a.client_urls.clone()).unwrap_or_default(),
+                    is_learner: !voters.contains(id),
+                }
+            })
+            .collect())
+    }
+
+    /// The leader revokes expired leases through the log; a new leader first gives every lease a
+    /// full TTL.
+    async fn lease_loop(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut led_term: Option<u64> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+            }
+            let (state, term) = {
+                let m = metrics.borrow();
+                (m.state, m.current_term)
+            };
+            if state != ServerState::Leader {
+                led_term = None;
+                continue;
+            }
+            if led_term != Some(term) {
+                led_term = Some(term);
+                self.sm.leases.reset_all();
+                continue;
+            }
+            for id in self.sm.leases.expired() {
+                if !self.revoking.lock().expect("revoking lock").insert(id) {
+                    continue;
+                }
+                let node = self.clone();
+                tokio::spawn(async move {
+                    match node.propose(Command::LeaseRevoke { id }).await {
+                        Ok(_) => tracing::info!(lease = id, "lease expired and was revoked"),
+                        Err(e) => tracing::warn!(lease = id, error = %e.message(), "revoking an expired lease failed"),
+                    }
+                    node.revoking.lock().expect("revoking lock").remove(&id);
+                });
+            }
+        }
+    }
+
+    /// Removes what compactions made unreachable, in the background.
+    async fn compactor_loop(self: Arc<Self>) {
+        loop {
+            let target = self.mvcc().compact_rev();
+            let done = self.sm.engine.get_meta::<i64>(META_COMPACT_DONE).ok().flatten().unwrap_or(0);
+            if target > done {
+                let sm = self.sm.clone();
+                let res = tokio::task::spawn_blocking(move || sm.mvcc.physical_compact(target)).await;
+                match res {
+                    Ok(Ok(())) => tracing::info!(revision = target, "compacted old versions"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "compaction failed"),
+                    Err(e) => tracing::error!(error = %e, "compaction task failed"),
+                }
+                continue;
+            }
+            self.sm.compactor.notified().await;
+        }
+    }
+
+    /// Publishes this member's name and client URL through the log, as etcd members do.
+    async fn publish_self(self: Arc<Self>) {
+        let url = format!("http://{}", self.config.client_addr);
+        loop {
+            if let Ok(attrs) = self.sm.members() {
+                if attrs.get(&self.id).is_some_and(|a| a.client_urls == [url.clone()] && a.name == self.config.name) {
+                    return;
+                }
+            }
+            let cmd = Command::PublishMember { id: self.id, name: self.config.name.clone(), client_urls: vec![url.clone()] };
+            if self.propose(cmd).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// True when a peer call failed before the request could have been sent.
+fn is_connect_error(status: &Status) -> bool {
+    let m = status.message().to_ascii_lowercase();
+    status.code() == tonic::Code::Unavailable && (m.contains("connect") || m.contains("connection refused"))
+}

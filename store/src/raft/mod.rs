@@ -1,0 +1,100 @@
+//! The seam between openraft and eden's store.
+//!
+//! openraft (pinned at 0.9.25, see design/decisions/0001-openraft-version.md) replicates a log of
+//! [`Command`]s. Three pieces plug eden into it:
+//!
+//! - [`log_store::LogStore`]: the Raft log and vote in RocksDB, synced before openraft hears they
+//!   are stored.
+//! - [`state_machine::StateMachine`]: applies committed commands to [`crate::mvcc`] in one synced
+//!   WriteBatch with the last applied log id, then publishes the events to the watch hub. It also
+//!   builds and installs snapshots.
+//! - [`network::PeerNetwork`]: Raft RPCs over tonic gRPC on the peer port.
+//!
+//! MVCC and the watch hub know nothing of openraft; this module is the only place they meet.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mvcc::ApplyError;
+
+/// A member as Raft knows it: its name and peer address. Client addresses are published through
+/// the log separately ([`Command::PublishMember`]), as etcd does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub peer_addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer_addr)
+    }
+}
+
+/// One entry of the replicated log: every change to the store is one of these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A KV write: an etcd `RequestOp` (put, delete range or txn), prost-encoded.
+    Kv { op: Vec<u8> },
+    Compact { revision: i64 },
+    LeaseGrant { id: i64, ttl: i64 },
+    LeaseRevoke { id: i64 },
+    /// A member announces its name and client URLs.
+    PublishMember { id: u64, name: String, client_urls: Vec<String> },
+}
+
+/// The state machine's answer to a command.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The store revision once the command was applied.
+    pub revision: i64,
+    pub result: Reply,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    #[default]
+    Done,
+    /// A prost-encoded `ResponseOp` for a [`Command::Kv`].
+    Kv(Vec<u8>),
+    LeaseGranted { id: i64, ttl: i64 },
+    Refused(ApplyError),
+}
+
+/// Client URLs and name a member published.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAttrs {
+    pub name: String,
+    pub client_urls: Vec<String>,
+}
+
+openraft::declare_raft_types!(
+    /// eden's Raft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type NodeId = u64;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+
+/// Wraps any error as an openraft storage error for the given operation.
+pub(crate) fn sto_err(verb: openraft::ErrorVerb, subject: openraft::ErrorSubject<NodeId>, e: impl std::error::Error + 'static) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}

@@ -1,0 +1,115 @@
+//! Raft RPCs between members over tonic gRPC (service `eden.peer.Peer` on the peer port).
+//!
+//! Messages are openraft's own serde types, bincode-encoded into an opaque payload; the reply
+//! carries `Result<response, RaftError>` the same way, so a remote Raft error comes back as one.
+
+use std::time::Duration;
+
+use eden_proto::peer::peer_client::PeerClient;
+use eden_proto::peer::Payload;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Member, NodeId, TypeConfig};
+
+/// Makes a lazily connecting gRPC channel to a member's peer address.
+pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+pub fn to_payload<T: Serialize>(v: &T) -> Payload {
+    Payload { data: bincode::serialize(v).expect("serializing an in-memory value cannot fail") }
+}
+
+pub fn from_payload<T: DeserializeOwned>(p: &Payload) -> Result<T, bincode::Error> {
+    bincode::deserialize(&p.data)
+}
+
+#[derive(Clone, Default)]
+pub struct PeerNetwork;
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
+        PeerConn { target, client: peer_channel(&node.peer_addr).ok().map(PeerClient::new), addr: node.peer_addr.clone() }
+    }
+}
+
+pub struct PeerConn {
+    target: NodeId,
+    addr: String,
+    client: Option<PeerClient<Channel>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(String);
+
+impl PeerConn {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        req: &Req,
+        option: &RPCOption,
+        which: fn(PeerClient<Channel>, Payload) -> futures::future::BoxFuture<'static, Result<tonic::Response<Payload>, tonic::Status>>,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = self
+            .client
+            .clone()
+            .ok_or_else(|| RPCError::Unreachable(Unreachable::new(&Msg(format!("bad peer address {}", self.addr)))))?;
+        let fut = which(client, to_payload(req));
+        let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
+            Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("timeout talking to {}", self.addr))))),
+            Ok(Err(status)) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("{}: {}", self.addr, status.message())))))
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            from_payload(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(&rpc, &option, |mut c, p| Box::pin(async move { c.append_entries(p).await })).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>> {
+        self.call(&rpc, &option, |mut c, p| Box::pin(async move { c.install_snapshot(p).await })).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(&rpc, &option, |mut c, p| Box::pin(async move { c.vote(p).await })).await
+    }
+}

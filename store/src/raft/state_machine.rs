@@ -1,0 +1,313 @@
+//! The state machine: applies committed [`Command`]s to MVCC, builds and installs snapshots.
+//!
+//! Invariant: a run of entries is applied into one WriteBatch that also holds the last applied log id
+//! and the membership, written synced before openraft (and so the client) hears of the result. Only
+//! then are the events published to the watch hub and lease deadlines updated.
+//!
+//! A snapshot is every record of the state-machine column families plus the revision metadata, read
+//! from one RocksDB snapshot (so it matches the applied log id stored with it). It is kept whole in
+//! memory (`Cursor<Vec<u8>>`, openraft 0.9's default): fine for a configuration store of megabytes,
+//! a known limit for gigabytes. The latest one is also written to `snapshot.bin` in the data dir.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use eden_proto::etcdserverpb::RequestOp;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use prost::Message;
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::{sto_err, Command, Entry, LogId, MemberAttrs, Reply, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::engine::{decode, encode, Engine, EngineError};
+use crate::keys::*;
+use crate::lease::LeaseKeeper;
+use crate::mvcc::{ApplyBatch, MvccError, Mvcc};
+use crate::watch::WatchHub;
+
+/// Everything the state machine touches; shared with the gRPC services.
+pub struct StateMachine {
+    pub engine: Arc<Engine>,
+    pub mvcc: Arc<Mvcc>,
+    pub hub: Arc<WatchHub>,
+    pub leases: Arc<LeaseKeeper>,
+    /// Woken when a compaction was applied; the compactor removes the old versions.
+    pub compactor: Arc<Notify>,
+    pub snapshot_path: PathBuf,
+}
+
+/// The snapshot's format: a version tag and the raw records.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    format: u32,
+    /// (column family, key, value); the meta column family carries only [`SM_META_KEYS`].
+    records: Vec<(String, Vec<u8>, Vec<u8>)>,
+}
+
+const SNAPSHOT_FORMAT: u32 = 1;
+
+impl StateMachine {
+    fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+        sto_err(ErrorVerb::Read, ErrorSubject::StateMachine, e)
+    }
+
+    fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+        sto_err(ErrorVerb::Write, ErrorSubject::StateMachine, e)
+    }
+
+    /// The member attributes published through the log.
+    pub fn members(&self) -> Result<BTreeMap<u64, MemberAttrs>, EngineError> {
+        Ok(self.engine.get_meta(META_MEMBERS)?.unwrap_or_default())
+    }
+
+    fn apply_command(
+        b: &mut ApplyBatch<'_>,
+        cmd: &Command,
+        members: &mut Option<BTreeMap<u64, MemberAttrs>>,
+        engine: &Engine,
+        lease_changes: &mut Vec<(i64, Option<i64>)>,
+    ) -> Result<Reply, EngineError> {
+        let outcome: Result<Reply, MvccError> = match cmd {
+            Command::Kv { op } => match RequestOp::decode(op.as_slice()) {
+                Ok(op) => b.apply_op(&op).map(|r| Reply::Kv(r.encode_to_vec())),
+                Err(e) => return Err(EngineError::Corrupt { cf: CF_LOG, msg: format!("bad request in log: {e}") }),
+            },
+            Command::Compact { revision } => b.compact(*revision).map(|_| Reply::Done).map_err(Into::into),
+            Command::LeaseGrant { id, ttl } => b.lease_grant(*id, *ttl).map(|_| {
+                lease_changes.push((*id, Some(*ttl)));
+                Reply::LeaseGranted { id: *id, ttl: *ttl }
+            }),
+            Command::LeaseRevoke { id } => b.lease_revoke(*id).map(|_| {
+                lease_changes.push((*id, None));
+                Reply::Done
+            }),
+            Command::PublishMember { id, name, client_urls } => {
+                if members.is_none() {
+                    *members = Some(engine.get_meta(META_MEMBERS)?.unwrap_or_default());
+                }
+                let m = members.as_mut().expect("loaded above");
+                m.insert(*id, MemberAttrs { name: name.clone(), client_urls: client_urls.clone() });
+                Ok(Reply::Done)
+            }
+        };
+        match outcome {
+            Ok(r) => Ok(r),
+            Err(MvccError::Apply(e)) => Ok(Reply::Refused(e)),
+            Err(MvccError::Engine(e)) => Err(e),
+        }
+    }
+
+    fn build(&self) -> Result<(SnapshotMeta, Vec<u8>), EngineError> {
+        let e = &self.engine;
+        let snap = e.db.snapshot();
+        let meta_get = |k: &[u8]| snap.get_cf(e.cf(CF_META), k);
+        let applied: Option<LogId> = match meta_get(META_APPLIED)? {
+            Some(raw) => decode(CF_META, &raw)?,
+            None => None,
+        };
+        let membership: StoredMembership = match meta_get(META_MEMBERSHIP)? {
+            Some(raw) => decode(CF_META, &raw)?,
+            None => StoredMembership::default(),
+        };
+        let mut records = Vec::new();
+        for cf in SM_CFS {
+            let mut it = snap.raw_iterator_cf(e.cf(cf));
+            it.seek_to_first();
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                records.push((cf.to_string(), k.to_vec(), v.to_vec()));
+                it.next();
+            }
+            it.status()?;
+        }
+        for k in SM_META_KEYS {
+            if let Some(v) = meta_get(k)? {
+                records.push((CF_META.to_string(), k.to_vec(), v));
+            }
+        }
+        let data = encode(&SnapshotBody { format: SNAPSHOT_FORMAT, records });
+        let id = format!(
+            "{}-{}-{}",
+            applied.map_or(0, |l| l.leader_id.term),
+            applied.map_or(0, |l| l.index),
+            rand::random::<u32>()
+        );
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id: id };
+        Ok((meta, data))
+    }
+
+    fn save_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> std::io::Result<()> {
+        let meta_raw = encode(meta);
+        let mut buf = Vec::with_capacity(8 + meta_raw.len() + data.len());
+        buf.extend_from_slice(&(meta_raw.len() as u64).to_be_bytes());
+        buf.extend_from_slice(&meta_raw);
+        buf.extend_from_slice(data);
+        let tmp = self.snapshot_path.with_extension("tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&buf)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.snapshot_path)
+    }
+
+    fn load_snapshot_file(&self) -> std::io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+        let buf = match std::fs::read(&self.snapshot_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "corrupt snapshot.bin");
+        if buf.len() < 8 {
+            return Err(bad());
+        }
+        let n = u64::from_be_bytes(buf[..8].try_into().map_err(|_| bad())?) as usize;
+        let meta: SnapshotMeta = bincode::deserialize(buf.get(8..8 + n).ok_or_else(bad)?).map_err(|_| bad())?;
+        Ok(Some((meta, buf[8 + n..].to_vec())))
+    }
+
+    fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), EngineError> {
+        let body: SnapshotBody = decode(CF_META, data)?;
+        if body.format != SNAPSHOT_FORMAT {
+            return Err(EngineError::Corrupt { cf: CF_META, msg: format!("unknown snapshot format {}", body.format) });
+        }
+        let e = &self.engine;
+        let mut batch = WriteBatch::default();
+        for cf in SM_CFS {
+            let mut it = e.db.raw_iterator_cf(e.cf(cf));
+            it.seek_to_first();
+            while let Some(k) = it.key() {
+                batch.delete_cf(e.cf(cf), k);
+                it.next();
+            }
+            it.status()?;
+        }
+        for k in SM_META_KEYS {
+            batch.delete_cf(e.cf(CF_META), k);
+        }
+        for (cf, k, v) in &body.records {
+            let cf = ALL_CFS.iter().find(|c| **c == cf.as_str()).ok_or(EngineError::Corrupt {
+                cf: CF_META,
+                msg: format!("snapshot names unknown column family {cf}"),
+            })?;
+            batch.put_cf(e.cf(cf), k, v);
+        }
+        e.put_meta(&mut batch, META_APPLIED, &meta.last_log_id);
+        e.put_meta(&mut batch, META_MEMBERSHIP, &meta.last_membership);
+        e.write_sync(batch)?;
+        self.mvcc.reload()?;
+        self.hub.reset(self.mvcc.current_rev());
+        self.leases.load(self.mvcc.leases()?.into_iter().map(|(id, l)| (id, l.ttl)));
+        self.compactor.notify_one();
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Arc<StateMachine> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let sm = self.clone();
+        let (meta, data) = tokio::task::spawn_blocking(move || -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+            let (meta, data) = sm.build().map_err(StateMachine::read_err)?;
+            sm.save_snapshot_file(&meta, &data)
+                .map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(Some(meta.signature())), e))?;
+            Ok((meta, data))
+        })
+        .await
+        .map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(None), e))??;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
+    type SnapshotBuilder = Arc<StateMachine>;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied: Option<LogId> = self.engine.get_meta::<Option<LogId>>(META_APPLIED).map_err(StateMachine::read_err)?.flatten();
+        let membership: StoredMembership =
+            self.engine.get_meta(META_MEMBERSHIP).map_err(StateMachine::read_err)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut b = self.mvcc.batch();
+        let mut responses = Vec::new();
+        let mut last_applied = None;
+        let mut membership: Option<StoredMembership> = None;
+        let mut members: Option<BTreeMap<u64, MemberAttrs>> = None;
+        let mut lease_changes = Vec::new();
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            let reply = match &entry.payload {
+                EntryPayload::Blank => Reply::Done,
+                EntryPayload::Normal(cmd) => {
+                    StateMachine::apply_command(&mut b, cmd, &mut members, &self.engine, &mut lease_changes).map_err(StateMachine::write_err)?
+                }
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                    Reply::Done
+                }
+            };
+            responses.push(Response { revision: b.revision(), result: reply });
+        }
+        let (mut batch, events, compacted_to, rev) = b.finish();
+        self.engine.put_meta(&mut batch, META_APPLIED, &last_applied);
+        if let Some(m) = &membership {
+            self.engine.put_meta(&mut batch, META_MEMBERSHIP, m);
+        }
+        if let Some(m) = &members {
+            self.engine.put_meta(&mut batch, META_MEMBERS, m);
+        }
+        self.engine.write_sync(batch).map_err(StateMachine::write_err)?;
+        self.mvcc.committed(rev, compacted_to);
+        self.hub.publish(events);
+        for (id, change) in lease_changes {
+            match change {
+                Some(ttl) => self.leases.granted(id, ttl),
+                None => self.leases.revoked(id),
+            }
+        }
+        if compacted_to.is_some() {
+            self.compactor.notify_one();
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let sm = self.clone();
+        let meta2 = meta.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            sm.install(&meta2, &data).map_err(StateMachine::write_err)?;
+            sm.save_snapshot_file(&meta2, &data).map_err(StateMachine::write_err)?;
+            Ok(())
+        })
+        .await
+        .map_err(StateMachine::write_err)??;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        match self.load_snapshot_file().map_err(StateMachine::read_err)? {
+            Some((meta, data)) => Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,1 +1,126 @@
-fn main(){}
+//! The `eden` binary: `eden server` runs a member; the other commands are etcdctl-like clients that
+//! reach the cluster only through the etcd v3 API (`eden_proto::client`).
+//!
+//! Exit codes (also in the README): 0 success; 1 the cluster refused the request; 2 bad usage or
+//! input; 3 no endpoint reachable or the cluster is unavailable; 4 a txn's compares failed is NOT an
+//! error (etcdctl prints FAILURE and exits 0), so 4 is unused. Errors are one line on stderr.
+
+mod cmd;
+mod exit;
+mod printer;
+
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::Failure;
+use crate::printer::Format;
+
+#[derive(Parser)]
+#[command(
+    name = "eden",
+    version,
+    about = "Configuration management with automatic clustering and events"
+)]
+struct Cli {
+    /// Members to talk to (any member will do), comma separated.
+    #[arg(
+        long,
+        global = true,
+        env = "EDEN_ENDPOINTS",
+        default_value = "127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    endpoints: Vec<String>,
+
+    /// Output format.
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        value_enum,
+        default_value = "simple"
+    )]
+    write_out: Format,
+
+    /// Log format for `eden server` (logs go to stderr; RUST_LOG sets the level).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: cmd::server::LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a member of an eden cluster.
+    Server(Box<cmd::server::ServerArgs>),
+    /// Get a key or a range of keys.
+    Get(cmd::get::GetArgs),
+    /// Put a key.
+    Put(cmd::put::PutArgs),
+    /// Delete a key or a range of keys.
+    Del(cmd::del::DelArgs),
+    /// Watch a key or a range of keys (resumes on another member when one dies).
+    Watch(cmd::watch::WatchArgs),
+    /// Run a transaction: compares, then the success or the failure requests.
+    Txn(cmd::txn::TxnArgs),
+    /// Lease commands.
+    #[command(subcommand)]
+    Lease(cmd::lease::LeaseCmd),
+    /// Member commands.
+    #[command(subcommand)]
+    Member(cmd::member::MemberCmd),
+    /// The status of every member: leader, term, revision, raft index, db size.
+    Status,
+    /// Compact the history up to a revision.
+    Compact(cmd::compact::CompactArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Command::Server(args) = &cli.command {
+        cmd::server::init_logging(cli.log_format);
+        let code = match cmd::server::run(args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                exit::USAGE_OR_SETUP
+            }
+        };
+        std::process::exit(code);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(run_client(cli));
+    let code = match result {
+        Ok(()) => 0,
+        Err(f) => {
+            if !f.quiet {
+                eprintln!("Error: {}", f.message);
+            }
+            f.code
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run_client(cli: Cli) -> Result<(), Failure> {
+    let client = Arc::new(eden_proto::client::Client::new(&cli.endpoints).map_err(Failure::from)?);
+    let out = printer::Printer::new(cli.write_out);
+    match cli.command {
+        Command::Server(_) => unreachable!("handled in main"),
+        Command::Get(a) => cmd::get::run(&client, &out, a).await,
+        Command::Put(a) => cmd::put::run(&client, &out, a).await,
+        Command::Del(a) => cmd::del::run(&client, &out, a).await,
+        Command::Watch(a) => cmd::watch::run(&client, &out, a).await,
+        Command::Txn(a) => cmd::txn::run(&client, &out, a).await,
+        Command::Lease(c) => cmd::lease::run(&client, &out, c).await,
+        Command::Member(c) => cmd::member::run(&client, &out, c).await,
+        Command::Status => cmd::status::run(&client, &out).await,
+        Command::Compact(a) => cmd::compact::run(&client, &out, a).await,
+    }
+}

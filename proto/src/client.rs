@@ -82,28 +82,40 @@ fn normalize(ep: &str) -> String {
 /// True when the failure happened before the request reached a server.
 fn not_sent(s: &Status) -> bool {
     let m = s.message().to_ascii_lowercase();
-    s.code() == Code::Unavailable && (m.contains("connect") || m.contains("connection refused") || m.contains("dns"))
+    s.code() == Code::Unavailable
+        && (m.contains("connect") || m.contains("connection refused") || m.contains("dns"))
 }
 
 fn retryable(s: &Status, kind: Retry) -> bool {
     match kind {
         Retry::Read => s.code() == Code::Unavailable,
-        Retry::Write => not_sent(s) || (s.code() == Code::Unavailable && s.message() == "etcdserver: no leader"),
+        Retry::Write => {
+            not_sent(s) || (s.code() == Code::Unavailable && s.message() == "etcdserver: no leader")
+        }
     }
 }
 
 impl Client {
     /// A client for these endpoints (`host:port` or URLs). Nothing is dialed until the first request.
     pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Client> {
-        let endpoints: Vec<String> = endpoints.iter().map(|e| normalize(e.as_ref())).filter(|e| e.len() > 7).collect();
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| normalize(e.as_ref()))
+            .filter(|e| e.len() > 7)
+            .collect();
         if endpoints.is_empty() {
             return Err(ClientError::InvalidEndpoint("no endpoints given".into()));
         }
         for ep in &endpoints {
-            Endpoint::from_shared(ep.clone()).map_err(|e| ClientError::InvalidEndpoint(format!("{ep}: {e}")))?;
+            Endpoint::from_shared(ep.clone())
+                .map_err(|e| ClientError::InvalidEndpoint(format!("{ep}: {e}")))?;
         }
         let n = endpoints.len();
-        Ok(Client { endpoints, current: AtomicUsize::new(0), channels: Mutex::new(vec![None; n]) })
+        Ok(Client {
+            endpoints,
+            current: AtomicUsize::new(0),
+            channels: Mutex::new(vec![None; n]),
+        })
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -119,7 +131,10 @@ impl Client {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .tcp_nodelay(true);
-        let ch = ep.connect().await.map_err(|e| format!("{}: {e}", self.endpoints[i]))?;
+        let ch = ep
+            .connect()
+            .await
+            .map_err(|e| format!("{}: {e}", self.endpoints[i]))?;
         self.channels.lock().expect("channel lock")[i] = Some(ch.clone());
         Ok(ch)
     }
@@ -161,15 +176,25 @@ impl Client {
                 }
                 Err(s) if s.code() == Code::Unavailable => {
                     self.forget(i);
-                    return Err(ClientError::Unavailable(format!("{}: {}", self.endpoints[i], s.message())));
+                    return Err(ClientError::Unavailable(format!(
+                        "{}: {}",
+                        self.endpoints[i],
+                        s.message()
+                    )));
                 }
                 Err(s) if s.code() == Code::DeadlineExceeded => {
-                    return Err(ClientError::Unavailable(format!("{}: {}", self.endpoints[i], s.message())));
+                    return Err(ClientError::Unavailable(format!(
+                        "{}: {}",
+                        self.endpoints[i],
+                        s.message()
+                    )));
                 }
                 Err(s) => return Err(ClientError::Server(s)),
             }
         }
-        Err(ClientError::Unavailable(format!("no endpoint available ({last_err})")))
+        Err(ClientError::Unavailable(format!(
+            "no endpoint available ({last_err})"
+        )))
     }
 
     fn kv(ch: Channel) -> KvClient<Channel> {
@@ -218,28 +243,40 @@ impl Client {
 
     pub async fn lease_grant(&self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
         self.call(Retry::Write, |ch| async move {
-            LeaseClient::new(ch).lease_grant(LeaseGrantRequest { ttl, id }).await.map(|r| r.into_inner())
+            LeaseClient::new(ch)
+                .lease_grant(LeaseGrantRequest { ttl, id })
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
 
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
         self.call(Retry::Write, |ch| async move {
-            LeaseClient::new(ch).lease_revoke(LeaseRevokeRequest { id }).await.map(|r| r.into_inner())
+            LeaseClient::new(ch)
+                .lease_revoke(LeaseRevokeRequest { id })
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
 
     pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse> {
         self.call(Retry::Read, |ch| async move {
-            LeaseClient::new(ch).lease_time_to_live(LeaseTimeToLiveRequest { id, keys }).await.map(|r| r.into_inner())
+            LeaseClient::new(ch)
+                .lease_time_to_live(LeaseTimeToLiveRequest { id, keys })
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
 
     pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse> {
         self.call(Retry::Read, |ch| async move {
-            LeaseClient::new(ch).lease_leases(LeaseLeasesRequest {}).await.map(|r| r.into_inner())
+            LeaseClient::new(ch)
+                .lease_leases(LeaseLeasesRequest {})
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
@@ -262,7 +299,12 @@ impl Client {
 
     pub async fn member_list(&self) -> Result<MemberListResponse> {
         self.call(Retry::Read, |ch| async move {
-            ClusterClient::new(ch).member_list(MemberListRequest { linearizable: false }).await.map(|r| r.into_inner())
+            ClusterClient::new(ch)
+                .member_list(MemberListRequest {
+                    linearizable: false,
+                })
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
@@ -287,14 +329,23 @@ impl Client {
     /// Watches a key or range, resuming on another endpoint whenever a stream breaks. Responses
     /// (events, progress notifications, and a final cancel) arrive on the returned channel; it
     /// closes after a cancel or when every endpoint stayed unreachable for `give_up`.
-    pub fn watch(self: &std::sync::Arc<Self>, create: WatchCreateRequest, give_up: Duration) -> mpsc::Receiver<Result<WatchResponse>> {
+    pub fn watch(
+        self: &std::sync::Arc<Self>,
+        create: WatchCreateRequest,
+        give_up: Duration,
+    ) -> mpsc::Receiver<Result<WatchResponse>> {
         let (tx, rx) = mpsc::channel(64);
         let client = self.clone();
         tokio::spawn(async move { client.watch_loop(create, give_up, tx).await });
         rx
     }
 
-    async fn watch_loop(&self, mut create: WatchCreateRequest, give_up: Duration, tx: mpsc::Sender<Result<WatchResponse>>) {
+    async fn watch_loop(
+        &self,
+        mut create: WatchCreateRequest,
+        give_up: Duration,
+        tx: mpsc::Sender<Result<WatchResponse>>,
+    ) {
         let n = self.endpoints.len();
         let mut i = self.current.load(Ordering::Relaxed);
         // The next revision the caller needs; 0 until the first created response tells us.
@@ -312,7 +363,11 @@ impl Client {
                     self.forget(i);
                     let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() > give_up {
-                        let _ = tx.send(Err(ClientError::Unavailable(format!("watch: no endpoint available ({reason})")))).await;
+                        let _ = tx
+                            .send(Err(ClientError::Unavailable(format!(
+                                "watch: no endpoint available ({reason})"
+                            ))))
+                            .await;
                         return;
                     }
                     i = (i + 1) % n;
@@ -336,11 +391,14 @@ impl Client {
         };
         let (req_tx, req_rx) = mpsc::channel(4);
         let _ = req_tx
-            .send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create.clone())) })
+            .send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(create.clone())),
+            })
             .await;
         let mut wc = WatchClient::new(ch).max_decoding_message_size(MAX_RESPONSE_BYTES);
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(req_rx));
-        req.metadata_mut().insert("hasleader", "true".parse().expect("ascii"));
+        req.metadata_mut()
+            .insert("hasleader", "true".parse().expect("ascii"));
         let mut stream = match wc.watch(req).await {
             Ok(s) => s.into_inner(),
             Err(s) => return WatchEnd::Broken(s.message().to_string()),
@@ -349,8 +407,20 @@ impl Client {
         loop {
             let msg = match stream.message().await {
                 Ok(Some(m)) => m,
-                Ok(None) => return if healthy { WatchEnd::Healthy } else { WatchEnd::Broken("stream closed".into()) },
-                Err(s) => return if healthy { WatchEnd::Healthy } else { WatchEnd::Broken(s.message().to_string()) },
+                Ok(None) => {
+                    return if healthy {
+                        WatchEnd::Healthy
+                    } else {
+                        WatchEnd::Broken("stream closed".into())
+                    }
+                }
+                Err(s) => {
+                    return if healthy {
+                        WatchEnd::Healthy
+                    } else {
+                        WatchEnd::Broken(s.message().to_string())
+                    }
+                }
             };
             if msg.created && !msg.canceled {
                 healthy = true;

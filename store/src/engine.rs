@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -45,7 +47,9 @@ impl Engine {
     }
 
     pub fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     /// Writes a batch and syncs the WAL before returning.
@@ -75,12 +79,27 @@ impl Engine {
 
     /// Bytes on disk (SST files plus memtables), for Status.dbSize.
     pub fn size_bytes(&self) -> i64 {
-        let sst = self.db.property_int_value("rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
-        let mem = self.db.property_int_value("rocksdb.cur-size-all-mem-tables").ok().flatten().unwrap_or(0);
+        let sst = self
+            .db
+            .property_int_value("rocksdb.total-sst-files-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let mem = self
+            .db
+            .property_int_value("rocksdb.cur-size-all-mem-tables")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
         let mut total = sst + mem;
         for cf in ALL_CFS {
             let h = self.cf(cf);
-            total += self.db.property_int_value_cf(h, "rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
+            total += self
+                .db
+                .property_int_value_cf(h, "rocksdb.total-sst-files-size")
+                .ok()
+                .flatten()
+                .unwrap_or(0);
         }
         total as i64
     }
@@ -91,5 +110,8 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 pub fn decode<T: DeserializeOwned>(cf: &'static str, raw: &[u8]) -> Result<T> {
-    bincode::deserialize(raw).map_err(|e| EngineError::Corrupt { cf, msg: e.to_string() })
+    bincode::deserialize(raw).map_err(|e| EngineError::Corrupt {
+        cf,
+        msg: e.to_string(),
+    })
 }

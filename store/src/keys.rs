@@ -143,11 +143,23 @@ pub struct KeyRange {
 impl KeyRange {
     pub fn new(key: &[u8], range_end: &[u8]) -> Self {
         if range_end.is_empty() {
-            KeyRange { start: key.to_vec(), end: None, single: true }
+            KeyRange {
+                start: key.to_vec(),
+                end: None,
+                single: true,
+            }
         } else if range_end == [0] {
-            KeyRange { start: key.to_vec(), end: None, single: false }
+            KeyRange {
+                start: key.to_vec(),
+                end: None,
+                single: false,
+            }
         } else {
-            KeyRange { start: key.to_vec(), end: Some(range_end.to_vec()), single: false }
+            KeyRange {
+                start: key.to_vec(),
+                end: Some(range_end.to_vec()),
+                single: false,
+            }
         }
     }
 
@@ -160,7 +172,11 @@ impl KeyRange {
 
     /// True when `[start, end)` cannot contain any key (etcd returns nothing for such a range).
     pub fn is_empty(&self) -> bool {
-        !self.single && self.end.as_deref().is_some_and(|e| e <= self.start.as_slice())
+        !self.single
+            && self
+                .end
+                .as_deref()
+                .is_some_and(|e| e <= self.start.as_slice())
     }
 
     /// Whether two ranges share a key (used for the duplicate-key check in txns).
@@ -174,8 +190,14 @@ impl KeyRange {
         if other.single {
             return self.contains(&other.start);
         }
-        let a_before_b_end = other.end.as_deref().is_none_or(|e| self.start.as_slice() < e);
-        let b_before_a_end = self.end.as_deref().is_none_or(|e| other.start.as_slice() < e);
+        let a_before_b_end = other
+            .end
+            .as_deref()
+            .is_none_or(|e| self.start.as_slice() < e);
+        let b_before_a_end = self
+            .end
+            .as_deref()
+            .is_none_or(|e| other.start.as_slice() < e);
         a_before_b_end && b_before_a_end
     }
 }
@@ -200,7 +222,9 @@ mod tests {
 
     #[test]
     fn encoding_keeps_order_and_is_prefix_free() {
-        let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"\0a", b"a", b"a\0", b"a\0\xff", b"ab", b"b", b"\xff"];
+        let keys: Vec<&[u8]> = vec![
+            b"", b"\0", b"\0\0", b"\0a", b"a", b"a\0", b"a\0\xff", b"ab", b"b", b"\xff",
+        ];
         let mut encoded: Vec<Vec<u8>> = keys.iter().map(|k| kv_key(k, 5)).collect();
         let sorted = encoded.clone();
         encoded.sort();

@@ -35,7 +35,9 @@ impl Default for LeaseKeeper {
 
 impl LeaseKeeper {
     pub fn new() -> LeaseKeeper {
-        LeaseKeeper { leases: Mutex::new(HashMap::new()) }
+        LeaseKeeper {
+            leases: Mutex::new(HashMap::new()),
+        }
     }
 
     fn deadline(ttl: i64) -> Instant {
@@ -47,12 +49,24 @@ impl LeaseKeeper {
         let mut map = self.leases.lock().expect("lease lock");
         map.clear();
         for (id, ttl) in leases {
-            map.insert(id, Tracked { ttl, deadline: Self::deadline(ttl) });
+            map.insert(
+                id,
+                Tracked {
+                    ttl,
+                    deadline: Self::deadline(ttl),
+                },
+            );
         }
     }
 
     pub fn granted(&self, id: i64, ttl: i64) {
-        self.leases.lock().expect("lease lock").insert(id, Tracked { ttl, deadline: Self::deadline(ttl) });
+        self.leases.lock().expect("lease lock").insert(
+            id,
+            Tracked {
+                ttl,
+                deadline: Self::deadline(ttl),
+            },
+        );
     }
 
     pub fn revoked(&self, id: i64) {
@@ -87,13 +101,23 @@ impl LeaseKeeper {
     pub fn expired(&self) -> Vec<i64> {
         let now = Instant::now();
         let map = self.leases.lock().expect("lease lock");
-        let mut ids: Vec<i64> = map.iter().filter(|(_, t)| t.deadline <= now).map(|(id, _)| *id).collect();
+        let mut ids: Vec<i64> = map
+            .iter()
+            .filter(|(_, t)| t.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         ids.sort_unstable();
         ids
     }
 
     pub fn ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.leases.lock().expect("lease lock").keys().copied().collect();
+        let mut ids: Vec<i64> = self
+            .leases
+            .lock()
+            .expect("lease lock")
+            .keys()
+            .copied()
+            .collect();
         ids.sort_unstable();
         ids
     }

@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use eden_proto::etcdserverpb::{
-    compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
 };
 use eden_proto::mvccpb::{self, event::EventType, KeyValue};
 use rocksdb::{DBRawIteratorWithThreadMode, WriteBatch, DB};
@@ -48,7 +49,13 @@ pub struct Record {
 
 impl Record {
     fn tombstone() -> Record {
-        Record { value: Vec::new(), create_rev: 0, version: 0, lease: 0, tombstone: true }
+        Record {
+            value: Vec::new(),
+            create_rev: 0,
+            version: 0,
+            lease: 0,
+            tombstone: true,
+        }
     }
 
     pub fn to_kv(&self, key: &[u8], mod_rev: i64) -> KeyValue {
@@ -112,14 +119,23 @@ pub const INITIAL_REVISION: i64 = 1;
 
 impl Mvcc {
     pub fn open(engine: Arc<Engine>) -> Result<Mvcc, EngineError> {
-        let rev = engine.get_meta::<i64>(META_REVISION)?.unwrap_or(INITIAL_REVISION);
+        let rev = engine
+            .get_meta::<i64>(META_REVISION)?
+            .unwrap_or(INITIAL_REVISION);
         let compact = engine.get_meta::<i64>(META_COMPACT)?.unwrap_or(0);
-        Ok(Mvcc { engine, rev: AtomicI64::new(rev), compact_rev: AtomicI64::new(compact) })
+        Ok(Mvcc {
+            engine,
+            rev: AtomicI64::new(rev),
+            compact_rev: AtomicI64::new(compact),
+        })
     }
 
     /// Re-reads the revisions from the database (after a snapshot was installed).
     pub fn reload(&self) -> Result<(), EngineError> {
-        let rev = self.engine.get_meta::<i64>(META_REVISION)?.unwrap_or(INITIAL_REVISION);
+        let rev = self
+            .engine
+            .get_meta::<i64>(META_REVISION)?
+            .unwrap_or(INITIAL_REVISION);
         let compact = self.engine.get_meta::<i64>(META_COMPACT)?.unwrap_or(0);
         self.rev.store(rev, Ordering::SeqCst);
         self.compact_rev.store(compact, Ordering::SeqCst);
@@ -150,13 +166,19 @@ impl Mvcc {
     /// The newest version of `key` at or below `rev`, from a snapshot; None if absent or deleted.
     pub fn get(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>, EngineError> {
         let mut it = self.engine.db.raw_iterator_cf(self.engine.cf(CF_KV));
-        Ok(latest_at(&mut it, key, rev)?.and_then(|(r, rec)| (!rec.tombstone).then(|| rec.to_kv(key, r))))
+        Ok(latest_at(&mut it, key, rev)?
+            .and_then(|(r, rec)| (!rec.tombstone).then(|| rec.to_kv(key, r))))
     }
 
     /// Reads the events of revisions `[from, to]` from storage (for watchers that fell behind).
     /// Returns at most about `max_revs` revisions; the caller continues from the last one + 1.
     /// None when `from` was compacted away (checked against the same snapshot the events come from).
-    pub fn events_between(&self, from: i64, to: i64, max_revs: usize) -> Result<Option<Vec<RevEvents>>, EngineError> {
+    pub fn events_between(
+        &self,
+        from: i64,
+        to: i64,
+        max_revs: usize,
+    ) -> Result<Option<Vec<RevEvents>>, EngineError> {
         let snap = self.engine.db.snapshot();
         if from < self.compact_rev() {
             return Ok(None);
@@ -167,7 +189,10 @@ impl Mvcc {
         rev_it.seek(rev_key(from, 0));
         while rev_it.valid() {
             let (rev, _sub) =
-                dec_rev_key(rev_it.key().unwrap_or_default()).ok_or(EngineError::Corrupt { cf: CF_REV, msg: "bad key".into() })?;
+                dec_rev_key(rev_it.key().unwrap_or_default()).ok_or(EngineError::Corrupt {
+                    cf: CF_REV,
+                    msg: "bad key".into(),
+                })?;
             if rev > to {
                 break;
             }
@@ -175,17 +200,28 @@ impl Mvcc {
                 if out.len() >= max_revs {
                     break;
                 }
-                out.push(RevEvents { rev, events: Vec::new() });
+                out.push(RevEvents {
+                    rev,
+                    events: Vec::new(),
+                });
             }
             let key = rev_it.value().unwrap_or_default().to_vec();
             kv_it.seek(kv_key(&key, rev));
             let rec: Record = match (kv_it.key(), kv_it.value()) {
                 (Some(k), Some(v)) if k == kv_key(&key, rev).as_slice() => decode(CF_KV, v)?,
-                _ => return Err(EngineError::Corrupt { cf: CF_KV, msg: format!("missing version {rev} of a key") }),
+                _ => {
+                    return Err(EngineError::Corrupt {
+                        cf: CF_KV,
+                        msg: format!("missing version {rev} of a key"),
+                    })
+                }
             };
             let prev = latest_at(&mut kv_it, &key, rev - 1)?
                 .and_then(|(r, p)| (!p.tombstone).then(|| p.to_kv(&key, r)));
-            out.last_mut().unwrap().events.push(make_event(&key, rev, &rec, prev));
+            out.last_mut()
+                .unwrap()
+                .events
+                .push(make_event(&key, rev, &rec, prev));
             rev_it.next();
         }
         rev_it.status()?;
@@ -207,7 +243,11 @@ impl Mvcc {
         let flush = |pending: &mut Vec<(Vec<u8>, bool, i64)>, batch: &mut WriteBatch| {
             if let Some((_, tomb, rev)) = pending.last() {
                 let drop_newest = *tomb && *rev < compact;
-                let keep = if drop_newest { pending.len() } else { pending.len() - 1 };
+                let keep = if drop_newest {
+                    pending.len()
+                } else {
+                    pending.len() - 1
+                };
                 for (raw, _, _) in pending.iter().take(keep) {
                     batch.delete_cf(kv, raw);
                 }
@@ -244,7 +284,8 @@ impl Mvcc {
         it.seek_to_first();
         let mut out = Vec::new();
         while it.valid() {
-            let id = u64::from_be_bytes(it.key().unwrap_or_default().try_into().unwrap_or([0; 8])) as i64;
+            let id = u64::from_be_bytes(it.key().unwrap_or_default().try_into().unwrap_or([0; 8]))
+                as i64;
             out.push((id, decode(CF_LEASE, it.value().unwrap_or_default())?));
             it.next();
         }
@@ -253,7 +294,11 @@ impl Mvcc {
     }
 
     pub fn lease(&self, id: i64) -> Result<Option<LeaseRecord>, EngineError> {
-        match self.engine.db.get_cf(self.engine.cf(CF_LEASE), lease_key(id))? {
+        match self
+            .engine
+            .db
+            .get_cf(self.engine.cf(CF_LEASE), lease_key(id))?
+        {
             Some(raw) => Ok(Some(decode(CF_LEASE, &raw)?)),
             None => Ok(None),
         }
@@ -261,7 +306,10 @@ impl Mvcc {
 
     /// The keys attached to a lease.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EngineError> {
-        let mut it = self.engine.db.raw_iterator_cf(self.engine.cf(CF_LEASE_KEYS));
+        let mut it = self
+            .engine
+            .db
+            .raw_iterator_cf(self.engine.cf(CF_LEASE_KEYS));
         let prefix = lease_key(id);
         it.seek(prefix);
         let mut out = Vec::new();
@@ -311,7 +359,11 @@ pub fn check_read_rev(rev: i64, current: i64, compact: i64) -> Result<i64, Apply
 type RawIter<'a> = DBRawIteratorWithThreadMode<'a, DB>;
 
 /// The newest version of `key` with revision <= `rev`, tombstones included.
-fn latest_at(it: &mut RawIter<'_>, key: &[u8], rev: i64) -> Result<Option<(i64, Record)>, EngineError> {
+fn latest_at(
+    it: &mut RawIter<'_>,
+    key: &[u8],
+    rev: i64,
+) -> Result<Option<(i64, Record)>, EngineError> {
     if rev <= 0 {
         return Ok(None);
     }
@@ -330,7 +382,11 @@ fn latest_at(it: &mut RawIter<'_>, key: &[u8], rev: i64) -> Result<Option<(i64, 
 }
 
 /// Every live key in `range` at `rev`, in key order, with its newest version <= rev.
-fn scan_range(it: &mut RawIter<'_>, range: &KeyRange, rev: i64) -> Result<Vec<(Vec<u8>, i64, Record)>, EngineError> {
+fn scan_range(
+    it: &mut RawIter<'_>,
+    range: &KeyRange,
+    rev: i64,
+) -> Result<Vec<(Vec<u8>, i64, Record)>, EngineError> {
     let mut out = Vec::new();
     if range.is_empty() {
         return Ok(out);
@@ -346,7 +402,10 @@ fn scan_range(it: &mut RawIter<'_>, range: &KeyRange, rev: i64) -> Result<Vec<(V
     it.seek(enc_key(&range.start));
     while it.valid() {
         let raw = it.key().unwrap_or_default();
-        let (key, _) = dec_kv_key(raw).ok_or(EngineError::Corrupt { cf: CF_KV, msg: "bad key".into() })?;
+        let (key, _) = dec_kv_key(raw).ok_or(EngineError::Corrupt {
+            cf: CF_KV,
+            msg: "bad key".into(),
+        })?;
         if !range.contains(&key) {
             break;
         }
@@ -364,7 +423,11 @@ fn scan_range(it: &mut RawIter<'_>, range: &KeyRange, rev: i64) -> Result<Vec<(V
 }
 
 /// Applies etcd's Range options (filters, sort, limit, keys_only, count_only) to the found keys.
-fn shape_range(req: &RangeRequest, found: Vec<(Vec<u8>, i64, Record)>, header_rev: i64) -> RangeResponse {
+fn shape_range(
+    req: &RangeRequest,
+    found: Vec<(Vec<u8>, i64, Record)>,
+    header_rev: i64,
+) -> RangeResponse {
     use eden_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
     let count = found.len() as i64;
     let mut kvs: Vec<KeyValue> = found
@@ -406,22 +469,38 @@ fn shape_range(req: &RangeRequest, found: Vec<(Vec<u8>, i64, Record)>, header_re
             kv.value.clear();
         }
     }
-    RangeResponse { header: Some(header(header_rev)), kvs, more, count }
+    RangeResponse {
+        header: Some(header(header_rev)),
+        kvs,
+        more,
+        count,
+    }
 }
 
 fn header(rev: i64) -> ResponseHeader {
-    ResponseHeader { revision: rev, ..Default::default() }
+    ResponseHeader {
+        revision: rev,
+        ..Default::default()
+    }
 }
 
 fn make_event(key: &[u8], rev: i64, rec: &Record, prev: Option<KeyValue>) -> mvccpb::Event {
     if rec.tombstone {
         mvccpb::Event {
             r#type: EventType::Delete as i32,
-            kv: Some(KeyValue { key: key.to_vec(), mod_revision: rev, ..Default::default() }),
+            kv: Some(KeyValue {
+                key: key.to_vec(),
+                mod_revision: rev,
+                ..Default::default()
+            }),
             prev_kv: prev,
         }
     } else {
-        mvccpb::Event { r#type: EventType::Put as i32, kv: Some(rec.to_kv(key, rev)), prev_kv: prev }
+        mvccpb::Event {
+            r#type: EventType::Put as i32,
+            kv: Some(rec.to_kv(key, rev)),
+            prev_kv: prev,
+        }
     }
 }
 
@@ -465,14 +544,19 @@ impl<'a> ApplyBatch<'a> {
         latest_at(&mut it, key, rev.min(self.db_rev))
     }
 
-    fn range_at(&self, range: &KeyRange, rev: i64) -> Result<Vec<(Vec<u8>, i64, Record)>, EngineError> {
+    fn range_at(
+        &self,
+        range: &KeyRange,
+        rev: i64,
+    ) -> Result<Vec<(Vec<u8>, i64, Record)>, EngineError> {
         let e = &self.mvcc.engine;
         let mut it = e.db.raw_iterator_cf(e.cf(CF_KV));
         let base = scan_range(&mut it, range, rev.min(self.db_rev))?;
         if rev <= self.db_rev {
             return Ok(base);
         }
-        let mut merged: BTreeMap<Vec<u8>, (i64, Record)> = base.into_iter().map(|(k, r, rec)| (k, (r, rec))).collect();
+        let mut merged: BTreeMap<Vec<u8>, (i64, Record)> =
+            base.into_iter().map(|(k, r, rec)| (k, (r, rec))).collect();
         for (k, versions) in self.overlay.range(range.start.clone()..) {
             if !range.contains(k) {
                 if range.single || range.end.as_deref().is_some_and(|e| k.as_slice() >= e) {
@@ -488,7 +572,10 @@ impl<'a> ApplyBatch<'a> {
                 }
             }
         }
-        Ok(merged.into_iter().map(|(k, (r, rec))| (k, r, rec)).collect())
+        Ok(merged
+            .into_iter()
+            .map(|(k, (r, rec))| (k, r, rec))
+            .collect())
     }
 
     fn lease_exists(&self, id: i64) -> Result<bool, EngineError> {
@@ -499,7 +586,8 @@ impl<'a> ApplyBatch<'a> {
     }
 
     fn keys_of_lease(&self, id: i64) -> Result<Vec<Vec<u8>>, EngineError> {
-        let mut keys: std::collections::BTreeSet<Vec<u8>> = self.mvcc.lease_keys(id)?.into_iter().collect();
+        let mut keys: std::collections::BTreeSet<Vec<u8>> =
+            self.mvcc.lease_keys(id)?.into_iter().collect();
         for ((lid, k), attached) in self.lease_keys.range((id, Vec::new())..) {
             if *lid != id {
                 break;
@@ -514,34 +602,58 @@ impl<'a> ApplyBatch<'a> {
     }
 
     fn begin(&self) -> RevWrite {
-        RevWrite { rev: self.rev + 1, sub: 0, events: Vec::new() }
+        RevWrite {
+            rev: self.rev + 1,
+            sub: 0,
+            events: Vec::new(),
+        }
     }
 
     /// Commits a revision if it wrote anything (a request that changes nothing keeps the revision).
     fn commit(&mut self, w: RevWrite) {
         if !w.events.is_empty() {
             self.rev = w.rev;
-            self.events.push(RevEvents { rev: w.rev, events: w.events });
+            self.events.push(RevEvents {
+                rev: w.rev,
+                events: w.events,
+            });
         }
     }
 
-    fn write_version(&mut self, w: &mut RevWrite, key: &[u8], rec: Record, prev: Option<(i64, Record)>) {
+    fn write_version(
+        &mut self,
+        w: &mut RevWrite,
+        key: &[u8],
+        rec: Record,
+        prev: Option<(i64, Record)>,
+    ) {
         let e = &self.mvcc.engine;
-        self.batch.put_cf(e.cf(CF_KV), kv_key(key, w.rev), encode(&rec));
+        self.batch
+            .put_cf(e.cf(CF_KV), kv_key(key, w.rev), encode(&rec));
         self.batch.put_cf(e.cf(CF_REV), rev_key(w.rev, w.sub), key);
         w.sub += 1;
-        let prev_lease = prev.as_ref().filter(|(_, p)| !p.tombstone).map_or(0, |(_, p)| p.lease);
+        let prev_lease = prev
+            .as_ref()
+            .filter(|(_, p)| !p.tombstone)
+            .map_or(0, |(_, p)| p.lease);
         if prev_lease != 0 && prev_lease != rec.lease {
-            self.batch.delete_cf(e.cf(CF_LEASE_KEYS), lease_keys_key(prev_lease, key));
+            self.batch
+                .delete_cf(e.cf(CF_LEASE_KEYS), lease_keys_key(prev_lease, key));
             self.lease_keys.insert((prev_lease, key.to_vec()), false);
         }
         if rec.lease != 0 && prev_lease != rec.lease {
-            self.batch.put_cf(e.cf(CF_LEASE_KEYS), lease_keys_key(rec.lease, key), []);
+            self.batch
+                .put_cf(e.cf(CF_LEASE_KEYS), lease_keys_key(rec.lease, key), []);
             self.lease_keys.insert((rec.lease, key.to_vec()), true);
         }
-        let prev_kv = prev.filter(|(_, p)| !p.tombstone).map(|(r, p)| p.to_kv(key, r));
+        let prev_kv = prev
+            .filter(|(_, p)| !p.tombstone)
+            .map(|(r, p)| p.to_kv(key, r));
         w.events.push(make_event(key, w.rev, &rec, prev_kv));
-        self.overlay.entry(key.to_vec()).or_default().push((w.rev, rec));
+        self.overlay
+            .entry(key.to_vec())
+            .or_default()
+            .push((w.rev, rec));
     }
 
     fn check_op(&self, op: &RequestOp) -> Result<(), MvccError> {
@@ -582,7 +694,9 @@ impl<'a> ApplyBatch<'a> {
 
     fn exec_op(&mut self, w: &mut RevWrite, op: &RequestOp) -> Result<ResponseOp, MvccError> {
         let response = match &op.request {
-            Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(self.exec_put(w, p)?),
+            Some(request_op::Request::RequestPut(p)) => {
+                response_op::Response::ResponsePut(self.exec_put(w, p)?)
+            }
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 response_op::Response::ResponseDeleteRange(self.exec_delete(w, d)?)
             }
@@ -593,10 +707,14 @@ impl<'a> ApplyBatch<'a> {
                 let found = self.range_at(&KeyRange::new(&r.key, &r.range_end), rev)?;
                 response_op::Response::ResponseRange(shape_range(r, found, visible))
             }
-            Some(request_op::Request::RequestTxn(t)) => response_op::Response::ResponseTxn(self.exec_txn(w, t)?),
+            Some(request_op::Request::RequestTxn(t)) => {
+                response_op::Response::ResponseTxn(self.exec_txn(w, t)?)
+            }
             None => response_op::Response::ResponseRange(RangeResponse::default()),
         };
-        Ok(ResponseOp { response: Some(response) })
+        Ok(ResponseOp {
+            response: Some(response),
+        })
     }
 
     fn exec_put(&mut self, w: &mut RevWrite, p: &PutRequest) -> Result<PutResponse, MvccError> {
@@ -614,13 +732,30 @@ impl<'a> ApplyBatch<'a> {
             (Some((_, r)), true) => r.lease,
             _ => p.lease,
         };
-        let rec = Record { value, create_rev, version, lease, tombstone: false };
+        let rec = Record {
+            value,
+            create_rev,
+            version,
+            lease,
+            tombstone: false,
+        };
         self.write_version(w, &p.key, rec, prev);
-        let prev_kv = if p.prev_kv { live_prev.map(|(r, rec)| rec.to_kv(&p.key, r)) } else { None };
-        Ok(PutResponse { header: Some(header(w.rev)), prev_kv })
+        let prev_kv = if p.prev_kv {
+            live_prev.map(|(r, rec)| rec.to_kv(&p.key, r))
+        } else {
+            None
+        };
+        Ok(PutResponse {
+            header: Some(header(w.rev)),
+            prev_kv,
+        })
     }
 
-    fn exec_delete(&mut self, w: &mut RevWrite, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
+    fn exec_delete(
+        &mut self,
+        w: &mut RevWrite,
+        d: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, MvccError> {
         let found = self.range_at(&KeyRange::new(&d.key, &d.range_end), w.rev)?;
         let mut prev_kvs = Vec::new();
         for (key, r, rec) in &found {
@@ -630,7 +765,11 @@ impl<'a> ApplyBatch<'a> {
             }
         }
         let rev = if found.is_empty() { self.rev } else { w.rev };
-        Ok(DeleteRangeResponse { header: Some(header(rev)), deleted: found.len() as i64, prev_kvs })
+        Ok(DeleteRangeResponse {
+            header: Some(header(rev)),
+            deleted: found.len() as i64,
+            prev_kvs,
+        })
     }
 
     fn exec_txn(&mut self, w: &mut RevWrite, t: &TxnRequest) -> Result<TxnResponse, MvccError> {
@@ -647,7 +786,11 @@ impl<'a> ApplyBatch<'a> {
             responses.push(self.exec_op(w, op)?);
         }
         let rev = if w.events.is_empty() { self.rev } else { w.rev };
-        Ok(TxnResponse { header: Some(header(rev)), succeeded, responses })
+        Ok(TxnResponse {
+            header: Some(header(rev)),
+            succeeded,
+            responses,
+        })
     }
 
     fn compare(&self, c: &Compare) -> Result<bool, EngineError> {
@@ -657,10 +800,18 @@ impl<'a> ApplyBatch<'a> {
         let result = CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal);
         let one = |kv: &KeyValue| -> bool {
             let ord = match (&c.target_union, target) {
-                (Some(compare::TargetUnion::Value(v)), CompareTarget::Value) => kv.value.as_slice().cmp(v.as_slice()),
-                (Some(compare::TargetUnion::Version(v)), CompareTarget::Version) => kv.version.cmp(v),
-                (Some(compare::TargetUnion::CreateRevision(v)), CompareTarget::Create) => kv.create_revision.cmp(v),
-                (Some(compare::TargetUnion::ModRevision(v)), CompareTarget::Mod) => kv.mod_revision.cmp(v),
+                (Some(compare::TargetUnion::Value(v)), CompareTarget::Value) => {
+                    kv.value.as_slice().cmp(v.as_slice())
+                }
+                (Some(compare::TargetUnion::Version(v)), CompareTarget::Version) => {
+                    kv.version.cmp(v)
+                }
+                (Some(compare::TargetUnion::CreateRevision(v)), CompareTarget::Create) => {
+                    kv.create_revision.cmp(v)
+                }
+                (Some(compare::TargetUnion::ModRevision(v)), CompareTarget::Mod) => {
+                    kv.mod_revision.cmp(v)
+                }
                 (Some(compare::TargetUnion::Lease(v)), CompareTarget::Lease) => kv.lease.cmp(v),
                 // A missing target value compares against the zero value of the target.
                 (None, CompareTarget::Value) => kv.value.as_slice().cmp(&[][..]),
@@ -705,7 +856,8 @@ impl<'a> ApplyBatch<'a> {
             return Err(ApplyError::LeaseExists.into());
         }
         let rec = LeaseRecord { ttl };
-        self.batch.put_cf(self.mvcc.engine.cf(CF_LEASE), lease_key(id), encode(&rec));
+        self.batch
+            .put_cf(self.mvcc.engine.cf(CF_LEASE), lease_key(id), encode(&rec));
         self.leases.insert(id, Some(rec));
         Ok(())
     }
@@ -725,7 +877,8 @@ impl<'a> ApplyBatch<'a> {
         self.commit(w);
         let e = &self.mvcc.engine;
         self.batch.delete_cf(e.cf(CF_LEASE), lease_key(id));
-        self.batch.delete_range_cf(e.cf(CF_LEASE_KEYS), lease_key(id), lease_key(id + 1));
+        self.batch
+            .delete_range_cf(e.cf(CF_LEASE_KEYS), lease_key(id), lease_key(id + 1));
         self.leases.insert(id, None);
         Ok(())
     }

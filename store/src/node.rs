@@ -150,9 +150,15 @@ impl Node {
         let cluster_id = match engine.get_meta::<ClusterInfo>(META_CLUSTER)? {
             Some(c) => c.cluster_id,
             None => {
-                let mut names: Vec<String> = config.initial_cluster.iter().map(|(n, a)| format!("{n}={a}")).collect();
+                let mut names: Vec<String> = config
+                    .initial_cluster
+                    .iter()
+                    .map(|(n, a)| format!("{n}={a}"))
+                    .collect();
                 names.sort();
-                let c = ClusterInfo { cluster_id: member_id(&names.join(",")) };
+                let c = ClusterInfo {
+                    cluster_id: member_id(&names.join(",")),
+                };
                 let mut b = rocksdb::WriteBatch::default();
                 engine.put_meta(&mut b, META_CLUSTER, &c);
                 engine.write_sync(b)?;
@@ -183,15 +189,33 @@ impl Node {
             ..Default::default()
         }
         .validate()?;
-        let raft = Raft::new(id, Arc::new(raft_config), PeerNetwork, LogStore::new(engine.clone()), sm.clone()).await?;
+        let raft = Raft::new(
+            id,
+            Arc::new(raft_config),
+            PeerNetwork,
+            LogStore::new(engine.clone()),
+            sm.clone(),
+        )
+        .await?;
         if !raft.is_initialized().await? {
             let members: BTreeMap<u64, Member> = config
                 .initial_cluster
                 .iter()
-                .map(|(n, a)| (member_id(n), Member { name: n.clone(), peer_addr: a.clone() }))
+                .map(|(n, a)| {
+                    (
+                        member_id(n),
+                        Member {
+                            name: n.clone(),
+                            peer_addr: a.clone(),
+                        },
+                    )
+                })
                 .collect();
             if !members.contains_key(&id) {
-                anyhow::bail!("--initial-cluster does not name this member ({})", config.name);
+                anyhow::bail!(
+                    "--initial-cluster does not name this member ({})",
+                    config.name
+                );
             }
             tracing::info!(?members, "bootstrapping a new cluster");
             raft.initialize(members).await?;
@@ -245,8 +269,11 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let ch = peer_channel(addr).map_err(|e| internal(format!("bad peer address {addr}: {e}")))?;
-        let c = PeerClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        let ch =
+            peer_channel(addr).map_err(|e| internal(format!("bad peer address {addr}: {e}")))?;
+        let c = PeerClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -254,7 +281,9 @@ impl Node {
     fn leader_addr(&self, leader: Option<u64>) -> Option<String> {
         let leader = leader?;
         let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership().get_node(&leader).map(|n| n.peer_addr.clone())
+        m.membership()
+            .get_node(&leader)
+            .map(|n| n.peer_addr.clone())
     }
 
     /// Proposes a command through Raft from any member and waits until it is applied here or on
@@ -273,8 +302,8 @@ impl Node {
                 match tokio::time::timeout(left, client.forward(to_payload(&cmd))).await {
                     Err(_) => return Err(unavailable("etcdserver: request timed out")),
                     Ok(Ok(reply)) => {
-                        let r: Result<Response, ForwardError> =
-                            from_payload(reply.get_ref()).map_err(|e| internal(format!("bad forward reply: {e}")))?;
+                        let r: Result<Response, ForwardError> = from_payload(reply.get_ref())
+                            .map_err(|e| internal(format!("bad forward reply: {e}")))?;
                         match r {
                             Ok(r) => return Ok(r),
                             Err(ForwardError::Failed(e)) => return Err(unavailable(&e)),
@@ -302,11 +331,15 @@ impl Node {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.client_write(cmd)).await {
             Err(_) => Err(ForwardError::Failed("etcdserver: request timed out".into())),
             Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ForwardError::NotLeader),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(ForwardError::NotLeader)
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                 Err(ForwardError::Failed(format!("etcdserver: {e}")))
             }
-            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Failed(format!("etcdserver: server stopped: {e}"))),
+            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Failed(format!(
+                "etcdserver: server stopped: {e}"
+            ))),
         }
     }
 
@@ -323,9 +356,11 @@ impl Node {
             if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {
                 let mut client = self.peer(&addr)?;
                 let left = deadline.saturating_duration_since(Instant::now());
-                if let Ok(Ok(reply)) = tokio::time::timeout(left, client.read_index(to_payload(&()))).await {
-                    let r: Result<u64, ForwardError> =
-                        from_payload(reply.get_ref()).map_err(|e| internal(format!("bad read index reply: {e}")))?;
+                if let Ok(Ok(reply)) =
+                    tokio::time::timeout(left, client.read_index(to_payload(&()))).await
+                {
+                    let r: Result<u64, ForwardError> = from_payload(reply.get_ref())
+                        .map_err(|e| internal(format!("bad read index reply: {e}")))?;
                     if let Ok(index) = r {
                         return self.wait_applied(index, deadline).await;
                     }
@@ -343,9 +378,15 @@ impl Node {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.get_read_log_id()).await {
             Err(_) => Err(ForwardError::Failed("etcdserver: request timed out".into())),
             Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(ForwardError::NotLeader),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(ForwardError::NotLeader),
-            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Failed(format!("etcdserver: server stopped: {e}"))),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(ForwardError::NotLeader)
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(ForwardError::NotLeader)
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Failed(format!(
+                "etcdserver: server stopped: {e}"
+            ))),
         }
     }
 
@@ -365,7 +406,11 @@ impl Node {
             return Err(Status::out_of_range("etcdserver: too large lease TTL"));
         }
         let ttl = ttl.max(MIN_LEASE_TTL_SECS);
-        let id = if id == 0 { (rand::random::<u64>() >> 2) as i64 + 1 } else { id };
+        let id = if id == 0 {
+            (rand::random::<u64>() >> 2) as i64 + 1
+        } else {
+            id
+        };
         let r = self.propose(Command::LeaseGrant { id, ttl }).await?;
         match r.result {
             Reply::LeaseGranted { id, ttl } => Ok((id, ttl, r.revision)),
@@ -384,9 +429,12 @@ impl Node {
             }
             if let Some(addr) = self.leader_addr(leader) {
                 let mut client = self.peer(&addr)?;
-                if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), client.lease_query(to_payload(&q))).await {
-                    let a: LeaseAnswer =
-                        from_payload(reply.get_ref()).map_err(|e| internal(format!("bad lease reply: {e}")))?;
+                if let Ok(Ok(reply)) =
+                    tokio::time::timeout(Duration::from_secs(2), client.lease_query(to_payload(&q)))
+                        .await
+                {
+                    let a: LeaseAnswer = from_payload(reply.get_ref())
+                        .map_err(|e| internal(format!("bad lease reply: {e}")))?;
                     if !matches!(a, LeaseAnswer::NotLeader) {
                         return Ok(a);
                     }
@@ -461,7 +509,9 @@ impl Node {
                 tokio::spawn(async move {
                     match node.propose(Command::LeaseRevoke { id }).await {
                         Ok(_) => tracing::info!(lease = id, "lease expired and was revoked"),
-                        Err(e) => tracing::warn!(lease = id, error = %e.message(), "revoking an expired lease failed"),
+                        Err(e) => {
+                            tracing::warn!(lease = id, error = %e.message(), "revoking an expired lease failed")
+                        }
                     }
                     node.revoking.lock().expect("revoking lock").remove(&id);
                 });
@@ -473,10 +523,17 @@ impl Node {
     async fn compactor_loop(self: Arc<Self>) {
         loop {
             let target = self.mvcc().compact_rev();
-            let done = self.sm.engine.get_meta::<i64>(META_COMPACT_DONE).ok().flatten().unwrap_or(0);
+            let done = self
+                .sm
+                .engine
+                .get_meta::<i64>(META_COMPACT_DONE)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
             if target > done {
                 let sm = self.sm.clone();
-                let res = tokio::task::spawn_blocking(move || sm.mvcc.physical_compact(target)).await;
+                let res =
+                    tokio::task::spawn_blocking(move || sm.mvcc.physical_compact(target)).await;
                 match res {
                     Ok(Ok(())) => tracing::info!(revision = target, "compacted old versions"),
                     Ok(Err(e)) => tracing::error!(error = %e, "compaction failed"),
@@ -493,11 +550,18 @@ impl Node {
         let url = format!("http://{}", self.config.client_addr);
         loop {
             if let Ok(attrs) = self.sm.members() {
-                if attrs.get(&self.id).is_some_and(|a| a.client_urls == [url.clone()] && a.name == self.config.name) {
+                if attrs
+                    .get(&self.id)
+                    .is_some_and(|a| a.client_urls == [url.clone()] && a.name == self.config.name)
+                {
                     return;
                 }
             }
-            let cmd = Command::PublishMember { id: self.id, name: self.config.name.clone(), client_urls: vec![url.clone()] };
+            let cmd = Command::PublishMember {
+                id: self.id,
+                name: self.config.name.clone(),
+                client_urls: vec![url.clone()],
+            };
             if self.propose(cmd).await.is_ok() {
                 return;
             }
@@ -509,5 +573,6 @@ impl Node {
 /// True when a peer call failed before the request could have been sent.
 fn is_connect_error(status: &Status) -> bool {
     let m = status.message().to_ascii_lowercase();
-    status.code() == tonic::Code::Unavailable && (m.contains("connect") || m.contains("connection refused"))
+    status.code() == tonic::Code::Unavailable
+        && (m.contains("connect") || m.contains("connection refused"))
 }

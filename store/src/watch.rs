@@ -33,12 +33,18 @@ pub struct WatchHub {
 impl WatchHub {
     pub fn new(current_rev: i64, capacity: usize) -> WatchHub {
         let (latest, _) = watch::channel(current_rev);
-        WatchHub { ring: RwLock::new(VecDeque::new()), latest, capacity: capacity.max(1) }
+        WatchHub {
+            ring: RwLock::new(VecDeque::new()),
+            latest,
+            capacity: capacity.max(1),
+        }
     }
 
     /// Publishes durable revisions (in order) and wakes the streams.
     pub fn publish(&self, revs: Vec<RevEvents>) {
-        let Some(last) = revs.last().map(|r| r.rev) else { return };
+        let Some(last) = revs.last().map(|r| r.rev) else {
+            return;
+        };
         {
             let mut ring = self.ring.write().expect("ring lock");
             for r in revs {
@@ -75,6 +81,12 @@ impl WatchHub {
             return None;
         }
         let skip = (from - first) as usize;
-        Some(ring.iter().skip(skip).take_while(|r| r.rev <= to).cloned().collect())
+        Some(
+            ring.iter()
+                .skip(skip)
+                .take_while(|r| r.rev <= to)
+                .cloned()
+                .collect(),
+        )
     }
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use eden_proto::etcdserverpb::kv_server::Kv;
 use eden_proto::etcdserverpb::{
-    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -31,10 +31,17 @@ pub fn mvcc_status(e: MvccError) -> Status {
 
 /// Puts this member's header on a response's nested headers too (etcd fills them all).
 fn set_headers(resp: &mut ResponseOp, h: &ResponseHeader) {
-    let with_rev = |rev: i64| ResponseHeader { revision: rev, ..*h };
+    let with_rev = |rev: i64| ResponseHeader {
+        revision: rev,
+        ..*h
+    };
     match &mut resp.response {
-        Some(response_op::Response::ResponseRange(r)) => r.header = Some(with_rev(r.header.map_or(h.revision, |x| x.revision))),
-        Some(response_op::Response::ResponsePut(r)) => r.header = Some(with_rev(r.header.map_or(h.revision, |x| x.revision))),
+        Some(response_op::Response::ResponseRange(r)) => {
+            r.header = Some(with_rev(r.header.map_or(h.revision, |x| x.revision)))
+        }
+        Some(response_op::Response::ResponsePut(r)) => {
+            r.header = Some(with_rev(r.header.map_or(h.revision, |x| x.revision)))
+        }
         Some(response_op::Response::ResponseDeleteRange(r)) => {
             r.header = Some(with_rev(r.header.map_or(h.revision, |x| x.revision)))
         }
@@ -51,7 +58,12 @@ fn set_headers(resp: &mut ResponseOp, h: &ResponseHeader) {
 impl KvService {
     /// Proposes a KV write and returns the applied response with full headers.
     async fn write(&self, op: RequestOp) -> Result<ResponseOp, Status> {
-        let r = self.node.propose(Command::Kv { op: op.encode_to_vec() }).await?;
+        let r = self
+            .node
+            .propose(Command::Kv {
+                op: op.encode_to_vec(),
+            })
+            .await?;
         match r.result {
             Reply::Kv(raw) => {
                 let mut resp = ResponseOp::decode(raw.as_slice()).map_err(internal)?;
@@ -66,7 +78,10 @@ impl KvService {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         validate::size(&req, self.node.config.max_request_bytes)?;
         validate::range(&req)?;
@@ -82,17 +97,32 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::size(&req, self.node.config.max_request_bytes)?;
         validate::put(&req)?;
-        match self.write(RequestOp { request: Some(request_op::Request::RequestPut(req)) }).await?.response {
+        match self
+            .write(RequestOp {
+                request: Some(request_op::Request::RequestPut(req)),
+            })
+            .await?
+            .response
+        {
             Some(response_op::Response::ResponsePut(r)) => Ok(Response::new(r)),
             _ => Err(internal("put answered with another response")),
         }
     }
 
-    async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
         validate::size(&req, self.node.config.max_request_bytes)?;
         validate::delete(&req)?;
-        match self.write(RequestOp { request: Some(request_op::Request::RequestDeleteRange(req)) }).await?.response {
+        match self
+            .write(RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(req)),
+            })
+            .await?
+            .response
+        {
             Some(response_op::Response::ResponseDeleteRange(r)) => Ok(Response::new(r)),
             _ => Err(internal("delete answered with another response")),
         }
@@ -102,7 +132,9 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::size(&req, self.node.config.max_request_bytes)?;
         validate::txn(&req, self.node.config.max_txn_ops)?;
-        let op = RequestOp { request: Some(request_op::Request::RequestTxn(req)) };
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestTxn(req)),
+        };
         let mut resp = if validate::read_only(match &op.request {
             Some(request_op::Request::RequestTxn(t)) => t,
             _ => unreachable!(),
@@ -127,22 +159,38 @@ impl Kv for KvService {
         }
     }
 
-    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
-        let r = self.node.propose(Command::Compact { revision: req.revision }).await?;
+        let r = self
+            .node
+            .propose(Command::Compact {
+                revision: req.revision,
+            })
+            .await?;
         if let Reply::Refused(e) = &r.result {
             return Err(refused(e));
         }
         if req.physical {
             // Wait until this member removed the old versions.
             for _ in 0..600 {
-                let done: i64 = self.node.sm.engine.get_meta(META_COMPACT_DONE).map_err(internal)?.unwrap_or(0);
+                let done: i64 = self
+                    .node
+                    .sm
+                    .engine
+                    .get_meta(META_COMPACT_DONE)
+                    .map_err(internal)?
+                    .unwrap_or(0);
                 if done >= req.revision {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        Ok(Response::new(CompactionResponse { header: Some(self.node.header_at(r.revision)) }))
+        Ok(Response::new(CompactionResponse {
+            header: Some(self.node.header_at(r.revision)),
+        }))
     }
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use eden_proto::etcdserverpb::lease_server::Lease;
 use eden_proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
-    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -26,19 +26,35 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
-    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
         let req = request.into_inner();
         let (id, ttl, rev) = self.node.lease_grant(req.id, req.ttl).await?;
-        Ok(Response::new(LeaseGrantResponse { header: Some(self.node.header_at(rev)), id, ttl, error: String::new() }))
+        Ok(Response::new(LeaseGrantResponse {
+            header: Some(self.node.header_at(rev)),
+            id,
+            ttl,
+            error: String::new(),
+        }))
     }
 
-    async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let req = request.into_inner();
-        let r = self.node.propose(Command::LeaseRevoke { id: req.id }).await?;
+        let r = self
+            .node
+            .propose(Command::LeaseRevoke { id: req.id })
+            .await?;
         if let Reply::Refused(e) = &r.result {
             return Err(refused(e));
         }
-        Ok(Response::new(LeaseRevokeResponse { header: Some(self.node.header_at(r.revision)) }))
+        Ok(Response::new(LeaseRevokeResponse {
+            header: Some(self.node.header_at(r.revision)),
+        }))
     }
 
     type LeaseKeepAliveStream = KeepAliveStream;
@@ -53,7 +69,11 @@ impl Lease for LeaseService {
         tokio::spawn(async move {
             while let Ok(Some(req)) = inbound.message().await {
                 let resp = match node.lease_query(LeaseQuery::KeepAlive(req.id)).await {
-                    Ok(LeaseAnswer::Ttl(ttl)) => Ok(LeaseKeepAliveResponse { header: Some(node.header()), id: req.id, ttl }),
+                    Ok(LeaseAnswer::Ttl(ttl)) => Ok(LeaseKeepAliveResponse {
+                        header: Some(node.header()),
+                        id: req.id,
+                        ttl,
+                    }),
                     Ok(other) => Err(internal(format!("unexpected lease answer {other:?}"))),
                     Err(e) => Err(e),
                 };
@@ -72,23 +92,46 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
         let header = Some(self.node.header());
-        match self.node.lease_query(LeaseQuery::TimeToLive(req.id)).await? {
+        match self
+            .node
+            .lease_query(LeaseQuery::TimeToLive(req.id))
+            .await?
+        {
             LeaseAnswer::Remaining(Some((ttl, granted))) => {
-                let keys = if req.keys { self.node.mvcc().lease_keys(req.id).map_err(internal)? } else { Vec::new() };
-                Ok(Response::new(LeaseTimeToLiveResponse { header, id: req.id, ttl, granted_ttl: granted, keys }))
+                let keys = if req.keys {
+                    self.node.mvcc().lease_keys(req.id).map_err(internal)?
+                } else {
+                    Vec::new()
+                };
+                Ok(Response::new(LeaseTimeToLiveResponse {
+                    header,
+                    id: req.id,
+                    ttl,
+                    granted_ttl: granted,
+                    keys,
+                }))
             }
-            LeaseAnswer::Remaining(None) => {
-                Ok(Response::new(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() }))
-            }
+            LeaseAnswer::Remaining(None) => Ok(Response::new(LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                ..Default::default()
+            })),
             other => Err(internal(format!("unexpected lease answer {other:?}"))),
         }
     }
 
-    async fn lease_leases(&self, _request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
         let leases = self.node.mvcc().leases().map_err(internal)?;
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.node.header()),
-            leases: leases.into_iter().map(|(id, _)| LeaseStatus { id }).collect(),
+            leases: leases
+                .into_iter()
+                .map(|(id, _)| LeaseStatus { id })
+                .collect(),
         }))
     }
 }

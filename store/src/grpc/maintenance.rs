@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use eden_proto::etcdserverpb::maintenance_server::Maintenance;
 use eden_proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
-    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -30,19 +31,30 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
         match AlarmAction::try_from(request.get_ref().action) {
-            Ok(AlarmAction::Get) => {
-                Ok(Response::new(AlarmResponse { header: Some(self.node.header()), alarms: Vec::new() }))
-            }
+            Ok(AlarmAction::Get) => Ok(Response::new(AlarmResponse {
+                header: Some(self.node.header()),
+                alarms: Vec::new(),
+            })),
             _ => Err(not_yet("activating or disarming alarms")),
         }
     }
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let m = self.node.raft.metrics().borrow().clone();
         let size = self.node.sm.engine.size_bytes();
-        let is_learner = !m.membership_config.membership().voter_ids().any(|id| id == self.node.id);
+        let is_learner = !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == self.node.id);
         Ok(Response::new(StatusResponse {
             header: Some(self.node.header()),
             version: ETCD_API_VERSION.into(),
@@ -59,7 +71,10 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _r: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _r: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
         Err(not_yet("defragment"))
     }
 
@@ -67,21 +82,33 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("hash"))
     }
 
-    async fn hash_kv(&self, _r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        _r: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
         Err(not_yet("hashkv"))
     }
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, _r: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _r: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         Err(not_yet("snapshot"))
     }
 
-    async fn move_leader(&self, _r: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        _r: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
         Err(not_yet("move leader"))
     }
 
-    async fn downgrade(&self, _r: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _r: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
         Err(not_yet("downgrade"))
     }
 }

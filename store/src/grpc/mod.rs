@@ -29,22 +29,42 @@ use crate::node::Node;
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Serves the client port until `shutdown` resolves.
-pub async fn serve_client(node: Arc<Node>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn serve_client(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let max = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     Server::builder()
         .tcp_nodelay(true)
-        .add_service(KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max))
-        .add_service(WatchServer::new(watch::WatchService { node: node.clone() }).max_decoding_message_size(max))
-        .add_service(LeaseServer::new(lease::LeaseService { node: node.clone() }).max_decoding_message_size(max))
-        .add_service(ClusterServer::new(cluster::ClusterService { node: node.clone() }))
-        .add_service(MaintenanceServer::new(maintenance::MaintenanceService { node: node.clone() }))
+        .add_service(
+            KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService { node: node.clone() })
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            LeaseServer::new(lease::LeaseService { node: node.clone() })
+                .max_decoding_message_size(max),
+        )
+        .add_service(ClusterServer::new(cluster::ClusterService {
+            node: node.clone(),
+        }))
+        .add_service(MaintenanceServer::new(maintenance::MaintenanceService {
+            node: node.clone(),
+        }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
 }
 
 /// Serves the peer port until `shutdown` resolves.
-pub async fn serve_peer(node: Arc<Node>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn serve_peer(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     Server::builder()
         .tcp_nodelay(true)
         .add_service(

@@ -23,7 +23,9 @@ fn bad(e: bincode::Error) -> Status {
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let req: AppendEntriesRequest<TypeConfig> = from_payload(request.get_ref()).map_err(bad)?;
-        Ok(Response::new(to_payload(&self.node.raft.append_entries(req).await)))
+        Ok(Response::new(to_payload(
+            &self.node.raft.append_entries(req).await,
+        )))
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
@@ -31,18 +33,28 @@ impl Peer for PeerService {
         Ok(Response::new(to_payload(&self.node.raft.vote(req).await)))
     }
 
-    async fn install_snapshot(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let req: InstallSnapshotRequest<TypeConfig> = from_payload(request.get_ref()).map_err(bad)?;
-        Ok(Response::new(to_payload(&self.node.raft.install_snapshot(req).await)))
+    async fn install_snapshot(
+        &self,
+        request: Request<Payload>,
+    ) -> Result<Response<Payload>, Status> {
+        let req: InstallSnapshotRequest<TypeConfig> =
+            from_payload(request.get_ref()).map_err(bad)?;
+        Ok(Response::new(to_payload(
+            &self.node.raft.install_snapshot(req).await,
+        )))
     }
 
     async fn forward(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let cmd: Command = from_payload(request.get_ref()).map_err(bad)?;
-        Ok(Response::new(to_payload(&self.node.propose_local(cmd).await)))
+        Ok(Response::new(to_payload(
+            &self.node.propose_local(cmd).await,
+        )))
     }
 
     async fn read_index(&self, _request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        Ok(Response::new(to_payload(&self.node.read_index_local().await)))
+        Ok(Response::new(to_payload(
+            &self.node.read_index_local().await,
+        )))
     }
 
     async fn lease_query(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

@@ -28,7 +28,9 @@ pub fn range(r: &RangeRequest) -> Result<(), Status> {
     if r.key.is_empty() {
         return Err(empty_key());
     }
-    if range_request::SortOrder::try_from(r.sort_order).is_err() || range_request::SortTarget::try_from(r.sort_target).is_err() {
+    if range_request::SortOrder::try_from(r.sort_order).is_err()
+        || range_request::SortTarget::try_from(r.sort_target).is_err()
+    {
         return Err(Status::invalid_argument("etcdserver: invalid sort option"));
     }
     Ok(())
@@ -57,7 +59,9 @@ pub fn delete(d: &DeleteRangeRequest) -> Result<(), Status> {
 /// Checks a txn and its nested txns: op count, each op, and that no key is written twice.
 pub fn txn(t: &TxnRequest, max_ops: usize) -> Result<(), Status> {
     if t.compare.len() > max_ops || t.success.len() > max_ops || t.failure.len() > max_ops {
-        return Err(Status::invalid_argument("etcdserver: too many operations in txn request"));
+        return Err(Status::invalid_argument(
+            "etcdserver: too many operations in txn request",
+        ));
     }
     for c in &t.compare {
         if c.key.is_empty() {
@@ -87,7 +91,11 @@ fn dup() -> Status {
 
 /// Collects the keys a branch puts and the ranges it deletes; a key put twice, or put and deleted,
 /// is a duplicate. A nested txn counts with the writes of both its branches.
-fn writes(ops: &[RequestOp], puts: &mut Vec<Vec<u8>>, dels: &mut Vec<KeyRange>) -> Result<(), Status> {
+fn writes(
+    ops: &[RequestOp],
+    puts: &mut Vec<Vec<u8>>,
+    dels: &mut Vec<KeyRange>,
+) -> Result<(), Status> {
     for op in ops {
         match &op.request {
             Some(request_op::Request::RequestPut(p)) => {
@@ -123,20 +131,26 @@ fn writes(ops: &[RequestOp], puts: &mut Vec<Vec<u8>>, dels: &mut Vec<KeyRange>) 
 
 /// True when a txn (with its nested txns) only reads.
 pub fn read_only(t: &TxnRequest) -> bool {
-    t.success.iter().chain(t.failure.iter()).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(_)) | None => true,
-        Some(request_op::Request::RequestTxn(t)) => read_only(t),
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(t.failure.iter())
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(t)) => read_only(t),
+            _ => false,
+        })
 }
 
 /// True when every range in a read-only txn asks for a serializable read.
 pub fn all_serializable(t: &TxnRequest) -> bool {
-    t.success.iter().chain(t.failure.iter()).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(r)) => r.serializable,
-        Some(request_op::Request::RequestTxn(t)) => all_serializable(t),
-        _ => true,
-    })
+    t.success
+        .iter()
+        .chain(t.failure.iter())
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => r.serializable,
+            Some(request_op::Request::RequestTxn(t)) => all_serializable(t),
+            _ => true,
+        })
 }
 
 #[cfg(test)]
@@ -145,7 +159,12 @@ mod tests {
     use eden_proto::etcdserverpb::{request_op::Request, RequestOp};
 
     fn put_op(k: &str) -> RequestOp {
-        RequestOp { request: Some(Request::RequestPut(PutRequest { key: k.into(), ..Default::default() })) }
+        RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
+        }
     }
     fn del_op(k: &str, end: &str) -> RequestOp {
         RequestOp {
@@ -159,16 +178,37 @@ mod tests {
 
     #[test]
     fn duplicate_keys_in_a_txn_are_refused() {
-        let t = TxnRequest { success: vec![put_op("a"), put_op("a")], ..Default::default() };
-        assert_eq!(txn(&t, 128).unwrap_err().message(), "etcdserver: duplicate key given in txn request");
-        let t = TxnRequest { success: vec![del_op("a", "c"), put_op("b")], ..Default::default() };
+        let t = TxnRequest {
+            success: vec![put_op("a"), put_op("a")],
+            ..Default::default()
+        };
+        assert_eq!(
+            txn(&t, 128).unwrap_err().message(),
+            "etcdserver: duplicate key given in txn request"
+        );
+        let t = TxnRequest {
+            success: vec![del_op("a", "c"), put_op("b")],
+            ..Default::default()
+        };
         assert!(txn(&t, 128).is_err());
         // the same key in the two branches is fine: only one runs.
-        let t = TxnRequest { success: vec![put_op("a")], failure: vec![put_op("a")], ..Default::default() };
-        assert!(txn(&t, 128).is_ok());
-        let nested = TxnRequest { success: vec![put_op("a")], ..Default::default() };
         let t = TxnRequest {
-            success: vec![put_op("a"), RequestOp { request: Some(Request::RequestTxn(nested)) }],
+            success: vec![put_op("a")],
+            failure: vec![put_op("a")],
+            ..Default::default()
+        };
+        assert!(txn(&t, 128).is_ok());
+        let nested = TxnRequest {
+            success: vec![put_op("a")],
+            ..Default::default()
+        };
+        let t = TxnRequest {
+            success: vec![
+                put_op("a"),
+                RequestOp {
+                    request: Some(Request::RequestTxn(nested)),
+                },
+            ],
             ..Default::default()
         };
         assert!(txn(&t, 128).is_err());
@@ -176,7 +216,13 @@ mod tests {
 
     #[test]
     fn too_many_ops() {
-        let t = TxnRequest { success: (0..129).map(|i| put_op(&format!("k{i}"))).collect(), ..Default::default() };
-        assert_eq!(txn(&t, 128).unwrap_err().message(), "etcdserver: too many operations in txn request");
+        let t = TxnRequest {
+            success: (0..129).map(|i| put_op(&format!("k{i}"))).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            txn(&t, 128).unwrap_err().message(),
+            "etcdserver: too many operations in txn request"
+        );
     }
 }

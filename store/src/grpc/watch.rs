@@ -15,7 +15,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use eden_proto::etcdserverpb::watch_server::Watch;
-use eden_proto::etcdserverpb::{watch_create_request::FilterType, watch_request, WatchCreateRequest, WatchRequest, WatchResponse};
+use eden_proto::etcdserverpb::{
+    watch_create_request::FilterType, watch_request, WatchCreateRequest, WatchRequest,
+    WatchResponse,
+};
 use eden_proto::mvccpb::{event::EventType, Event};
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -53,7 +56,11 @@ impl Watcher {
         Watcher {
             id,
             range: KeyRange::new(&req.key, &req.range_end),
-            next_rev: if req.start_revision > 0 { req.start_revision } else { current_rev + 1 },
+            next_rev: if req.start_revision > 0 {
+                req.start_revision
+            } else {
+                current_rev + 1
+            },
             no_put: req.filters.contains(&(FilterType::Noput as i32)),
             no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: req.prev_kv,
@@ -66,7 +73,10 @@ impl Watcher {
         rev.events
             .iter()
             .filter(|e| {
-                let key = e.kv.as_ref().map(|kv| kv.key.as_slice()).unwrap_or_default();
+                let key =
+                    e.kv.as_ref()
+                        .map(|kv| kv.key.as_slice())
+                        .unwrap_or_default();
                 let is_put = e.r#type == EventType::Put as i32;
                 self.range.contains(key) && !(is_put && self.no_put) && !(!is_put && self.no_delete)
             })
@@ -87,8 +97,14 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 impl Watch for WatchService {
     type WatchStream = WatchStream;
 
-    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        let wants_leader = request.metadata().get("hasleader").is_some_and(|v| v == "true");
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let wants_leader = request
+            .metadata()
+            .get("hasleader")
+            .is_some_and(|v| v == "true");
         if wants_leader && self.node.leader().is_none() {
             return Err(Status::unavailable("etcdserver: no leader"));
         }
@@ -96,7 +112,12 @@ impl Watch for WatchService {
         let (tx, rx) = mpsc::channel(64);
         let node = self.node.clone();
         tokio::spawn(async move {
-            let mut s = StreamTask { node, tx: tx.clone(), watchers: BTreeMap::new(), next_id: 0 };
+            let mut s = StreamTask {
+                node,
+                tx: tx.clone(),
+                watchers: BTreeMap::new(),
+                next_id: 0,
+            };
             if let Err(status) = s.run(inbound).await {
                 let _ = tx.send(Err(status)).await;
             }
@@ -151,7 +172,13 @@ impl StreamTask {
             Some(watch_request::RequestUnion::CancelRequest(c)) => {
                 if self.watchers.remove(&c.watch_id).is_some() {
                     let header = Some(self.node.header());
-                    self.send(WatchResponse { header, watch_id: c.watch_id, canceled: true, ..Default::default() }).await?;
+                    self.send(WatchResponse {
+                        header,
+                        watch_id: c.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    })
+                    .await?;
                 }
                 Ok(())
             }
@@ -161,7 +188,12 @@ impl StreamTask {
                     Ok(rev) => rev,
                     Err(_) => return Err(Closed),
                 };
-                self.send(WatchResponse { header: Some(self.node.header_at(rev)), watch_id: -1, ..Default::default() }).await
+                self.send(WatchResponse {
+                    header: Some(self.node.header_at(rev)),
+                    watch_id: -1,
+                    ..Default::default()
+                })
+                .await
             }
             None => Ok(()),
         }
@@ -191,11 +223,23 @@ impl StreamTask {
             self.next_id
         };
         let w = Watcher::from_request(id, &c, current);
-        self.send(WatchResponse { header: header.clone(), watch_id: id, created: true, ..Default::default() }).await?;
+        self.send(WatchResponse {
+            header: header.clone(),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        })
+        .await?;
         let compact = self.node.mvcc().compact_rev();
         if c.start_revision > 0 && c.start_revision < compact {
             return self
-                .send(WatchResponse { header, watch_id: id, canceled: true, compact_revision: compact, ..Default::default() })
+                .send(WatchResponse {
+                    header,
+                    watch_id: id,
+                    canceled: true,
+                    compact_revision: compact,
+                    ..Default::default()
+                })
                 .await;
         }
         self.watchers.insert(id, w);
@@ -204,11 +248,19 @@ impl StreamTask {
 
     async fn notify_progress(&mut self) -> Result<(), Closed> {
         let latest = self.node.hub().latest();
-        let ids: Vec<i64> =
-            self.watchers.values().filter(|w| w.progress_notify && w.next_rev > latest).map(|w| w.id).collect();
+        let ids: Vec<i64> = self
+            .watchers
+            .values()
+            .filter(|w| w.progress_notify && w.next_rev > latest)
+            .map(|w| w.id)
+            .collect();
         for id in ids {
-            self.send(WatchResponse { header: Some(self.node.header_at(latest)), watch_id: id, ..Default::default() })
-                .await?;
+            self.send(WatchResponse {
+                header: Some(self.node.header_at(latest)),
+                watch_id: id,
+                ..Default::default()
+            })
+            .await?;
         }
         Ok(())
     }
@@ -219,7 +271,9 @@ impl StreamTask {
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             loop {
-                let Some(w) = self.watchers.get(&id).cloned() else { break };
+                let Some(w) = self.watchers.get(&id).cloned() else {
+                    break;
+                };
                 if w.next_rev > latest {
                     break;
                 }
@@ -228,10 +282,12 @@ impl StreamTask {
                     None => {
                         let node = self.node.clone();
                         let from = w.next_rev;
-                        let got = tokio::task::spawn_blocking(move || node.mvcc().events_between(from, latest, CATCHUP_REVISIONS))
-                            .await
-                            .map_err(|e| CatchUpError::Storage(e.to_string()))?
-                            .map_err(|e| CatchUpError::Storage(e.to_string()))?;
+                        let got = tokio::task::spawn_blocking(move || {
+                            node.mvcc().events_between(from, latest, CATCHUP_REVISIONS)
+                        })
+                        .await
+                        .map_err(|e| CatchUpError::Storage(e.to_string()))?
+                        .map_err(|e| CatchUpError::Storage(e.to_string()))?;
                         match got {
                             Some(revs) => revs.into_iter().map(Arc::new).collect(),
                             None => {
@@ -264,8 +320,10 @@ impl StreamTask {
                 let mut sent_to = w.next_rev - 1;
                 for r in &revs {
                     let mut selected = w.select(r);
-                    if !events.is_empty() && events.len() + selected.len() > MAX_EVENTS_PER_RESPONSE {
-                        self.send_events(id, sent_to, std::mem::take(&mut events)).await?;
+                    if !events.is_empty() && events.len() + selected.len() > MAX_EVENTS_PER_RESPONSE
+                    {
+                        self.send_events(id, sent_to, std::mem::take(&mut events))
+                            .await?;
                     }
                     events.append(&mut selected);
                     sent_to = r.rev;
@@ -282,9 +340,14 @@ impl StreamTask {
     }
 
     async fn send_events(&self, id: i64, rev: i64, events: Vec<Event>) -> Result<(), CatchUpError> {
-        self.send(WatchResponse { header: Some(self.node.header_at(rev)), watch_id: id, events, ..Default::default() })
-            .await
-            .map_err(|_| CatchUpError::Closed)
+        self.send(WatchResponse {
+            header: Some(self.node.header_at(rev)),
+            watch_id: id,
+            events,
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| CatchUpError::Closed)
     }
 }
 

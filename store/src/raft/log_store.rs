@@ -82,7 +82,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let purged: Option<LogId> = self.engine.get_meta(META_PURGED).map_err(Self::read_err)?;
         let last = self.last_entry_log_id()?.or(purged);
-        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -92,11 +95,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         self.engine.put_meta(&mut batch, META_VOTE, vote);
-        self.engine.write_sync(batch).map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Vote, e))
+        self.engine
+            .write_sync(batch)
+            .map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Vote, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.engine.get_meta(META_VOTE).map_err(|e| sto_err(ErrorVerb::Read, ErrorSubject::Vote, e))
+        self.engine
+            .get_meta(META_VOTE)
+            .map_err(|e| sto_err(ErrorVerb::Read, ErrorSubject::Vote, e))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -107,10 +114,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.engine.get_meta::<Option<LogId>>(META_COMMITTED).map_err(Self::read_err)?.flatten())
+        Ok(self
+            .engine
+            .get_meta::<Option<LogId>>(META_COMMITTED)
+            .map_err(Self::read_err)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -121,14 +136,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, log_key(e.get_log_id().index), encode(&e));
         }
         let res = self.engine.write_sync(batch);
-        let io = res.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+        let io = res
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()));
         callback.log_io_completed(io);
         res.map_err(Self::write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.engine.cf(CF_LOG), log_key(log_id.index), log_key(u64::MAX));
+        batch.delete_range_cf(
+            self.engine.cf(CF_LOG),
+            log_key(log_id.index),
+            log_key(u64::MAX),
+        );
         batch.delete_cf(self.engine.cf(CF_LOG), log_key(u64::MAX));
         self.engine.write_sync(batch).map_err(Self::write_err)
     }
@@ -136,8 +158,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         self.engine.put_meta(&mut batch, META_PURGED, &log_id);
-        batch.delete_range_cf(self.engine.cf(CF_LOG), log_key(0), log_key(log_id.index + 1));
+        batch.delete_range_cf(
+            self.engine.cf(CF_LOG),
+            log_key(0),
+            log_key(log_id.index + 1),
+        );
         self.engine.write_sync(batch).map_err(Self::write_err)
     }
 }
-

@@ -41,12 +41,25 @@ impl fmt::Display for Member {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// A KV write: an etcd `RequestOp` (put, delete range or txn), prost-encoded.
-    Kv { op: Vec<u8> },
-    Compact { revision: i64 },
-    LeaseGrant { id: i64, ttl: i64 },
-    LeaseRevoke { id: i64 },
+    Kv {
+        op: Vec<u8>,
+    },
+    Compact {
+        revision: i64,
+    },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
     /// A member announces its name and client URLs.
-    PublishMember { id: u64, name: String, client_urls: Vec<String> },
+    PublishMember {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
 }
 
 /// The state machine's answer to a command.
@@ -63,7 +76,10 @@ pub enum Reply {
     Done,
     /// A prost-encoded `ResponseOp` for a [`Command::Kv`].
     Kv(Vec<u8>),
-    LeaseGranted { id: i64, ttl: i64 },
+    LeaseGranted {
+        id: i64,
+        ttl: i64,
+    },
     Refused(ApplyError),
 }
 
@@ -95,6 +111,10 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
 
 /// Wraps any error as an openraft storage error for the given operation.
-pub(crate) fn sto_err(verb: openraft::ErrorVerb, subject: openraft::ErrorSubject<NodeId>, e: impl std::error::Error + 'static) -> StorageError {
+pub(crate) fn sto_err(
+    verb: openraft::ErrorVerb,
+    subject: openraft::ErrorSubject<NodeId>,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
 }

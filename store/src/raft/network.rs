@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use eden_proto::peer::peer_client::PeerClient;
 use eden_proto::peer::Payload;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -30,7 +32,9 @@ pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 }
 
 pub fn to_payload<T: Serialize>(v: &T) -> Payload {
-    Payload { data: bincode::serialize(v).expect("serializing an in-memory value cannot fail") }
+    Payload {
+        data: bincode::serialize(v).expect("serializing an in-memory value cannot fail"),
+    }
 }
 
 pub fn from_payload<T: DeserializeOwned>(p: &Payload) -> Result<T, bincode::Error> {
@@ -44,7 +48,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
-        PeerConn { target, client: peer_channel(&node.peer_addr).ok().map(PeerClient::new), addr: node.peer_addr.clone() }
+        PeerConn {
+            target,
+            client: peer_channel(&node.peer_addr).ok().map(PeerClient::new),
+            addr: node.peer_addr.clone(),
+        }
     }
 }
 
@@ -63,22 +71,39 @@ impl PeerConn {
         &mut self,
         req: &Req,
         option: &RPCOption,
-        which: fn(PeerClient<Channel>, Payload) -> futures::future::BoxFuture<'static, Result<tonic::Response<Payload>, tonic::Status>>,
+        which: fn(
+            PeerClient<Channel>,
+            Payload,
+        ) -> futures::future::BoxFuture<
+            'static,
+            Result<tonic::Response<Payload>, tonic::Status>,
+        >,
     ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = self
-            .client
-            .clone()
-            .ok_or_else(|| RPCError::Unreachable(Unreachable::new(&Msg(format!("bad peer address {}", self.addr)))))?;
+        let client = self.client.clone().ok_or_else(|| {
+            RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                "bad peer address {}",
+                self.addr
+            ))))
+        })?;
         let fut = which(client, to_payload(req));
         let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
-            Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("timeout talking to {}", self.addr))))),
+            Err(_) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                    "timeout talking to {}",
+                    self.addr
+                )))))
+            }
             Ok(Err(status)) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("{}: {}", self.addr, status.message())))))
+                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                    "{}: {}",
+                    self.addr,
+                    status.message()
+                )))))
             }
             Ok(Ok(r)) => r.into_inner(),
         };
@@ -94,15 +119,24 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(&rpc, &option, |mut c, p| Box::pin(async move { c.append_entries(p).await })).await
+        self.call(&rpc, &option, |mut c, p| {
+            Box::pin(async move { c.append_entries(p).await })
+        })
+        .await
     }
 
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>> {
-        self.call(&rpc, &option, |mut c, p| Box::pin(async move { c.install_snapshot(p).await })).await
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(&rpc, &option, |mut c, p| {
+            Box::pin(async move { c.install_snapshot(p).await })
+        })
+        .await
     }
 
     async fn vote(
@@ -110,6 +144,9 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(&rpc, &option, |mut c, p| Box::pin(async move { c.vote(p).await })).await
+        self.call(&rpc, &option, |mut c, p| {
+            Box::pin(async move { c.vote(p).await })
+        })
+        .await
     }
 }

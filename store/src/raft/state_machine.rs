@@ -22,11 +22,14 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::{sto_err, Command, Entry, LogId, MemberAttrs, Reply, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::{
+    sto_err, Command, Entry, LogId, MemberAttrs, Reply, Response, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
+};
 use crate::engine::{decode, encode, Engine, EngineError};
 use crate::keys::*;
 use crate::lease::LeaseKeeper;
-use crate::mvcc::{ApplyBatch, MvccError, Mvcc};
+use crate::mvcc::{ApplyBatch, Mvcc, MvccError};
 use crate::watch::WatchHub;
 
 /// Everything the state machine touches; shared with the gRPC services.
@@ -74,9 +77,17 @@ impl StateMachine {
         let outcome: Result<Reply, MvccError> = match cmd {
             Command::Kv { op } => match RequestOp::decode(op.as_slice()) {
                 Ok(op) => b.apply_op(&op).map(|r| Reply::Kv(r.encode_to_vec())),
-                Err(e) => return Err(EngineError::Corrupt { cf: CF_LOG, msg: format!("bad request in log: {e}") }),
+                Err(e) => {
+                    return Err(EngineError::Corrupt {
+                        cf: CF_LOG,
+                        msg: format!("bad request in log: {e}"),
+                    })
+                }
             },
-            Command::Compact { revision } => b.compact(*revision).map(|_| Reply::Done).map_err(Into::into),
+            Command::Compact { revision } => b
+                .compact(*revision)
+                .map(|_| Reply::Done)
+                .map_err(Into::into),
             Command::LeaseGrant { id, ttl } => b.lease_grant(*id, *ttl).map(|_| {
                 lease_changes.push((*id, Some(*ttl)));
                 Reply::LeaseGranted { id: *id, ttl: *ttl }
@@ -85,12 +96,22 @@ impl StateMachine {
                 lease_changes.push((*id, None));
                 Reply::Done
             }),
-            Command::PublishMember { id, name, client_urls } => {
+            Command::PublishMember {
+                id,
+                name,
+                client_urls,
+            } => {
                 if members.is_none() {
                     *members = Some(engine.get_meta(META_MEMBERS)?.unwrap_or_default());
                 }
                 let m = members.as_mut().expect("loaded above");
-                m.insert(*id, MemberAttrs { name: name.clone(), client_urls: client_urls.clone() });
+                m.insert(
+                    *id,
+                    MemberAttrs {
+                        name: name.clone(),
+                        client_urls: client_urls.clone(),
+                    },
+                );
                 Ok(Reply::Done)
             }
         };
@@ -128,14 +149,21 @@ impl StateMachine {
                 records.push((CF_META.to_string(), k.to_vec(), v));
             }
         }
-        let data = encode(&SnapshotBody { format: SNAPSHOT_FORMAT, records });
+        let data = encode(&SnapshotBody {
+            format: SNAPSHOT_FORMAT,
+            records,
+        });
         let id = format!(
             "{}-{}-{}",
             applied.map_or(0, |l| l.leader_id.term),
             applied.map_or(0, |l| l.index),
             rand::random::<u32>()
         );
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id: id };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id: id,
+        };
         Ok((meta, data))
     }
 
@@ -166,14 +194,18 @@ impl StateMachine {
             return Err(bad());
         }
         let n = u64::from_be_bytes(buf[..8].try_into().map_err(|_| bad())?) as usize;
-        let meta: SnapshotMeta = bincode::deserialize(buf.get(8..8 + n).ok_or_else(bad)?).map_err(|_| bad())?;
+        let meta: SnapshotMeta =
+            bincode::deserialize(buf.get(8..8 + n).ok_or_else(bad)?).map_err(|_| bad())?;
         Ok(Some((meta, buf[8 + n..].to_vec())))
     }
 
     fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), EngineError> {
         let body: SnapshotBody = decode(CF_META, data)?;
         if body.format != SNAPSHOT_FORMAT {
-            return Err(EngineError::Corrupt { cf: CF_META, msg: format!("unknown snapshot format {}", body.format) });
+            return Err(EngineError::Corrupt {
+                cf: CF_META,
+                msg: format!("unknown snapshot format {}", body.format),
+            });
         }
         let e = &self.engine;
         let mut batch = WriteBatch::default();
@@ -190,10 +222,13 @@ impl StateMachine {
             batch.delete_cf(e.cf(CF_META), k);
         }
         for (cf, k, v) in &body.records {
-            let cf = ALL_CFS.iter().find(|c| **c == cf.as_str()).ok_or(EngineError::Corrupt {
-                cf: CF_META,
-                msg: format!("snapshot names unknown column family {cf}"),
-            })?;
+            let cf = ALL_CFS
+                .iter()
+                .find(|c| **c == cf.as_str())
+                .ok_or(EngineError::Corrupt {
+                    cf: CF_META,
+                    msg: format!("snapshot names unknown column family {cf}"),
+                })?;
             batch.put_cf(e.cf(cf), k, v);
         }
         e.put_meta(&mut batch, META_APPLIED, &meta.last_log_id);
@@ -201,7 +236,8 @@ impl StateMachine {
         e.write_sync(batch)?;
         self.mvcc.reload()?;
         self.hub.reset(self.mvcc.current_rev());
-        self.leases.load(self.mvcc.leases()?.into_iter().map(|(id, l)| (id, l.ttl)));
+        self.leases
+            .load(self.mvcc.leases()?.into_iter().map(|(id, l)| (id, l.ttl)));
         self.compactor.notify_one();
         Ok(())
     }
@@ -210,16 +246,26 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for Arc<StateMachine> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let sm = self.clone();
-        let (meta, data) = tokio::task::spawn_blocking(move || -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
-            let (meta, data) = sm.build().map_err(StateMachine::read_err)?;
-            sm.save_snapshot_file(&meta, &data)
-                .map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(Some(meta.signature())), e))?;
-            Ok((meta, data))
-        })
+        let (meta, data) = tokio::task::spawn_blocking(
+            move || -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+                let (meta, data) = sm.build().map_err(StateMachine::read_err)?;
+                sm.save_snapshot_file(&meta, &data).map_err(|e| {
+                    sto_err(
+                        ErrorVerb::Write,
+                        ErrorSubject::Snapshot(Some(meta.signature())),
+                        e,
+                    )
+                })?;
+                Ok((meta, data))
+            },
+        )
         .await
         .map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(None), e))??;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -227,9 +273,16 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
     type SnapshotBuilder = Arc<StateMachine>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let applied: Option<LogId> = self.engine.get_meta::<Option<LogId>>(META_APPLIED).map_err(StateMachine::read_err)?.flatten();
-        let membership: StoredMembership =
-            self.engine.get_meta(META_MEMBERSHIP).map_err(StateMachine::read_err)?.unwrap_or_default();
+        let applied: Option<LogId> = self
+            .engine
+            .get_meta::<Option<LogId>>(META_APPLIED)
+            .map_err(StateMachine::read_err)?
+            .flatten();
+        let membership: StoredMembership = self
+            .engine
+            .get_meta(META_MEMBERSHIP)
+            .map_err(StateMachine::read_err)?
+            .unwrap_or_default();
         Ok((applied, membership))
     }
 
@@ -248,25 +301,36 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
             last_applied = Some(entry.log_id);
             let reply = match &entry.payload {
                 EntryPayload::Blank => Reply::Done,
-                EntryPayload::Normal(cmd) => {
-                    StateMachine::apply_command(&mut b, cmd, &mut members, &self.engine, &mut lease_changes).map_err(StateMachine::write_err)?
-                }
+                EntryPayload::Normal(cmd) => StateMachine::apply_command(
+                    &mut b,
+                    cmd,
+                    &mut members,
+                    &self.engine,
+                    &mut lease_changes,
+                )
+                .map_err(StateMachine::write_err)?,
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                     Reply::Done
                 }
             };
-            responses.push(Response { revision: b.revision(), result: reply });
+            responses.push(Response {
+                revision: b.revision(),
+                result: reply,
+            });
         }
         let (mut batch, events, compacted_to, rev) = b.finish();
-        self.engine.put_meta(&mut batch, META_APPLIED, &last_applied);
+        self.engine
+            .put_meta(&mut batch, META_APPLIED, &last_applied);
         if let Some(m) = &membership {
             self.engine.put_meta(&mut batch, META_MEMBERSHIP, m);
         }
         if let Some(m) = &members {
             self.engine.put_meta(&mut batch, META_MEMBERS, m);
         }
-        self.engine.write_sync(batch).map_err(StateMachine::write_err)?;
+        self.engine
+            .write_sync(batch)
+            .map_err(StateMachine::write_err)?;
         self.mvcc.committed(rev, compacted_to);
         self.hub.publish(events);
         for (id, change) in lease_changes {
@@ -289,13 +353,18 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let sm = self.clone();
         let meta2 = meta.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             sm.install(&meta2, &data).map_err(StateMachine::write_err)?;
-            sm.save_snapshot_file(&meta2, &data).map_err(StateMachine::write_err)?;
+            sm.save_snapshot_file(&meta2, &data)
+                .map_err(StateMachine::write_err)?;
             Ok(())
         })
         .await
@@ -306,7 +375,10 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         match self.load_snapshot_file().map_err(StateMachine::read_err)? {
-            Some((meta, data)) => Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })),
+            Some((meta, data)) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })),
             None => Ok(None),
         }
     }

@@ -1,0 +1,12 @@
+//! One file per command.
+
+pub mod compact;
+pub mod del;
+pub mod get;
+pub mod lease;
+pub mod member;
+pub mod put;
+pub mod server;
+pub mod status;
+pub mod txn;
+pub mod watch;

@@ -1,0 +1,279 @@
+//! `eden server`: run a member.
+//!
+//! With no flags it is a single-member cluster with its data in ./eden-data, clients on
+//! 127.0.0.1:2379 and peers on 127.0.0.1:2380. Every flag can also be set in a TOML file given with
+//! `--config` (same names, e.g. `data-dir = "/var/lib/eden"`); a flag on the command line wins.
+//! Restarting with the same data dir rejoins the cluster the member belongs to; `--initial-cluster`
+//! only matters the first time (it bootstraps a new cluster).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use eden_store::node::{Node, NodeConfig};
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServerArgs {
+    /// A TOML file with any of these settings.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This member's name (unique in the cluster) [default: default].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the member keeps its data [default: ./eden-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address for clients (the etcd v3 API) [default: 127.0.0.1:2379].
+    #[arg(long)]
+    pub client_addr: Option<String>,
+    /// Address for other members [default: 127.0.0.1:2380].
+    #[arg(long)]
+    pub peer_addr: Option<String>,
+    /// Every initial member's peer address, NAME=HOST:PORT,... (bootstraps a new cluster).
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Take a snapshot after this many applied entries [default: 10000].
+    #[arg(long)]
+    pub snapshot_count: Option<u64>,
+    /// Entries kept after a snapshot for slow followers [default: 5000].
+    #[arg(long)]
+    pub snapshot_catchup_entries: Option<u64>,
+    /// Raft heartbeat interval in milliseconds [default: 100].
+    #[arg(long)]
+    pub heartbeat_interval: Option<u64>,
+    /// Raft election timeout in milliseconds [default: 1000].
+    #[arg(long)]
+    pub election_timeout: Option<u64>,
+    /// Largest client request in bytes [default: 1572864].
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
+    /// Most operations in one txn [default: 128].
+    #[arg(long)]
+    pub max_txn_ops: Option<usize>,
+    /// Seconds between watch progress notifications [default: 600].
+    #[arg(long)]
+    pub watch_progress_notify_interval: Option<u64>,
+}
+
+/// The same settings as read from a `--config` file.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    client_addr: Option<String>,
+    peer_addr: Option<String>,
+    initial_cluster: Option<String>,
+    snapshot_count: Option<u64>,
+    snapshot_catchup_entries: Option<u64>,
+    heartbeat_interval: Option<u64>,
+    election_timeout: Option<u64>,
+    max_request_bytes: Option<usize>,
+    max_txn_ops: Option<usize>,
+    watch_progress_notify_interval: Option<u64>,
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Parses `NAME=HOST:PORT,...`.
+pub fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, addr)) = part.split_once('=') else {
+            bail!("bad --initial-cluster entry {part:?} (expected NAME=HOST:PORT)");
+        };
+        let addr = addr.trim_start_matches("http://");
+        if name.is_empty() || !addr.contains(':') {
+            bail!("bad --initial-cluster entry {part:?} (expected NAME=HOST:PORT)");
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            bail!("--initial-cluster names {name:?} twice");
+        }
+        out.push((name.to_string(), addr.to_string()));
+    }
+    Ok(out)
+}
+
+fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let name = args
+        .name
+        .clone()
+        .or(file.name)
+        .unwrap_or_else(|| "default".into());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("eden-data"));
+    let client_addr = args
+        .client_addr
+        .clone()
+        .or(file.client_addr)
+        .unwrap_or_else(|| "127.0.0.1:2379".into());
+    let peer_addr = args
+        .peer_addr
+        .clone()
+        .or(file.peer_addr)
+        .unwrap_or_else(|| "127.0.0.1:2380".into());
+    let mut c = NodeConfig::new(&name, data_dir, &client_addr, &peer_addr);
+    if let Some(ic) = args.initial_cluster.clone().or(file.initial_cluster) {
+        c.initial_cluster = parse_initial_cluster(&ic)?;
+        match c.initial_cluster.iter().find(|(n, _)| *n == name) {
+            None => bail!("--initial-cluster does not name this member ({name})"),
+            Some((_, a)) if *a != peer_addr => {
+                bail!("--initial-cluster gives {name} the peer address {a}, but --peer-addr is {peer_addr}")
+            }
+            _ => {}
+        }
+    }
+    if let Some(v) = args.snapshot_count.or(file.snapshot_count) {
+        c.snapshot_count = v.max(1);
+    }
+    if let Some(v) = args
+        .snapshot_catchup_entries
+        .or(file.snapshot_catchup_entries)
+    {
+        c.snapshot_catchup_entries = v;
+    }
+    if let Some(v) = args.heartbeat_interval.or(file.heartbeat_interval) {
+        c.heartbeat_ms = v.max(1);
+    }
+    if let Some(v) = args.election_timeout.or(file.election_timeout) {
+        c.election_timeout_ms = v;
+    }
+    if c.election_timeout_ms <= c.heartbeat_ms * 2 {
+        bail!(
+            "--election-timeout ({} ms) must be more than twice --heartbeat-interval ({} ms)",
+            c.election_timeout_ms,
+            c.heartbeat_ms
+        );
+    }
+    if let Some(v) = args.max_request_bytes.or(file.max_request_bytes) {
+        c.max_request_bytes = v;
+    }
+    if let Some(v) = args.max_txn_ops.or(file.max_txn_ops) {
+        c.max_txn_ops = v;
+    }
+    if let Some(v) = args
+        .watch_progress_notify_interval
+        .or(file.watch_progress_notify_interval)
+    {
+        c.progress_notify_interval = Duration::from_secs(v.max(1));
+    }
+    Ok(c)
+}
+
+pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
+    let config = resolve(args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(config))
+}
+
+async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    let client_listener = tokio::net::TcpListener::bind(&config.client_addr)
+        .await
+        .with_context(|| format!("binding the client address {}", config.client_addr))?;
+    let peer_listener = tokio::net::TcpListener::bind(&config.peer_addr)
+        .await
+        .with_context(|| format!("binding the peer address {}", config.peer_addr))?;
+    tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), client = %config.client_addr, peer = %config.peer_addr, "starting eden server");
+    let node = Node::start(config).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let client = tokio::spawn(eden_store::grpc::serve_client(
+        node.clone(),
+        client_listener,
+        stopped(stop_rx.clone()),
+    ));
+    let peer = tokio::spawn(eden_store::grpc::serve_peer(
+        node.clone(),
+        peer_listener,
+        stopped(stop_rx.clone()),
+    ));
+    tracing::info!(id = format!("{:x}", node.id), "eden server ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        r = client => bail!("the client server stopped: {:?}", r),
+        r = peer => bail!("the peer server stopped: {:?}", r),
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), node.raft.shutdown()).await;
+    tracing::info!("eden server stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parsing() {
+        let c = parse_initial_cluster("a=127.0.0.1:1,b=http://127.0.0.1:2").unwrap();
+        assert_eq!(
+            c,
+            vec![
+                ("a".into(), "127.0.0.1:1".into()),
+                ("b".into(), "127.0.0.1:2".into())
+            ]
+        );
+        assert!(parse_initial_cluster("a").is_err());
+        assert!(parse_initial_cluster("a=x:1,a=y:2").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("eden-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("eden.toml");
+        std::fs::write(
+            &path,
+            "name = \"n1\"\nsnapshot-count = 7\nclient-addr = \"127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        let args = ServerArgs {
+            config: Some(path.clone()),
+            client_addr: Some("127.0.0.1:10".into()),
+            ..Default::default()
+        };
+        let c = resolve(&args).unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.snapshot_count, c.client_addr.as_str()),
+            ("n1", 7, "127.0.0.1:10")
+        );
+        std::fs::write(&path, "nmae = \"typo\"\n").unwrap();
+        assert!(resolve(&args).is_err(), "unknown keys are refused");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

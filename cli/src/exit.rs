@@ -1,0 +1,64 @@
+//! Exit codes and the one-line error a command ends with.
+
+use eden_proto::client::ClientError;
+
+/// The cluster refused the request (bad key, compacted revision, unknown lease...).
+pub const REFUSED: i32 = 1;
+/// Bad usage or input (clap also exits 2 for bad flags), or the server could not start.
+pub const USAGE_OR_SETUP: i32 = 2;
+/// No endpoint reachable, no leader, or a timeout.
+pub const UNAVAILABLE: i32 = 3;
+
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+    /// Exit without printing (a closed stdout pipe).
+    pub quiet: bool,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: USAGE_OR_SETUP,
+            message: message.into(),
+            quiet: false,
+        }
+    }
+
+    pub fn broken_pipe() -> Failure {
+        Failure {
+            code: 0,
+            message: String::new(),
+            quiet: true,
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        let code = match &e {
+            ClientError::Unavailable(_) => UNAVAILABLE,
+            ClientError::Server(_) => REFUSED,
+            ClientError::InvalidEndpoint(_) => USAGE_OR_SETUP,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+            quiet: false,
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Failure::broken_pipe();
+        }
+        Failure {
+            code: USAGE_OR_SETUP,
+            message: e.to_string(),
+            quiet: false,
+        }
+    }
+}

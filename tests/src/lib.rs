@@ -1,1 +1,247 @@
+//! Test harness: real `eden server` processes on 127.0.0.1 ports.
+//!
+//! [`Cluster::start`] picks free ports, starts the members, and waits until one leads. Every process
+//! is killed when the [`Cluster`] is dropped, also when a test fails. Tests wait on conditions
+//! ([`wait_for`]), never on fixed sleeps.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eden_proto::client::Client;
+use eden_proto::etcdserverpb::{PutRequest, RangeRequest};
+
+/// The `eden` binary next to the test executable (target/<profile>/eden), or $EDEN_BIN.
+pub fn eden_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("EDEN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("eden");
+    assert!(bin.exists(), "{} is missing: run `cargo build --bin eden` first", bin.display());
+    bin
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        self.client_addr.clone()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
+        let child = Command::new(eden_bin())
+            .arg("server")
+            .args(&self.args)
+            .env("RUST_LOG", std::env::var("EDEN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn eden server");
+        self.child = Some(child);
+    }
+
+    fn signal(&mut self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+        }
+    }
+
+    /// The member's log so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` members with extra `eden server` flags, and waits for a leader.
+    pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let specs: Vec<(String, u16, u16)> = (0..n).map(|i| (format!("m{i}"), free_port(), free_port())).collect();
+        let initial: Vec<String> = specs.iter().map(|(name, _, pp)| format!("{name}=127.0.0.1:{pp}")).collect();
+        let mut members = Vec::new();
+        for (name, cp, pp) in &specs {
+            let data_dir = dir.path().join(name);
+            let mut args = vec![
+                "--name".to_string(),
+                name.clone(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--client-addr".into(),
+                format!("127.0.0.1:{cp}"),
+                "--peer-addr".into(),
+                format!("127.0.0.1:{pp}"),
+                "--initial-cluster".into(),
+                initial.join(","),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            members.push(Member {
+                name: name.clone(),
+                client_addr: format!("127.0.0.1:{cp}"),
+                peer_addr: format!("127.0.0.1:{pp}"),
+                log: dir.path().join(format!("{name}.log")),
+                data_dir,
+                child: None,
+                args,
+            });
+        }
+        for m in &mut members {
+            m.spawn();
+        }
+        let c = Cluster { members, _dir: dir };
+        c.wait_leader().await;
+        c
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint()).collect()
+    }
+
+    /// A client over every member.
+    pub fn client(&self) -> Arc<Client> {
+        Arc::new(Client::new(&self.endpoints()).expect("client"))
+    }
+
+    /// A client that talks to one member only.
+    pub fn client_of(&self, i: usize) -> Arc<Client> {
+        Arc::new(Client::new(&[self.members[i].endpoint()]).expect("client"))
+    }
+
+    /// The index of the member that leads, as the running members agree on it.
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if !m.is_running() {
+                continue;
+            }
+            let c = Client::new(&[m.endpoint()]).expect("client");
+            if let Ok(s) = tokio::time::timeout(Duration::from_secs(1), c.status_of(0)).await.unwrap_or_else(|_| {
+                Err(eden_proto::client::ClientError::Unavailable("timeout".into()))
+            }) {
+                let id = s.header.map_or(0, |h| h.member_id);
+                if s.leader != 0 && s.leader == id {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    pub async fn wait_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(i) = self.leader().await {
+                return i;
+            }
+            if Instant::now() > deadline {
+                panic!("no leader after 30 s; logs:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].signal("KILL");
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn stop(&mut self, i: usize) -> Option<i32> {
+        self.members[i].signal("TERM");
+        self.members[i].child.take().and_then(|mut c| c.wait().ok()).and_then(|s| s.code())
+    }
+
+    /// Starts a stopped or killed member again with the same flags and data dir.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is still running");
+        self.members[i].spawn();
+    }
+
+    pub fn logs(&self) -> String {
+        self.members.iter().map(|m| format!("==== {} ====\n{}", m.name, m.log_text())).collect()
+    }
+
+    /// Puts through one member's endpoint.
+    pub async fn put(&self, i: usize, key: &str, value: &str) -> Result<i64, eden_proto::client::ClientError> {
+        let r = self
+            .client_of(i)
+            .put(PutRequest { key: key.into(), value: value.into(), ..Default::default() })
+            .await?;
+        Ok(r.header.map_or(0, |h| h.revision))
+    }
+
+    /// A serializable read of one key on one member: what that member itself has applied.
+    pub async fn local_get(&self, i: usize, key: &str) -> Option<Vec<u8>> {
+        let r = self
+            .client_of(i)
+            .range(RangeRequest { key: key.into(), serializable: true, ..Default::default() })
+            .await
+            .ok()?;
+        r.kvs.first().map(|kv| kv.value.clone())
+    }
+
+    /// The member's current revision from a serializable read.
+    pub async fn local_revision(&self, i: usize) -> Option<i64> {
+        let r = self
+            .client_of(i)
+            .range(RangeRequest { key: b"\0".to_vec(), range_end: b"\0".to_vec(), serializable: true, count_only: true, ..Default::default() })
+            .await
+            .ok()?;
+        r.header.map(|h| h.revision)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() || std::env::var("EDEN_TEST_SHOW_LOGS").is_ok() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Three real `eden server` processes: writes through a follower, leader failure during writes,
+//! restarts (also through a snapshot after the log was purged), watch resumption, lease expiry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eden_proto::client::Client;
+use eden_proto::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest};
+use eden_proto::keys::prefix_end;
+use eden_proto::mvccpb::event::EventType;
+use eden_tests::{wait_for, Cluster};
+
+fn follower(c: &Cluster, leader: usize) -> usize {
+    (leader + 1) % c.members.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_a_follower_are_seen_everywhere() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    let f = follower(&c, leader);
+    let rev = c.put(f, "greeting", "hello").await.expect("put through a follower");
+    assert!(rev >= 2, "a write gets a revision: {rev}");
+    // A linearizable read on the other follower sees it at once.
+    let other = (f + 1) % 3;
+    let other = if other == leader { (other + 1) % 3 } else { other };
+    let r = c.client_of(other).range(RangeRequest { key: "greeting".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(r.kvs.first().map(|kv| kv.value.as_slice()), Some(&b"hello"[..]));
+    assert_eq!(r.kvs[0].mod_revision, rev);
+    // Every member applies it (serializable reads answer locally).
+    let c = &c;
+    for i in 0..3 {
+        wait_for("every member to apply the write", Duration::from_secs(10), || async move {
+            c.local_get(i, "greeting").await.as_deref() == Some(&b"hello"[..])
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    let client = c.client();
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = {
+        let client = client.clone();
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            for i in 0..400 {
+                let key = format!("k/{i:04}");
+                if client.put(PutRequest { key: key.clone().into(), value: format!("v{i}").into(), ..Default::default() }).await.is_ok() {
+                    acked.lock().unwrap().push(key);
+                }
+            }
+        })
+    };
+    wait_for("some writes before the kill", Duration::from_secs(30), || {
+        let acked = acked.clone();
+        async move { acked.lock().unwrap().len() >= 100 }
+    })
+    .await;
+    c.kill(leader);
+    writer.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 300, "most writes succeed across the failover: {}", acked.len());
+    let new_leader = c.wait_leader().await;
+    assert_ne!(new_leader, leader);
+    c.restart(leader);
+    // Every acknowledged write is on every member, the killed one included.
+    for i in 0..3 {
+        let cl = c.client_of(i);
+        let acked = &acked;
+        wait_for("every acknowledged write on every member", Duration::from_secs(30), || {
+            let cl = cl.clone();
+            async move {
+                let Ok(r) = cl
+                    .range(RangeRequest { key: "k/".into(), range_end: prefix_end(b"k/"), serializable: true, ..Default::default() })
+                    .await
+                else {
+                    return false;
+                };
+                let have: std::collections::HashSet<Vec<u8>> = r.kvs.into_iter().map(|kv| kv.key).collect();
+                acked.iter().all(|k| have.contains(k.as_bytes()))
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_catches_up_through_a_snapshot() {
+    // Snapshot every 50 entries and keep only 10 behind it, so a member that misses 300 writes
+    // can only catch up by installing a snapshot.
+    let mut c = Cluster::start(3, &["--snapshot-count", "50", "--snapshot-catchup-entries", "10"]).await;
+    let leader = c.wait_leader().await;
+    let f = follower(&c, leader);
+    c.put(leader, "before", "1").await.unwrap();
+    c.stop(f);
+    for i in 0..300 {
+        c.put(leader, &format!("s/{i}"), &i.to_string()).await.unwrap();
+    }
+    let want = c.local_revision(leader).await.unwrap();
+    c.restart(f);
+    wait_for("the restarted member to reach the leader's revision", Duration::from_secs(30), || async {
+        c.local_revision(f).await == Some(want)
+    })
+    .await;
+    assert_eq!(c.local_get(f, "s/299").await.as_deref(), Some(&b"299"[..]));
+    assert_eq!(c.local_get(f, "before").await.as_deref(), Some(&b"1"[..]));
+    assert!(c.members[f].log_text().contains("installed snapshot"), "caught up without a snapshot:\n{}", c.members[f].log_text());
+    // History came along: the restarted member serves an old revision.
+    let old = c
+        .client_of(f)
+        .range(RangeRequest { key: "s/0".into(), revision: want - 299, serializable: true, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(old.kvs.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_restarts_with_what_it_acknowledged() {
+    let mut c = Cluster::start(1, &[]).await;
+    for i in 0..50 {
+        c.put(0, &format!("d/{i}"), "x").await.unwrap();
+    }
+    c.kill(0);
+    c.restart(0);
+    c.wait_leader().await;
+    let r = c.client().range(RangeRequest { key: "d/".into(), range_end: prefix_end(b"d/"), count_only: true, ..Default::default() }).await.unwrap();
+    assert_eq!(r.count, 50);
+    // SIGTERM shuts down cleanly (exit code 0) and the data is still there after.
+    assert_eq!(c.stop(0), Some(0));
+    c.restart(0);
+    c.wait_leader().await;
+    assert_eq!(c.local_get(0, "d/49").await.as_deref(), Some(&b"x"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_on_another_member_without_gap_or_duplicate() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    let watched = follower(&c, leader);
+    // The watcher's client starts on `watched`, then moves on when it dies.
+    let mut eps = c.endpoints();
+    eps.rotate_left(watched);
+    let wclient = Arc::new(Client::new(&eps).unwrap());
+    let start = c.local_revision(leader).await.unwrap() + 1;
+    let mut rx = wclient.watch(
+        WatchCreateRequest { key: "w/".into(), range_end: prefix_end(b"w/"), start_revision: start, prev_kv: true, ..Default::default() },
+        Duration::from_secs(30),
+    );
+    let writer_client = Arc::new(Client::new(&[c.members[leader].endpoint()]).unwrap());
+    let total = 200;
+    let writer = tokio::spawn(async move {
+        for i in 0..total {
+            writer_client
+                .put(PutRequest { key: format!("w/{}", i % 20).into(), value: format!("{i}").into(), ..Default::default() })
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let mut seen: Vec<(i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut killed = false;
+    while seen.len() < total {
+        let msg = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("watch stalled").expect("watch ended");
+        let msg = msg.expect("watch failed");
+        assert!(!msg.canceled, "watch canceled: {msg:?}");
+        for e in msg.events {
+            assert_eq!(e.r#type, EventType::Put as i32);
+            let kv = e.kv.unwrap();
+            seen.push((kv.mod_revision, kv.key, kv.value, e.prev_kv.map(|p| p.value)));
+        }
+        if !killed && seen.len() >= 50 {
+            c.kill(watched);
+            killed = true;
+        }
+    }
+    writer.await.unwrap();
+    // Every revision once, in order, with no gap, and prev_kv is the key's previous value.
+    for (n, (rev, _, value, prev)) in seen.iter().enumerate() {
+        assert_eq!(*rev, start + n as i64, "gap or duplicate at event {n}");
+        assert_eq!(value, format!("{n}").as_bytes());
+        let want_prev = (n >= 20).then(|| format!("{}", n - 20).into_bytes());
+        assert_eq!(prev, &want_prev, "prev_kv of event {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_expires_after_keepalives_stop_and_its_keys_are_deleted() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    let f = c.client_of(follower(&c, leader));
+    let lease = f.lease_grant(3, 0).await.unwrap();
+    assert_eq!(lease.ttl, 3);
+    for k in ["l/a", "l/b"] {
+        f.put(PutRequest { key: k.into(), value: "v".into(), lease: lease.id, ..Default::default() }).await.unwrap();
+    }
+    let from = c.local_revision(leader).await.unwrap() + 1;
+    let mut rx = c.client().watch(
+        WatchCreateRequest { key: "l/".into(), range_end: prefix_end(b"l/"), start_revision: from, ..Default::default() },
+        Duration::from_secs(30),
+    );
+    // Keep-alives through a follower reach the leader: the keys outlive the TTL.
+    for _ in 0..5 {
+        let r = f.lease_keep_alive_once(lease.id).await.unwrap();
+        assert_eq!(r.ttl, 3);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let ttl = f.lease_time_to_live(lease.id, true).await.unwrap();
+    assert!(ttl.ttl > 0 && ttl.granted_ttl == 3, "{ttl:?}");
+    assert_eq!(ttl.keys.len(), 2);
+    // Stop: within TTL plus a little, both keys are deleted with DELETE events, in one revision.
+    let mut deletes: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+    while deletes.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(15), rx.recv()).await.expect("no DELETE events").unwrap().unwrap();
+        for e in msg.events {
+            assert_eq!(e.r#type, EventType::Delete as i32);
+            let kv = e.kv.unwrap();
+            deletes.insert(kv.key, kv.mod_revision);
+        }
+    }
+    let revs: std::collections::BTreeSet<i64> = deletes.values().copied().collect();
+    assert_eq!(revs.len(), 1, "a lease's keys go in one revision: {deletes:?}");
+    let gone = c.client().range(RangeRequest { key: "l/".into(), range_end: prefix_end(b"l/"), ..Default::default() }).await.unwrap();
+    assert!(gone.kvs.is_empty());
+    let ttl = f.lease_time_to_live(lease.id, false).await.unwrap();
+    assert_eq!(ttl.ttl, -1);
+}

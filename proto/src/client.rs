@@ -234,9 +234,8 @@ impl Client {
     }
 
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
-        self.call(Retry::Write, |ch| {
-            let req = req.clone();
-            async move { Self::kv(ch).compact(req).await.map(|r| r.into_inner()) }
+        self.call(Retry::Write, |ch| async move {
+            Self::kv(ch).compact(req).await.map(|r| r.into_inner())
         })
         .await
     }

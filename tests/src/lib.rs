@@ -21,12 +21,20 @@ pub fn eden_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("eden");
-    assert!(bin.exists(), "{} is missing: run `cargo build --bin eden` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin eden` first",
+        bin.display()
+    );
     bin
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.
@@ -37,7 +45,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -62,11 +73,18 @@ impl Member {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
         let child = Command::new(eden_bin())
             .arg("server")
             .args(&self.args)
-            .env("RUST_LOG", std::env::var("EDEN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("EDEN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -77,7 +95,10 @@ impl Member {
 
     fn signal(&mut self, sig: &str) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status();
         }
     }
 
@@ -96,8 +117,13 @@ impl Cluster {
     /// Starts `n` members with extra `eden server` flags, and waits for a leader.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let specs: Vec<(String, u16, u16)> = (0..n).map(|i| (format!("m{i}"), free_port(), free_port())).collect();
-        let initial: Vec<String> = specs.iter().map(|(name, _, pp)| format!("{name}=127.0.0.1:{pp}")).collect();
+        let specs: Vec<(String, u16, u16)> = (0..n)
+            .map(|i| (format!("m{i}"), free_port(), free_port()))
+            .collect();
+        let initial: Vec<String> = specs
+            .iter()
+            .map(|(name, _, pp)| format!("{name}=127.0.0.1:{pp}"))
+            .collect();
         let mut members = Vec::new();
         for (name, cp, pp) in &specs {
             let data_dir = dir.path().join(name);
@@ -153,9 +179,14 @@ impl Cluster {
                 continue;
             }
             let c = Client::new(&[m.endpoint()]).expect("client");
-            if let Ok(s) = tokio::time::timeout(Duration::from_secs(1), c.status_of(0)).await.unwrap_or_else(|_| {
-                Err(eden_proto::client::ClientError::Unavailable("timeout".into()))
-            }) {
+            if let Ok(s) = tokio::time::timeout(Duration::from_secs(1), c.status_of(0))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(eden_proto::client::ClientError::Unavailable(
+                        "timeout".into(),
+                    ))
+                })
+            {
                 let id = s.header.map_or(0, |h| h.member_id);
                 if s.leader != 0 && s.leader == id {
                     return Some(i);
@@ -189,24 +220,43 @@ impl Cluster {
     /// SIGTERM and wait for a clean exit; returns the exit status code.
     pub fn stop(&mut self, i: usize) -> Option<i32> {
         self.members[i].signal("TERM");
-        self.members[i].child.take().and_then(|mut c| c.wait().ok()).and_then(|s| s.code())
+        self.members[i]
+            .child
+            .take()
+            .and_then(|mut c| c.wait().ok())
+            .and_then(|s| s.code())
     }
 
     /// Starts a stopped or killed member again with the same flags and data dir.
     pub fn restart(&mut self, i: usize) {
-        assert!(self.members[i].child.is_none(), "member {i} is still running");
+        assert!(
+            self.members[i].child.is_none(),
+            "member {i} is still running"
+        );
         self.members[i].spawn();
     }
 
     pub fn logs(&self) -> String {
-        self.members.iter().map(|m| format!("==== {} ====\n{}", m.name, m.log_text())).collect()
+        self.members
+            .iter()
+            .map(|m| format!("==== {} ====\n{}", m.name, m.log_text()))
+            .collect()
     }
 
     /// Puts through one member's endpoint.
-    pub async fn put(&self, i: usize, key: &str, value: &str) -> Result<i64, eden_proto::client::ClientError> {
+    pub async fn put(
+        &self,
+        i: usize,
+        key: &str,
+        value: &str,
+    ) -> Result<i64, eden_proto::client::ClientError> {
         let r = self
             .client_of(i)
-            .put(PutRequest { key: key.into(), value: value.into(), ..Default::default() })
+            .put(PutRequest {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            })
             .await?;
         Ok(r.header.map_or(0, |h| h.revision))
     }
@@ -215,7 +265,11 @@ impl Cluster {
     pub async fn local_get(&self, i: usize, key: &str) -> Option<Vec<u8>> {
         let r = self
             .client_of(i)
-            .range(RangeRequest { key: key.into(), serializable: true, ..Default::default() })
+            .range(RangeRequest {
+                key: key.into(),
+                serializable: true,
+                ..Default::default()
+            })
             .await
             .ok()?;
         r.kvs.first().map(|kv| kv.value.clone())
@@ -225,7 +279,13 @@ impl Cluster {
     pub async fn local_revision(&self, i: usize) -> Option<i64> {
         let r = self
             .client_of(i)
-            .range(RangeRequest { key: b"\0".to_vec(), range_end: b"\0".to_vec(), serializable: true, count_only: true, ..Default::default() })
+            .range(RangeRequest {
+                key: b"\0".to_vec(),
+                range_end: b"\0".to_vec(),
+                serializable: true,
+                count_only: true,
+                ..Default::default()
+            })
             .await
             .ok()?;
         r.header.map(|h| h.revision)

@@ -20,20 +20,39 @@ async fn writes_through_a_follower_are_seen_everywhere() {
     let c = Cluster::start(3, &[]).await;
     let leader = c.wait_leader().await;
     let f = follower(&c, leader);
-    let rev = c.put(f, "greeting", "hello").await.expect("put through a follower");
+    let rev = c
+        .put(f, "greeting", "hello")
+        .await
+        .expect("put through a follower");
     assert!(rev >= 2, "a write gets a revision: {rev}");
     // A linearizable read on the other follower sees it at once.
     let other = (f + 1) % 3;
-    let other = if other == leader { (other + 1) % 3 } else { other };
-    let r = c.client_of(other).range(RangeRequest { key: "greeting".into(), ..Default::default() }).await.unwrap();
-    assert_eq!(r.kvs.first().map(|kv| kv.value.as_slice()), Some(&b"hello"[..]));
+    let other = if other == leader {
+        (other + 1) % 3
+    } else {
+        other
+    };
+    let r = c
+        .client_of(other)
+        .range(RangeRequest {
+            key: "greeting".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.kvs.first().map(|kv| kv.value.as_slice()),
+        Some(&b"hello"[..])
+    );
     assert_eq!(r.kvs[0].mod_revision, rev);
     // Every member applies it (serializable reads answer locally).
     let c = &c;
     for i in 0..3 {
-        wait_for("every member to apply the write", Duration::from_secs(10), || async move {
-            c.local_get(i, "greeting").await.as_deref() == Some(&b"hello"[..])
-        })
+        wait_for(
+            "every member to apply the write",
+            Duration::from_secs(10),
+            || async move { c.local_get(i, "greeting").await.as_deref() == Some(&b"hello"[..]) },
+        )
         .await;
     }
 }
@@ -50,21 +69,37 @@ async fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
         tokio::spawn(async move {
             for i in 0..400 {
                 let key = format!("k/{i:04}");
-                if client.put(PutRequest { key: key.clone().into(), value: format!("v{i}").into(), ..Default::default() }).await.is_ok() {
+                if client
+                    .put(PutRequest {
+                        key: key.clone().into(),
+                        value: format!("v{i}").into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
+                {
                     acked.lock().unwrap().push(key);
                 }
             }
         })
     };
-    wait_for("some writes before the kill", Duration::from_secs(30), || {
-        let acked = acked.clone();
-        async move { acked.lock().unwrap().len() >= 100 }
-    })
+    wait_for(
+        "some writes before the kill",
+        Duration::from_secs(30),
+        || {
+            let acked = acked.clone();
+            async move { acked.lock().unwrap().len() >= 100 }
+        },
+    )
     .await;
     c.kill(leader);
     writer.await.unwrap();
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 300, "most writes succeed across the failover: {}", acked.len());
+    assert!(
+        acked.len() >= 300,
+        "most writes succeed across the failover: {}",
+        acked.len()
+    );
     let new_leader = c.wait_leader().await;
     assert_ne!(new_leader, leader);
     c.restart(leader);
@@ -72,19 +107,29 @@ async fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
     for i in 0..3 {
         let cl = c.client_of(i);
         let acked = &acked;
-        wait_for("every acknowledged write on every member", Duration::from_secs(30), || {
-            let cl = cl.clone();
-            async move {
-                let Ok(r) = cl
-                    .range(RangeRequest { key: "k/".into(), range_end: prefix_end(b"k/"), serializable: true, ..Default::default() })
-                    .await
-                else {
-                    return false;
-                };
-                let have: std::collections::HashSet<Vec<u8>> = r.kvs.into_iter().map(|kv| kv.key).collect();
-                acked.iter().all(|k| have.contains(k.as_bytes()))
-            }
-        })
+        wait_for(
+            "every acknowledged write on every member",
+            Duration::from_secs(30),
+            || {
+                let cl = cl.clone();
+                async move {
+                    let Ok(r) = cl
+                        .range(RangeRequest {
+                            key: "k/".into(),
+                            range_end: prefix_end(b"k/"),
+                            serializable: true,
+                            ..Default::default()
+                        })
+                        .await
+                    else {
+                        return false;
+                    };
+                    let have: std::collections::HashSet<Vec<u8>> =
+                        r.kvs.into_iter().map(|kv| kv.key).collect();
+                    acked.iter().all(|k| have.contains(k.as_bytes()))
+                }
+            },
+        )
         .await;
     }
 }
@@ -93,27 +138,44 @@ async fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
 async fn a_restarted_member_catches_up_through_a_snapshot() {
     // Snapshot every 50 entries and keep only 10 behind it, so a member that misses 300 writes
     // can only catch up by installing a snapshot.
-    let mut c = Cluster::start(3, &["--snapshot-count", "50", "--snapshot-catchup-entries", "10"]).await;
+    let mut c = Cluster::start(
+        3,
+        &["--snapshot-count", "50", "--snapshot-catchup-entries", "10"],
+    )
+    .await;
     let leader = c.wait_leader().await;
     let f = follower(&c, leader);
     c.put(leader, "before", "1").await.unwrap();
     c.stop(f);
     for i in 0..300 {
-        c.put(leader, &format!("s/{i}"), &i.to_string()).await.unwrap();
+        c.put(leader, &format!("s/{i}"), &i.to_string())
+            .await
+            .unwrap();
     }
     let want = c.local_revision(leader).await.unwrap();
     c.restart(f);
-    wait_for("the restarted member to reach the leader's revision", Duration::from_secs(30), || async {
-        c.local_revision(f).await == Some(want)
-    })
+    wait_for(
+        "the restarted member to reach the leader's revision",
+        Duration::from_secs(30),
+        || async { c.local_revision(f).await == Some(want) },
+    )
     .await;
     assert_eq!(c.local_get(f, "s/299").await.as_deref(), Some(&b"299"[..]));
     assert_eq!(c.local_get(f, "before").await.as_deref(), Some(&b"1"[..]));
-    assert!(c.members[f].log_text().contains("installed snapshot"), "caught up without a snapshot:\n{}", c.members[f].log_text());
+    assert!(
+        c.members[f].log_text().contains("installed snapshot"),
+        "caught up without a snapshot:\n{}",
+        c.members[f].log_text()
+    );
     // History came along: the restarted member serves an old revision.
     let old = c
         .client_of(f)
-        .range(RangeRequest { key: "s/0".into(), revision: want - 299, serializable: true, ..Default::default() })
+        .range(RangeRequest {
+            key: "s/0".into(),
+            revision: want - 299,
+            serializable: true,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(old.kvs.len(), 1);
@@ -128,7 +190,16 @@ async fn a_killed_member_restarts_with_what_it_acknowledged() {
     c.kill(0);
     c.restart(0);
     c.wait_leader().await;
-    let r = c.client().range(RangeRequest { key: "d/".into(), range_end: prefix_end(b"d/"), count_only: true, ..Default::default() }).await.unwrap();
+    let r = c
+        .client()
+        .range(RangeRequest {
+            key: "d/".into(),
+            range_end: prefix_end(b"d/"),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(r.count, 50);
     // SIGTERM shuts down cleanly (exit code 0) and the data is still there after.
     assert_eq!(c.stop(0), Some(0));
@@ -148,7 +219,13 @@ async fn a_watch_resumes_on_another_member_without_gap_or_duplicate() {
     let wclient = Arc::new(Client::new(&eps).unwrap());
     let start = c.local_revision(leader).await.unwrap() + 1;
     let mut rx = wclient.watch(
-        WatchCreateRequest { key: "w/".into(), range_end: prefix_end(b"w/"), start_revision: start, prev_kv: true, ..Default::default() },
+        WatchCreateRequest {
+            key: "w/".into(),
+            range_end: prefix_end(b"w/"),
+            start_revision: start,
+            prev_kv: true,
+            ..Default::default()
+        },
         Duration::from_secs(30),
     );
     let writer_client = Arc::new(Client::new(&[c.members[leader].endpoint()]).unwrap());
@@ -156,22 +233,36 @@ async fn a_watch_resumes_on_another_member_without_gap_or_duplicate() {
     let writer = tokio::spawn(async move {
         for i in 0..total {
             writer_client
-                .put(PutRequest { key: format!("w/{}", i % 20).into(), value: format!("{i}").into(), ..Default::default() })
+                .put(PutRequest {
+                    key: format!("w/{}", i % 20).into(),
+                    value: format!("{i}").into(),
+                    ..Default::default()
+                })
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    let mut seen: Vec<(i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    // (revision, key, value, prev value)
+    type Seen = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+    let mut seen: Vec<Seen> = Vec::new();
     let mut killed = false;
     while seen.len() < total {
-        let msg = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("watch stalled").expect("watch ended");
+        let msg = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("watch stalled")
+            .expect("watch ended");
         let msg = msg.expect("watch failed");
         assert!(!msg.canceled, "watch canceled: {msg:?}");
         for e in msg.events {
             assert_eq!(e.r#type, EventType::Put as i32);
             let kv = e.kv.unwrap();
-            seen.push((kv.mod_revision, kv.key, kv.value, e.prev_kv.map(|p| p.value)));
+            seen.push((
+                kv.mod_revision,
+                kv.key,
+                kv.value,
+                e.prev_kv.map(|p| p.value),
+            ));
         }
         if !killed && seen.len() >= 50 {
             c.kill(watched);
@@ -196,11 +287,23 @@ async fn a_lease_expires_after_keepalives_stop_and_its_keys_are_deleted() {
     let lease = f.lease_grant(3, 0).await.unwrap();
     assert_eq!(lease.ttl, 3);
     for k in ["l/a", "l/b"] {
-        f.put(PutRequest { key: k.into(), value: "v".into(), lease: lease.id, ..Default::default() }).await.unwrap();
+        f.put(PutRequest {
+            key: k.into(),
+            value: "v".into(),
+            lease: lease.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     }
     let from = c.local_revision(leader).await.unwrap() + 1;
     let mut rx = c.client().watch(
-        WatchCreateRequest { key: "l/".into(), range_end: prefix_end(b"l/"), start_revision: from, ..Default::default() },
+        WatchCreateRequest {
+            key: "l/".into(),
+            range_end: prefix_end(b"l/"),
+            start_revision: from,
+            ..Default::default()
+        },
         Duration::from_secs(30),
     );
     // Keep-alives through a follower reach the leader: the keys outlive the TTL.
@@ -215,7 +318,11 @@ async fn a_lease_expires_after_keepalives_stop_and_its_keys_are_deleted() {
     // Stop: within TTL plus a little, both keys are deleted with DELETE events, in one revision.
     let mut deletes: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
     while deletes.len() < 2 {
-        let msg = tokio::time::timeout(Duration::from_secs(15), rx.recv()).await.expect("no DELETE events").unwrap().unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("no DELETE events")
+            .unwrap()
+            .unwrap();
         for e in msg.events {
             assert_eq!(e.r#type, EventType::Delete as i32);
             let kv = e.kv.unwrap();
@@ -223,8 +330,20 @@ async fn a_lease_expires_after_keepalives_stop_and_its_keys_are_deleted() {
         }
     }
     let revs: std::collections::BTreeSet<i64> = deletes.values().copied().collect();
-    assert_eq!(revs.len(), 1, "a lease's keys go in one revision: {deletes:?}");
-    let gone = c.client().range(RangeRequest { key: "l/".into(), range_end: prefix_end(b"l/"), ..Default::default() }).await.unwrap();
+    assert_eq!(
+        revs.len(),
+        1,
+        "a lease's keys go in one revision: {deletes:?}"
+    );
+    let gone = c
+        .client()
+        .range(RangeRequest {
+            key: "l/".into(),
+            range_end: prefix_end(b"l/"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(gone.kvs.is_empty());
     let ttl = f.lease_time_to_live(lease.id, false).await.unwrap();
     assert_eq!(ttl.ttl, -1);

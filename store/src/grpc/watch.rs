@@ -78,7 +78,12 @@ impl Watcher {
                         .map(|kv| kv.key.as_slice())
                         .unwrap_or_default();
                 let is_put = e.r#type == EventType::Put as i32;
-                self.range.contains(key) && !(is_put && self.no_put) && !(!is_put && self.no_delete)
+                self.range.contains(key)
+                    && if is_put {
+                        !self.no_put
+                    } else {
+                        !self.no_delete
+                    }
             })
             .map(|e| {
                 let mut e = e.clone();
@@ -224,7 +229,7 @@ impl StreamTask {
         };
         let w = Watcher::from_request(id, &c, current);
         self.send(WatchResponse {
-            header: header.clone(),
+            header,
             watch_id: id,
             created: true,
             ..Default::default()
@@ -270,10 +275,7 @@ impl StreamTask {
         let latest = self.node.hub().latest();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
-            loop {
-                let Some(w) = self.watchers.get(&id).cloned() else {
-                    break;
-                };
+            while let Some(w) = self.watchers.get(&id).cloned() {
                 if w.next_rev > latest {
                     break;
                 }

@@ -66,18 +66,19 @@ pub struct PeerConn {
 #[error("{0}")]
 struct Msg(String);
 
+/// One of the generated client's methods, boxed so [`PeerConn::call`] can be shared by all RPCs.
+type PeerRpc =
+    fn(
+        PeerClient<Channel>,
+        Payload,
+    ) -> futures::future::BoxFuture<'static, Result<tonic::Response<Payload>, tonic::Status>>;
+
 impl PeerConn {
     async fn call<Req, Resp, E>(
         &mut self,
         req: &Req,
         option: &RPCOption,
-        which: fn(
-            PeerClient<Channel>,
-            Payload,
-        ) -> futures::future::BoxFuture<
-            'static,
-            Result<tonic::Response<Payload>, tonic::Status>,
-        >,
+        which: PeerRpc,
     ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
     where
         Req: Serialize,

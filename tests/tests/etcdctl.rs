@@ -1,0 +1,304 @@
+//! Conformance: etcdctl 3.4 (Debian's etcd-client package) against a three-member eden cluster.
+//! Each test drives the real etcdctl binary and checks what it prints, as an operator would.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use eden_tests::{wait_for, Cluster};
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn etcdctl(eps: &[String], args: &[&str], stdin: Option<&str>) -> Out {
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(eps.join(","))
+        .arg("--command-timeout=15s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl is installed (apt-get install etcd-client)");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(eps: &[String], args: &[&str]) -> String {
+    let o = etcdctl(eps, args, None);
+    assert!(o.ok, "etcdctl {args:?} failed: {}", o.stderr);
+    o.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_kv_txn_and_errors() {
+    let c = Cluster::start(3, &[]).await;
+    let eps = c.endpoints();
+    assert_eq!(ok(&eps, &["put", "foo", "bar"]), "OK\n");
+    assert_eq!(ok(&eps, &["get", "foo"]), "foo\nbar\n");
+    assert_eq!(ok(&eps, &["get", "missing"]), "");
+    for (k, v) in [("p/a", "1"), ("p/b", "2"), ("p/c", "3"), ("q", "4")] {
+        ok(&eps, &["put", k, v]);
+    }
+    assert_eq!(
+        ok(&eps, &["get", "--prefix", "p/"]),
+        "p/a\n1\np/b\n2\np/c\n3\n"
+    );
+    assert_eq!(
+        ok(&eps, &["get", "--prefix", "p/", "--keys-only"]),
+        "p/a\n\np/b\n\np/c\n\n"
+    );
+    assert_eq!(
+        ok(&eps, &["get", "--prefix", "p/", "--limit", "1"]),
+        "p/a\n1\n"
+    );
+    assert_eq!(
+        ok(
+            &eps,
+            &[
+                "get",
+                "--prefix",
+                "p/",
+                "--sort-by",
+                "KEY",
+                "--order",
+                "DESCEND"
+            ]
+        ),
+        "p/c\n3\np/b\n2\np/a\n1\n"
+    );
+    assert_eq!(
+        ok(&eps, &["get", "p/b", "--from-key", "--keys-only"]),
+        "p/b\n\np/c\n\nq\n\n"
+    );
+    assert_eq!(ok(&eps, &["get", "p/a", "p/c"]), "p/a\n1\np/b\n2\n");
+    assert!(ok(
+        &eps,
+        &[
+            "get",
+            "--prefix",
+            "p/",
+            "--consistency",
+            "s",
+            "--keys-only",
+            "-w",
+            "json"
+        ]
+    )
+    .contains("\"count\":3"));
+    let json = ok(&eps, &["get", "foo", "-w", "json"]);
+    assert!(json.contains("\"kvs\":[{\"key\":\"Zm9v\""), "{json}");
+    // History: read foo at the revision it was created.
+    ok(&eps, &["put", "foo", "baz"]);
+    let rev: i64 = serde_json::from_str::<serde_json::Value>(&json).unwrap()["kvs"][0]
+        ["mod_revision"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        ok(&eps, &["get", "foo", "--rev", &rev.to_string()]),
+        "foo\nbar\n"
+    );
+    assert_eq!(ok(&eps, &["del", "--prefix", "p/"]), "3\n");
+    assert_eq!(ok(&eps, &["del", "nothing"]), "0\n");
+    assert_eq!(ok(&eps, &["del", "q", "--prev-kv"]), "1\nq\n4\n");
+
+    // Txn from stdin, the way etcdctl reads it.
+    let o = etcdctl(
+        &eps,
+        &["txn"],
+        Some("value(\"foo\") = \"baz\"\n\nput t yes\nget foo\n\nput t no\n\n"),
+    );
+    assert!(o.ok, "{}", o.stderr);
+    assert_eq!(o.stdout, "SUCCESS\n\nOK\n\nfoo\nbaz\n");
+    let o = etcdctl(
+        &eps,
+        &["txn"],
+        Some("mod(\"foo\") < \"2\"\n\nput t yes\n\nput t no\n\n"),
+    );
+    assert_eq!(o.stdout, "FAILURE\n\nOK\n");
+    assert_eq!(ok(&eps, &["get", "t"]), "t\nno\n");
+
+    // Compaction, and etcd's error for a compacted revision.
+    ok(&eps, &["compact", &(rev + 1).to_string()]);
+    let o = etcdctl(&eps, &["get", "foo", "--rev", &rev.to_string()], None);
+    assert!(
+        !o.ok
+            && o.stderr
+                .contains("etcdserver: mvcc: required revision has been compacted"),
+        "{}",
+        o.stderr
+    );
+    let o = etcdctl(&eps, &["get", "foo", "--rev", "100000"], None);
+    assert!(
+        !o.ok
+            && o.stderr
+                .contains("etcdserver: mvcc: required revision is a future revision"),
+        "{}",
+        o.stderr
+    );
+    // A too-large request.
+    let big = "x".repeat(1800 * 1024);
+    // (etcdctl reads the value from stdin: a 2 MiB argument is over the kernel's limit)
+    let o = etcdctl(&eps, &["put", "big"], Some(&big));
+    assert!(
+        !o.ok && o.stderr.contains("etcdserver: request is too large"),
+        "{}",
+        o.stderr
+    );
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_and_lease() {
+    let c = Cluster::start(3, &[]).await;
+    let eps = c.endpoints();
+    // watch through one member; write through another.
+    let mut watch = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &eps[0],
+            "watch",
+            "--prefix",
+            "w/",
+            "--prev-kv",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ok(&eps[1..], &["put", "w/1", "a"]);
+    ok(&eps[1..], &["put", "w/1", "b"]);
+    ok(&eps[1..], &["del", "w/1"]);
+    let out_path = std::env::temp_dir().join(format!("eden-watch-{}", std::process::id()));
+    let mut stdout = watch.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let mut all = Vec::new();
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if all.ends_with(b"DELETE\nw/1\nb\nw/1\n\n") {
+                break;
+            }
+        }
+        all
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let got = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    std::fs::remove_file(out_path).ok();
+    // With --prev-kv etcdctl prints the previous key-value before the new one.
+    assert_eq!(
+        got,
+        "PUT\nw/1\na\nPUT\nw/1\na\nw/1\nb\nDELETE\nw/1\nb\nw/1\n\n"
+    );
+
+    // Leases: grant, attach, time-to-live with keys, keep-alive once, revoke deletes the key.
+    let granted = ok(&eps, &["lease", "grant", "30"]);
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    assert!(granted.ends_with("granted with TTL(30s)\n"), "{granted}");
+    ok(&eps, &["put", "--lease", &id, "lk", "v"]);
+    let ttl = ok(&eps, &["lease", "timetolive", &id, "--keys"]);
+    assert!(
+        ttl.contains(&format!("lease {id} granted with TTL(30s), remaining("))
+            && ttl.contains("attached keys([lk])"),
+        "{ttl}"
+    );
+    let ka = ok(&eps, &["lease", "keep-alive", "--once", &id]);
+    assert!(
+        ka.contains(&format!("lease {id} keepalived with TTL(30)")),
+        "{ka}"
+    );
+    assert!(ok(&eps, &["lease", "list"]).contains(&id));
+    assert!(ok(&eps, &["lease", "revoke", &id]).contains("revoked"));
+    assert_eq!(ok(&eps, &["get", "lk"]), "");
+    let gone = ok(&eps, &["lease", "timetolive", &id]);
+    assert!(gone.contains("already expired"), "{gone}");
+    let o = etcdctl(&eps, &["put", "--lease", "1234abcd", "x", "y"], None);
+    assert!(
+        !o.ok && o.stderr.contains("etcdserver: requested lease not found"),
+        "{}",
+        o.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_cluster_views() {
+    let c = Cluster::start(3, &[]).await;
+    let eps = c.endpoints();
+    wait_for(
+        "every member to publish its client URL",
+        Duration::from_secs(10),
+        || async { ok(&eps, &["member", "list"]).matches("started").count() == 3 },
+    )
+    .await;
+    let members = ok(&eps, &["member", "list"]);
+    for m in &c.members {
+        assert!(
+            members.contains(&format!(
+                ", started, {}, http://{}, http://{}, false",
+                m.name, m.peer_addr, m.client_addr
+            )),
+            "{members}"
+        );
+    }
+    let status = ok(&eps, &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let leaders: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Status"]["leader"].as_u64().unwrap())
+        .collect();
+    assert_eq!(leaders.len(), 3);
+    assert!(
+        leaders.iter().all(|l| *l == leaders[0] && *l != 0),
+        "all agree on one leader: {status}"
+    );
+    let health = etcdctl(&eps, &["endpoint", "health"], None);
+    assert!(health.ok, "{}", health.stderr);
+    assert_eq!(
+        health.stderr.matches("is healthy").count() + health.stdout.matches("is healthy").count(),
+        3
+    );
+}
+
+/// etcdctl's own performance check at its smallest load (60 seconds of puts from 50 clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_check_perf_small_load_passes() {
+    let c = Cluster::start(3, &[]).await;
+    let o = etcdctl(&c.endpoints(), &["check", "perf", "--load=s"], None);
+    assert!(
+        o.ok && o.stdout.contains("PASS: Throughput"),
+        "check perf failed:\n{}\n{}",
+        o.stdout,
+        o.stderr
+    );
+}

@@ -17,19 +17,18 @@ use eden_proto::peer::peer_client::PeerClient;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::EngineError;
 use crate::keys::{META_CLUSTER, META_COMPACT_DONE};
-use crate::lease::{LeaseKeeper, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
+use crate::lease::{MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
 use crate::mvcc::{ApplyError, Mvcc};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{from_payload, peer_channel, to_payload, PeerNetwork};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Command, Member, Raft, Reply, Response};
-use crate::watch::{WatchHub, DEFAULT_RING_REVISIONS};
+use crate::watch::WatchHub;
 
 /// How long a request waits for a leader and for its write to be applied.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
@@ -145,7 +144,8 @@ impl Node {
     /// client and peer ports (see [`crate::grpc::serve`]).
     pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let engine = Arc::new(Engine::open(&config.data_dir.join("db"))?);
+        let sm = StateMachine::open(&config.data_dir)?;
+        let engine = sm.engine.clone();
         let id = member_id(&config.name);
         let cluster_id = match engine.get_meta::<ClusterInfo>(META_CLUSTER)? {
             Some(c) => c.cluster_id,
@@ -165,18 +165,6 @@ impl Node {
                 c.cluster_id
             }
         };
-        let mvcc = Arc::new(Mvcc::open(engine.clone())?);
-        let hub = Arc::new(WatchHub::new(mvcc.current_rev(), DEFAULT_RING_REVISIONS));
-        let leases = Arc::new(LeaseKeeper::new());
-        leases.load(mvcc.leases()?.into_iter().map(|(id, l)| (id, l.ttl)));
-        let sm = Arc::new(StateMachine {
-            engine: engine.clone(),
-            mvcc,
-            hub,
-            leases,
-            compactor: Arc::new(Notify::new()),
-            snapshot_path: config.data_dir.join("snapshot.bin"),
-        });
         let raft_config = Config {
             cluster_name: "eden".into(),
             heartbeat_interval: config.heartbeat_ms,

@@ -28,7 +28,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{from_payload, peer_channel, to_payload, PeerNetwork};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Command, Member, Raft, Reply, Response};
-use crate::watch::WatchHub;
+use crate::watch::{WatchHub, DEFAULT_RING_REVISIONS};
 
 /// How long a request waits for a leader and for its write to be applied.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
@@ -51,6 +51,8 @@ pub struct NodeConfig {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub progress_notify_interval: Duration,
+    /// How many recent revisions the watch hub keeps in memory for synced watchers.
+    pub watch_ring_revisions: usize,
 }
 
 impl NodeConfig {
@@ -68,6 +70,7 @@ impl NodeConfig {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             progress_notify_interval: Duration::from_secs(600),
+            watch_ring_revisions: DEFAULT_RING_REVISIONS,
         }
     }
 }
@@ -144,7 +147,7 @@ impl Node {
     /// client and peer ports (see [`crate::grpc::serve`]).
     pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let sm = StateMachine::open(&config.data_dir)?;
+        let sm = StateMachine::open(&config.data_dir, config.watch_ring_revisions)?;
         let engine = sm.engine.clone();
         let id = member_id(&config.name);
         let cluster_id = match engine.get_meta::<ClusterInfo>(META_CLUSTER)? {

@@ -15,7 +15,7 @@ impl StoreBuilder<TypeConfig, LogStore, Arc<StateMachine>, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, Arc<StateMachine>), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sm = StateMachine::open(dir.path()).expect("open state machine");
+        let sm = StateMachine::open(dir.path(), 64).expect("open state machine");
         let log = LogStore::new(sm.engine.clone());
         Ok((dir, log, sm))
     }

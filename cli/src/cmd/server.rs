@@ -61,6 +61,9 @@ pub struct ServerArgs {
     /// Seconds between watch progress notifications [default: 600].
     #[arg(long)]
     pub watch_progress_notify_interval: Option<u64>,
+    /// Recent revisions kept in memory for watchers; slower ones read from disk [default: 4096].
+    #[arg(long)]
+    pub watch_ring_revisions: Option<usize>,
 }
 
 /// The same settings as read from a `--config` file.
@@ -79,6 +82,7 @@ struct FileConfig {
     max_request_bytes: Option<usize>,
     max_txn_ops: Option<usize>,
     watch_progress_notify_interval: Option<u64>,
+    watch_ring_revisions: Option<usize>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -185,6 +189,9 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
         .or(file.watch_progress_notify_interval)
     {
         c.progress_notify_interval = Duration::from_secs(v.max(1));
+    }
+    if let Some(v) = args.watch_ring_revisions.or(file.watch_ring_revisions) {
+        c.watch_ring_revisions = v.max(1);
     }
     Ok(c)
 }

@@ -30,7 +30,7 @@ use crate::engine::{decode, encode, Engine, EngineError};
 use crate::keys::*;
 use crate::lease::LeaseKeeper;
 use crate::mvcc::{ApplyBatch, Mvcc, MvccError};
-use crate::watch::{WatchHub, DEFAULT_RING_REVISIONS};
+use crate::watch::WatchHub;
 
 /// Everything the state machine touches; shared with the gRPC services.
 pub struct StateMachine {
@@ -56,10 +56,13 @@ const SNAPSHOT_FORMAT: u32 = 1;
 impl StateMachine {
     /// Opens the state machine of a data dir: the RocksDB database under `db/` and the latest
     /// snapshot in `snapshot.bin`.
-    pub fn open(data_dir: &std::path::Path) -> Result<Arc<StateMachine>, EngineError> {
+    pub fn open(
+        data_dir: &std::path::Path,
+        ring_revisions: usize,
+    ) -> Result<Arc<StateMachine>, EngineError> {
         let engine = Arc::new(Engine::open(&data_dir.join("db"))?);
         let mvcc = Arc::new(Mvcc::open(engine.clone())?);
-        let hub = Arc::new(WatchHub::new(mvcc.current_rev(), DEFAULT_RING_REVISIONS));
+        let hub = Arc::new(WatchHub::new(mvcc.current_rev(), ring_revisions));
         let leases = Arc::new(LeaseKeeper::new());
         leases.load(mvcc.leases()?.into_iter().map(|(id, l)| (id, l.ttl)));
         Ok(Arc::new(StateMachine {

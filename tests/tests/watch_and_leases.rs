@@ -1,0 +1,173 @@
+//! Watch and lease behaviour that needs special settings: a slow watcher catching up from storage,
+//! progress notifications, and leases across a leader change.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eden_proto::client::Client;
+use eden_proto::etcdserverpb::watch_client::WatchClient;
+use eden_proto::etcdserverpb::{
+    watch_request, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
+};
+use eden_proto::keys::prefix_end;
+use eden_tests::{wait_for, Cluster};
+use tokio_stream::wrappers::ReceiverStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_blocks_nobody_and_catches_up_from_storage() {
+    // A ring of 8 revisions: a watcher that falls further behind must read history from RocksDB.
+    let c = Cluster::start(1, &["--watch-ring-revisions", "8"]).await;
+    let client = c.client();
+    let start = c.local_revision(0).await.unwrap() + 1;
+    let create = WatchCreateRequest {
+        key: "s/".into(),
+        range_end: prefix_end(b"s/"),
+        start_revision: start,
+        ..Default::default()
+    };
+
+    // The slow watcher: a raw stream nobody reads until the writes are done.
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[0].endpoint()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (req_tx, req_rx) = tokio::sync::mpsc::channel(1);
+    req_tx
+        .send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(create.clone())),
+        })
+        .await
+        .unwrap();
+    let mut slow = WatchClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .watch(ReceiverStream::new(req_rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A fast watcher on another stream.
+    let mut fast = client.watch(create, Duration::from_secs(10));
+    let total = 300usize;
+    // 9.6 MB in all: far more than the HTTP/2 windows and the stream's channel hold, so the
+    // server-side stream stalls while the ring moves on.
+    let value = "v".repeat(32 * 1024);
+    for i in 0..total {
+        let put = client.put(PutRequest {
+            key: format!("s/{i:03}").into(),
+            value: value.clone().into(),
+            ..Default::default()
+        });
+        tokio::time::timeout(Duration::from_secs(10), put)
+            .await
+            .expect("a slow watcher must not block writes")
+            .unwrap();
+    }
+    let mut fast_seen = 0;
+    while fast_seen < total {
+        let m = tokio::time::timeout(Duration::from_secs(10), fast.recv())
+            .await
+            .expect("the fast watcher stalled")
+            .unwrap()
+            .unwrap();
+        fast_seen += m.events.len();
+    }
+    // Now the slow one reads: every revision once, in order.
+    let mut revs = Vec::new();
+    while revs.len() < total {
+        let m = tokio::time::timeout(Duration::from_secs(10), slow.message())
+            .await
+            .expect("slow watcher stalled")
+            .unwrap()
+            .unwrap();
+        assert!(!m.canceled);
+        revs.extend(m.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+    }
+    let want: Vec<i64> = (start..start + total as i64).collect();
+    assert_eq!(revs, want);
+    drop(req_tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_notifications_bookmark_the_revision() {
+    let c = Cluster::start(1, &["--watch-progress-notify-interval", "1"]).await;
+    let client = c.client();
+    let rev = client
+        .put(PutRequest {
+            key: "p".into(),
+            value: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    let mut rx = client.watch(
+        WatchCreateRequest {
+            key: "other".into(),
+            progress_notify: true,
+            ..Default::default()
+        },
+        Duration::from_secs(10),
+    );
+    let created = rx.recv().await.unwrap().unwrap();
+    assert!(created.created);
+    let notify = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("no progress notification")
+        .unwrap()
+        .unwrap();
+    assert!(notify.events.is_empty() && !notify.canceled);
+    assert_eq!(notify.header.unwrap().revision, rev);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_leader_change_with_a_full_ttl() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    let client = c.client();
+    let lease = client.lease_grant(6, 0).await.unwrap();
+    client
+        .put(PutRequest {
+            key: "held".into(),
+            value: "x".into(),
+            lease: lease.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.kill(leader);
+    let new_leader = c.wait_leader().await;
+    let survivor = Arc::new(Client::new(&[c.members[new_leader].endpoint()]).unwrap());
+    // The new leader knows the lease and gave it a full TTL.
+    let ttl = survivor.lease_time_to_live(lease.id, true).await.unwrap();
+    assert_eq!(ttl.granted_ttl, 6);
+    assert!(
+        ttl.ttl >= 4,
+        "a new leader resets the deadline to a full TTL: {ttl:?}"
+    );
+    assert_eq!(ttl.keys, vec![b"held".to_vec()]);
+    assert_eq!(
+        survivor.lease_keep_alive_once(lease.id).await.unwrap().ttl,
+        6
+    );
+    // Without keep-alives it still expires on the new leader, deleting its key.
+    wait_for(
+        "the lease to expire on the new leader",
+        Duration::from_secs(20),
+        || {
+            let survivor = survivor.clone();
+            async move {
+                survivor
+                    .range(RangeRequest {
+                        key: "held".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok_and(|r| r.kvs.is_empty())
+            }
+        },
+    )
+    .await;
+}

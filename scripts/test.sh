@@ -9,4 +9,12 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests start the eden binary, so build it first.
 cargo build --bin eden
-cargo test --workspace -- --test-threads=2
+log="$(mktemp)"
+set +e
+cargo test --workspace --all-targets -- --test-threads=2 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"

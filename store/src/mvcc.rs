@@ -670,7 +670,16 @@ impl<'a> ApplyBatch<'a> {
                 check_read_rev(r.revision, self.rev, self.compact_rev)?;
             }
             Some(request_op::Request::RequestTxn(t)) => {
-                for op in t.success.iter().chain(t.failure.iter()) {
+                // Only the branch the compares select is checked (as etcd does): compares read the
+                // store as it was before the txn, so they can be evaluated first.
+                let mut succeeded = true;
+                for c in &t.compare {
+                    if !self.compare(c)? {
+                        succeeded = false;
+                        break;
+                    }
+                }
+                for op in if succeeded { &t.success } else { &t.failure } {
                     self.check_op(op)?;
                 }
             }

@@ -179,6 +179,10 @@ fn parse_op(s: &str) -> RequestOp {
         "put" => request_op::Request::RequestPut(PutRequest {
             key: rest[0].clone().into(),
             value: rest[1].clone().into(),
+            lease: rest
+                .get(2)
+                .and_then(|l| l.strip_prefix("lease="))
+                .map_or(0, |l| l.parse().unwrap()),
             ..Default::default()
         }),
         "get" => request_op::Request::RequestRange(RangeRequest {

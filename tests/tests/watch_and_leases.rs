@@ -171,3 +171,107 @@ async fn leases_survive_a_leader_change_with_a_full_ttl() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watches_share_one_stream() {
+    let c = Cluster::start(1, &[]).await;
+    let client = c.client();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[0].endpoint()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (req_tx, req_rx) = tokio::sync::mpsc::channel(8);
+    let mut stream = WatchClient::new(ch)
+        .watch(ReceiverStream::new(req_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let create = |key: &str, end: &[u8]| WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(
+            WatchCreateRequest {
+                key: key.into(),
+                range_end: end.to_vec(),
+                ..Default::default()
+            },
+        )),
+    };
+    // A key, a prefix, and a range [m, n) on one stream: ids 0, 1, 2.
+    req_tx.send(create("a", b"")).await.unwrap();
+    req_tx.send(create("b/", &prefix_end(b"b/"))).await.unwrap();
+    req_tx.send(create("m", b"n")).await.unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < 3 {
+        let m = stream.message().await.unwrap().unwrap();
+        assert!(m.created);
+        ids.push(m.watch_id);
+    }
+    assert_eq!(ids, vec![0, 1, 2]);
+    for k in ["a", "b/1", "mm", "z", "ab"] {
+        client
+            .put(PutRequest {
+                key: k.into(),
+                value: "v".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut got: Vec<(i64, Vec<u8>)> = Vec::new();
+    while got.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.extend(
+            m.events
+                .iter()
+                .map(|e| (m.watch_id, e.kv.as_ref().unwrap().key.clone())),
+        );
+    }
+    assert_eq!(
+        got,
+        vec![
+            (0, b"a".to_vec()),
+            (1, b"b/1".to_vec()),
+            (2, b"mm".to_vec())
+        ]
+    );
+    // Cancel one: the stream confirms it and the others go on.
+    req_tx
+        .send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CancelRequest(
+                eden_proto::etcdserverpb::WatchCancelRequest { watch_id: 1 },
+            )),
+        })
+        .await
+        .unwrap();
+    let m = stream.message().await.unwrap().unwrap();
+    assert!(m.canceled && m.watch_id == 1);
+    client
+        .put(PutRequest {
+            key: "b/2".into(),
+            value: "v".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .put(PutRequest {
+            key: "a".into(),
+            value: "w".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.watch_id, m.events[0].kv.as_ref().unwrap().key.clone()),
+        (0, b"a".to_vec())
+    );
+}

@@ -202,19 +202,8 @@ impl KeyRange {
     }
 }
 
-/// The range end that selects every key with `prefix` (etcd's `GetPrefixRangeEnd`): the prefix with
-/// its last byte incremented, trailing 0xff bytes dropped first; `"\0"` (all keys) if nothing is left.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(&last) = end.last() {
-        if last < 0xff {
-            *end.last_mut().unwrap() += 1;
-            return end;
-        }
-        end.pop();
-    }
-    vec![0]
-}
+/// The range end that selects every key with a prefix (shared with clients).
+pub use eden_proto::keys::prefix_end;
 
 #[cfg(test)]
 mod tests {

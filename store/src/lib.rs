@@ -17,6 +17,7 @@ pub mod engine;
 pub mod grpc;
 pub mod keys;
 pub mod lease;
+pub mod membership;
 pub mod mvcc;
 pub mod node;
 pub mod raft;

@@ -278,6 +278,57 @@ impl Mvcc {
         Ok(())
     }
 
+    /// A hash of the key-value history from the compacted revision to `rev` (0 = current), for
+    /// comparing members (etcd's HashKV). Versions a compaction made unreachable are left out even
+    /// when they are not physically removed yet, so members agree whatever their compactor did.
+    /// Returns (hash, compact revision, hashed revision).
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
+        let current = self.current_rev();
+        let snap = self.engine.db.snapshot();
+        let compact = self.compact_rev();
+        let rev = check_read_rev(rev, current, compact)?;
+        let mut it = snap.raw_iterator_cf(self.engine.cf(CF_KV));
+        it.seek_to_first();
+        let mut hasher = crc32fast::Hasher::new();
+        // The versions of one key with revision <= rev: (raw key, revision, record bytes, tombstone).
+        let mut versions: Vec<(Vec<u8>, i64, Vec<u8>, bool)> = Vec::new();
+        let mut prefix: Vec<u8> = Vec::new();
+        let flush = |versions: &mut Vec<(Vec<u8>, i64, Vec<u8>, bool)>,
+                     hasher: &mut crc32fast::Hasher| {
+            // The newest version at or below the compacted revision survives compaction, unless it
+            // is a tombstone below it.
+            let keep_from = versions.iter().rposition(|(_, r, _, _)| *r <= compact);
+            for (i, (k, r, v, tomb)) in versions.iter().enumerate() {
+                let visible = match keep_from {
+                    Some(p) if i < p => false,
+                    Some(p) if i == p => !(*tomb && *r < compact),
+                    _ => true,
+                };
+                if visible {
+                    hasher.update(k);
+                    hasher.update(v);
+                }
+            }
+            versions.clear();
+        };
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let plen = kv_key_prefix_len(k);
+            let r = u64::from_be_bytes(k[plen..].try_into().unwrap_or([0; 8])) as i64;
+            if k[..plen] != prefix[..] {
+                flush(&mut versions, &mut hasher);
+                prefix = k[..plen].to_vec();
+            }
+            if r <= rev {
+                let rec: Record = decode(CF_KV, v)?;
+                versions.push((k.to_vec(), r, v.to_vec(), rec.tombstone));
+            }
+            it.next();
+        }
+        it.status().map_err(EngineError::from)?;
+        flush(&mut versions, &mut hasher);
+        Ok((hasher.finalize(), compact, rev))
+    }
+
     /// Every lease in the store with its granted TTL.
     pub fn leases(&self) -> Result<Vec<(i64, LeaseRecord)>, EngineError> {
         let mut it = self.engine.db.raw_iterator_cf(self.engine.cf(CF_LEASE));

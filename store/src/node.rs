@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::engine::EngineError;
-use crate::keys::{META_CLUSTER, META_COMPACT_DONE};
+use crate::keys::{META_CLUSTER, META_COMPACT_DONE, META_SELF};
 use crate::lease::{MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
 use crate::mvcc::{ApplyError, Mvcc};
 use crate::raft::log_store::LogStore;
@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub progress_notify_interval: Duration,
     /// How many recent revisions the watch hub keeps in memory for synced watchers.
     pub watch_ring_revisions: usize,
+    /// Join a running cluster through these client endpoints (on a fresh data dir only).
+    pub join: Option<Vec<String>>,
 }
 
 impl NodeConfig {
@@ -71,6 +73,7 @@ impl NodeConfig {
             max_txn_ops: 128,
             progress_notify_interval: Duration::from_secs(600),
             watch_ring_revisions: DEFAULT_RING_REVISIONS,
+            join: None,
         }
     }
 }
@@ -88,6 +91,8 @@ pub fn member_id(name: &str) -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ClusterInfo {
     cluster_id: u64,
+    /// This member joined a running cluster: it must never bootstrap one.
+    joined: bool,
 }
 
 /// A write or read-index request forwarded between members.
@@ -149,25 +154,29 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)?;
         let sm = StateMachine::open(&config.data_dir, config.watch_ring_revisions)?;
         let engine = sm.engine.clone();
-        let id = member_id(&config.name);
-        let cluster_id = match engine.get_meta::<ClusterInfo>(META_CLUSTER)? {
-            Some(c) => c.cluster_id,
-            None => {
+        let stored_id: Option<u64> = engine.get_meta(META_SELF)?;
+        let joining = stored_id.is_none() && config.join.is_some();
+        let stored: Option<ClusterInfo> = engine.get_meta(META_CLUSTER)?;
+        let joined = joining || stored.as_ref().is_some_and(|c| c.joined);
+        let (id, cluster_id) = match (stored_id, &config.join) {
+            (Some(id), _) => (id, stored.map_or(0, |c| c.cluster_id)),
+            (None, Some(endpoints)) => join_cluster(endpoints, &config.peer_addr).await?,
+            (None, None) => {
                 let mut names: Vec<String> = config
                     .initial_cluster
                     .iter()
                     .map(|(n, a)| format!("{n}={a}"))
                     .collect();
                 names.sort();
-                let c = ClusterInfo {
-                    cluster_id: member_id(&names.join(",")),
-                };
-                let mut b = rocksdb::WriteBatch::default();
-                engine.put_meta(&mut b, META_CLUSTER, &c);
-                engine.write_sync(b)?;
-                c.cluster_id
+                (member_id(&config.name), member_id(&names.join(",")))
             }
         };
+        if stored_id.is_none() {
+            let mut b = rocksdb::WriteBatch::default();
+            engine.put_meta(&mut b, META_CLUSTER, &ClusterInfo { cluster_id, joined });
+            engine.put_meta(&mut b, META_SELF, &id);
+            engine.write_sync(b)?;
+        }
         let raft_config = Config {
             cluster_name: "eden".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -188,7 +197,7 @@ impl Node {
             sm.clone(),
         )
         .await?;
-        if !raft.is_initialized().await? {
+        if !raft.is_initialized().await? && !joined {
             let members: BTreeMap<u64, Member> = config
                 .initial_cluster
                 .iter()
@@ -223,6 +232,9 @@ impl Node {
         tokio::spawn(node.clone().lease_loop());
         tokio::spawn(node.clone().compactor_loop());
         tokio::spawn(node.clone().publish_self());
+        if joined {
+            tokio::spawn(node.clone().promote_self());
+        }
         Ok(node)
     }
 
@@ -255,7 +267,7 @@ impl Node {
         self.leader() == Some(self.id)
     }
 
-    fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, Status> {
+    pub(crate) fn peer_client(&self, addr: &str) -> Result<PeerClient<Channel>, Status> {
         let mut peers = self.peers.lock().expect("peer lock");
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
@@ -267,6 +279,13 @@ impl Node {
             .max_encoding_message_size(64 << 20);
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// The current leader's peer address, if there is a leader other than this member.
+    pub(crate) fn leader_peer_addr(&self) -> Option<String> {
+        self.leader()
+            .filter(|l| *l != self.id)
+            .and_then(|l| self.leader_addr(Some(l)))
     }
 
     fn leader_addr(&self, leader: Option<u64>) -> Option<String> {
@@ -288,7 +307,7 @@ impl Node {
                 Err(ForwardError::NotLeader) => self.leader(),
             };
             if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {
-                let mut client = self.peer(&addr)?;
+                let mut client = self.peer_client(&addr)?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, client.forward(to_payload(&cmd))).await {
                     Err(_) => return Err(unavailable("etcdserver: request timed out")),
@@ -345,7 +364,7 @@ impl Node {
                 Err(ForwardError::NotLeader) => self.leader(),
             };
             if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {
-                let mut client = self.peer(&addr)?;
+                let mut client = self.peer_client(&addr)?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 if let Ok(Ok(reply)) =
                     tokio::time::timeout(left, client.read_index(to_payload(&()))).await
@@ -419,7 +438,7 @@ impl Node {
                 return Ok(self.lease_query_local(&q));
             }
             if let Some(addr) = self.leader_addr(leader) {
-                let mut client = self.peer(&addr)?;
+                let mut client = self.peer_client(&addr)?;
                 if let Ok(Ok(reply)) =
                     tokio::time::timeout(Duration::from_secs(2), client.lease_query(to_payload(&q)))
                         .await
@@ -559,6 +578,60 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// Asks a running cluster (through any of `endpoints`) to add this member as a learner; returns
+/// the id the cluster gave it and the cluster id.
+async fn join_cluster(endpoints: &[String], peer_addr: &str) -> anyhow::Result<(u64, u64)> {
+    use eden_proto::etcdserverpb::cluster_client::ClusterClient;
+    use eden_proto::etcdserverpb::MemberAddRequest;
+    let client = eden_proto::client::Client::new(endpoints)?;
+    let req = MemberAddRequest {
+        peer_ur_ls: vec![format!("http://{peer_addr}")],
+        is_learner: true,
+    };
+    let added = client
+        .call(eden_proto::client::Retry::Write, |ch| {
+            let req = req.clone();
+            async move {
+                ClusterClient::new(ch)
+                    .member_add(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await;
+    let resp = match added {
+        Ok(r) => r,
+        // Added beforehand with `eden member add`: take over that (unstarted) entry.
+        Err(eden_proto::client::ClientError::Server(s))
+            if s.message() == crate::membership::ERR_PEER_EXISTS =>
+        {
+            let list = client.member_list().await?;
+            let url = format!("http://{peer_addr}");
+            let m = list
+                .members
+                .iter()
+                .find(|m| m.peer_ur_ls.contains(&url) && m.client_ur_ls.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{url} is already a started member of the cluster")
+                })?;
+            eden_proto::etcdserverpb::MemberAddResponse {
+                header: list.header,
+                member: Some(m.clone()),
+                members: list.members,
+            }
+        }
+        Err(e) => anyhow::bail!("joining through {}: {e}", endpoints.join(",")),
+    };
+    let member = resp
+        .member
+        .ok_or_else(|| anyhow::anyhow!("the cluster did not say which id it gave this member"))?;
+    tracing::info!(
+        id = format!("{:x}", member.id),
+        "joined the cluster as a learner"
+    );
+    Ok((member.id, resp.header.map_or(0, |h| h.cluster_id)))
 }
 
 /// True when a peer call failed before the request could have been sent.

@@ -40,6 +40,10 @@ pub struct ServerArgs {
     /// Every initial member's peer address, NAME=HOST:PORT,... (bootstraps a new cluster).
     #[arg(long)]
     pub initial_cluster: Option<String>,
+    /// Join a running cluster through any of its members' client addresses (HOST:PORT,...): the
+    /// member is added as a learner and promotes itself once it caught up.
+    #[arg(long, value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
     /// Take a snapshot after this many applied entries [default: 10000].
     #[arg(long)]
     pub snapshot_count: Option<u64>,
@@ -75,6 +79,7 @@ struct FileConfig {
     client_addr: Option<String>,
     peer_addr: Option<String>,
     initial_cluster: Option<String>,
+    join: Option<Vec<String>>,
     snapshot_count: Option<u64>,
     snapshot_catchup_entries: Option<u64>,
     heartbeat_interval: Option<u64>,
@@ -146,6 +151,10 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
         .or(file.peer_addr)
         .unwrap_or_else(|| "127.0.0.1:2380".into());
     let mut c = NodeConfig::new(&name, data_dir, &client_addr, &peer_addr);
+    c.join = args.join.clone().or(file.join);
+    if c.join.is_some() && (args.initial_cluster.is_some() || file.initial_cluster.is_some()) {
+        bail!("give either --join or --initial-cluster, not both");
+    }
     if let Some(ic) = args.initial_cluster.clone().or(file.initial_cluster) {
         c.initial_cluster = parse_initial_cluster(&ic)?;
         match c.initial_cluster.iter().find(|(n, _)| *n == name) {
@@ -232,6 +241,7 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = node.removed() => tracing::warn!("removed from the cluster: shutting down"),
         r = client => bail!("the client server stopped: {:?}", r),
         r = peer => bail!("the peer server stopped: {:?}", r),
     }

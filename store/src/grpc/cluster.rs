@@ -1,47 +1,99 @@
-//! The etcd Cluster service. MemberList works; membership changes are the next issue's work and
-//! answer Unimplemented until then.
+//! The etcd Cluster service: list, add, remove, update and promote members (see
+//! [`crate::membership`] for the rules).
 
 use std::sync::Arc;
 
 use eden_proto::etcdserverpb::cluster_server::Cluster;
 use eden_proto::etcdserverpb::{
-    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
 use tonic::{Request, Response, Status};
 
+use crate::membership::{peer_addr_of, MembershipChange};
 use crate::node::{internal, Node};
 
 pub struct ClusterService {
     pub node: Arc<Node>,
 }
 
-fn not_yet() -> Status {
-    Status::unimplemented("eden: membership changes are not supported yet")
+fn one_peer_url(urls: &[String]) -> Result<String, Status> {
+    match urls {
+        [one] if !one.trim().is_empty() => Ok(peer_addr_of(one)),
+        _ => Err(Status::invalid_argument(
+            "etcdserver: eden members have exactly one peer URL",
+        )),
+    }
+}
+
+impl ClusterService {
+    fn members(&self) -> Result<Vec<Member>, Status> {
+        self.node.members().map_err(internal)
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _r: Request<MemberAddRequest>,
+        request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_yet())
+        let req = request.into_inner();
+        let peer_addr = one_peer_url(&req.peer_ur_ls)?;
+        let id = self
+            .node
+            .change_membership(MembershipChange::Add {
+                peer_addr: peer_addr.clone(),
+                learner: req.is_learner,
+            })
+            .await?
+            .ok_or_else(|| internal("member add returned no id"))?;
+        // The new member may not be in this member's view yet: describe it from the request.
+        let member = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: vec![format!("http://{peer_addr}")],
+            client_ur_ls: Vec::new(),
+            is_learner: req.is_learner,
+        };
+        Ok(Response::new(MemberAddResponse {
+            header: Some(self.node.header()),
+            member: Some(member),
+            members: self.members()?,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _r: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_yet())
+        let id = request.into_inner().id;
+        self.node
+            .change_membership(MembershipChange::Remove { id })
+            .await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(self.node.header()),
+            members: self.members()?,
+        }))
     }
 
     async fn member_update(
         &self,
-        _r: Request<MemberUpdateRequest>,
+        request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(not_yet())
+        let req = request.into_inner();
+        let peer_addr = one_peer_url(&req.peer_ur_ls)?;
+        self.node
+            .change_membership(MembershipChange::Update {
+                id: req.id,
+                peer_addr,
+            })
+            .await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: Some(self.node.header()),
+            members: self.members()?,
+        }))
     }
 
     async fn member_list(
@@ -49,19 +101,26 @@ impl Cluster for ClusterService {
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         if request.get_ref().linearizable {
+            self.node.refuse_learner()?;
             self.node.read_barrier().await?;
         }
-        let members = self.node.members().map_err(internal)?;
         Ok(Response::new(MemberListResponse {
             header: Some(self.node.header()),
-            members,
+            members: self.members()?,
         }))
     }
 
     async fn member_promote(
         &self,
-        _r: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_yet())
+        let id = request.into_inner().id;
+        self.node
+            .change_membership(MembershipChange::Promote { id })
+            .await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(self.node.header()),
+            members: self.members()?,
+        }))
     }
 }

@@ -86,6 +86,7 @@ impl Kv for KvService {
         validate::size(&req, self.node.config.max_request_bytes)?;
         validate::range(&req)?;
         if !req.serializable {
+            self.node.refuse_learner()?;
             self.node.read_barrier().await?;
         }
         let mut resp = self.node.mvcc().range(&req).map_err(mvcc_status)?;
@@ -97,6 +98,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::size(&req, self.node.config.max_request_bytes)?;
         validate::put(&req)?;
+        self.node.refuse_learner()?;
         match self
             .write(RequestOp {
                 request: Some(request_op::Request::RequestPut(req)),
@@ -116,6 +118,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::size(&req, self.node.config.max_request_bytes)?;
         validate::delete(&req)?;
+        self.node.refuse_learner()?;
         match self
             .write(RequestOp {
                 request: Some(request_op::Request::RequestDeleteRange(req)),
@@ -132,6 +135,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::size(&req, self.node.config.max_request_bytes)?;
         validate::txn(&req, self.node.config.max_txn_ops)?;
+        self.node.refuse_learner()?;
         let op = RequestOp {
             request: Some(request_op::Request::RequestTxn(req)),
         };
@@ -164,6 +168,7 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
+        self.node.refuse_learner()?;
         let r = self
             .node
             .propose(Command::Compact {

@@ -30,6 +30,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        self.node.refuse_learner()?;
         let req = request.into_inner();
         let (id, ttl, rev) = self.node.lease_grant(req.id, req.ttl).await?;
         Ok(Response::new(LeaseGrantResponse {
@@ -44,6 +45,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        self.node.refuse_learner()?;
         let req = request.into_inner();
         let r = self
             .node
@@ -63,6 +65,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.node.refuse_learner()?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
@@ -90,6 +93,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.node.refuse_learner()?;
         let req = request.into_inner();
         let header = Some(self.node.header());
         match self
@@ -125,6 +129,7 @@ impl Lease for LeaseService {
         &self,
         _request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.node.refuse_learner()?;
         let leases = self.node.mvcc().leases().map_err(internal)?;
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.node.header()),

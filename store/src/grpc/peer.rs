@@ -7,6 +7,7 @@ use eden_proto::peer::Payload;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
+use crate::membership::MembershipChange;
 use crate::node::{LeaseQuery, Node};
 use crate::raft::network::{from_payload, to_payload};
 use crate::raft::{Command, TypeConfig};
@@ -54,6 +55,13 @@ impl Peer for PeerService {
     async fn read_index(&self, _request: Request<Payload>) -> Result<Response<Payload>, Status> {
         Ok(Response::new(to_payload(
             &self.node.read_index_local().await,
+        )))
+    }
+
+    async fn membership(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let change: MembershipChange = from_payload(request.get_ref()).map_err(bad)?;
+        Ok(Response::new(to_payload(
+            &self.node.change_membership_local(change).await,
         )))
     }
 

@@ -106,6 +106,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.node.refuse_learner()?;
         let wants_leader = request
             .metadata()
             .get("hasleader")

@@ -325,6 +325,16 @@ impl Client {
             })
     }
 
+    /// HashKV of one endpoint (by its index in [`Client::endpoints`]); no failover.
+    pub async fn hash_kv_of(&self, i: usize, revision: i64) -> Result<HashKvResponse> {
+        let ch = self.channel(i).await.map_err(ClientError::Unavailable)?;
+        MaintenanceClient::new(ch)
+            .hash_kv(HashKvRequest { revision })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Server)
+    }
+
     /// Watches a key or range, resuming on another endpoint whenever a stream breaks. Responses
     /// (events, progress notifications, and a final cancel) arrive on the returned channel; it
     /// closes after a cancel or when every endpoint stayed unreachable for `give_up`.

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
@@ -60,6 +60,7 @@ pub const ERR_NOT_LEARNER: &str = "etcdserver: can only promote a learner member
 pub const ERR_LEARNER_NOT_READY: &str =
     "etcdserver: can only promote a learner member which is in sync with leader";
 pub const ERR_LEARNER_RPC: &str = "etcdserver: rpc not supported for learner";
+pub const ERR_IN_PROGRESS: &str = "etcdserver: another membership change is in progress";
 
 /// Strips a URL scheme: members are addressed as HOST:PORT.
 pub fn peer_addr_of(url: &str) -> String {
@@ -271,6 +272,9 @@ impl Node {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(MembershipError::NotLeader)
             }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            )))) => Err(refuse(Code::FailedPrecondition, ERR_IN_PROGRESS)),
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Err(
                 refuse(Code::FailedPrecondition, &format!("etcdserver: {e}")),
             ),
@@ -303,9 +307,14 @@ impl Node {
     }
 
     /// Resolves when this member has been removed from the cluster (it then stops, as etcd does).
+    ///
+    /// A removed follower may never see the configuration that leaves it out (the leader stops
+    /// replicating to it first), so a member that does not lead also asks the others, every few
+    /// seconds, for a linearizable member list: only a member in a working quorum can answer it.
     pub async fn removed(&self) {
         let mut metrics = self.raft.metrics();
         let mut was_member = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(3));
         loop {
             let is_member = metrics
                 .borrow()
@@ -319,9 +328,45 @@ impl Node {
                 tracing::warn!("this member was removed from the cluster");
                 return;
             }
-            if metrics.changed().await.is_err() {
-                std::future::pending::<()>().await;
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                _ = tick.tick() => {
+                    if was_member && !self.is_leader() && self.removed_says_cluster().await {
+                        tracing::warn!("the cluster says this member was removed");
+                        return;
+                    }
+                }
             }
+        }
+    }
+
+    /// Asks the other members' client ports whether this member is still in the cluster.
+    async fn removed_says_cluster(&self) -> bool {
+        let Ok(attrs) = self.sm.members() else {
+            return false;
+        };
+        let urls: Vec<String> = attrs
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .filter_map(|(_, a)| a.client_urls.first().cloned())
+            .collect();
+        if urls.is_empty() {
+            return false;
+        }
+        let Ok(client) = eden_proto::client::Client::new(&urls) else {
+            return false;
+        };
+        let list = client
+            .call(eden_proto::client::Retry::Read, |ch| async move {
+                eden_proto::etcdserverpb::cluster_client::ClusterClient::new(ch)
+                    .member_list(eden_proto::etcdserverpb::MemberListRequest { linearizable: true })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await;
+        match list {
+            Ok(l) => !l.members.is_empty() && !l.members.iter().any(|m| m.id == self.id),
+            Err(_) => false,
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub watch_ring_revisions: usize,
     /// Join a running cluster through these client endpoints (on a fresh data dir only).
     pub join: Option<Vec<String>>,
+    /// After joining, stay a learner until an operator promotes this member.
+    pub stay_learner: bool,
 }
 
 impl NodeConfig {
@@ -74,6 +76,7 @@ impl NodeConfig {
             progress_notify_interval: Duration::from_secs(600),
             watch_ring_revisions: DEFAULT_RING_REVISIONS,
             join: None,
+            stay_learner: false,
         }
     }
 }
@@ -232,7 +235,7 @@ impl Node {
         tokio::spawn(node.clone().lease_loop());
         tokio::spawn(node.clone().compactor_loop());
         tokio::spawn(node.clone().publish_self());
-        if joined {
+        if joined && !node.config.stay_learner {
             tokio::spawn(node.clone().promote_self());
         }
         Ok(node)
@@ -590,17 +593,30 @@ async fn join_cluster(endpoints: &[String], peer_addr: &str) -> anyhow::Result<(
         peer_ur_ls: vec![format!("http://{peer_addr}")],
         is_learner: true,
     };
-    let added = client
-        .call(eden_proto::client::Retry::Write, |ch| {
-            let req = req.clone();
-            async move {
-                ClusterClient::new(ch)
-                    .member_add(req)
-                    .await
-                    .map(|r| r.into_inner())
+    // Another member may be joining or being promoted: wait for that change to finish.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let added = loop {
+        let r = client
+            .call(eden_proto::client::Retry::Write, |ch| {
+                let req = req.clone();
+                async move {
+                    ClusterClient::new(ch)
+                        .member_add(req)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await;
+        match r {
+            Err(eden_proto::client::ClientError::Server(s))
+                if s.message() == crate::membership::ERR_IN_PROGRESS
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
-        })
-        .await;
+            other => break other,
+        }
+    };
     let resp = match added {
         Ok(r) => r,
         // Added beforehand with `eden member add`: take over that (unstarted) entry.

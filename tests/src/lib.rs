@@ -209,6 +209,63 @@ impl Cluster {
         }
     }
 
+    /// Starts a new member that joins the running cluster with `--join` (plus `extra` flags);
+    /// returns its index.
+    pub fn join(&mut self, extra: &[&str]) -> usize {
+        let i = self.members.len();
+        let name = format!("m{i}");
+        let (cp, pp) = (free_port(), free_port());
+        let dir = self.members[0]
+            .data_dir
+            .parent()
+            .expect("cluster dir")
+            .to_path_buf();
+        let data_dir = dir.join(&name);
+        let running: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(|m| m.endpoint())
+            .collect();
+        let mut args = vec![
+            "--name".to_string(),
+            name.clone(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--client-addr".into(),
+            format!("127.0.0.1:{cp}"),
+            "--peer-addr".into(),
+            format!("127.0.0.1:{pp}"),
+            "--join".into(),
+            running.join(","),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut m = Member {
+            name: name.clone(),
+            client_addr: format!("127.0.0.1:{cp}"),
+            peer_addr: format!("127.0.0.1:{pp}"),
+            log: dir.join(format!("{name}.log")),
+            data_dir,
+            child: None,
+            args,
+        };
+        m.spawn();
+        self.members.push(m);
+        i
+    }
+
+    /// True once the member's process has exited by itself (for example after being removed).
+    pub fn exited(&mut self, i: usize) -> bool {
+        let done = match self.members[i].child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_some(),
+            None => true,
+        };
+        if done {
+            self.members[i].child = None;
+        }
+        done
+    }
+
     /// kill -9.
     pub fn kill(&mut self, i: usize) {
         self.members[i].signal("KILL");

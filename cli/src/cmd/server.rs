@@ -44,6 +44,9 @@ pub struct ServerArgs {
     /// member is added as a learner and promotes itself once it caught up.
     #[arg(long, value_delimiter = ',')]
     pub join: Option<Vec<String>>,
+    /// With --join: stay a learner until `eden member promote` (instead of promoting itself).
+    #[arg(long)]
+    pub stay_learner: bool,
     /// Take a snapshot after this many applied entries [default: 10000].
     #[arg(long)]
     pub snapshot_count: Option<u64>,
@@ -80,6 +83,7 @@ struct FileConfig {
     peer_addr: Option<String>,
     initial_cluster: Option<String>,
     join: Option<Vec<String>>,
+    stay_learner: Option<bool>,
     snapshot_count: Option<u64>,
     snapshot_catchup_entries: Option<u64>,
     heartbeat_interval: Option<u64>,
@@ -152,6 +156,7 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
         .unwrap_or_else(|| "127.0.0.1:2380".into());
     let mut c = NodeConfig::new(&name, data_dir, &client_addr, &peer_addr);
     c.join = args.join.clone().or(file.join);
+    c.stay_learner = args.stay_learner || file.stay_learner.unwrap_or(false);
     if c.join.is_some() && (args.initial_cluster.is_some() || file.initial_cluster.is_some()) {
         bail!("give either --join or --initial-cluster, not both");
     }
@@ -241,7 +246,11 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = node.removed() => tracing::warn!("removed from the cluster: shutting down"),
+        _ = node.removed() => {
+            // Finish answering what is in flight (the change that removed this member, when it led).
+            tracing::warn!("removed from the cluster: shutting down in 2 s");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         r = client => bail!("the client server stopped: {:?}", r),
         r = peer => bail!("the peer server stopped: {:?}", r),
     }

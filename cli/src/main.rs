@@ -75,6 +75,14 @@ enum Command {
     Status,
     /// Compact the history up to a revision.
     Compact(cmd::compact::CompactArgs),
+    /// Endpoint checks: health, status, hashkv.
+    #[command(subcommand)]
+    Endpoint(cmd::endpoint::EndpointCmd),
+    /// Save a backup of the store, or restore one into a new data dir.
+    #[command(subcommand)]
+    Snapshot(cmd::snapshot::SnapshotCmd),
+    /// Compact each endpoint's storage files (reclaims space after a compaction).
+    Defrag,
 }
 
 fn main() {
@@ -122,5 +130,14 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Member(c) => cmd::member::run(&client, &out, c).await,
         Command::Status => cmd::status::run(&client, &out).await,
         Command::Compact(a) => cmd::compact::run(&client, &out, a).await,
+        Command::Endpoint(c) => cmd::endpoint::run(&client, &out, c).await,
+        Command::Snapshot(c) => cmd::snapshot::run(&client, &out, c).await,
+        Command::Defrag => {
+            for (i, ep) in client.endpoints().iter().enumerate() {
+                client.defragment_of(i).await?;
+                out.line(&format!("Finished defragmenting etcd member[{ep}]"))?;
+            }
+            Ok(())
+        }
     }
 }

@@ -325,6 +325,64 @@ impl Client {
             })
     }
 
+    /// A consistent backup of the store from one member: the bytes and the revision they hold.
+    pub async fn snapshot(&self) -> Result<(Vec<u8>, i64)> {
+        self.call(Retry::Read, |ch| async move {
+            let mut stream = MaintenanceClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                .snapshot(SnapshotRequest {})
+                .await?
+                .into_inner();
+            let mut out = Vec::new();
+            let mut rev = 0;
+            while let Some(part) = stream.message().await? {
+                rev = part.header.map_or(rev, |h| h.revision);
+                out.extend_from_slice(&part.blob);
+                if part.remaining_bytes == 0 {
+                    return Ok((out, rev));
+                }
+            }
+            Err(Status::unavailable("snapshot stream ended early"))
+        })
+        .await
+    }
+
+    /// Compacts one endpoint's storage files; no failover.
+    pub async fn defragment_of(&self, i: usize) -> Result<DefragmentResponse> {
+        let ch = self.channel(i).await.map_err(ClientError::Unavailable)?;
+        MaintenanceClient::new(ch)
+            .defragment(DefragmentRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Server)
+    }
+
+    /// The alarms of one endpoint; no failover.
+    pub async fn alarms_of(&self, i: usize) -> Result<AlarmResponse> {
+        let ch = self.channel(i).await.map_err(ClientError::Unavailable)?;
+        MaintenanceClient::new(ch)
+            .alarm(AlarmRequest::default())
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Server)
+    }
+
+    /// A linearizable read through one endpoint only (for health checks); no failover.
+    pub async fn range_of(&self, i: usize, req: RangeRequest) -> Result<RangeResponse> {
+        let ch = self.channel(i).await.map_err(ClientError::Unavailable)?;
+        Self::kv(ch)
+            .range(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| {
+                if s.code() == Code::Unavailable {
+                    ClientError::Unavailable(format!("{}: {}", self.endpoints[i], s.message()))
+                } else {
+                    ClientError::Server(s)
+                }
+            })
+    }
+
     /// HashKV of one endpoint (by its index in [`Client::endpoints`]); no failover.
     pub async fn hash_kv_of(&self, i: usize, revision: i64) -> Result<HashKvResponse> {
         let ch = self.channel(i).await.map_err(ClientError::Unavailable)?;

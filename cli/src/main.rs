@@ -83,6 +83,9 @@ enum Command {
     Snapshot(cmd::snapshot::SnapshotCmd),
     /// Compact each endpoint's storage files (reclaims space after a compaction).
     Defrag,
+    /// List or clear alarms (NOSPACE when the space quota is exceeded).
+    #[command(subcommand)]
+    Alarm(cmd::alarm::AlarmCmd),
 }
 
 fn main() {
@@ -132,6 +135,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Compact(a) => cmd::compact::run(&client, &out, a).await,
         Command::Endpoint(c) => cmd::endpoint::run(&client, &out, c).await,
         Command::Snapshot(c) => cmd::snapshot::run(&client, &out, c).await,
+        Command::Alarm(c) => cmd::alarm::run(&client, &out, c).await,
         Command::Defrag => {
             for (i, ep) in client.endpoints().iter().enumerate() {
                 client.defragment_of(i).await?;

@@ -26,6 +26,7 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 
 pub struct Engine {
     pub db: DB,
+    dir: std::path::PathBuf,
 }
 
 impl Engine {
@@ -43,7 +44,10 @@ impl Engine {
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        Ok(Engine { db })
+        Ok(Engine {
+            db,
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn cf(&self, name: &str) -> &ColumnFamily {
@@ -80,36 +84,38 @@ impl Engine {
     /// Compacts every column family's files (Defragment): reclaims the space of deleted records.
     pub fn defragment(&self) {
         for cf in ALL_CFS {
+            let _ = self.db.flush_cf(self.cf(cf));
+        }
+        for cf in ALL_CFS {
             self.db
                 .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
         }
     }
 
-    /// Bytes on disk (SST files plus memtables), for Status.dbSize.
+    /// The database's size on disk: every column family's SST files plus the write-ahead log
+    /// files (which hold what memtables have not flushed yet). For Status.dbSize and the quota.
     pub fn size_bytes(&self) -> i64 {
-        let sst = self
-            .db
-            .property_int_value("rocksdb.total-sst-files-size")
-            .ok()
-            .flatten()
+        let sst: u64 = ALL_CFS
+            .iter()
+            .map(|cf| {
+                self.db
+                    .property_int_value_cf(self.cf(cf), "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            })
+            .sum();
+        let wal: u64 = std::fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
             .unwrap_or(0);
-        let mem = self
-            .db
-            .property_int_value("rocksdb.cur-size-all-mem-tables")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        let mut total = sst + mem;
-        for cf in ALL_CFS {
-            let h = self.cf(cf);
-            total += self
-                .db
-                .property_int_value_cf(h, "rocksdb.total-sst-files-size")
-                .ok()
-                .flatten()
-                .unwrap_or(0);
-        }
-        total as i64
+        (sst + wal) as i64
     }
 }
 

@@ -36,10 +36,12 @@ pub const META_COMPACT: &[u8] = b"compact";
 pub const META_COMPACT_DONE: &[u8] = b"compacted_done";
 pub const META_MEMBERS: &[u8] = b"members";
 pub const META_CLUSTER: &[u8] = b"cluster";
+/// Active alarms: a set of (member id, alarm type).
+pub const META_ALARMS: &[u8] = b"alarms";
 /// This member's own id (given by --initial-cluster, or by the cluster when it joined).
 pub const META_SELF: &[u8] = b"self";
 /// The state-machine metadata a snapshot carries along with [`SM_CFS`].
-pub const SM_META_KEYS: [&[u8]; 3] = [META_REVISION, META_COMPACT, META_MEMBERS];
+pub const SM_META_KEYS: [&[u8]; 4] = [META_REVISION, META_COMPACT, META_MEMBERS, META_ALARMS];
 
 /// Escapes a user key (see the module docs).
 pub fn enc_key(key: &[u8]) -> Vec<u8> {

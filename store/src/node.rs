@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::engine::EngineError;
-use crate::keys::{META_CLUSTER, META_COMPACT_DONE, META_SELF};
+use crate::keys::{META_ALARMS, META_CLUSTER, META_COMPACT_DONE, META_SELF};
 use crate::lease::{MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
 use crate::mvcc::{ApplyError, Mvcc};
 use crate::raft::log_store::LogStore;
@@ -29,6 +29,16 @@ use crate::raft::network::{from_payload, peer_channel, to_payload, PeerNetwork};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Command, Member, Raft, Reply, Response};
 use crate::watch::{WatchHub, DEFAULT_RING_REVISIONS};
+
+/// etcd's default space quota: 2 GiB.
+pub const DEFAULT_QUOTA_BYTES: i64 = 2 << 30;
+/// etcd's AlarmType numbers.
+pub const ALARM_NOSPACE: i32 = 1;
+pub const ALARM_CORRUPT: i32 = 2;
+
+pub fn nospace() -> Status {
+    Status::resource_exhausted("etcdserver: mvcc: database space exceeded")
+}
 
 /// How long a request waits for a leader and for its write to be applied.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
@@ -57,6 +67,8 @@ pub struct NodeConfig {
     pub join: Option<Vec<String>>,
     /// After joining, stay a learner until an operator promotes this member.
     pub stay_learner: bool,
+    /// Past this many bytes on disk, writes that add data are refused with a NOSPACE alarm.
+    pub quota_bytes: i64,
 }
 
 impl NodeConfig {
@@ -77,6 +89,7 @@ impl NodeConfig {
             watch_ring_revisions: DEFAULT_RING_REVISIONS,
             join: None,
             stay_learner: false,
+            quota_bytes: DEFAULT_QUOTA_BYTES,
         }
     }
 }
@@ -413,8 +426,45 @@ impl Node {
             .map_err(|_| unavailable("etcdserver: request timed out"))
     }
 
+    /// The active alarms, as (member id, alarm type).
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        let set: std::collections::BTreeSet<(u64, i32)> = self
+            .sm
+            .engine
+            .get_meta(META_ALARMS)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        set.into_iter().collect()
+    }
+
+    /// Refuses a write that adds data while a NOSPACE alarm is active, or when this member's
+    /// database is past its quota (then it raises the alarm first, through the log, as etcd does).
+    /// Deletes, compaction and disarming are never refused.
+    pub async fn check_quota(&self) -> Result<(), Status> {
+        if self.alarms().iter().any(|(_, a)| *a == ALARM_NOSPACE) {
+            return Err(nospace());
+        }
+        if self.config.quota_bytes > 0 && self.sm.engine.size_bytes() > self.config.quota_bytes {
+            tracing::warn!(
+                quota = self.config.quota_bytes,
+                size = self.sm.engine.size_bytes(),
+                "database space exceeded: raising NOSPACE"
+            );
+            self.propose(Command::Alarm {
+                activate: true,
+                member: self.id,
+                alarm: ALARM_NOSPACE,
+            })
+            .await?;
+            return Err(nospace());
+        }
+        Ok(())
+    }
+
     /// Grants a lease (id 0: the member picks one).
     pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64, i64), Status> {
+        self.check_quota().await?;
         if ttl > MAX_LEASE_TTL_SECS {
             return Err(Status::out_of_range("etcdserver: too large lease TTL"));
         }

@@ -1,5 +1,6 @@
 //! One file per command.
 
+pub mod alarm;
 pub mod compact;
 pub mod del;
 pub mod endpoint;

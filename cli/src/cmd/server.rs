@@ -71,6 +71,10 @@ pub struct ServerArgs {
     /// Recent revisions kept in memory for watchers; slower ones read from disk [default: 4096].
     #[arg(long)]
     pub watch_ring_revisions: Option<usize>,
+    /// Space quota in bytes: past it, writes that add data fail with "database space exceeded"
+    /// and a NOSPACE alarm [default: 2147483648].
+    #[arg(long)]
+    pub quota_bytes: Option<i64>,
 }
 
 /// The same settings as read from a `--config` file.
@@ -92,6 +96,7 @@ struct FileConfig {
     max_txn_ops: Option<usize>,
     watch_progress_notify_interval: Option<u64>,
     watch_ring_revisions: Option<usize>,
+    quota_bytes: Option<i64>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -203,6 +208,9 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
         .or(file.watch_progress_notify_interval)
     {
         c.progress_notify_interval = Duration::from_secs(v.max(1));
+    }
+    if let Some(v) = args.quota_bytes.or(file.quota_bytes) {
+        c.quota_bytes = v;
     }
     if let Some(v) = args.watch_ring_revisions.or(file.watch_ring_revisions) {
         c.watch_ring_revisions = v.max(1);

@@ -99,6 +99,7 @@ impl Kv for KvService {
         validate::size(&req, self.node.config.max_request_bytes)?;
         validate::put(&req)?;
         self.node.refuse_learner()?;
+        self.node.check_quota().await?;
         match self
             .write(RequestOp {
                 request: Some(request_op::Request::RequestPut(req)),
@@ -136,6 +137,9 @@ impl Kv for KvService {
         validate::size(&req, self.node.config.max_request_bytes)?;
         validate::txn(&req, self.node.config.max_txn_ops)?;
         self.node.refuse_learner()?;
+        if validate::has_puts(&req) {
+            self.node.check_quota().await?;
+        }
         let op = RequestOp {
             request: Some(request_op::Request::RequestTxn(req)),
         };

@@ -1,21 +1,22 @@
-//! The etcd Maintenance service: Status, HashKV, Alarm (list), Defragment (compacts RocksDB's files)
-//! and Snapshot (a consistent backup, see `StateMachine::backup`). Alarms with a quota, MoveLeader
-//! and Downgrade answer Unimplemented for now.
+//! The etcd Maintenance service: Status, HashKV, Alarm (list, activate and disarm, replicated
+//! through the log), Defragment (flushes and compacts RocksDB's files) and Snapshot (a consistent
+//! backup, see `StateMachine::backup`). MoveLeader and Downgrade answer Unimplemented for now.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use eden_proto::etcdserverpb::maintenance_server::Maintenance;
 use eden_proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
-    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
-    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
+    DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
+use crate::raft::{Command, Reply};
 
 /// Snapshot streams carry the backup in pieces of this size.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -39,13 +40,46 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
-        match AlarmAction::try_from(request.get_ref().action) {
-            Ok(AlarmAction::Get) => Ok(Response::new(AlarmResponse {
-                header: Some(self.node.header()),
-                alarms: Vec::new(),
-            })),
-            _ => Err(not_yet("activating or disarming alarms")),
-        }
+        let req = request.into_inner();
+        let to_pb = |list: Vec<(u64, i32)>| -> Vec<AlarmMember> {
+            list.into_iter()
+                .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
+                .collect()
+        };
+        let alarms = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => to_pb(
+                self.node
+                    .alarms()
+                    .into_iter()
+                    .filter(|(_, a)| req.alarm == AlarmType::None as i32 || *a == req.alarm)
+                    .collect(),
+            ),
+            Ok(action) => {
+                if req.alarm == AlarmType::None as i32 {
+                    return Err(Status::invalid_argument("etcdserver: no alarm type given"));
+                }
+                let activate = action == AlarmAction::Activate;
+                let r = self
+                    .node
+                    .propose(Command::Alarm {
+                        activate,
+                        member: req.member_id,
+                        alarm: req.alarm,
+                    })
+                    .await?;
+                match r.result {
+                    Reply::Alarms(changed) => to_pb(changed),
+                    other => {
+                        return Err(crate::node::internal(format!("unexpected reply {other:?}")))
+                    }
+                }
+            }
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
+        Ok(Response::new(AlarmResponse {
+            header: Some(self.node.header()),
+            alarms,
+        }))
     }
 
     async fn status(
@@ -67,11 +101,21 @@ impl Maintenance for MaintenanceService {
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
-            errors: Vec::new(),
+            errors: self
+                .node
+                .alarms()
+                .into_iter()
+                .map(|(m, a)| {
+                    format!(
+                        "memberID:{m} alarm:{}",
+                        AlarmType::try_from(a).map_or("UNKNOWN", |t| t.as_str_name())
+                    )
+                })
+                .collect(),
             db_size_in_use: size,
             is_learner,
             storage_version: ETCD_API_VERSION.into(),
-            db_size_quota: 0,
+            db_size_quota: self.node.config.quota_bytes,
         }))
     }
 

@@ -141,6 +141,18 @@ pub fn read_only(t: &TxnRequest) -> bool {
         })
 }
 
+/// True when a txn (with its nested txns) may put a key (it adds data: the quota applies).
+pub fn has_puts(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(t.failure.iter())
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(t)) => has_puts(t),
+            _ => false,
+        })
+}
+
 /// True when every range in a read-only txn asks for a serializable read.
 pub fn all_serializable(t: &TxnRequest) -> bool {
     t.success

@@ -63,6 +63,12 @@ pub enum Command {
         name: String,
         client_urls: Vec<String>,
     },
+    /// Raise or clear an alarm (etcd's AlarmType numbers; member 0 with clear = every member).
+    Alarm {
+        activate: bool,
+        member: u64,
+        alarm: i32,
+    },
 }
 
 /// The state machine's answer to a command.
@@ -79,6 +85,8 @@ pub enum Reply {
     Done,
     /// A prost-encoded `ResponseOp` for a [`Command::Kv`].
     Kv(Vec<u8>),
+    /// The alarms an Alarm command raised or cleared.
+    Alarms(Vec<(u64, i32)>),
     LeaseGranted {
         id: i64,
         ttl: i64,

@@ -9,7 +9,7 @@
 //! memory (`Cursor<Vec<u8>>`, openraft 0.9's default): fine for a configuration store of megabytes,
 //! a known limit for gigabytes. The latest one is also written to `snapshot.bin` in the data dir.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,6 +94,7 @@ impl StateMachine {
         members: &mut Option<BTreeMap<u64, MemberAttrs>>,
         engine: &Engine,
         lease_changes: &mut Vec<(i64, Option<i64>)>,
+        alarms: &mut Option<BTreeSet<(u64, i32)>>,
     ) -> Result<Reply, EngineError> {
         let outcome: Result<Reply, MvccError> = match cmd {
             Command::Kv { op } => match RequestOp::decode(op.as_slice()) {
@@ -117,6 +118,33 @@ impl StateMachine {
                 lease_changes.push((*id, None));
                 Reply::Done
             }),
+            Command::Alarm {
+                activate,
+                member,
+                alarm,
+            } => {
+                if alarms.is_none() {
+                    *alarms = Some(engine.get_meta(META_ALARMS)?.unwrap_or_default());
+                }
+                let set = alarms.as_mut().expect("loaded above");
+                let changed: Vec<(u64, i32)> = if *activate {
+                    set.insert((*member, *alarm))
+                        .then_some((*member, *alarm))
+                        .into_iter()
+                        .collect()
+                } else {
+                    let gone: Vec<(u64, i32)> = set
+                        .iter()
+                        .filter(|(m, a)| (*member == 0 || m == member) && a == alarm)
+                        .copied()
+                        .collect();
+                    for g in &gone {
+                        set.remove(g);
+                    }
+                    gone
+                };
+                Ok(Reply::Alarms(changed))
+            }
             Command::PublishMember {
                 id,
                 name,
@@ -343,7 +371,8 @@ impl StateMachine {
         let engine = Engine::open(&data_dir.join("db"))?;
         let mut batch = WriteBatch::default();
         for (cf, k, v) in &body.records {
-            if cf == CF_META && k.as_slice() == META_MEMBERS {
+            // The old cluster's members and their alarms don't carry over.
+            if cf == CF_META && (k.as_slice() == META_MEMBERS || k.as_slice() == META_ALARMS) {
                 continue;
             }
             let cf = ALL_CFS
@@ -413,6 +442,7 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
         let mut membership: Option<StoredMembership> = None;
         let mut members: Option<BTreeMap<u64, MemberAttrs>> = None;
         let mut lease_changes = Vec::new();
+        let mut alarms: Option<BTreeSet<(u64, i32)>> = None;
         for entry in entries {
             last_applied = Some(entry.log_id);
             let reply = match &entry.payload {
@@ -423,6 +453,7 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
                     &mut members,
                     &self.engine,
                     &mut lease_changes,
+                    &mut alarms,
                 )
                 .map_err(StateMachine::write_err)?,
                 EntryPayload::Membership(m) => {
@@ -443,6 +474,9 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
         }
         if let Some(m) = &members {
             self.engine.put_meta(&mut batch, META_MEMBERS, m);
+        }
+        if let Some(a) = &alarms {
+            self.engine.put_meta(&mut batch, META_ALARMS, a);
         }
         self.engine
             .write_sync(batch)

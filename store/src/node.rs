@@ -610,7 +610,10 @@ impl Node {
 
     /// Publishes this member's name and client URL through the log, as etcd members do.
     async fn publish_self(self: Arc<Self>) {
-        let url = format!("http://{}", self.config.client_addr);
+        // A bare HOST:PORT, not a URL: etcdctl's --cluster and Go clients' endpoint sync dial the
+        // advertised client URLs and send them as the HTTP/2 authority, which must not carry a
+        // scheme (design/decisions/0005-client-urls.md).
+        let url = self.config.client_addr.clone();
         loop {
             if let Ok(attrs) = self.sm.members() {
                 if attrs

@@ -116,6 +116,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` members with extra `eden server` flags, and waits for a leader.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_inner(n, extra, None).await
+    }
+
+    /// Like [`Cluster::start`], each member's data dir first restored from a backup made by
+    /// `eden snapshot save` (with `eden snapshot restore`).
+    pub async fn start_restored(n: usize, extra: &[&str], backup: &Path) -> Cluster {
+        Self::start_inner(n, extra, Some(backup)).await
+    }
+
+    async fn start_inner(n: usize, extra: &[&str], backup: Option<&Path>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let specs: Vec<(String, u16, u16)> = (0..n)
             .map(|i| (format!("m{i}"), free_port(), free_port()))
@@ -151,6 +161,20 @@ impl Cluster {
             });
         }
         for m in &mut members {
+            if let Some(file) = backup {
+                let out = Command::new(eden_bin())
+                    .args(["snapshot", "restore"])
+                    .arg(file)
+                    .arg("--data-dir")
+                    .arg(&m.data_dir)
+                    .output()
+                    .expect("run eden snapshot restore");
+                assert!(
+                    out.status.success(),
+                    "restore failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
             m.spawn();
         }
         let c = Cluster { members, _dir: dir };
@@ -212,9 +236,20 @@ impl Cluster {
     /// Starts a new member that joins the running cluster with `--join` (plus `extra` flags);
     /// returns its index.
     pub fn join(&mut self, extra: &[&str]) -> usize {
+        self.join_at(&format!("127.0.0.1:{}", free_port()), extra)
+    }
+
+    /// Like [`Cluster::join`], with a given peer address (one added beforehand with
+    /// `member add`, which the new member then takes over).
+    pub fn join_at(&mut self, peer_addr: &str, extra: &[&str]) -> usize {
         let i = self.members.len();
         let name = format!("m{i}");
-        let (cp, pp) = (free_port(), free_port());
+        let cp = free_port();
+        let pp: u16 = peer_addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("peer port");
         let dir = self.members[0]
             .data_dir
             .parent()

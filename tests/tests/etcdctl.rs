@@ -263,7 +263,7 @@ async fn etcdctl_cluster_views() {
     for m in &c.members {
         assert!(
             members.contains(&format!(
-                ", started, {}, http://{}, http://{}, false",
+                ", started, {}, http://{}, {}, false",
                 m.name, m.peer_addr, m.client_addr
             )),
             "{members}"

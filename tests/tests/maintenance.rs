@@ -1,0 +1,321 @@
+//! Cluster maintenance on real processes: backups taken under writes, the space quota, and etcdctl
+//! 3.4's cluster-operation commands.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eden_proto::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest};
+use eden_tests::{free_port, wait_for, Cluster};
+
+fn all_keys(rev: i64) -> RangeRequest {
+    RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        revision: rev,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_saved_during_writes_restores_exactly_its_revision() {
+    let c = Cluster::start(3, &[]).await;
+    let client = c.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("b/{}", i % 50);
+                if i % 7 == 3 {
+                    let _ = client
+                        .delete_range(DeleteRangeRequest {
+                            key: key.into(),
+                            ..Default::default()
+                        })
+                        .await;
+                } else {
+                    let _ = client
+                        .put(PutRequest {
+                            key: key.into(),
+                            value: i.to_string().into(),
+                            ..Default::default()
+                        })
+                        .await;
+                }
+                i += 1;
+            }
+        })
+    };
+    wait_for("some writes", Duration::from_secs(20), || async {
+        client.range(all_keys(0)).await.is_ok_and(|r| r.count >= 30)
+    })
+    .await;
+    let (backup, rev) = client.snapshot().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // more writes after the backup
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let expected = client.range(all_keys(rev)).await.unwrap().kvs;
+    assert!(
+        client
+            .range(all_keys(0))
+            .await
+            .unwrap()
+            .header
+            .unwrap()
+            .revision
+            > rev,
+        "writes went on after the backup"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    std::fs::write(&file, &backup).unwrap();
+    let restored = Cluster::start_restored(1, &[], &file).await;
+    let got = restored.client().range(all_keys(0)).await.unwrap();
+    assert_eq!(
+        got.header.unwrap().revision,
+        rev,
+        "the new cluster starts at the backup's revision"
+    );
+    assert_eq!(
+        got.kvs, expected,
+        "exactly the keys (values, revisions, versions) at the backup's revision"
+    );
+    // It is a working cluster: writes continue from that revision.
+    let r = restored
+        .client()
+        .put(PutRequest {
+            key: "after".into(),
+            value: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.header.unwrap().revision, rev + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_trips_and_compaction_defrag_and_disarm_recover() {
+    let c = Cluster::start(
+        1,
+        &[
+            "--quota-bytes",
+            "400000",
+            "--snapshot-count",
+            "20",
+            "--snapshot-catchup-entries",
+            "5",
+        ],
+    )
+    .await;
+    let client = c.client();
+    let value = vec![b'x'; 8000];
+    let mut refused = None;
+    for i in 0..200 {
+        match client
+            .put(PutRequest {
+                key: "big".into(),
+                value: value.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((i, e.to_string()));
+                break;
+            }
+        }
+    }
+    let (at, msg) = refused.expect("the quota never tripped");
+    assert!(at > 10, "tripped too early, at put {at}");
+    assert_eq!(msg, "etcdserver: mvcc: database space exceeded");
+    let alarms = client.alarms_of(0).await.unwrap().alarms;
+    assert_eq!(alarms.len(), 1);
+    assert_eq!(alarms[0].alarm, 1, "NOSPACE");
+    // Reads and deletes still work; more data does not.
+    assert_eq!(
+        client
+            .range(RangeRequest {
+                key: "big".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .count,
+        1
+    );
+    client
+        .delete_range(DeleteRangeRequest {
+            key: "nothing".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(client
+        .put(PutRequest {
+            key: "small".into(),
+            value: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .is_err());
+    // Compaction plus defragmentation free the space; disarming lets writes in again.
+    let rev = client
+        .range(RangeRequest {
+            key: "big".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    client
+        .compact(CompactionRequest {
+            revision: rev,
+            physical: true,
+        })
+        .await
+        .unwrap();
+    client.defragment_of(0).await.unwrap();
+    let size = client.status_of(0).await.unwrap().db_size;
+    assert!(size < 400_000, "space was not freed: {size}");
+    let out = Command::new(eden_tests::eden_bin())
+        .args(["--endpoints", &c.members[0].endpoint(), "alarm", "disarm"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(client.alarms_of(0).await.unwrap().alarms.is_empty());
+    client
+        .put(PutRequest {
+            key: "small".into(),
+            value: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+fn etcdctl(eps: &[String], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(eps.join(","))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_member_endpoint_alarm_and_snapshot_commands() {
+    let mut c = Cluster::start(3, &[]).await;
+    let eps = c.endpoints();
+    etcdctl(&eps, &["put", "k", "v"]);
+    // member add --learner, then the new member starts and takes that entry over.
+    let peer = format!("127.0.0.1:{}", free_port());
+    let (ok, out, err) = etcdctl(
+        &eps,
+        &[
+            "member",
+            "add",
+            "newbie",
+            &format!("--peer-urls=http://{peer}"),
+            "--learner",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Member") && out.contains("added to cluster"),
+        "{out}"
+    );
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let (ok, list, _) = etcdctl(&eps, &["member", "list"]);
+    assert!(
+        ok && list.contains(&format!("{id}, unstarted, , http://{peer}, , true")),
+        "{list}"
+    );
+    let n = c.join_at(&peer, &["--stay-learner"]);
+    wait_for("the learner to start", Duration::from_secs(20), || async {
+        etcdctl(&eps, &["member", "list"])
+            .1
+            .contains(&format!("{id}, started, m{n}"))
+    })
+    .await;
+    wait_for(
+        "etcdctl member promote to succeed",
+        Duration::from_secs(20),
+        || async { etcdctl(&eps, &["member", "promote", &id]).0 },
+    )
+    .await;
+    assert!(etcdctl(&eps, &["member", "list"])
+        .1
+        .contains(&format!("{id}, started, m{n}, http://{peer}")));
+    let (ok, out, err) = etcdctl(&eps, &["member", "remove", &id]);
+    assert!(ok && out.contains("removed from cluster"), "{out}{err}");
+    wait_for(
+        "the removed member to stop",
+        Duration::from_secs(20),
+        || {
+            let done = c.exited(n);
+            async move { done }
+        },
+    )
+    .await;
+
+    // endpoint status and hashkv over the whole cluster: everyone agrees.
+    let (ok, out, err) = etcdctl(&eps, &["endpoint", "hashkv", "--cluster", "-w", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let hashes: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["HashKV"]["hash"].as_u64().unwrap())
+        .collect();
+    assert_eq!(hashes.len(), 3);
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{out}");
+    let (ok, out, _) = etcdctl(&eps, &["endpoint", "status", "--cluster", "-w", "json"]);
+    assert!(
+        ok && serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    );
+
+    // alarm list / disarm with no alarm, then snapshot save.
+    let (ok, out, _) = etcdctl(&eps, &["alarm", "list"]);
+    assert!(ok && out.is_empty(), "{out}");
+    assert!(etcdctl(&eps, &["alarm", "disarm"]).0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("etcdctl.db");
+    let (ok, out, err) = etcdctl(&eps[..1], &["snapshot", "save", file.to_str().unwrap()]);
+    assert!(ok && out.contains("Snapshot saved at"), "{out}{err}");
+    // eden restores what etcdctl saved.
+    let restored = Cluster::start_restored(1, &[], &file).await;
+    let kv: BTreeMap<Vec<u8>, Vec<u8>> = restored
+        .client()
+        .range(all_keys(0))
+        .await
+        .unwrap()
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect();
+    assert_eq!(kv.get(&b"k"[..]).map(|v| v.as_slice()), Some(&b"v"[..]));
+}

@@ -69,6 +69,18 @@ pub struct NodeConfig {
     pub stay_learner: bool,
     /// Past this many bytes on disk, writes that add data are refused with a NOSPACE alarm.
     pub quota_bytes: i64,
+    /// Automatic history compaction, if any.
+    pub auto_compaction: Option<AutoCompaction>,
+}
+
+/// How much history the leader keeps before compacting it automatically (etcd's
+/// --auto-compaction-mode and --auto-compaction-retention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep this much time of history.
+    Periodic(Duration),
+    /// Keep this many revisions.
+    Revision(i64),
 }
 
 impl NodeConfig {
@@ -90,6 +102,7 @@ impl NodeConfig {
             join: None,
             stay_learner: false,
             quota_bytes: DEFAULT_QUOTA_BYTES,
+            auto_compaction: None,
         }
     }
 }
@@ -247,6 +260,9 @@ impl Node {
         });
         tokio::spawn(node.clone().lease_loop());
         tokio::spawn(node.clone().compactor_loop());
+        if let Some(policy) = node.config.auto_compaction {
+            tokio::spawn(node.clone().auto_compact_loop(policy));
+        }
         tokio::spawn(node.clone().publish_self());
         if joined && !node.config.stay_learner {
             tokio::spawn(node.clone().promote_self());
@@ -605,6 +621,55 @@ impl Node {
                 continue;
             }
             self.sm.compactor.notified().await;
+        }
+    }
+
+    /// On the leader: compacts history older than the retention, through the log.
+    ///
+    /// Revision mode keeps the last N revisions (checked every 5 s, compacting when at least N/10
+    /// more revisions piled up). Periodic mode samples the revision every retention/10 (at least
+    /// every second) and compacts to the newest sample older than the retention.
+    async fn auto_compact_loop(self: Arc<Self>, policy: AutoCompaction) {
+        let every = match policy {
+            AutoCompaction::Revision(_) => Duration::from_secs(5),
+            AutoCompaction::Periodic(d) => (d / 10).max(Duration::from_secs(1)),
+        };
+        let mut samples: std::collections::VecDeque<(Instant, i64)> =
+            std::collections::VecDeque::new();
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let current = self.mvcc().current_rev();
+            let compacted = self.mvcc().compact_rev();
+            let target = match policy {
+                AutoCompaction::Revision(keep) => {
+                    let t = current - keep;
+                    (t > compacted + (keep / 10).max(1) - 1).then_some(t)
+                }
+                AutoCompaction::Periodic(keep) => {
+                    samples.push_back((Instant::now(), current));
+                    let mut t = None;
+                    while samples.front().is_some_and(|(at, _)| at.elapsed() >= keep) {
+                        t = samples.pop_front().map(|(_, r)| r);
+                    }
+                    t.filter(|t| *t > compacted)
+                }
+            };
+            let Some(target) = target else { continue };
+            if !self.is_leader() || target <= 0 {
+                continue;
+            }
+            match self.propose(Command::Compact { revision: target }).await {
+                Ok(r) if matches!(r.result, Reply::Done) => {
+                    tracing::info!(revision = target, "auto-compacted history")
+                }
+                Ok(r) => {
+                    tracing::debug!(revision = target, reply = ?r.result, "auto-compaction refused")
+                }
+                Err(e) => {
+                    tracing::warn!(revision = target, error = %e.message(), "auto-compaction failed")
+                }
+            }
         }
     }
 

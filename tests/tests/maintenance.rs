@@ -319,3 +319,104 @@ async fn etcdctl_member_endpoint_alarm_and_snapshot_commands() {
         .collect();
     assert_eq!(kv.get(&b"k"[..]).map(|v| v.as_slice()), Some(&b"v"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_compaction_keeps_the_configured_history() {
+    // Revision mode: keep the last 20 revisions.
+    let c = Cluster::start(
+        1,
+        &[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "20",
+        ],
+    )
+    .await;
+    let client = c.client();
+    for i in 0..60 {
+        client
+            .put(PutRequest {
+                key: "r".into(),
+                value: i.to_string().into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let current = client
+        .range(RangeRequest {
+            key: "r".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    wait_for(
+        "revision-mode auto-compaction",
+        Duration::from_secs(20),
+        || async {
+            client
+                .hash_kv_of(0, 0)
+                .await
+                .is_ok_and(|h| h.compact_revision == current - 20)
+        },
+    )
+    .await;
+    let old = client
+        .range(RangeRequest {
+            key: "r".into(),
+            revision: current - 21,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        old.unwrap_err().to_string(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    assert!(client
+        .range(RangeRequest {
+            key: "r".into(),
+            revision: current - 20,
+            ..Default::default()
+        })
+        .await
+        .is_ok());
+    drop(c);
+
+    // Periodic mode: keep 2 seconds of history.
+    let c = Cluster::start(1, &["--auto-compaction-retention", "2s"]).await;
+    let client = c.client();
+    let first = client
+        .put(PutRequest {
+            key: "p".into(),
+            value: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    client
+        .put(PutRequest {
+            key: "p".into(),
+            value: "2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_for(
+        "periodic auto-compaction",
+        Duration::from_secs(20),
+        || async {
+            client
+                .hash_kv_of(0, 0)
+                .await
+                .is_ok_and(|h| h.compact_revision > first)
+        },
+    )
+    .await;
+}

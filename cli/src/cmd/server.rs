@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use eden_store::node::{Node, NodeConfig};
+use eden_store::node::{AutoCompaction, Node, NodeConfig};
 use serde::Deserialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -75,6 +75,15 @@ pub struct ServerArgs {
     /// and a NOSPACE alarm [default: 2147483648].
     #[arg(long)]
     pub quota_bytes: Option<i64>,
+    /// Automatic compaction: `periodic` (keep a duration of history) or `revision` (keep a
+    /// number of revisions) [default: periodic].
+    #[arg(long, value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: Option<String>,
+    /// How much history to keep: a duration like 1h, 30m, 90s (a bare number is hours, as in
+    /// etcd) in periodic mode, a number of revisions in revision mode. Unset or 0: no automatic
+    /// compaction.
+    #[arg(long)]
+    pub auto_compaction_retention: Option<String>,
 }
 
 /// The same settings as read from a `--config` file.
@@ -97,6 +106,8 @@ struct FileConfig {
     watch_progress_notify_interval: Option<u64>,
     watch_ring_revisions: Option<usize>,
     quota_bytes: Option<i64>,
+    auto_compaction_mode: Option<String>,
+    auto_compaction_retention: Option<String>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -128,6 +139,39 @@ pub fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
         out.push((name.to_string(), addr.to_string()));
     }
     Ok(out)
+}
+
+/// Parses --auto-compaction-retention for a mode; Ok(None) for 0.
+pub fn parse_retention(mode: &str, r: &str) -> anyhow::Result<Option<AutoCompaction>> {
+    let bad = || anyhow::anyhow!("bad --auto-compaction-retention {r:?} for mode {mode}");
+    match mode {
+        "revision" => {
+            let n: i64 = r.trim().parse().map_err(|_| bad())?;
+            if n < 0 {
+                return Err(bad());
+            }
+            Ok((n > 0).then_some(AutoCompaction::Revision(n)))
+        }
+        "periodic" => {
+            let r = r.trim();
+            let (num, unit) = r.split_at(
+                r.find(|c: char| !c.is_ascii_digit() && c != '.')
+                    .unwrap_or(r.len()),
+            );
+            let n: f64 = num.parse().map_err(|_| bad())?;
+            let secs = match unit {
+                "" | "h" => n * 3600.0,
+                "m" => n * 60.0,
+                "s" => n,
+                _ => return Err(bad()),
+            };
+            if secs < 0.0 {
+                return Err(bad());
+            }
+            Ok((secs > 0.0).then(|| AutoCompaction::Periodic(Duration::from_secs_f64(secs))))
+        }
+        _ => Err(bad()),
+    }
 }
 
 fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
@@ -209,6 +253,18 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
     {
         c.progress_notify_interval = Duration::from_secs(v.max(1));
     }
+    let mode = args
+        .auto_compaction_mode
+        .clone()
+        .or(file.auto_compaction_mode)
+        .unwrap_or_else(|| "periodic".into());
+    if let Some(r) = args
+        .auto_compaction_retention
+        .clone()
+        .or(file.auto_compaction_retention)
+    {
+        c.auto_compaction = parse_retention(&mode, &r)?;
+    }
     if let Some(v) = args.quota_bytes.or(file.quota_bytes) {
         c.quota_bytes = v;
     }
@@ -271,6 +327,25 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_parsing() {
+        assert_eq!(
+            parse_retention("revision", "1000").unwrap(),
+            Some(AutoCompaction::Revision(1000))
+        );
+        assert_eq!(
+            parse_retention("periodic", "1").unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            parse_retention("periodic", "30m").unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(1800)))
+        );
+        assert_eq!(parse_retention("periodic", "0").unwrap(), None);
+        assert!(parse_retention("revision", "1h").is_err());
+        assert!(parse_retention("periodic", "5d").is_err());
+    }
 
     #[test]
     fn initial_cluster_parsing() {

@@ -60,7 +60,11 @@ impl Engine {
     pub fn write_sync(&self, batch: WriteBatch) -> Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
+        let start = std::time::Instant::now();
         self.db.write_opt(batch, &wo)?;
+        crate::metrics::metrics()
+            .fsync
+            .observe(start.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod keys;
 pub mod lease;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod raft;

@@ -331,6 +331,16 @@ impl Node {
     /// Proposes a command through Raft from any member and waits until it is applied here or on
     /// the leader. Deterministic refusals come back as `Ok(Reply::Refused)`.
     pub async fn propose(&self, cmd: Command) -> Result<Response, Status> {
+        let r = self.propose_inner(cmd).await;
+        let m = crate::metrics::metrics();
+        match &r {
+            Ok(_) => m.proposals_committed.inc(),
+            Err(_) => m.proposals_failed.inc(),
+        }
+        r
+    }
+
+    async fn propose_inner(&self, cmd: Command) -> Result<Response, Status> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
             let leader = match self.propose_local(cmd.clone()).await {
@@ -561,16 +571,21 @@ impl Node {
     async fn lease_loop(self: Arc<Self>) {
         let mut metrics = self.raft.metrics();
         let mut led_term: Option<u64> = None;
+        let mut last_leader: Option<u64> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() { return },
                 _ = tick.tick() => {}
             }
-            let (state, term) = {
+            let (state, term, leader) = {
                 let m = metrics.borrow();
-                (m.state, m.current_term)
+                (m.state, m.current_term, m.current_leader)
             };
+            if leader.is_some() && leader != last_leader {
+                crate::metrics::metrics().leader_changes.inc();
+            }
+            last_leader = leader;
             if state != ServerState::Leader {
                 led_term = None;
                 continue;

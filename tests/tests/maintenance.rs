@@ -420,3 +420,88 @@ async fn auto_compaction_keeps_the_configured_history() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_serves_prometheus_text_and_health() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let c = Cluster::start(1, &["--metrics-addr", &addr]).await;
+    let client = c.client();
+    client
+        .put(PutRequest {
+            key: "m".into(),
+            value: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .range(RangeRequest {
+            key: "m".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let _watch = client.watch(
+        eden_proto::etcdserverpb::WatchCreateRequest {
+            key: "m".into(),
+            ..Default::default()
+        },
+        Duration::from_secs(5),
+    );
+    client.lease_grant(60, 0).await.unwrap();
+    // A plain HTTP/1.1 GET; returns the body, a newline and the status code.
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the metrics port");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let code = head.split_whitespace().nth(1).unwrap_or("?").to_string();
+        format!("{}\n{code}", body.trim_end())
+    };
+    let health = get("/health");
+    assert!(
+        health.ends_with("\n200") && health.contains("\"health\":\"true\""),
+        "{health}"
+    );
+    let mut text = String::new();
+    wait_for("the watch to be counted", Duration::from_secs(5), || {
+        text = get("/metrics");
+        let done = text.contains("etcd_debugging_mvcc_watcher_total 1");
+        async move { done }
+    })
+    .await;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no series {name} in:\n{text}"))
+    };
+    assert_eq!(value("etcd_server_has_leader"), 1.0);
+    assert!(value("eden_raft_term") >= 1.0);
+    assert!(value("etcd_server_leader_changes_seen_total") >= 1.0);
+    assert!(value("etcd_server_proposals_committed_total") >= 2.0);
+    assert!(value("etcd_server_proposals_applied_total") >= 2.0);
+    assert_eq!(value("etcd_server_proposals_failed_total"), 0.0);
+    assert!(value("eden_raft_applied_index") >= 3.0);
+    assert!(value("etcd_mvcc_db_total_size_in_bytes") > 0.0);
+    assert_eq!(value("etcd_debugging_mvcc_keys_total"), 1.0);
+    assert_eq!(value("etcd_debugging_mvcc_watch_stream_total"), 1.0);
+    assert_eq!(value("etcd_debugging_mvcc_slow_watcher_total"), 0.0);
+    assert_eq!(value("eden_leases_total"), 1.0);
+    assert!(value("etcd_disk_wal_fsync_duration_seconds_count") >= 2.0);
+    assert!(
+        text.contains(
+            "grpc_server_handling_seconds_count{grpc_method=\"Put\",grpc_service=\"KV\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE grpc_server_handling_seconds histogram"));
+}

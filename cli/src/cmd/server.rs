@@ -75,6 +75,9 @@ pub struct ServerArgs {
     /// and a NOSPACE alarm [default: 2147483648].
     #[arg(long)]
     pub quota_bytes: Option<i64>,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics and a health check on /health.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// Automatic compaction: `periodic` (keep a duration of history) or `revision` (keep a
     /// number of revisions) [default: periodic].
     #[arg(long, value_parser = ["periodic", "revision"])]
@@ -108,6 +111,7 @@ struct FileConfig {
     quota_bytes: Option<i64>,
     auto_compaction_mode: Option<String>,
     auto_compaction_retention: Option<String>,
+    metrics_addr: Option<String>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -276,13 +280,20 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
 
 pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
     let config = resolve(args)?;
+    let metrics_addr = match &args.config {
+        Some(path) => {
+            let file: FileConfig = toml::from_str(&std::fs::read_to_string(path)?)?;
+            args.metrics_addr.clone().or(file.metrics_addr)
+        }
+        None => args.metrics_addr.clone(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(config))
+    rt.block_on(serve(config, metrics_addr))
 }
 
-async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+async fn serve(config: NodeConfig, metrics_addr: Option<String>) -> anyhow::Result<()> {
     let client_listener = tokio::net::TcpListener::bind(&config.client_addr)
         .await
         .with_context(|| format!("binding the client address {}", config.client_addr))?;
@@ -290,6 +301,14 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the peer address {}", config.peer_addr))?;
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), client = %config.client_addr, peer = %config.peer_addr, "starting eden server");
+    let metrics_listener = match &metrics_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the metrics address {a}"))?,
+        ),
+        None => None,
+    };
     let node = Node::start(config).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -305,6 +324,14 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         peer_listener,
         stopped(stop_rx.clone()),
     ));
+    if let Some(l) = metrics_listener {
+        let (node, stop) = (node.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = eden_store::metrics::serve(node, l, stop).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
     tracing::info!(id = format!("{:x}", node.id), "eden server ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

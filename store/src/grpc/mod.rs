@@ -37,6 +37,7 @@ pub async fn serve_client(
     let max = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     Server::builder()
         .tcp_nodelay(true)
+        .layer(crate::metrics::RpcTimer)
         .add_service(
             KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max),
         )

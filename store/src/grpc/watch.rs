@@ -26,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::keys::KeyRange;
+use crate::metrics::metrics;
 use crate::mvcc::RevEvents;
 use crate::node::{internal, Node};
 
@@ -49,6 +50,8 @@ pub struct Watcher {
     pub no_delete: bool,
     pub prev_kv: bool,
     pub progress_notify: bool,
+    /// Catching up from storage (the ring no longer holds its next revision).
+    pub slow: bool,
 }
 
 impl Watcher {
@@ -65,6 +68,7 @@ impl Watcher {
             no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: req.prev_kv,
             progress_notify: req.progress_notify,
+            slow: false,
         }
     }
 
@@ -118,12 +122,7 @@ impl Watch for WatchService {
         let (tx, rx) = mpsc::channel(64);
         let node = self.node.clone();
         tokio::spawn(async move {
-            let mut s = StreamTask {
-                node,
-                tx: tx.clone(),
-                watchers: BTreeMap::new(),
-                next_id: 0,
-            };
+            let mut s = StreamTask::new(node, tx.clone());
             if let Err(status) = s.run(inbound).await {
                 let _ = tx.send(Err(status)).await;
             }
@@ -137,6 +136,55 @@ struct StreamTask {
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
+}
+
+impl StreamTask {
+    fn new(node: Arc<Node>, tx: mpsc::Sender<Result<WatchResponse, Status>>) -> StreamTask {
+        metrics().watch_streams.inc();
+        StreamTask {
+            node,
+            tx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+        }
+    }
+
+    fn insert(&mut self, w: Watcher) {
+        metrics().watchers.inc();
+        self.watchers.insert(w.id, w);
+    }
+
+    fn remove(&mut self, id: i64) -> Option<Watcher> {
+        let w = self.watchers.remove(&id)?;
+        metrics().watchers.dec();
+        if w.slow {
+            metrics().slow_watchers.dec();
+        }
+        Some(w)
+    }
+
+    fn set_slow(&mut self, id: i64, slow: bool) {
+        if let Some(w) = self.watchers.get_mut(&id) {
+            if w.slow != slow {
+                w.slow = slow;
+                if slow {
+                    metrics().slow_watchers.inc();
+                } else {
+                    metrics().slow_watchers.dec();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for StreamTask {
+    fn drop(&mut self) {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            self.remove(id);
+        }
+        metrics().watch_streams.dec();
+    }
 }
 
 /// The stream ended (client gone): stop quietly.
@@ -176,7 +224,7 @@ impl StreamTask {
         match req.request_union {
             Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(watch_request::RequestUnion::CancelRequest(c)) => {
-                if self.watchers.remove(&c.watch_id).is_some() {
+                if self.remove(c.watch_id).is_some() {
                     let header = Some(self.node.header());
                     self.send(WatchResponse {
                         header,
@@ -248,7 +296,7 @@ impl StreamTask {
                 })
                 .await;
         }
-        self.watchers.insert(id, w);
+        self.insert(w);
         Ok(())
     }
 
@@ -281,8 +329,12 @@ impl StreamTask {
                     break;
                 }
                 let revs = match self.node.hub().recent(w.next_rev, latest) {
-                    Some(r) => r,
+                    Some(r) => {
+                        self.set_slow(id, false);
+                        r
+                    }
                     None => {
+                        self.set_slow(id, true);
                         let node = self.node.clone();
                         let from = w.next_rev;
                         let got = tokio::task::spawn_blocking(move || {
@@ -296,7 +348,7 @@ impl StreamTask {
                             None => {
                                 // The watcher's next revision was compacted before it got there.
                                 let compact = self.node.mvcc().compact_rev();
-                                self.watchers.remove(&id);
+                                self.remove(id);
                                 self.send(WatchResponse {
                                     header: Some(self.node.header_at(latest)),
                                     watch_id: id,

@@ -447,15 +447,18 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
             last_applied = Some(entry.log_id);
             let reply = match &entry.payload {
                 EntryPayload::Blank => Reply::Done,
-                EntryPayload::Normal(cmd) => StateMachine::apply_command(
-                    &mut b,
-                    cmd,
-                    &mut members,
-                    &self.engine,
-                    &mut lease_changes,
-                    &mut alarms,
-                )
-                .map_err(StateMachine::write_err)?,
+                EntryPayload::Normal(cmd) => {
+                    crate::metrics::metrics().proposals_applied.inc();
+                    StateMachine::apply_command(
+                        &mut b,
+                        cmd,
+                        &mut members,
+                        &self.engine,
+                        &mut lease_changes,
+                        &mut alarms,
+                    )
+                    .map_err(StateMachine::write_err)?
+                }
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                     Reply::Done

@@ -105,6 +105,23 @@ async fn commands_output_and_exit_codes() {
         .count();
     assert_eq!((v.as_array().unwrap().len(), leaders), (3, 1));
 
+    // endpoint commands: every member healthy and agreeing on the hash.
+    let o = eden(&eps[..1], &["endpoint", "health", "--cluster"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).matches("is healthy").count(), 3);
+    let o = eden(&eps, &["endpoint", "hashkv", "-w", "json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let hashes: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["HashKV"]["hash"].as_u64().unwrap())
+        .collect();
+    assert!(
+        hashes.len() == 3 && hashes.iter().all(|h| *h == hashes[0]),
+        "{v}"
+    );
+
     // 1: the cluster refused (compacted revision), with etcd's message on one line.
     assert_eq!(
         eden(&eps, &["compact", &(rev + 1).to_string()], None)

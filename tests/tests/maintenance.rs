@@ -137,6 +137,23 @@ async fn the_quota_trips_and_compaction_defrag_and_disarm_recover() {
     let alarms = client.alarms_of(0).await.unwrap().alarms;
     assert_eq!(alarms.len(), 1);
     assert_eq!(alarms[0].alarm, 1, "NOSPACE");
+    let (ok, out, _) = etcdctl(&c.endpoints(), &["alarm", "list"]);
+    assert!(
+        ok && out.trim() == format!("memberID:{} alarm:NOSPACE", alarms[0].member_id),
+        "{out}"
+    );
+    // endpoint health reports the alarm.
+    let health = Command::new(eden_tests::eden_bin())
+        .args([
+            "--endpoints",
+            &c.members[0].endpoint(),
+            "endpoint",
+            "health",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(health.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&health.stderr).contains("is unhealthy"));
     // Reads and deletes still work; more data does not.
     assert_eq!(
         client
@@ -185,15 +202,8 @@ async fn the_quota_trips_and_compaction_defrag_and_disarm_recover() {
     client.defragment_of(0).await.unwrap();
     let size = client.status_of(0).await.unwrap().db_size;
     assert!(size < 400_000, "space was not freed: {size}");
-    let out = Command::new(eden_tests::eden_bin())
-        .args(["--endpoints", &c.members[0].endpoint(), "alarm", "disarm"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out, err) = etcdctl(&c.endpoints(), &["alarm", "disarm"]);
+    assert!(ok && out.contains("alarm:NOSPACE"), "{out}{err}");
     assert!(client.alarms_of(0).await.unwrap().alarms.is_empty());
     client
         .put(PutRequest {
@@ -248,6 +258,28 @@ async fn etcdctl_member_endpoint_alarm_and_snapshot_commands() {
         ok && list.contains(&format!("{id}, unstarted, , http://{peer}, , true")),
         "{list}"
     );
+    // A learner that has not caught up can't be promoted, and etcd's reason is given.
+    let (ok, _, err) = etcdctl(&eps, &["member", "promote", &id]);
+    assert!(
+        !ok && err
+            .contains("etcdserver: can only promote a learner member which is in sync with leader"),
+        "{err}"
+    );
+    // member update moves it to another peer address before it starts.
+    let peer = format!("127.0.0.1:{}", free_port());
+    let (ok, out, err) = etcdctl(
+        &eps,
+        &[
+            "member",
+            "update",
+            &id,
+            &format!("--peer-urls=http://{peer}"),
+        ],
+    );
+    assert!(ok && out.contains("updated in cluster"), "{out}{err}");
+    assert!(etcdctl(&eps, &["member", "list"])
+        .1
+        .contains(&format!("{id}, unstarted, , http://{peer}, , true")));
     let n = c.join_at(&peer, &["--stay-learner"]);
     wait_for("the learner to start", Duration::from_secs(20), || async {
         etcdctl(&eps, &["member", "list"])

@@ -273,4 +273,37 @@ async fn a_learner_is_not_in_the_quorum_and_refuses_what_etcd_learners_refuse() 
     )
     .await;
     assert_eq!(voters(&admin).await, (2, 2));
+    // The last voter can't be removed. (Removing a voter needs a quorum of the old
+    // configuration, so the other voter is removed while it runs.)
+    let id = member_id(&admin, &c.members[l].endpoint()).await;
+    admin
+        .call(Retry::Write, |ch| async move {
+            ClusterClient::new(ch)
+                .member_remove(MemberRemoveRequest { id })
+                .await
+        })
+        .await
+        .unwrap_or_else(|e| panic!("removing the second voter: {e}"));
+    wait_for(
+        "the removed member to stop",
+        Duration::from_secs(20),
+        || {
+            let done = c.exited(l);
+            async move { done }
+        },
+    )
+    .await;
+    let last = member_id(&admin, &c.members[0].endpoint()).await;
+    let err = admin
+        .call(Retry::Write, |ch| async move {
+            ClusterClient::new(ch)
+                .member_remove(MemberRemoveRequest { id: last })
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "etcdserver: re-configuration failed due to not enough started members"
+    );
 }

@@ -307,3 +307,37 @@ async fn a_learner_is_not_in_the_quorum_and_refuses_what_etcd_learners_refuse() 
         "etcdserver: re-configuration failed due to not enough started members"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_member_restarted_with_the_same_flags_rejoins_and_is_not_added_again() {
+    let mut c = Cluster::start(2, &[]).await; // plus the joiner: three voters, so one can die
+    let admin = c.client_of(0);
+    let j = c.join(&[]);
+    wait_for(
+        "the member to join and be promoted",
+        Duration::from_secs(20),
+        || async { voters(&admin).await == (3, 3) },
+    )
+    .await;
+    let id = member_id(&admin, &c.members[j].endpoint()).await;
+    // kill -9 and restart with the same flags (--join included): same id, no new member.
+    c.kill(j);
+    admin
+        .put(PutRequest {
+            key: "while-down".into(),
+            value: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.restart(j);
+    wait_for(
+        "the member to catch up",
+        Duration::from_secs(20),
+        || async { c.local_get(j, "while-down").await.as_deref() == Some(&b"1"[..]) },
+    )
+    .await;
+    let list = admin.member_list().await.unwrap();
+    assert_eq!(list.members.len(), 3, "{:?}", list.members);
+    assert!(list.members.iter().any(|m| m.id == id && !m.is_learner));
+}

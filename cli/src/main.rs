@@ -83,6 +83,9 @@ enum Command {
     Snapshot(cmd::snapshot::SnapshotCmd),
     /// Compact each endpoint's storage files (reclaims space after a compaction).
     Defrag,
+    /// Load generator over the etcd v3 API (measures eden or etcd).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
     /// List or clear alarms (NOSPACE when the space quota is exceeded).
     #[command(subcommand)]
     Alarm(cmd::alarm::AlarmCmd),
@@ -136,6 +139,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Endpoint(c) => cmd::endpoint::run(&client, &out, c).await,
         Command::Snapshot(c) => cmd::snapshot::run(&client, &out, c).await,
         Command::Alarm(c) => cmd::alarm::run(&client, &out, c).await,
+        Command::Bench(c) => cmd::bench::run(client.endpoints(), &out, c).await,
         Command::Defrag => {
             for (i, ep) in client.endpoints().iter().enumerate() {
                 client.defragment_of(i).await?;

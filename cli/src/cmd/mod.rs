@@ -1,6 +1,7 @@
 //! One file per command.
 
 pub mod alarm;
+pub mod bench;
 pub mod compact;
 pub mod del;
 pub mod endpoint;

@@ -397,3 +397,4 @@ impl Drop for Cluster {
         }
     }
 }
+pub mod history;

@@ -1,0 +1,350 @@
+//! History checkers for the robustness suite: they judge recorded client operations and watch
+//! streams, not end states.
+//!
+//! - [`check_linearizable`]: a Wing–Gong search (with Lowe's memoisation of visited states) per key,
+//!   against a register model (put, get, delete, compare-and-set). Keys are independent in this
+//!   model, so each key's history is checked alone (P-compositionality). An operation that failed
+//!   without an answer is indeterminate: it may have taken effect at any time after it was called,
+//!   or never.
+//! - [`check_watch`]: a watcher's events against the authoritative event history: every revision
+//!   once, in order, no gap, the right prev_kv.
+//!
+//! Each violation comes back as a readable report; the suite prints it with the seed and the fault
+//! schedule.
+
+use std::collections::{BTreeMap, HashSet};
+
+/// What a client did to one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        value: Vec<u8>,
+    },
+    /// A read and what it returned.
+    Get {
+        result: Option<Vec<u8>>,
+    },
+    /// A delete and how many keys it deleted (0 or 1).
+    Delete {
+        deleted: i64,
+    },
+    /// Compare-and-set: put `value` if the current value is `expected`; `succeeded` is the answer.
+    Cas {
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        succeeded: bool,
+    },
+}
+
+/// One operation with its call and return times (any monotonic unit). `ret: None` means it failed
+/// without an answer (indeterminate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub client: usize,
+    pub key: Vec<u8>,
+    pub op: Op,
+    pub call: u64,
+    pub ret: Option<u64>,
+}
+
+/// Applies `op` to the register `state`; None if the op's observed answer is impossible there.
+fn step(state: &Option<Vec<u8>>, op: &Op, determinate: bool) -> Option<Option<Vec<u8>>> {
+    match op {
+        Op::Put { value } => Some(Some(value.clone())),
+        Op::Get { result } => (!determinate || result == state).then(|| state.clone()),
+        Op::Delete { deleted } => {
+            if determinate && *deleted != i64::from(state.is_some()) {
+                return None;
+            }
+            Some(None)
+        }
+        Op::Cas {
+            expected,
+            value,
+            succeeded,
+        } => {
+            let holds = state == expected;
+            if determinate && holds != *succeeded {
+                return None;
+            }
+            Some(if holds {
+                Some(value.clone())
+            } else {
+                state.clone()
+            })
+        }
+    }
+}
+
+/// Checks one key's history; Err explains the first point where no linearization exists.
+fn check_key(ops: &[Record]) -> Result<(), String> {
+    // Indeterminate reads observe nothing and change nothing: drop them.
+    let ops: Vec<&Record> = ops
+        .iter()
+        .filter(|r| r.ret.is_some() || !matches!(r.op, Op::Get { .. }))
+        .collect();
+    let n = ops.len();
+    let words = n.div_ceil(64).max(1);
+    let mut seen: HashSet<(Vec<u64>, Option<Vec<u8>>)> = HashSet::new();
+    // Depth-first search over (linearized set, state).
+    let mut stack: Vec<(Vec<u64>, Option<Vec<u8>>, usize)> = vec![(vec![0; words], None, 0)];
+    let mut best = 0usize;
+    while let Some((done, state, count)) = stack.pop() {
+        best = best.max(count);
+        let is_done = |i: usize| done[i / 64] & (1 << (i % 64)) != 0;
+        // Every determinate op linearized: what is left may all be "never happened".
+        if (0..n).all(|i| is_done(i) || ops[i].ret.is_none()) {
+            return Ok(());
+        }
+        if !seen.insert((done.clone(), state.clone())) {
+            continue;
+        }
+        // The earliest return among the determinate ops still to place bounds who may go next.
+        let horizon = (0..n)
+            .filter(|i| !is_done(*i))
+            .filter_map(|i| ops[i].ret)
+            .min()
+            .unwrap_or(u64::MAX);
+        for i in 0..n {
+            if is_done(i) || ops[i].call > horizon {
+                continue;
+            }
+            if let Some(next) = step(&state, &ops[i].op, ops[i].ret.is_some()) {
+                let mut d = done.clone();
+                d[i / 64] |= 1 << (i % 64);
+                stack.push((d, next, count + 1));
+            }
+        }
+    }
+    let mut sorted = ops.clone();
+    sorted.sort_by_key(|r| r.call);
+    let shown: Vec<String> = sorted
+        .iter()
+        .map(|r| {
+            format!(
+                "  client {} [{}, {}] {:?}",
+                r.client,
+                r.call,
+                r.ret.map_or("?".into(), |t| t.to_string()),
+                r.op
+            )
+        })
+        .collect();
+    Err(format!(
+        "not linearizable (the longest valid prefix places {best} of {n} operations):\n{}",
+        shown.join("\n")
+    ))
+}
+
+/// Checks a whole history, key by key. Err lists each key whose history is not linearizable.
+pub fn check_linearizable(history: &[Record]) -> Result<(), String> {
+    let mut by_key: BTreeMap<&[u8], Vec<Record>> = BTreeMap::new();
+    for r in history {
+        by_key.entry(&r.key).or_default().push(r.clone());
+    }
+    let mut errors = Vec::new();
+    for (key, ops) in by_key {
+        if let Err(e) = check_key(&ops) {
+            errors.push(format!("key {:?}: {e}", String::from_utf8_lossy(key)));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// One event as a watcher saw it, or as the history holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenEvent {
+    pub revision: i64,
+    pub key: Vec<u8>,
+    pub delete: bool,
+    pub value: Vec<u8>,
+    pub prev_value: Option<Vec<u8>>,
+}
+
+/// Checks a watcher that started at `from` against the authoritative `history` (every event of the
+/// watched range from `from` on, in order): the watcher must have seen a prefix of it exactly
+/// (every revision once, in order, no gap, the same prev_kv). `complete` demands all of it.
+pub fn check_watch(
+    seen: &[SeenEvent],
+    history: &[SeenEvent],
+    complete: bool,
+) -> Result<(), String> {
+    for (i, e) in seen.iter().enumerate() {
+        if let Some(p) = i.checked_sub(1).map(|j| &seen[j]) {
+            if e.revision == p.revision && e.key == p.key {
+                return Err(format!("duplicate event at index {i}: {e:?}"));
+            }
+            if e.revision < p.revision {
+                return Err(format!(
+                    "out of order at index {i}: revision {} after {}",
+                    e.revision, p.revision
+                ));
+            }
+        }
+        match history.get(i) {
+            None => return Err(format!("event {i} is not in the history: {e:?}")),
+            Some(h) if h.revision != e.revision || h.key != e.key => {
+                let kind = if e.revision > h.revision {
+                    "gap"
+                } else {
+                    "unexpected event"
+                };
+                return Err(format!(
+                    "{kind} at index {i}: expected revision {} {:?}, got revision {} {:?}",
+                    h.revision,
+                    String::from_utf8_lossy(&h.key),
+                    e.revision,
+                    String::from_utf8_lossy(&e.key)
+                ));
+            }
+            Some(h) if h != e => {
+                return Err(format!(
+                    "wrong event at index {i}: expected {h:?}, got {e:?}"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if complete && seen.len() < history.len() {
+        return Err(format!(
+            "missed events: saw {} of {}; the first missing is {:?}",
+            seen.len(),
+            history.len(),
+            history[seen.len()]
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(client: usize, op: Op, call: u64, ret: Option<u64>) -> Record {
+        Record {
+            client,
+            key: b"k".to_vec(),
+            op,
+            call,
+            ret,
+        }
+    }
+    fn put(v: &str) -> Op {
+        Op::Put { value: v.into() }
+    }
+    fn get(v: Option<&str>) -> Op {
+        Op::Get {
+            result: v.map(|v| v.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_correct_concurrent_history_passes() {
+        let h = vec![
+            rec(0, put("a"), 0, Some(10)),
+            rec(1, get(Some("a")), 5, Some(6)), // overlaps the put: may see it
+            rec(2, put("b"), 11, Some(20)),
+            rec(1, get(Some("a")), 12, Some(13)), // overlaps put b: may still see a
+            rec(0, get(Some("b")), 21, Some(22)),
+        ];
+        assert!(check_linearizable(&h).is_ok());
+    }
+
+    #[test]
+    fn a_stale_read_is_reported() {
+        let h = vec![
+            rec(0, put("a"), 0, Some(1)),
+            rec(0, put("b"), 2, Some(3)),
+            rec(1, get(Some("a")), 4, Some(5)),
+        ];
+        let e = check_linearizable(&h).unwrap_err();
+        assert!(e.contains("not linearizable"), "{e}");
+    }
+
+    #[test]
+    fn a_lost_write_is_reported() {
+        // The put was acknowledged, yet a later read sees nothing.
+        let h = vec![rec(0, put("a"), 0, Some(1)), rec(1, get(None), 2, Some(3))];
+        assert!(check_linearizable(&h).is_err());
+    }
+
+    #[test]
+    fn indeterminate_writes_may_or_may_not_happen() {
+        let h = vec![
+            rec(0, put("a"), 0, None),
+            rec(1, get(None), 2, Some(3)),
+            rec(1, get(Some("a")), 4, Some(5)),
+        ];
+        assert!(
+            check_linearizable(&h).is_ok(),
+            "it took effect between the two reads"
+        );
+        let h = vec![rec(0, put("a"), 0, None), rec(1, get(None), 2, Some(3))];
+        assert!(check_linearizable(&h).is_ok(), "it never took effect");
+        // ...but it can't take effect before it was called.
+        let h = vec![
+            rec(1, get(Some("a")), 0, Some(1)),
+            rec(0, put("a"), 2, None),
+        ];
+        assert!(check_linearizable(&h).is_err());
+    }
+
+    #[test]
+    fn a_wrong_cas_answer_is_reported() {
+        let cas = Op::Cas {
+            expected: Some(b"a".to_vec()),
+            value: b"c".to_vec(),
+            succeeded: true,
+        };
+        let h = vec![rec(0, put("b"), 0, Some(1)), rec(1, cas, 2, Some(3))];
+        assert!(check_linearizable(&h).is_err());
+        let del = Op::Delete { deleted: 1 };
+        assert!(
+            check_linearizable(&[rec(0, del, 0, Some(1))]).is_err(),
+            "deleting a missing key reports 0"
+        );
+    }
+
+    fn ev(rev: i64, v: &str, prev: Option<&str>) -> SeenEvent {
+        SeenEvent {
+            revision: rev,
+            key: b"k".to_vec(),
+            delete: false,
+            value: v.into(),
+            prev_value: prev.map(|p| p.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn watch_checker_finds_gaps_duplicates_and_wrong_prev_kv() {
+        let history = vec![
+            ev(2, "a", None),
+            ev(3, "b", Some("a")),
+            ev(4, "c", Some("b")),
+        ];
+        assert!(check_watch(&history, &history, true).is_ok());
+        assert!(
+            check_watch(&history[..2], &history, false).is_ok(),
+            "a prefix is fine while the run goes on"
+        );
+        let gap = vec![ev(2, "a", None), ev(4, "c", Some("b"))];
+        assert!(check_watch(&gap, &history, false)
+            .unwrap_err()
+            .contains("gap"));
+        let dup = vec![ev(2, "a", None), ev(2, "a", None), ev(3, "b", Some("a"))];
+        assert!(check_watch(&dup, &history, false)
+            .unwrap_err()
+            .contains("duplicate"));
+        let wrong_prev = vec![ev(2, "a", None), ev(3, "b", None)];
+        assert!(check_watch(&wrong_prev, &history, false)
+            .unwrap_err()
+            .contains("wrong event"));
+        assert!(check_watch(&history[..2], &history, true)
+            .unwrap_err()
+            .contains("missed"));
+    }
+}

@@ -79,10 +79,11 @@ fn step(state: &Option<Vec<u8>>, op: &Op, determinate: bool) -> Option<Option<Ve
 /// Checks one key's history; Err explains the first point where no linearization exists.
 fn check_key(ops: &[Record]) -> Result<(), String> {
     // Indeterminate reads observe nothing and change nothing: drop them.
-    let ops: Vec<&Record> = ops
+    let mut ops: Vec<&Record> = ops
         .iter()
         .filter(|r| r.ret.is_some() || !matches!(r.op, Op::Get { .. }))
         .collect();
+    ops.sort_by_key(|r| r.call);
     let n = ops.len();
     let words = n.div_ceil(64).max(1);
     let mut seen: HashSet<(Vec<u64>, Option<Vec<u8>>)> = HashSet::new();
@@ -106,7 +107,10 @@ fn check_key(ops: &[Record]) -> Result<(), String> {
             .min()
             .unwrap_or(u64::MAX);
         for i in 0..n {
-            if is_done(i) || ops[i].call > horizon {
+            if ops[i].call > horizon {
+                break; // sorted by call time: no later op may go first
+            }
+            if is_done(i) {
                 continue;
             }
             if let Some(next) = step(&state, &ops[i].op, ops[i].ret.is_some()) {
@@ -116,9 +120,7 @@ fn check_key(ops: &[Record]) -> Result<(), String> {
             }
         }
     }
-    let mut sorted = ops.clone();
-    sorted.sort_by_key(|r| r.call);
-    let shown: Vec<String> = sorted
+    let shown: Vec<String> = ops
         .iter()
         .map(|r| {
             format!(

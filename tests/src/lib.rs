@@ -301,6 +301,16 @@ impl Cluster {
         done
     }
 
+    /// SIGSTOP: the member freezes (its peers see it as gone, its sockets stay open).
+    pub fn pause(&mut self, i: usize) {
+        self.members[i].signal("STOP");
+    }
+
+    /// SIGCONT after [`Cluster::pause`].
+    pub fn resume(&mut self, i: usize) {
+        self.members[i].signal("CONT");
+    }
+
     /// kill -9.
     pub fn kill(&mut self, i: usize) {
         self.members[i].signal("KILL");

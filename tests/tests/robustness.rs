@@ -43,7 +43,7 @@ async fn client_loop(
     seed: u64,
     out: Arc<Mutex<Vec<Record>>>,
 ) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (c as u64 + 1) * 0x9e37_79b9);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ ((c as u64 + 1) * 0x9e37_79b9));
     let now = |b: Instant| b.elapsed().as_micros() as u64;
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {

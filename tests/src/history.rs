@@ -76,7 +76,12 @@ fn step(state: &Option<Vec<u8>>, op: &Op, determinate: bool) -> Option<Option<Ve
     }
 }
 
-/// Checks one key's history; Err explains the first point where no linearization exists.
+/// The most search states one key's check may visit before it gives up as inconclusive.
+pub const MAX_STATES: usize = 2_000_000;
+
+/// Checks one key's history; Err explains the first point where no linearization exists (or that
+/// the search was too large to finish, which the suite reports as a failure too: a run must stay
+/// small enough to be judged).
 fn check_key(ops: &[Record]) -> Result<(), String> {
     // Indeterminate reads observe nothing and change nothing: drop them.
     let mut ops: Vec<&Record> = ops
@@ -99,6 +104,9 @@ fn check_key(ops: &[Record]) -> Result<(), String> {
         }
         if !seen.insert((done.clone(), state.clone())) {
             continue;
+        }
+        if seen.len() > MAX_STATES {
+            return Err(format!("inconclusive: the search passed {MAX_STATES} states ({n} operations); run shorter or with fewer faults"));
         }
         // The earliest return among the determinate ops still to place bounds who may go next.
         let horizon = (0..n)

@@ -1,8 +1,9 @@
 //! Robustness: three real members under concurrent clients while faults are injected, judged by
 //! checking the recorded histories (see `eden_tests::history`).
 //!
-//! Faults: kill -9 of the leader or of a random member (restarted a moment later) and SIGSTOP /
-//! SIGCONT pauses. Afterwards: the KV history must be linearizable per key (which also means no
+//! Faults: kill -9 of the leader or of a random member (restarted a moment later), SIGSTOP /
+//! SIGCONT pauses, and (with EDEN_ROBUSTNESS_MEMBERSHIP=1) membership changes: a member removed,
+//! a new one joining in its place. Network partitions are not injected yet. Afterwards: the KV history must be linearizable per key (which also means no
 //! acknowledged write was lost: every key is read at the end), the watcher that ran through it all
 //! must have seen every revision once, in order, with the right prev_kv, and every member must end
 //! with the same HashKV at the same revision.
@@ -47,6 +48,8 @@ async fn client_loop(
     let now = |b: Instant| b.elapsed().as_micros() as u64;
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
+        // Paced, so a history stays small enough to check (and a failing cluster is not hammered).
+        tokio::time::sleep(Duration::from_millis(10)).await;
         n += 1;
         let k = key(rng.gen_range(0..KEYS));
         let call = now(base);
@@ -185,6 +188,9 @@ async fn kv_and_watch_histories_hold_under_faults() {
         .unwrap_or_else(rand::random);
     eprintln!("robustness: seed {seed}, {secs} s (replay with EDEN_ROBUSTNESS_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Membership changes as a fault are opt-in for now: with them, seed 11 leaves a member that
+    // was killed right after its promotion unable to catch up (open; see the issue notes).
+    let membership_faults = std::env::var("EDEN_ROBUSTNESS_MEMBERSHIP").is_ok_and(|v| v == "1");
     let mut c = Cluster::start(3, &[]).await;
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -238,7 +244,12 @@ async fn kv_and_watch_histories_hold_under_faults() {
     while Instant::now() + Duration::from_secs(4) < end {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
         let t = base.elapsed().as_millis();
-        match rng.gen_range(0..3) {
+        let running: Vec<usize> = (0..c.members.len())
+            .filter(|i| c.members[*i].is_running())
+            .collect();
+        let v = running[rng.gen_range(0..running.len())];
+        let kinds = if membership_faults { 4 } else { 3 };
+        match rng.gen_range(0..kinds) {
             0 => {
                 let Some(l) = c.leader().await else { continue };
                 schedule.push(format!("{t} ms: kill -9 the leader m{l}"));
@@ -247,18 +258,69 @@ async fn kv_and_watch_histories_hold_under_faults() {
                 c.restart(l);
             }
             1 => {
-                let v = rng.gen_range(0..3);
                 schedule.push(format!("{t} ms: kill -9 m{v}"));
                 c.kill(v);
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
                 c.restart(v);
             }
-            _ => {
-                let v = rng.gen_range(0..3);
+            2 => {
                 schedule.push(format!("{t} ms: SIGSTOP m{v} for a while"));
                 c.pause(v);
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(500..3000))).await;
                 c.resume(v);
+            }
+            _ => {
+                // Membership change: remove a member, then a new one joins in its place.
+                let admin = c.client();
+                let list = admin.member_list().await.unwrap();
+                let Some(id) = list
+                    .members
+                    .iter()
+                    .find(|m| m.client_ur_ls.iter().any(|u| *u == c.members[v].endpoint()))
+                    .map(|m| m.id)
+                else {
+                    continue;
+                };
+                schedule.push(format!("{t} ms: remove m{v}, then a new member joins"));
+                let removed = admin
+                    .call(eden_proto::client::Retry::Write, |ch| async move {
+                        eden_proto::etcdserverpb::cluster_client::ClusterClient::new(ch)
+                            .member_remove(eden_proto::etcdserverpb::MemberRemoveRequest { id })
+                            .await
+                    })
+                    .await;
+                if let Err(e) = removed {
+                    schedule.push(format!("  (remove refused: {e})"));
+                    continue;
+                }
+                wait_for(
+                    "the removed member to stop",
+                    Duration::from_secs(30),
+                    || {
+                        let done = c.exited(v);
+                        async move { done }
+                    },
+                )
+                .await;
+                let n = c.join(&[]);
+                let admin2 = admin.clone();
+                wait_for(
+                    "the new member to become a voter",
+                    Duration::from_secs(30),
+                    || {
+                        let admin = admin2.clone();
+                        async move {
+                            admin.member_list().await.is_ok_and(|l| {
+                                l.members.len() == 3
+                                    && l.members
+                                        .iter()
+                                        .all(|m| !m.is_learner && !m.client_ur_ls.is_empty())
+                            })
+                        }
+                    },
+                )
+                .await;
+                schedule.push(format!("  m{n} joined"));
             }
         }
     }

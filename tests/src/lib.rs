@@ -289,6 +289,42 @@ impl Cluster {
         i
     }
 
+    /// The member id of member `i`, from the member list.
+    pub async fn member_id(&self, i: usize) -> u64 {
+        let endpoint = self.members[i].endpoint();
+        let list = self.client().member_list().await.expect("member list");
+        list.members
+            .iter()
+            .find(|m| m.client_ur_ls.contains(&endpoint))
+            .map(|m| m.id)
+            .expect("member in the list")
+    }
+
+    /// Removes a member through the Cluster API.
+    pub async fn remove_member(&self, id: u64) -> Result<(), eden_proto::client::ClientError> {
+        use eden_proto::etcdserverpb::{cluster_client::ClusterClient, MemberRemoveRequest};
+        self.client()
+            .call(eden_proto::client::Retry::Write, |ch| async move {
+                ClusterClient::new(ch)
+                    .member_remove(MemberRemoveRequest { id })
+                    .await
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits until member `i`'s process exits by itself (a removed member stops).
+    pub async fn wait_exited(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.exited(i) {
+            assert!(
+                Instant::now() < deadline,
+                "member {i} did not stop within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// True once the member's process has exited by itself (for example after being removed).
     pub fn exited(&mut self, i: usize) -> bool {
         let done = match self.members[i].child.as_mut() {

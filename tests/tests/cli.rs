@@ -101,7 +101,7 @@ async fn commands_output_and_exit_codes() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["is_leader"] == true)
+        .filter(|s| s["Status"]["leader"] == s["Status"]["header"]["member_id"])
         .count();
     assert_eq!((v.as_array().unwrap().len(), leaders), (3, 1));
 

@@ -298,15 +298,7 @@ async fn etcdctl_member_endpoint_alarm_and_snapshot_commands() {
         .contains(&format!("{id}, started, m{n}, http://{peer}")));
     let (ok, out, err) = etcdctl(&eps, &["member", "remove", &id]);
     assert!(ok && out.contains("removed from cluster"), "{out}{err}");
-    wait_for(
-        "the removed member to stop",
-        Duration::from_secs(20),
-        || {
-            let done = c.exited(n);
-            async move { done }
-        },
-    )
-    .await;
+    c.wait_exited(n).await;
 
     // endpoint status and hashkv over the whole cluster: everyone agrees.
     let (ok, out, err) = etcdctl(&eps, &["endpoint", "hashkv", "--cluster", "-w", "json"]);

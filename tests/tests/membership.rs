@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use eden_proto::client::{Client, Retry};
 use eden_proto::etcdserverpb::cluster_client::ClusterClient;
-use eden_proto::etcdserverpb::{
-    MemberPromoteRequest, MemberRemoveRequest, PutRequest, RangeRequest,
-};
+use eden_proto::etcdserverpb::{MemberPromoteRequest, PutRequest, RangeRequest};
 use eden_proto::keys::prefix_end;
 use eden_tests::{wait_for, Cluster};
 
@@ -93,24 +91,11 @@ async fn grow_to_five_with_join_and_shrink_to_three_under_writes() {
     // Shrink: remove one newcomer and the leader.
     let leader = c.wait_leader().await;
     for victim in [a, leader] {
-        let id = member_id(&admin, &c.members[victim].endpoint()).await;
-        admin
-            .call(Retry::Write, |ch| async move {
-                ClusterClient::new(ch)
-                    .member_remove(MemberRemoveRequest { id })
-                    .await
-            })
+        let id = c.member_id(victim).await;
+        c.remove_member(id)
             .await
             .unwrap_or_else(|e| panic!("removing member {victim}: {e}"));
-        wait_for(
-            "the removed member to stop",
-            Duration::from_secs(20),
-            || {
-                let done = c.exited(victim);
-                async move { done }
-            },
-        )
-        .await;
+        c.wait_exited(victim).await;
     }
     assert_eq!(voters(&admin).await.0, 3);
     stop.store(true, Ordering::Relaxed);
@@ -275,33 +260,13 @@ async fn a_learner_is_not_in_the_quorum_and_refuses_what_etcd_learners_refuse() 
     assert_eq!(voters(&admin).await, (2, 2));
     // The last voter can't be removed. (Removing a voter needs a quorum of the old
     // configuration, so the other voter is removed while it runs.)
-    let id = member_id(&admin, &c.members[l].endpoint()).await;
-    admin
-        .call(Retry::Write, |ch| async move {
-            ClusterClient::new(ch)
-                .member_remove(MemberRemoveRequest { id })
-                .await
-        })
+    let id = c.member_id(l).await;
+    c.remove_member(id)
         .await
         .unwrap_or_else(|e| panic!("removing the second voter: {e}"));
-    wait_for(
-        "the removed member to stop",
-        Duration::from_secs(20),
-        || {
-            let done = c.exited(l);
-            async move { done }
-        },
-    )
-    .await;
-    let last = member_id(&admin, &c.members[0].endpoint()).await;
-    let err = admin
-        .call(Retry::Write, |ch| async move {
-            ClusterClient::new(ch)
-                .member_remove(MemberRemoveRequest { id: last })
-                .await
-        })
-        .await
-        .unwrap_err();
+    c.wait_exited(l).await;
+    let last = c.member_id(0).await;
+    let err = c.remove_member(last).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "etcdserver: re-configuration failed due to not enough started members"

@@ -271,37 +271,14 @@ async fn kv_and_watch_histories_hold_under_faults() {
             }
             _ => {
                 // Membership change: remove a member, then a new one joins in its place.
-                let admin = c.client();
-                let list = admin.member_list().await.unwrap();
-                let Some(id) = list
-                    .members
-                    .iter()
-                    .find(|m| m.client_ur_ls.iter().any(|u| *u == c.members[v].endpoint()))
-                    .map(|m| m.id)
-                else {
-                    continue;
-                };
+                let id = c.member_id(v).await;
                 schedule.push(format!("{t} ms: remove m{v}, then a new member joins"));
-                let removed = admin
-                    .call(eden_proto::client::Retry::Write, |ch| async move {
-                        eden_proto::etcdserverpb::cluster_client::ClusterClient::new(ch)
-                            .member_remove(eden_proto::etcdserverpb::MemberRemoveRequest { id })
-                            .await
-                    })
-                    .await;
-                if let Err(e) = removed {
+                if let Err(e) = c.remove_member(id).await {
                     schedule.push(format!("  (remove refused: {e})"));
                     continue;
                 }
-                wait_for(
-                    "the removed member to stop",
-                    Duration::from_secs(30),
-                    || {
-                        let done = c.exited(v);
-                        async move { done }
-                    },
-                )
-                .await;
+                c.wait_exited(v).await;
+                let admin = c.client();
                 let n = c.join(&[]);
                 let admin2 = admin.clone();
                 wait_for(

@@ -60,9 +60,15 @@ bench() {
   local name="$1" system="$2"; shift 2
   local eps="$ETCD_EPS"; [ "$system" = eden ] && eps="$EDEN_EPS"
   echo "== $system: $name" >&2
-  "$EDEN" --endpoints "$eps" -w json bench "$@" | python3 -c "
+  local out
+  out="$(timeout 300 "$EDEN" --endpoints "$eps" -w json bench "$@" 2>&1 | tail -1 || true)"
+  python3 -c "
 import json, sys
-r = json.load(sys.stdin); r['name'] = '$name'; r['system'] = '$system'; print(json.dumps(r))" >> "$results"
+try:
+    r = json.loads(sys.argv[1])
+except Exception:
+    r = {'throughput': 0, 'errors': 1, 'error_samples': [sys.argv[1][-300:]], 'latency_ms': {'p50': 0, 'p99': 0}}
+r['name'] = '$name'; r['system'] = '$system'; print(json.dumps(r))" "$out" >> "$results"
 }
 for system in etcd eden; do
   bench "put 1 client: p50 latency (ms)" "$system" put --clients 1 --total $((dur * 200)) --key-size 16

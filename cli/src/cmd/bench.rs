@@ -489,7 +489,19 @@ pub async fn run(endpoints: &[String], out: &Printer, c: BenchCmd) -> Result<(),
                             run.error("keep-alive stream closed".into());
                             break;
                         }
-                        match stream.message().await {
+                        let answer =
+                            match tokio::time::timeout(Duration::from_secs(5), stream.message())
+                                .await
+                            {
+                                Ok(a) => a,
+                                Err(_) => {
+                                    run.error(format!(
+                                        "no keep-alive answer for lease {id:x} within 5 s"
+                                    ));
+                                    break;
+                                }
+                            };
+                        match answer {
                             Ok(Some(r)) if r.ttl > 0 => {
                                 let _ = h.record(start.elapsed().as_micros().max(1) as u64);
                             }

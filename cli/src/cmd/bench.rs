@@ -472,6 +472,11 @@ pub async fn run(endpoints: &[String], out: &Printer, c: BenchCmd) -> Result<(),
                     // One long-lived keep-alive stream per client, as clients keep leases alive.
                     let mut h = hist();
                     let (tx, rx) = mpsc::channel(1);
+                    // Queue a first keep-alive before opening the stream: etcd's (grpc-go) server
+                    // sends its response headers only with its first answer, so a client that
+                    // waited for the headers before sending would wait forever.
+                    let warm = ids[c % ids.len()];
+                    let _ = tx.send(LeaseKeepAliveRequest { id: warm }).await;
                     let mut stream = match LeaseClient::new(ch)
                         .lease_keep_alive(ReceiverStream::new(rx))
                         .await
@@ -482,6 +487,10 @@ pub async fn run(endpoints: &[String], out: &Printer, c: BenchCmd) -> Result<(),
                             return h;
                         }
                     };
+                    if !matches!(stream.message().await, Ok(Some(_))) {
+                        run.error("no answer to the first keep-alive".into());
+                        return h;
+                    }
                     while let Some(n) = run.next().await {
                         let id = ids[(n as usize) % ids.len()];
                         let start = Instant::now();

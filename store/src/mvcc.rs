@@ -163,13 +163,6 @@ impl Mvcc {
         Ok(shape_range(req, found, current))
     }
 
-    /// The newest version of `key` at or below `rev`, from a snapshot; None if absent or deleted.
-    pub fn get(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>, EngineError> {
-        let mut it = self.engine.db.raw_iterator_cf(self.engine.cf(CF_KV));
-        Ok(latest_at(&mut it, key, rev)?
-            .and_then(|(r, rec)| (!rec.tombstone).then(|| rec.to_kv(key, r))))
-    }
-
     /// Reads the events of revisions `[from, to]` from storage (for watchers that fell behind).
     /// Returns at most about `max_revs` revisions; the caller continues from the last one + 1.
     /// None when `from` was compacted away (checked against the same snapshot the events come from).

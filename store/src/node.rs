@@ -34,7 +34,6 @@ use crate::watch::{WatchHub, DEFAULT_RING_REVISIONS};
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 << 30;
 /// etcd's AlarmType numbers.
 pub const ALARM_NOSPACE: i32 = 1;
-pub const ALARM_CORRUPT: i32 = 2;
 
 pub fn nospace() -> Status {
     Status::resource_exhausted("etcdserver: mvcc: database space exceeded")

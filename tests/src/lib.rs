@@ -64,6 +64,44 @@ pub struct Member {
 }
 
 impl Member {
+    /// A member named `name` in `dir` on the given ports; `mode` is `--initial-cluster ...` or
+    /// `--join ...`, `extra` any further `eden server` flags.
+    fn new(
+        dir: &Path,
+        name: &str,
+        client_port: u16,
+        peer_port: u16,
+        mode: [String; 2],
+        extra: &[&str],
+    ) -> Member {
+        let data_dir = dir.join(name);
+        let (client_addr, peer_addr) = (
+            format!("127.0.0.1:{client_port}"),
+            format!("127.0.0.1:{peer_port}"),
+        );
+        let mut args = vec![
+            "--name".to_string(),
+            name.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--client-addr".into(),
+            client_addr.clone(),
+            "--peer-addr".into(),
+            peer_addr.clone(),
+        ];
+        args.extend(mode);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Member {
+            name: name.to_string(),
+            client_addr,
+            peer_addr,
+            log: dir.join(format!("{name}.log")),
+            data_dir,
+            child: None,
+            args,
+        }
+    }
+
     pub fn endpoint(&self) -> String {
         self.client_addr.clone()
     }
@@ -136,29 +174,8 @@ impl Cluster {
             .collect();
         let mut members = Vec::new();
         for (name, cp, pp) in &specs {
-            let data_dir = dir.path().join(name);
-            let mut args = vec![
-                "--name".to_string(),
-                name.clone(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--client-addr".into(),
-                format!("127.0.0.1:{cp}"),
-                "--peer-addr".into(),
-                format!("127.0.0.1:{pp}"),
-                "--initial-cluster".into(),
-                initial.join(","),
-            ];
-            args.extend(extra.iter().map(|s| s.to_string()));
-            members.push(Member {
-                name: name.clone(),
-                client_addr: format!("127.0.0.1:{cp}"),
-                peer_addr: format!("127.0.0.1:{pp}"),
-                log: dir.path().join(format!("{name}.log")),
-                data_dir,
-                child: None,
-                args,
-            });
+            let mode = ["--initial-cluster".to_string(), initial.join(",")];
+            members.push(Member::new(dir.path(), name, *cp, *pp, mode, extra));
         }
         for m in &mut members {
             if let Some(file) = backup {
@@ -255,35 +272,20 @@ impl Cluster {
             .parent()
             .expect("cluster dir")
             .to_path_buf();
-        let data_dir = dir.join(&name);
         let running: Vec<String> = self
             .members
             .iter()
             .filter(|m| m.is_running())
             .map(|m| m.endpoint())
             .collect();
-        let mut args = vec![
-            "--name".to_string(),
-            name.clone(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--client-addr".into(),
-            format!("127.0.0.1:{cp}"),
-            "--peer-addr".into(),
-            format!("127.0.0.1:{pp}"),
-            "--join".into(),
-            running.join(","),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut m = Member {
-            name: name.clone(),
-            client_addr: format!("127.0.0.1:{cp}"),
-            peer_addr: format!("127.0.0.1:{pp}"),
-            log: dir.join(format!("{name}.log")),
-            data_dir,
-            child: None,
-            args,
-        };
+        let mut m = Member::new(
+            &dir,
+            &name,
+            cp,
+            pp,
+            ["--join".to_string(), running.join(",")],
+            extra,
+        );
         m.spawn();
         self.members.push(m);
         i

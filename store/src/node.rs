@@ -48,7 +48,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The client address other members and clients are told about.
     pub client_addr: String,
+    /// The peer address other members are told about.
     pub peer_addr: String,
+    /// Where the peer port listens (usually the same as `peer_addr`).
+    pub listen_peer_addr: String,
     /// name -> peer address of every initial member (including this one).
     pub initial_cluster: Vec<(String, String)>,
     /// Take a snapshot after this many applied entries (etcd's --snapshot-count).
@@ -89,6 +92,7 @@ impl NodeConfig {
             data_dir,
             client_addr: client_addr.to_string(),
             peer_addr: peer_addr.to_string(),
+            listen_peer_addr: peer_addr.to_string(),
             initial_cluster: vec![(name.to_string(), peer_addr.to_string())],
             snapshot_count: 10_000,
             snapshot_catchup_entries: 5_000,
@@ -220,7 +224,7 @@ impl Node {
         let raft = Raft::new(
             id,
             Arc::new(raft_config),
-            PeerNetwork,
+            PeerNetwork::from_listen_addr(&config.listen_peer_addr),
             LogStore::new(engine.clone()),
             sm.clone(),
         )
@@ -303,8 +307,9 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let ch =
-            peer_channel(addr).map_err(|e| internal(format!("bad peer address {addr}: {e}")))?;
+        let local = PeerNetwork::from_listen_addr(&self.config.listen_peer_addr).local_ip;
+        let ch = peer_channel(addr, local)
+            .map_err(|e| internal(format!("bad peer address {addr}: {e}")))?;
         let c = PeerClient::new(ch)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);

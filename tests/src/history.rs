@@ -17,23 +17,20 @@ use std::collections::{BTreeMap, HashSet};
 /// What a client did to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put {
-        value: Vec<u8>,
-    },
+    /// A put, with the lease it attaches the key to (0: none).
+    Put { value: Vec<u8>, lease: i64 },
     /// A read and what it returned.
-    Get {
-        result: Option<Vec<u8>>,
-    },
+    Get { result: Option<Vec<u8>> },
     /// A delete and how many keys it deleted (0 or 1).
-    Delete {
-        deleted: i64,
-    },
+    Delete { deleted: i64 },
     /// Compare-and-set: put `value` if the current value is `expected`; `succeeded` is the answer.
     Cas {
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
         succeeded: bool,
     },
+    /// A lease revoked; the key's history holds it because the key may be attached to it.
+    Revoke { lease: i64 },
 }
 
 /// One operation with its call and return times (any monotonic unit). `ret: None` means it failed
@@ -47,11 +44,20 @@ pub struct Record {
     pub ret: Option<u64>,
 }
 
+/// A key's state in the model: its value and the lease it is attached to (0: none).
+type State = Option<(Vec<u8>, i64)>;
+
+fn value_of(state: &State) -> Option<&Vec<u8>> {
+    state.as_ref().map(|(v, _)| v)
+}
+
 /// Applies `op` to the register `state`; None if the op's observed answer is impossible there.
-fn step(state: &Option<Vec<u8>>, op: &Op, determinate: bool) -> Option<Option<Vec<u8>>> {
+fn step(state: &State, op: &Op, determinate: bool) -> Option<State> {
     match op {
-        Op::Put { value } => Some(Some(value.clone())),
-        Op::Get { result } => (!determinate || result == state).then(|| state.clone()),
+        Op::Put { value, lease } => Some(Some((value.clone(), *lease))),
+        Op::Get { result } => {
+            (!determinate || result.as_ref() == value_of(state)).then(|| state.clone())
+        }
         Op::Delete { deleted } => {
             if determinate && *deleted != i64::from(state.is_some()) {
                 return None;
@@ -63,16 +69,22 @@ fn step(state: &Option<Vec<u8>>, op: &Op, determinate: bool) -> Option<Option<Ve
             value,
             succeeded,
         } => {
-            let holds = state == expected;
+            let holds = value_of(state) == expected.as_ref();
             if determinate && holds != *succeeded {
                 return None;
             }
             Some(if holds {
-                Some(value.clone())
+                Some((value.clone(), 0))
             } else {
                 state.clone()
             })
         }
+        // Revoking a lease deletes the key if it is still attached to it (a later put without
+        // the lease detached it).
+        Op::Revoke { lease } => Some(match state {
+            Some((_, l)) if l == lease => None,
+            other => other.clone(),
+        }),
     }
 }
 
@@ -91,9 +103,9 @@ fn check_key(ops: &[Record]) -> Result<(), String> {
     ops.sort_by_key(|r| r.call);
     let n = ops.len();
     let words = n.div_ceil(64).max(1);
-    let mut seen: HashSet<(Vec<u64>, Option<Vec<u8>>)> = HashSet::new();
+    let mut seen: HashSet<(Vec<u64>, State)> = HashSet::new();
     // Depth-first search over (linearized set, state).
-    let mut stack: Vec<(Vec<u64>, Option<Vec<u8>>, usize)> = vec![(vec![0; words], None, 0)];
+    let mut stack: Vec<(Vec<u64>, State, usize)> = vec![(vec![0; words], None, 0)];
     let mut best = 0usize;
     while let Some((done, state, count)) = stack.pop() {
         best = best.max(count);
@@ -230,6 +242,79 @@ pub fn check_watch(
     Ok(())
 }
 
+/// A write the cluster acknowledged: the revision its answer named and what it put there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckedWrite {
+    pub revision: i64,
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Checks acknowledged writes against the authoritative event history: each one's revision holds
+/// exactly its puts, all of them (a multi-key txn is never torn, an acknowledged write never lost).
+pub fn check_acknowledged(writes: &[AckedWrite], history: &[SeenEvent]) -> Result<(), String> {
+    let mut at: BTreeMap<i64, Vec<&SeenEvent>> = BTreeMap::new();
+    for e in history {
+        at.entry(e.revision).or_default().push(e);
+    }
+    for w in writes {
+        let events = at.get(&w.revision).map_or(&[][..], |v| &v[..]);
+        let missing: Vec<String> = w
+            .puts
+            .iter()
+            .filter(|(k, v)| {
+                !events
+                    .iter()
+                    .any(|e| !e.delete && e.key == *k && e.value == *v)
+            })
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(v)
+                )
+            })
+            .collect();
+        if !missing.is_empty() || events.len() != w.puts.len() {
+            return Err(format!(
+                "acknowledged write at revision {} is lost or torn: missing {missing:?}; the history has {events:?} there; the write was {w:?}",
+                w.revision
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a read that may be stale (serializable) returned: a key, its value and mod_revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub revision: i64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// Checks reads that may be stale (serializable) against the event history: each one must have
+/// returned a put of that value to that key at that revision.
+pub fn check_observed(reads: &[Observed], history: &[SeenEvent]) -> Result<(), String> {
+    for Observed {
+        revision: rev,
+        key,
+        value,
+    } in reads
+    {
+        let written = history
+            .iter()
+            .any(|e| e.revision == *rev && !e.delete && e.key == *key && e.value == *value);
+        if !written {
+            return Err(format!(
+                "a read returned {}={} at revision {rev}, which the history does not hold",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(value)
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,7 +329,10 @@ mod tests {
         }
     }
     fn put(v: &str) -> Op {
-        Op::Put { value: v.into() }
+        Op::Put {
+            value: v.into(),
+            lease: 0,
+        }
     }
     fn get(v: Option<&str>) -> Op {
         Op::Get {
@@ -317,6 +405,82 @@ mod tests {
             check_linearizable(&[rec(0, del, 0, Some(1))]).is_err(),
             "deleting a missing key reports 0"
         );
+    }
+
+    #[test]
+    fn a_write_that_outlives_its_revoked_lease_is_reported() {
+        let leased = Op::Put {
+            value: b"a".to_vec(),
+            lease: 5,
+        };
+        let revoke = Op::Revoke { lease: 5 };
+        let h = vec![
+            rec(0, leased.clone(), 0, Some(1)),
+            rec(0, revoke.clone(), 2, Some(3)),
+            rec(1, get(None), 4, Some(5)),
+        ];
+        assert!(check_linearizable(&h).is_ok());
+        let h = vec![
+            rec(0, leased.clone(), 0, Some(1)),
+            rec(0, revoke.clone(), 2, Some(3)),
+            rec(1, get(Some("a")), 4, Some(5)),
+        ];
+        assert!(check_linearizable(&h).is_err(), "revoke deletes the key");
+        // A put without the lease detaches the key: the revoke leaves it alone.
+        let h = vec![
+            rec(0, leased, 0, Some(1)),
+            rec(1, put("b"), 2, Some(3)),
+            rec(0, revoke, 4, Some(5)),
+            rec(1, get(None), 6, Some(7)),
+        ];
+        assert!(check_linearizable(&h).is_err());
+    }
+
+    #[test]
+    fn a_lost_or_torn_acknowledged_write_is_reported() {
+        let e = |rev: i64, k: &str, v: &str| SeenEvent {
+            revision: rev,
+            key: k.into(),
+            delete: false,
+            value: v.into(),
+            prev_value: None,
+        };
+        let txn = AckedWrite {
+            revision: 3,
+            puts: vec![
+                (b"x".to_vec(), b"1".to_vec()),
+                (b"y".to_vec(), b"1".to_vec()),
+            ],
+        };
+        let whole = vec![e(2, "x", "0"), e(3, "x", "1"), e(3, "y", "1")];
+        assert!(check_acknowledged(std::slice::from_ref(&txn), &whole).is_ok());
+        let torn = vec![e(2, "x", "0"), e(3, "x", "1"), e(4, "y", "1")];
+        assert!(check_acknowledged(std::slice::from_ref(&txn), &torn)
+            .unwrap_err()
+            .contains("torn"));
+        let lost = vec![e(2, "x", "0")];
+        assert!(check_acknowledged(&[txn], &lost).is_err());
+    }
+
+    #[test]
+    fn a_read_of_a_value_never_written_is_reported() {
+        let history = vec![SeenEvent {
+            revision: 2,
+            key: b"x".to_vec(),
+            delete: false,
+            value: b"a".to_vec(),
+            prev_value: None,
+        }];
+        let read = |rev: i64, v: &str| {
+            vec![Observed {
+                revision: rev,
+                key: b"x".to_vec(),
+                value: v.into(),
+            }]
+        };
+        assert!(check_observed(&read(2, "a"), &history).is_ok());
+        assert!(check_observed(&read(2, "b"), &history).is_err());
+        assert!(check_observed(&read(3, "a"), &history).is_err());
     }
 
     fn ev(rev: i64, v: &str, prev: Option<&str>) -> SeenEvent {

@@ -4,7 +4,7 @@
 //! is killed when the [`Cluster`] is dropped, also when a test fails. Tests wait on conditions
 //! ([`wait_for`]), never on fixed sleeps.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -60,26 +60,28 @@ pub struct Member {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
+    /// The program and its arguments: `eden server ...`, or `etcd ...` in an etcd cluster.
+    program: PathBuf,
     args: Vec<String>,
 }
 
 impl Member {
     /// A member named `name` in `dir` on the given ports; `mode` is `--initial-cluster ...` or
     /// `--join ...`, `extra` any further `eden server` flags.
+    /// `peer` is the advertised peer address and, when it differs, the one to listen on.
     fn new(
         dir: &Path,
         name: &str,
         client_port: u16,
-        peer_port: u16,
+        peer: (String, Option<String>),
         mode: [String; 2],
         extra: &[&str],
     ) -> Member {
         let data_dir = dir.join(name);
-        let (client_addr, peer_addr) = (
-            format!("127.0.0.1:{client_port}"),
-            format!("127.0.0.1:{peer_port}"),
-        );
+        let client_addr = format!("127.0.0.1:{client_port}");
+        let (peer_addr, listen_peer) = peer;
         let mut args = vec![
+            "server".to_string(),
             "--name".to_string(),
             name.to_string(),
             "--data-dir".into(),
@@ -89,6 +91,9 @@ impl Member {
             "--peer-addr".into(),
             peer_addr.clone(),
         ];
+        if let Some(l) = listen_peer {
+            args.extend(["--listen-peer-addr".to_string(), l]);
+        }
         args.extend(mode);
         args.extend(extra.iter().map(|s| s.to_string()));
         Member {
@@ -98,6 +103,50 @@ impl Member {
             log: dir.join(format!("{name}.log")),
             data_dir,
             child: None,
+            program: eden_bin(),
+            args,
+        }
+    }
+
+    /// An etcd member (`etcd` from PATH) of the cluster `initial` (NAME=URL,...).
+    fn etcd(dir: &Path, name: &str, client_port: u16, peer_port: u16, initial: &str) -> Member {
+        let data_dir = dir.join(name);
+        let client_addr = format!("127.0.0.1:{client_port}");
+        let peer_addr = format!("127.0.0.1:{peer_port}");
+        let (client_url, peer_url) = (
+            format!("http://{client_addr}"),
+            format!("http://{peer_addr}"),
+        );
+        let args = [
+            "--name",
+            name,
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            "new",
+            "--log-level",
+            "warn",
+        ]
+        .map(String::from)
+        .to_vec();
+        Member {
+            name: name.to_string(),
+            client_addr,
+            peer_addr,
+            log: dir.join(format!("{name}.log")),
+            data_dir,
+            child: None,
+            program: PathBuf::from("etcd"),
             args,
         }
     }
@@ -116,8 +165,7 @@ impl Member {
             .append(true)
             .open(&self.log)
             .expect("open log");
-        let child = Command::new(eden_bin())
-            .arg("server")
+        let child = Command::new(&self.program)
             .args(&self.args)
             .env(
                 "RUST_LOG",
@@ -127,7 +175,12 @@ impl Member {
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
-            .expect("spawn eden server");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); scripts/setup.sh installs what the tests need",
+                    self.program.display()
+                )
+            });
         self.child = Some(child);
     }
 
@@ -148,34 +201,74 @@ impl Member {
 
 pub struct Cluster {
     pub members: Vec<Member>,
+    /// With [`Cluster::start_partitionable`]: the proxies on the peer links.
+    pub net: Option<Arc<PeerNet>>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts `n` members with extra `eden server` flags, and waits for a leader.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
-        Self::start_inner(n, extra, None).await
+        Self::start_inner(n, extra, None, None).await
+    }
+
+    /// Like [`Cluster::start`], with every peer link through a proxy that can cut it
+    /// ([`Cluster::net`], see [`PeerNet`]).
+    pub async fn start_partitionable(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_inner(n, extra, None, Some(Arc::new(PeerNet::default()))).await
+    }
+
+    /// A cluster of `n` etcd members (etcd from PATH, installed by scripts/setup.sh), to run
+    /// the same checks against etcd.
+    pub async fn start_etcd(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let specs: Vec<(String, u16, u16)> = (0..n)
+            .map(|i| (format!("e{i}"), free_port(), free_port()))
+            .collect();
+        let initial: Vec<String> = specs
+            .iter()
+            .map(|(name, _, pp)| format!("{name}=http://127.0.0.1:{pp}"))
+            .collect();
+        let mut members: Vec<Member> = specs
+            .iter()
+            .map(|(name, cp, pp)| Member::etcd(dir.path(), name, *cp, *pp, &initial.join(",")))
+            .collect();
+        for m in &mut members {
+            m.spawn();
+        }
+        let c = Cluster {
+            members,
+            net: None,
+            _dir: dir,
+        };
+        c.wait_leader().await;
+        c
     }
 
     /// Like [`Cluster::start`], each member's data dir first restored from a backup made by
     /// `eden snapshot save` (with `eden snapshot restore`).
     pub async fn start_restored(n: usize, extra: &[&str], backup: &Path) -> Cluster {
-        Self::start_inner(n, extra, Some(backup)).await
+        Self::start_inner(n, extra, Some(backup), None).await
     }
 
-    async fn start_inner(n: usize, extra: &[&str], backup: Option<&Path>) -> Cluster {
+    async fn start_inner(
+        n: usize,
+        extra: &[&str],
+        backup: Option<&Path>,
+        net: Option<Arc<PeerNet>>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let specs: Vec<(String, u16, u16)> = (0..n)
-            .map(|i| (format!("m{i}"), free_port(), free_port()))
+        let specs: Vec<(String, u16, (String, Option<String>))> = (0..n)
+            .map(|i| (format!("m{i}"), free_port(), peer_addrs(net.as_deref(), i)))
             .collect();
         let initial: Vec<String> = specs
             .iter()
-            .map(|(name, _, pp)| format!("{name}=127.0.0.1:{pp}"))
+            .map(|(name, _, (pa, _))| format!("{name}={pa}"))
             .collect();
         let mut members = Vec::new();
-        for (name, cp, pp) in &specs {
+        for (name, cp, peer) in specs {
             let mode = ["--initial-cluster".to_string(), initial.join(",")];
-            members.push(Member::new(dir.path(), name, *cp, *pp, mode, extra));
+            members.push(Member::new(dir.path(), &name, cp, peer, mode, extra));
         }
         for m in &mut members {
             if let Some(file) = backup {
@@ -194,7 +287,11 @@ impl Cluster {
             }
             m.spawn();
         }
-        let c = Cluster { members, _dir: dir };
+        let c = Cluster {
+            members,
+            net,
+            _dir: dir,
+        };
         c.wait_leader().await;
         c
     }
@@ -253,20 +350,20 @@ impl Cluster {
     /// Starts a new member that joins the running cluster with `--join` (plus `extra` flags);
     /// returns its index.
     pub fn join(&mut self, extra: &[&str]) -> usize {
-        self.join_at(&format!("127.0.0.1:{}", free_port()), extra)
+        let peer = peer_addrs(self.net.as_deref(), self.members.len());
+        self.join_with(peer, extra)
     }
 
     /// Like [`Cluster::join`], with a given peer address (one added beforehand with
     /// `member add`, which the new member then takes over).
     pub fn join_at(&mut self, peer_addr: &str, extra: &[&str]) -> usize {
+        self.join_with((peer_addr.to_string(), None), extra)
+    }
+
+    fn join_with(&mut self, peer: (String, Option<String>), extra: &[&str]) -> usize {
         let i = self.members.len();
         let name = format!("m{i}");
         let cp = free_port();
-        let pp: u16 = peer_addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("peer port");
         let dir = self.members[0]
             .data_dir
             .parent()
@@ -282,7 +379,7 @@ impl Cluster {
             &dir,
             &name,
             cp,
-            pp,
+            peer,
             ["--join".to_string(), running.join(",")],
             extra,
         );
@@ -432,6 +529,17 @@ impl Cluster {
     }
 }
 
+/// Member `i`'s advertised peer address and, behind a [`PeerNet`] proxy, its listen address.
+fn peer_addrs(net: Option<&PeerNet>, i: usize) -> (String, Option<String>) {
+    match net {
+        None => (format!("127.0.0.1:{}", free_port()), None),
+        Some(net) => {
+            let listen = SocketAddr::new(PeerNet::ip_of(i), free_port());
+            (net.add_member(i, listen), Some(listen.to_string()))
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for m in &mut self.members {
@@ -446,3 +554,6 @@ impl Drop for Cluster {
     }
 }
 pub mod history;
+pub mod net;
+
+pub use net::PeerNet;

@@ -1,5 +1,6 @@
 //! Three real `eden server` processes: writes through a follower, leader failure during writes,
-//! restarts (also through a snapshot after the log was purged), watch resumption, lease expiry.
+//! restarts (also through a snapshot after the log was purged), watch resumption, lease expiry,
+//! and a leader cut off by a network partition.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -347,4 +348,59 @@ async fn a_lease_expires_after_keepalives_stop_and_its_keys_are_deleted() {
     assert!(gone.kvs.is_empty());
     let ttl = f.lease_time_to_live(lease.id, false).await.unwrap();
     assert_eq!(ttl.ttl, -1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_is_replaced_serves_no_stale_read_and_catches_up() {
+    let c = Cluster::start_partitionable(3, &[]).await;
+    let old = c.wait_leader().await;
+    c.put(old, "k", "before").await.expect("put before");
+    c.net.as_ref().unwrap().isolate(old, 3);
+    // The other two elect a leader among themselves.
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let c = &c;
+    let new = Arc::new(std::sync::Mutex::new(None));
+    wait_for(
+        "the majority to elect a new leader",
+        Duration::from_secs(20),
+        || {
+            let (others, new) = (others.clone(), new.clone());
+            async move {
+                for i in others {
+                    if let Ok(s) = c.client_of(i).status_of(0).await {
+                        if s.leader != 0 && s.header.is_some_and(|h| h.member_id == s.leader) {
+                            *new.lock().unwrap() = Some(i);
+                            return true;
+                        }
+                    }
+                }
+                false
+            }
+        },
+    )
+    .await;
+    let new = new.lock().unwrap().unwrap();
+    c.put(new, "k", "after")
+        .await
+        .expect("put on the majority side");
+    // The isolated member can neither answer a linearizable read (it would be stale) nor write.
+    let stale = c
+        .client_of(old)
+        .range(RangeRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        stale.is_err(),
+        "an isolated member answered a linearizable read: {stale:?}"
+    );
+    assert!(c.put(old, "k", "isolated").await.is_err());
+    c.net.as_ref().unwrap().heal();
+    wait_for(
+        "the old leader to catch up after the partition heals",
+        Duration::from_secs(20),
+        || async move { c.local_get(old, "k").await.as_deref() == Some(&b"after"[..]) },
+    )
+    .await;
 }

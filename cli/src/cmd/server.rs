@@ -37,6 +37,11 @@ pub struct ServerArgs {
     /// Address for other members [default: 127.0.0.1:2380].
     #[arg(long)]
     pub peer_addr: Option<String>,
+    /// Where the peer port listens, when that differs from the --peer-addr other members are
+    /// told (behind NAT or a proxy) [default: --peer-addr]. Connections to other members leave
+    /// from its IP unless it is 0.0.0.0 or ::.
+    #[arg(long)]
+    pub listen_peer_addr: Option<String>,
     /// Every initial member's peer address, NAME=HOST:PORT,... (bootstraps a new cluster).
     #[arg(long)]
     pub initial_cluster: Option<String>,
@@ -97,6 +102,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     client_addr: Option<String>,
     peer_addr: Option<String>,
+    listen_peer_addr: Option<String>,
     initial_cluster: Option<String>,
     join: Option<Vec<String>>,
     stay_learner: Option<bool>,
@@ -208,6 +214,9 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
         .or(file.peer_addr)
         .unwrap_or_else(|| "127.0.0.1:2380".into());
     let mut c = NodeConfig::new(&name, data_dir, &client_addr, &peer_addr);
+    if let Some(a) = args.listen_peer_addr.clone().or(file.listen_peer_addr) {
+        c.listen_peer_addr = a;
+    }
     c.join = args.join.clone().or(file.join);
     c.stay_learner = args.stay_learner || file.stay_learner.unwrap_or(false);
     if c.join.is_some() && (args.initial_cluster.is_some() || file.initial_cluster.is_some()) {
@@ -297,10 +306,10 @@ async fn serve(config: NodeConfig, metrics_addr: Option<String>) -> anyhow::Resu
     let client_listener = tokio::net::TcpListener::bind(&config.client_addr)
         .await
         .with_context(|| format!("binding the client address {}", config.client_addr))?;
-    let peer_listener = tokio::net::TcpListener::bind(&config.peer_addr)
+    let peer_listener = tokio::net::TcpListener::bind(&config.listen_peer_addr)
         .await
-        .with_context(|| format!("binding the peer address {}", config.peer_addr))?;
-    tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), client = %config.client_addr, peer = %config.peer_addr, "starting eden server");
+        .with_context(|| format!("binding the peer address {}", config.listen_peer_addr))?;
+    tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), client = %config.client_addr, peer = %config.peer_addr, listen_peer = %config.listen_peer_addr, "starting eden server");
     let metrics_listener = match &metrics_addr {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)

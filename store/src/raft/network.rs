@@ -3,6 +3,7 @@
 //! Messages are openraft's own serde types, bincode-encoded into an opaque payload; the reply
 //! carries `Result<response, RaftError>` the same way, so a remote Raft error comes back as one.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use eden_proto::peer::peer_client::PeerClient;
@@ -21,9 +22,11 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{Member, NodeId, TypeConfig};
 
-/// Makes a lazily connecting gRPC channel to a member's peer address.
-pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+/// Makes a lazily connecting gRPC channel to a member's peer address; with `local`, connections
+/// leave from that IP (the one this member's peer port listens on).
+pub fn peer_channel(addr: &str, local: Option<IpAddr>) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .local_address(local)
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -41,8 +44,25 @@ pub fn from_payload<T: DeserializeOwned>(p: &Payload) -> Result<T, bincode::Erro
     bincode::deserialize(&p.data)
 }
 
+/// Makes the connections to other members. `local_ip` is where they leave from.
 #[derive(Clone, Default)]
-pub struct PeerNetwork;
+pub struct PeerNetwork {
+    pub local_ip: Option<IpAddr>,
+}
+
+impl PeerNetwork {
+    /// Connections leave from the IP of `listen_addr` when it is a specific address (not
+    /// 0.0.0.0 or ::), so peers and firewalls see this member's own address.
+    pub fn from_listen_addr(listen_addr: &str) -> PeerNetwork {
+        PeerNetwork {
+            local_ip: listen_addr
+                .parse::<SocketAddr>()
+                .ok()
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified()),
+        }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConn;
@@ -50,7 +70,9 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
         PeerConn {
             target,
-            client: peer_channel(&node.peer_addr).ok().map(PeerClient::new),
+            client: peer_channel(&node.peer_addr, self.local_ip)
+                .ok()
+                .map(PeerClient::new),
             addr: node.peer_addr.clone(),
         }
     }

@@ -48,8 +48,12 @@ const CLIENTS: usize = 4;
 /// Long enough never to expire during a run: leases here end by revocation only.
 const LEASE_TTL: i64 = 7200;
 
-fn key(i: usize) -> Vec<u8> {
-    format!("r/{i}").into_bytes()
+/// Rounds of this many seconds at most: each round's clients use their own keys, so each
+/// round's KV history is checked alone and a long run's check stays small.
+const ROUND_SECS: u64 = 60;
+
+fn key(round: usize, i: usize) -> Vec<u8> {
+    format!("r/{round}/{i}").into_bytes()
 }
 
 /// What the clients saw, with times in microseconds since `base`.
@@ -128,13 +132,16 @@ async fn revoke(client: &Client, rec: &Recorder, c: usize, l: Leased) {
 }
 
 async fn client_loop(
+    round: usize,
     c: usize,
     client: Arc<Client>,
     stop: Arc<AtomicBool>,
     seed: u64,
     rec: Arc<Recorder>,
 ) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ ((c as u64 + 1) * 0x9e37_79b9));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        seed ^ ((c as u64 + 1) * 0x9e37_79b9) ^ ((round as u64) << 32),
+    );
     let mut n = 0u64;
     let mut leased: Option<Leased> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -142,8 +149,8 @@ async fn client_loop(
         tokio::time::sleep(Duration::from_millis(10)).await;
         n += 1;
         let ki = rng.gen_range(0..KEYS);
-        let k = key(ki);
-        let k2 = key((ki + rng.gen_range(1..KEYS)) % KEYS);
+        let k = key(round, ki);
+        let k2 = key(round, (ki + rng.gen_range(1..KEYS)) % KEYS);
         let call = rec.now();
         match rng.gen_range(0..20) {
             0..=5 => {
@@ -506,6 +513,12 @@ async fn inject(c: &mut Cluster, fault: Fault, rng: &mut rand::rngs::StdRng) -> 
 }
 
 async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
+    let report = |schedule: &[String], what: &str, detail: String| -> String {
+        format!(
+            "{what}\nseed {seed}\nfault schedule:\n  {}\n{detail}",
+            schedule.join("\n  ")
+        )
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let rec = Arc::new(Recorder {
         base: Instant::now(),
@@ -513,7 +526,6 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
         acked: Mutex::default(),
         observed: Mutex::default(),
     });
-    let stop = Arc::new(AtomicBool::new(false));
     let start_rev = c
         .client()
         .range(RangeRequest {
@@ -546,61 +558,86 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
             }
         })
     };
-    let mut tasks = Vec::new();
-    for i in 0..CLIENTS {
-        tasks.push(tokio::spawn(client_loop(
-            i,
-            c.client(),
-            stop.clone(),
-            seed,
-            rec.clone(),
-        )));
-    }
-    // The fault schedule.
+    // Rounds: clients on the round's keys while faults go on; then the round's KV history is
+    // checked. Faults, the watcher and the event-history checks span the whole run.
     let mut schedule: Vec<String> = Vec::new();
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() + Duration::from_secs(4) < end {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
-        let t = rec.base.elapsed().as_millis();
-        let fault = faults[rng.gen_range(0..faults.len())];
-        if let Some(done) = inject(&mut c, fault, &mut rng).await {
-            schedule.push(format!("{t} ms: {done}"));
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let report = |what: &str, detail: String| -> String {
-        format!(
-            "{what}\nseed {seed}\nfault schedule:\n  {}\n{detail}",
-            schedule.join("\n  ")
-        )
-    };
-    // Every key read once more at the end: an acknowledged write that was lost shows up here.
-    let client = c.client();
-    for k in 0..KEYS {
-        let call = rec.now();
-        let r = client
-            .range(RangeRequest {
-                key: key(k),
-                ..Default::default()
+    let run_end = Instant::now() + Duration::from_secs(secs);
+    let mut operations = 0;
+    let mut round = 0;
+    while round == 0 || Instant::now() + Duration::from_secs(10) < run_end {
+        let end = run_end.min(Instant::now() + Duration::from_secs(ROUND_SECS));
+        let stop = Arc::new(AtomicBool::new(false));
+        rec.history.lock().unwrap().clear();
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                tokio::spawn(client_loop(
+                    round,
+                    i,
+                    c.client(),
+                    stop.clone(),
+                    seed,
+                    rec.clone(),
+                ))
             })
-            .await
-            .unwrap();
-        let result = r.kvs.first().map(|kv| kv.value.clone());
-        rec.record(99, &key(k), Op::Get { result }, call, Some(rec.now()));
+            .collect();
+        while Instant::now() + Duration::from_secs(4) < end {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
+            let t = rec.base.elapsed().as_millis();
+            let fault = faults[rng.gen_range(0..faults.len())];
+            if let Some(done) = inject(&mut c, fault, &mut rng).await {
+                schedule.push(format!("{t} ms: {done}"));
+            }
+        }
+        tokio::time::sleep_until(end.into()).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Every key read once more at the end: an acknowledged write that was lost shows up here.
+        let client = c.client();
+        for k in 0..KEYS {
+            let call = rec.now();
+            let r = client
+                .range(RangeRequest {
+                    key: key(round, k),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let result = r.kvs.first().map(|kv| kv.value.clone());
+            rec.record(
+                99,
+                &key(round, k),
+                Op::Get { result },
+                call,
+                Some(rec.now()),
+            );
+        }
+        let h = rec.history.lock().unwrap().clone();
+        operations += h.len();
+        eprintln!(
+            "robustness: round {round}: {} operations; {} faults so far",
+            h.len(),
+            schedule.len()
+        );
+        if let Err(e) = check_linearizable(&h) {
+            panic!(
+                "{}",
+                report(
+                    &schedule,
+                    &format!("round {round}: the KV history is not linearizable"),
+                    e
+                )
+            );
+        }
+        round += 1;
     }
-    let h = rec.history.lock().unwrap().clone();
     eprintln!(
-        "robustness: {} operations, {} faults:\n  {}",
-        h.len(),
+        "robustness: {operations} operations in {round} rounds, {} faults:\n  {}",
         schedule.len(),
         schedule.join("\n  ")
     );
-    if let Err(e) = check_linearizable(&h) {
-        panic!("{}", report("the KV history is not linearizable", e));
-    }
+    let client = c.client();
     // Every member at the same revision with the same hash.
     let live: Vec<usize> = (0..c.members.len())
         .filter(|i| c.members[*i].is_running())
@@ -609,7 +646,7 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
         live.len(),
         3,
         "{}",
-        report("members missing", format!("{live:?}"))
+        report(&schedule, "members missing", format!("{live:?}"))
     );
     let last = client
         .range(RangeRequest {
@@ -636,7 +673,11 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
     assert!(
         hashes.iter().all(|x| *x == hashes[0]),
         "{}",
-        report("members differ", format!("HashKV at {last}: {hashes:?}"))
+        report(
+            &schedule,
+            "members differ",
+            format!("HashKV at {last}: {hashes:?}")
+        )
     );
     // The authoritative event history: a fresh watch from the same revision.
     let mut fresh = c.client().watch(watch_create, Duration::from_secs(30));
@@ -650,12 +691,16 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
         truth.extend(m.events.iter().map(event_of));
     }
     if let Err(e) = check_acknowledged(&rec.acked.lock().unwrap(), &truth) {
-        panic!("{}", report("an acknowledged write is wrong", e));
+        panic!("{}", report(&schedule, "an acknowledged write is wrong", e));
     }
     if let Err(e) = check_observed(&rec.observed.lock().unwrap(), &truth) {
         panic!(
             "{}",
-            report("a serializable read returned what was never written", e)
+            report(
+                &schedule,
+                "a serializable read returned what was never written",
+                e
+            )
         );
     }
     // The watcher that ran through the faults against it.
@@ -671,6 +716,6 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
     watcher.abort();
     let seen = seen.lock().unwrap().clone();
     if let Err(e) = check_watch(&seen, &truth, true) {
-        panic!("{}", report("the watcher's events are wrong", e));
+        panic!("{}", report(&schedule, "the watcher's events are wrong", e));
     }
 }

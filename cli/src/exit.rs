@@ -8,6 +8,12 @@ pub const REFUSED: i32 = 1;
 pub const USAGE_OR_SETUP: i32 = 2;
 /// No endpoint reachable, no leader, or a timeout.
 pub const UNAVAILABLE: i32 = 3;
+/// `eden run` / `eden task wait`: a target failed (non-zero exit, could not run, canceled).
+pub const TASK_FAILED: i32 = 4;
+/// ... no target failed, but one ran past its timeout.
+pub const TASK_TIMEOUT: i32 = 5;
+/// ... none failed or timed out, but one was unreachable (or its agent died: lost).
+pub const TASK_UNREACHABLE: i32 = 6;
 
 #[derive(Debug)]
 pub struct Failure {
@@ -46,6 +52,21 @@ impl From<ClientError> for Failure {
             code,
             message: e.to_string(),
             quiet: false,
+        }
+    }
+}
+
+impl From<eden_agent::Error> for Failure {
+    fn from(e: eden_agent::Error) -> Failure {
+        use eden_agent::Error as E;
+        match e {
+            E::Client(c) => c.into(),
+            E::Invalid(m) => Failure::usage(m),
+            E::NotFound(m) | E::NoMatch(m) | E::Refused(m) | E::Corrupt(m) => Failure {
+                code: REFUSED,
+                message: m,
+                quiet: false,
+            },
         }
     }
 }

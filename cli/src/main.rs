@@ -2,8 +2,9 @@
 //! reach the cluster only through the etcd v3 API (`eden_proto::client`).
 //!
 //! Exit codes (also in the README): 0 success; 1 the cluster refused the request; 2 bad usage or
-//! input; 3 no endpoint reachable or the cluster is unavailable; 4 a txn's compares failed is NOT an
-//! error (etcdctl prints FAILURE and exits 0), so 4 is unused. Errors are one line on stderr.
+//! input; 3 no endpoint reachable or the cluster is unavailable (a txn whose compares failed is not
+//! an error: etcdctl prints FAILURE and exits 0). `eden run` and `eden task wait`: 4 a target
+//! failed, 5 a target timed out, 6 a target was unreachable or lost. Errors are one line on stderr.
 
 mod cmd;
 mod exit;
@@ -89,10 +90,26 @@ enum Command {
     /// List or clear alarms (NOSPACE when the space quota is exceeded).
     #[command(subcommand)]
     Alarm(cmd::alarm::AlarmCmd),
+    /// Run the agent of this machine: register it, run the tasks assigned to it.
+    Agent(Box<cmd::agent::AgentArgs>),
+    /// Nodes: list, show, label, forget.
+    #[command(subcommand)]
+    Node(cmd::node::NodeCmd),
+    /// Run a command on the nodes matching a selector (or a node list) and show every result.
+    Run(Box<cmd::run::RunArgs>),
+    /// Tasks: list, show, wait, cancel.
+    #[command(subcommand)]
+    Task(cmd::task::TaskCmd),
+    /// Variables of nodes (from --register) and of the cluster.
+    #[command(subcommand)]
+    Var(cmd::var::VarCmd),
 }
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Agent(_)) {
+        cmd::server::init_logging(cli.log_format);
+    }
     if let Command::Server(args) = &cli.command {
         cmd::server::init_logging(cli.log_format);
         let code = match cmd::server::run(args) {
@@ -140,6 +157,11 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Snapshot(c) => cmd::snapshot::run(&client, &out, c).await,
         Command::Alarm(c) => cmd::alarm::run(&client, &out, c).await,
         Command::Bench(c) => cmd::bench::run(client.endpoints(), &out, c).await,
+        Command::Agent(a) => cmd::agent::run(&client, *a).await,
+        Command::Node(c) => cmd::node::run(&client, &out, c).await,
+        Command::Run(a) => cmd::run::run(&client, &out, *a).await,
+        Command::Task(c) => cmd::task::run(&client, &out, c).await,
+        Command::Var(c) => cmd::var::run(&client, &out, c).await,
         Command::Defrag => {
             for (i, ep) in client.endpoints().iter().enumerate() {
                 client.defragment_of(i).await?;

@@ -42,6 +42,8 @@ pub struct Record {
     pub op: Op,
     pub call: u64,
     pub ret: Option<u64>,
+    /// The revision the answer's header named (0: no answer, or unknown).
+    pub revision: i64,
 }
 
 /// A key's state in the model: its value and the lease it is attached to (0: none).
@@ -284,6 +286,53 @@ pub fn check_acknowledged(writes: &[AckedWrite], history: &[SeenEvent]) -> Resul
     Ok(())
 }
 
+/// Settles writes that got no answer, using the authoritative event history (as etcd's robustness
+/// tests do): a put or compare-and-set whose unique value never appears there never took effect
+/// and is dropped; one that appears took effect at that revision, so it must be linearized, and
+/// no later than the first answer (to any client, on any key) whose header revision had reached
+/// it. Deletes and revokes stay indeterminate. This only removes freedom the search cannot use,
+/// so it never hides a violation, and it keeps long runs checkable.
+pub fn resolve_indeterminate(history: &[Record], events: &[SeenEvent]) -> Vec<Record> {
+    // (revision, return time) of answers, to find the first answer at or past a revision.
+    let mut answers: Vec<(i64, u64)> = history
+        .iter()
+        .filter_map(|r| r.ret.map(|t| (r.revision, t)))
+        .filter(|(rev, _)| *rev > 0)
+        .collect();
+    answers.sort();
+    // Suffix minimum of return times over answers sorted by revision.
+    let mut first_after = vec![u64::MAX; answers.len() + 1];
+    for i in (0..answers.len()).rev() {
+        first_after[i] = first_after[i + 1].min(answers[i].1);
+    }
+    let bound = |rev: i64| -> Option<u64> {
+        let i = answers.partition_point(|(r, _)| *r < rev);
+        (first_after[i] != u64::MAX).then_some(first_after[i])
+    };
+    history
+        .iter()
+        .filter_map(|r| {
+            if r.ret.is_some() {
+                return Some(r.clone());
+            }
+            let value = match &r.op {
+                Op::Put { value, .. } | Op::Cas { value, .. } => value,
+                _ => return Some(r.clone()),
+            };
+            let written = events
+                .iter()
+                .find(|e| !e.delete && e.key == r.key && &e.value == value)?;
+            let mut r = r.clone();
+            if let Op::Cas { succeeded, .. } = &mut r.op {
+                *succeeded = true;
+            }
+            r.ret = bound(written.revision);
+            r.revision = written.revision;
+            Some(r)
+        })
+        .collect()
+}
+
 /// What a read that may be stale (serializable) returned: a key, its value and mod_revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -326,6 +375,7 @@ mod tests {
             op,
             call,
             ret,
+            revision: 0,
         }
     }
     fn put(v: &str) -> Op {
@@ -460,6 +510,40 @@ mod tests {
             .contains("torn"));
         let lost = vec![e(2, "x", "0")];
         assert!(check_acknowledged(&[txn], &lost).is_err());
+    }
+
+    #[test]
+    fn unanswered_writes_are_settled_by_the_event_history() {
+        let e = |rev: i64, v: &str| SeenEvent {
+            revision: rev,
+            key: b"k".to_vec(),
+            delete: false,
+            value: v.into(),
+            prev_value: None,
+        };
+        let at = |mut r: Record, rev: i64| {
+            r.revision = rev;
+            r
+        };
+        let h = vec![
+            at(rec(0, put("a"), 0, Some(1)), 2),
+            rec(1, put("lost"), 2, None), // never in the history: dropped
+            rec(2, put("b"), 3, None),    // in the history at revision 3
+            at(rec(0, get(Some("b")), 4, Some(9)), 3), // the first answer that saw revision 3
+        ];
+        let events = vec![e(2, "a"), e(3, "b")];
+        let r = resolve_indeterminate(&h, &events);
+        assert_eq!(r.len(), 3);
+        assert!(!r.iter().any(|x| x.op == put("lost")));
+        let b = r.iter().find(|x| x.op == put("b")).unwrap();
+        assert_eq!((b.ret, b.revision), (Some(9), 3));
+        assert!(check_linearizable(&r).is_ok());
+        // Settling never hides a violation: a read of a dropped write still fails.
+        let h = vec![
+            rec(1, put("lost"), 0, None),
+            rec(0, get(Some("lost")), 1, Some(2)),
+        ];
+        assert!(check_linearizable(&resolve_indeterminate(&h, &[])).is_err());
     }
 
     #[test]

@@ -30,7 +30,13 @@ pub fn eden_bin() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    free_port_on([127, 0, 0, 1].into())
+}
+
+/// A port free on this IP now (a port free on 127.0.0.1 may be held on 127.0.0.2 by a socket
+/// in TIME_WAIT).
+pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
+    TcpListener::bind(SocketAddr::new(ip, 0))
         .expect("bind port 0")
         .local_addr()
         .expect("local addr")
@@ -534,7 +540,8 @@ fn peer_addrs(net: Option<&PeerNet>, i: usize) -> (String, Option<String>) {
     match net {
         None => (format!("127.0.0.1:{}", free_port()), None),
         Some(net) => {
-            let listen = SocketAddr::new(PeerNet::ip_of(i), free_port());
+            let ip = PeerNet::ip_of(i);
+            let listen = SocketAddr::new(ip, free_port_on(ip));
             (net.add_member(i, listen), Some(listen.to_string()))
         }
     }
@@ -557,3 +564,168 @@ pub mod history;
 pub mod net;
 
 pub use net::PeerNet;
+
+/// An `eden agent` process against a cluster; killed when dropped.
+pub struct AgentProc {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl AgentProc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open agent log");
+        let child = Command::new(eden_bin())
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("EDEN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn eden agent");
+        self.child = Some(child);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Starts it again on the same data dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "agent {} is running", self.name);
+        self.spawn();
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(s)) = c.try_wait() {
+                    self.child = None;
+                    return s.code();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {} did not exit",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== agent {} ====\n{}", self.name, self.log_text());
+        }
+        self.kill();
+    }
+}
+
+/// What an `eden` command printed and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cluster {
+    /// Starts `eden agent --name NAME` against every member, with its data dir in the cluster's
+    /// temp dir (`extra`: more flags, like `--label role=web`). The lease TTL is 3 s so tests
+    /// see a dead agent's node go down quickly.
+    pub fn agent(&self, name: &str, extra: &[&str]) -> AgentProc {
+        self.agent_in(name, name, extra)
+    }
+
+    /// Like [`Cluster::agent`], with the data dir (and log) named `dir_name` instead: a second
+    /// agent instance that claims the same node name.
+    pub fn agent_in(&self, name: &str, dir_name: &str, extra: &[&str]) -> AgentProc {
+        let dir = self.dir();
+        let data_dir = dir.join(format!("agent-{dir_name}"));
+        let mut args = vec![
+            "--endpoints".to_string(),
+            self.endpoints().join(","),
+            "agent".into(),
+            "--name".into(),
+            name.into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--lease-ttl".into(),
+            "3s".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut a = AgentProc {
+            name: name.to_string(),
+            log: dir.join(format!("agent-{dir_name}.log")),
+            data_dir,
+            args,
+            child: None,
+        };
+        a.spawn();
+        a
+    }
+
+    /// Runs `eden --endpoints <every member> ARGS...` and returns what it printed.
+    pub async fn eden(&self, args: &[&str]) -> CliOutput {
+        let run = tokio::process::Command::new(eden_bin())
+            .arg("--endpoints")
+            .arg(self.endpoints().join(","))
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let o = tokio::time::timeout(Duration::from_secs(90), run)
+            .await
+            .unwrap_or_else(|_| panic!("eden {args:?} did not finish within 90 s"))
+            .expect("run eden");
+        CliOutput {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// The temp dir the cluster lives in (for files tests share with agents).
+    pub fn dir(&self) -> PathBuf {
+        self.members[0]
+            .data_dir
+            .parent()
+            .expect("cluster dir")
+            .to_path_buf()
+    }
+}

@@ -37,8 +37,8 @@ use eden_proto::etcdserverpb::{
 use eden_proto::keys::prefix_end;
 use eden_proto::mvccpb::event::EventType;
 use eden_tests::history::{
-    check_acknowledged, check_linearizable, check_observed, check_watch, AckedWrite, Observed, Op,
-    Record, SeenEvent,
+    check_acknowledged, check_linearizable, check_observed, check_watch, resolve_indeterminate,
+    AckedWrite, Observed, Op, Record, SeenEvent,
 };
 use eden_tests::{wait_for, Cluster};
 use rand::{Rng, SeedableRng};
@@ -70,13 +70,15 @@ impl Recorder {
         self.base.elapsed().as_micros() as u64
     }
 
-    fn record(&self, client: usize, key: &[u8], op: Op, call: u64, ret: Option<u64>) {
+    /// `ret`: when the answer came and the revision its header named (None: no answer).
+    fn record(&self, client: usize, key: &[u8], op: Op, call: u64, ret: Option<(u64, i64)>) {
         self.history.lock().unwrap().push(Record {
             client,
             key: key.to_vec(),
             op,
             call,
-            ret,
+            ret: ret.map(|r| r.0),
+            revision: ret.map_or(0, |r| r.1),
         });
     }
 
@@ -86,6 +88,10 @@ impl Recorder {
             .unwrap()
             .push(AckedWrite { revision, puts });
     }
+}
+
+fn rev_of(h: &Option<eden_proto::etcdserverpb::ResponseHeader>) -> i64 {
+    h.as_ref().map_or(0, |h| h.revision)
 }
 
 fn put_op(key: &[u8], value: &[u8]) -> RequestOp {
@@ -120,8 +126,8 @@ async fn revoke(client: &Client, rec: &Recorder, c: usize, l: Leased) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let ret = loop {
         match client.lease_revoke(l.id).await {
-            Ok(_) => break Some(rec.now()),
-            Err(e) if e.code() == Some(tonic::Code::NotFound) => break Some(rec.now()),
+            Ok(r) => break Some((rec.now(), rev_of(&r.header))),
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => break Some((rec.now(), 0)),
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await
             }
@@ -162,7 +168,7 @@ async fn client_loop(
                         ..Default::default()
                     })
                     .await;
-                let ret = r.as_ref().ok().map(|_| rec.now());
+                let ret = r.as_ref().ok().map(|p| (rec.now(), rev_of(&p.header)));
                 if let Ok(p) = r {
                     rec.acked(
                         p.header.map_or(0, |h| h.revision),
@@ -181,7 +187,8 @@ async fn client_loop(
                     .await
                 {
                     let result = r.kvs.first().map(|kv| kv.value.clone());
-                    rec.record(c, &k, Op::Get { result }, call, Some(rec.now()));
+                    let ret = Some((rec.now(), rev_of(&r.header)));
+                    rec.record(c, &k, Op::Get { result }, call, ret);
                 }
             }
             10 => {
@@ -249,7 +256,7 @@ async fn client_loop(
                                 vec![(k.clone(), value.clone())],
                             );
                         }
-                        (t.succeeded, Some(rec.now()))
+                        (t.succeeded, Some((rec.now(), rev_of(&t.header))))
                     }
                     Err(_) => (true, None),
                 };
@@ -268,7 +275,10 @@ async fn client_loop(
                     })
                     .await;
                 let (op, ret) = match r {
-                    Ok(d) => (Op::Delete { deleted: d.deleted }, Some(rec.now())),
+                    Ok(d) => (
+                        Op::Delete { deleted: d.deleted },
+                        Some((rec.now(), rev_of(&d.header))),
+                    ),
                     // Indeterminate: it may have deleted or not (the count is not checked).
                     Err(_) => (Op::Delete { deleted: -1 }, None),
                 };
@@ -285,7 +295,7 @@ async fn client_loop(
                         failure: vec![],
                     })
                     .await;
-                let ret = r.as_ref().ok().map(|_| rec.now());
+                let ret = r.as_ref().ok().map(|p| (rec.now(), rev_of(&p.header)));
                 if let Ok(t) = r {
                     rec.acked(
                         t.header.map_or(0, |h| h.revision),
@@ -312,7 +322,7 @@ async fn client_loop(
                 else {
                     continue;
                 };
-                let ret = Some(rec.now());
+                let ret = Some((rec.now(), rev_of(&t.header)));
                 for (key, resp) in [&k, &k2].into_iter().zip(&t.responses) {
                     let Some(Response::ResponseRange(r)) = &resp.response else {
                         panic!("a range in a txn answered {resp:?}");
@@ -337,7 +347,7 @@ async fn client_loop(
                             ..Default::default()
                         })
                         .await;
-                    let ret = r.as_ref().ok().map(|_| rec.now());
+                    let ret = r.as_ref().ok().map(|p| (rec.now(), rev_of(&p.header)));
                     if let Ok(p) = r {
                         rec.acked(
                             p.header.map_or(0, |h| h.revision),
@@ -367,6 +377,50 @@ fn event_of(e: &eden_proto::mvccpb::Event) -> SeenEvent {
         value: kv.value,
         prev_value: e.prev_kv.as_ref().map(|p| p.value.clone()),
     }
+}
+
+/// The store's current revision (a linearizable read).
+async fn current_revision(c: &Cluster) -> i64 {
+    rev_of(
+        &c.client()
+            .range(RangeRequest {
+                key: b"r/".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .header,
+    )
+}
+
+/// Every event under `r/` from revision `from` through `to`, replayed by a fresh watch. Only
+/// `r/` keys are written, so revision `to` is an event there.
+async fn replay(c: &Cluster, from: i64, to: i64) -> Vec<SeenEvent> {
+    let mut out: Vec<SeenEvent> = Vec::new();
+    if to < from {
+        return out;
+    }
+    let mut w = c.client().watch(
+        WatchCreateRequest {
+            key: b"r/".to_vec(),
+            range_end: prefix_end(b"r/"),
+            start_revision: from,
+            prev_kv: true,
+            ..Default::default()
+        },
+        Duration::from_secs(30),
+    );
+    while out.last().map_or(0, |e| e.revision) < to {
+        let m = tokio::time::timeout(Duration::from_secs(30), w.recv())
+            .await
+            .expect("replaying the event history timed out")
+            .expect("the replay watch ended")
+            .expect("the replay watch failed");
+        assert!(!m.canceled, "the replay watch was canceled: {m:?}");
+        out.extend(m.events.iter().map(event_of));
+    }
+    out
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -568,6 +622,7 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
         let end = run_end.min(Instant::now() + Duration::from_secs(ROUND_SECS));
         let stop = Arc::new(AtomicBool::new(false));
         rec.history.lock().unwrap().clear();
+        let round_start = current_revision(&c).await + 1;
         let tasks: Vec<_> = (0..CLIENTS)
             .map(|i| {
                 tokio::spawn(client_loop(
@@ -610,10 +665,18 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
                 &key(round, k),
                 Op::Get { result },
                 call,
-                Some(rec.now()),
+                Some((rec.now(), rev_of(&r.header))),
             );
         }
-        let h = rec.history.lock().unwrap().clone();
+        // Unanswered writes settled against the event history of the round's keys.
+        let upto = current_revision(&c).await;
+        let prefix = format!("r/{round}/").into_bytes();
+        let events: Vec<SeenEvent> = replay(&c, round_start, upto)
+            .await
+            .into_iter()
+            .filter(|e| e.key.starts_with(&prefix))
+            .collect();
+        let h = resolve_indeterminate(&rec.history.lock().unwrap(), &events);
         operations += h.len();
         eprintln!(
             "robustness: round {round}: {} operations; {} faults so far",
@@ -680,16 +743,7 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
         )
     );
     // The authoritative event history: a fresh watch from the same revision.
-    let mut fresh = c.client().watch(watch_create, Duration::from_secs(30));
-    let mut truth: Vec<SeenEvent> = Vec::new();
-    while truth.last().map_or(0, |e| e.revision) < last {
-        let m = tokio::time::timeout(Duration::from_secs(30), fresh.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        truth.extend(m.events.iter().map(event_of));
-    }
+    let truth = replay(&c, start_rev, last).await;
     if let Err(e) = check_acknowledged(&rec.acked.lock().unwrap(), &truth) {
         panic!("{}", report(&schedule, "an acknowledged write is wrong", e));
     }

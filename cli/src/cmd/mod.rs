@@ -1,5 +1,6 @@
 //! One file per command.
 
+pub mod agent;
 pub mod alarm;
 pub mod bench;
 pub mod compact;
@@ -8,9 +9,13 @@ pub mod endpoint;
 pub mod get;
 pub mod lease;
 pub mod member;
+pub mod node;
 pub mod put;
+pub mod run;
 pub mod server;
 pub mod snapshot;
 pub mod status;
+pub mod task;
 pub mod txn;
+pub mod var;
 pub mod watch;

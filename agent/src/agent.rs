@@ -1,0 +1,739 @@
+//! `eden agent`: registers its node, keeps its lease alive, and runs the tasks assigned to it.
+//!
+//! ```text
+//!  start ─▶ lock data dir ─▶ register (txn: alive absent, or owner is this instance)
+//!                              │
+//!        ┌─────────────────────┼───────────────────────────┐
+//!   keep-alive loop       facts loop            assignments: reconcile (list), then watch
+//!   (re-register if       (seen_at)             /eden/nodes/NODE/tasks/ from the saved cursor
+//!    the lease expired)                          │ per assignment: claim txn ─▶ run ─▶ result txn
+//! ```
+//!
+//! At most once: an assignment runs only after this agent's claim txn succeeded (claim and result
+//! both absent). A claim found without a result and made by another run of the agent (one that
+//! was killed) is reported as `lost`, never run again. The result and a registered variable are
+//! written in one txn, only if no result exists yet.
+//!
+//! The cursor (the last assignment revision handled) is saved in the data dir; on start the agent
+//! also lists its assignments to settle claims its previous run left, and when the watch history
+//! was compacted it lists them again.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eden_proto::client::Client;
+use eden_proto::etcdserverpb::WatchCreateRequest;
+use eden_proto::keys::prefix_end;
+use eden_proto::mvccpb::event::EventType;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Semaphore};
+
+use crate::exec::{self, Ending, Job};
+use crate::keys;
+use crate::kv;
+use crate::model::{now_ms, show_time, Alive, Claim, Facts, Status, TaskResult, TaskSpec};
+use crate::template::{self, Context, NodeContext};
+use crate::vars;
+use crate::Error;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// Tasks run at the same time at most.
+    pub concurrency: usize,
+    pub lease_ttl: Duration,
+    /// How often the facts (and "last seen") are refreshed.
+    pub facts_interval: Duration,
+    /// Stored output per stream, at most.
+    pub max_output_bytes: usize,
+    /// Labels to propose for a node that has none yet.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl AgentConfig {
+    pub fn new(name: &str, data_dir: PathBuf) -> AgentConfig {
+        AgentConfig {
+            name: name.to_string(),
+            data_dir,
+            concurrency: 4,
+            lease_ttl: Duration::from_secs(10),
+            facts_interval: Duration::from_secs(60),
+            max_output_bytes: 64 * 1024,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the data dir keeps.
+#[derive(Serialize, Deserialize)]
+struct Identity {
+    instance: String,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.gen::<u8>()))
+        .collect()
+}
+
+/// Holds an exclusive lock on the data dir for the agent's life (the lock goes with the file).
+struct DirLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_dir(dir: &Path) -> Result<DirLock, Error> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(|e| Error::Invalid(format!("data dir {}: {e}", dir.display())))?;
+    // SAFETY: flock on a file descriptor we own.
+    let r = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB)
+    };
+    if r != 0 {
+        return Err(Error::Refused(format!(
+            "another agent is running on the data dir {}",
+            dir.display()
+        )));
+    }
+    Ok(DirLock(f))
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Resolves once the flag is true (never, if its sender is gone while false).
+async fn until_true(mut rx: watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    client: Arc<Client>,
+    instance: String,
+    /// This process's run: tells its claims from those of a previous (killed) run.
+    run: String,
+    lease: AtomicI64,
+    facts: Mutex<Facts>,
+    permits: Arc<Semaphore>,
+    /// Assignments handled (or being handled) by this run.
+    handled: Mutex<HashSet<String>>,
+    /// Tasks this run started executing.
+    started: Mutex<HashSet<String>>,
+    running: Mutex<usize>,
+    shutdown: watch::Sender<bool>,
+    _lock: DirLock,
+}
+
+impl Agent {
+    /// Opens the data dir and registers the node. Refused when a live agent of another instance
+    /// holds the name.
+    pub async fn start(cfg: AgentConfig, client: Arc<Client>) -> Result<Arc<Agent>, Error> {
+        keys::check_node_name(&cfg.name).map_err(Error::Invalid)?;
+        std::fs::create_dir_all(cfg.data_dir.join("scripts"))
+            .map_err(|e| Error::Invalid(format!("data dir {}: {e}", cfg.data_dir.display())))?;
+        let lock = lock_dir(&cfg.data_dir)?;
+        let id_path = cfg.data_dir.join("agent.json");
+        let identity: Identity = match std::fs::read(&id_path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", id_path.display())))?,
+            Err(_) => {
+                let id = Identity {
+                    instance: random_hex(8),
+                };
+                write_atomic(&id_path, &serde_json::to_vec(&id).expect("JSON"))
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", id_path.display())))?;
+                id
+            }
+        };
+        let started_at = now_ms();
+        let agent = Arc::new(Agent {
+            instance: identity.instance,
+            run: random_hex(6),
+            lease: AtomicI64::new(0),
+            facts: Mutex::new(crate::facts::gather(started_at)),
+            permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+            handled: Mutex::new(HashSet::new()),
+            started: Mutex::new(HashSet::new()),
+            running: Mutex::new(0),
+            shutdown: watch::channel(false).0,
+            client,
+            cfg,
+            _lock: lock,
+        });
+        // An unreachable cluster is waited for (the agent usually starts with the machine).
+        loop {
+            match agent.register().await {
+                Err(Error::Client(e)) => {
+                    tracing::warn!("registering: {e}; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => break other?,
+            }
+        }
+        tracing::info!(node = %agent.cfg.name, instance = %agent.instance, run = %agent.run, "registered");
+        Ok(agent)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// Takes the node's name: as new (no live agent holds it), or back (this instance owns it).
+    async fn register(&self) -> Result<(), Error> {
+        let name = &self.cfg.name;
+        let lease = self
+            .client
+            .lease_grant(self.cfg.lease_ttl.as_secs().max(1) as i64, 0)
+            .await?
+            .id;
+        let alive = Alive {
+            instance: self.instance.clone(),
+            run: self.run.clone(),
+            lease,
+            since: now_ms(),
+        };
+        let facts = {
+            let mut f = self.facts.lock().unwrap();
+            f.seen_at = now_ms();
+            f.clone()
+        };
+        let owner = serde_json::to_vec(&self.instance).expect("JSON");
+        let r = kv::txn(
+            &self.client,
+            vec![kv::absent(&keys::alive(name))],
+            vec![
+                kv::put_raw(&keys::owner(name), owner.clone(), 0),
+                kv::put(&keys::alive(name), &alive, lease),
+                kv::put(&keys::facts(name), &facts, 0),
+            ],
+            vec![kv::get(&keys::alive(name))],
+        )
+        .await?;
+        if !r.succeeded {
+            let holder: Option<Alive> = kv::txn_kvs(&r, 0)
+                .first()
+                .and_then(|kv| kv::decode(kv).ok());
+            let back = kv::txn(
+                &self.client,
+                vec![kv::value_is(&keys::owner(name), &owner)],
+                vec![
+                    kv::put(&keys::alive(name), &alive, lease),
+                    kv::put(&keys::facts(name), &facts, 0),
+                ],
+                vec![],
+            )
+            .await?;
+            if !back.succeeded {
+                let _ = self.client.lease_revoke(lease).await;
+                let who = holder.map_or(String::new(), |h| {
+                    format!(
+                        " (instance {}, up since {})",
+                        h.instance,
+                        show_time(h.since)
+                    )
+                });
+                return Err(Error::Refused(format!(
+                    "node {name} is already registered by a live agent{who}; give this agent another --name, or stop the other one (its registration expires {} s after it stops)",
+                    self.cfg.lease_ttl.as_secs()
+                )));
+            }
+            // Our previous run's lease would expire by itself; let it go now.
+            if let Some(old) = holder.filter(|h| h.lease != lease) {
+                let _ = self.client.lease_revoke(old.lease).await;
+            }
+        }
+        self.lease.store(lease, Ordering::SeqCst);
+        if !self.cfg.labels.is_empty() {
+            let r = kv::txn(
+                &self.client,
+                vec![kv::absent(&keys::labels(name))],
+                vec![kv::put(&keys::labels(name), &self.cfg.labels, 0)],
+                vec![],
+            )
+            .await?;
+            if !r.succeeded {
+                tracing::info!("node {name} has labels already: the proposed ones are ignored");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until `stop` resolves (then stops cleanly) or the node's name is lost to another
+    /// agent (Err).
+    pub async fn run(
+        self: Arc<Self>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let keepalive = tokio::spawn(self.clone().keepalive_loop());
+        let facts = tokio::spawn(self.clone().facts_loop());
+        let tasks = tokio::spawn(self.clone().assignments_loop());
+        let outcome = tokio::select! {
+            _ = stop => Ok(()),
+            r = keepalive => r.unwrap_or_else(|e| Err(Error::Refused(format!("keep-alive: {e}")))),
+            r = tasks => r.unwrap_or_else(|e| Err(Error::Refused(format!("tasks: {e}")))),
+        };
+        facts.abort();
+        self.stop_cleanly().await;
+        outcome
+    }
+
+    async fn stop_cleanly(&self) {
+        let _ = self.shutdown.send(true);
+        // Running tasks are killed and report "canceled"; give them a moment to write it.
+        for _ in 0..50 {
+            if *self.running.lock().unwrap() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let name = &self.cfg.name;
+        let facts = {
+            let mut f = self.facts.lock().unwrap();
+            f.seen_at = now_ms();
+            f.stopped_at = Some(now_ms());
+            f.clone()
+        };
+        let alive_of_this_run = serde_json::to_vec(&self.instance).expect("JSON");
+        let _ = kv::txn(
+            &self.client,
+            vec![kv::value_is(&keys::owner(name), &alive_of_this_run)],
+            vec![
+                kv::put(&keys::facts(name), &facts, 0),
+                kv::delete(&keys::alive(name)),
+            ],
+            vec![],
+        )
+        .await;
+        let _ = self
+            .client
+            .lease_revoke(self.lease.load(Ordering::SeqCst))
+            .await;
+        tracing::info!(node = %name, "stopped");
+    }
+
+    async fn keepalive_loop(self: Arc<Self>) -> Result<(), Error> {
+        loop {
+            tokio::time::sleep(self.cfg.lease_ttl / 3).await;
+            let lease = self.lease.load(Ordering::SeqCst);
+            match self.client.lease_keep_alive_once(lease).await {
+                Ok(r) if r.ttl > 0 => {}
+                Ok(_) => {
+                    tracing::warn!("the node's lease expired (the cluster did not hear from this agent in time): registering again");
+                    match self.register().await {
+                        Err(Error::Client(e)) => tracing::warn!("registering again: {e}"),
+                        other => other?,
+                    }
+                }
+                Err(e) => tracing::warn!("keep-alive failed: {e}"),
+            }
+        }
+    }
+
+    async fn facts_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.cfg.facts_interval).await;
+            let facts = {
+                let mut f = self.facts.lock().unwrap();
+                f.seen_at = now_ms();
+                f.clone()
+            };
+            let put = kv::put(&keys::facts(&self.cfg.name), &facts, 0);
+            if let Err(e) = kv::txn(&self.client, vec![], vec![put], vec![]).await {
+                tracing::warn!("refreshing facts failed: {e}");
+            }
+        }
+    }
+
+    fn cursor_path(&self) -> PathBuf {
+        self.cfg.data_dir.join("cursor")
+    }
+
+    fn load_cursor(&self) -> Option<i64> {
+        std::fs::read_to_string(self.cursor_path())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    fn save_cursor(&self, rev: i64) {
+        if let Err(e) = write_atomic(&self.cursor_path(), rev.to_string().as_bytes()) {
+            tracing::warn!("saving the cursor: {e}");
+        }
+    }
+
+    /// Lists this node's assignments and handles each; returns the revision read.
+    async fn reconcile(self: &Arc<Self>) -> Result<i64, Error> {
+        let prefix = keys::assignments(&self.cfg.name);
+        let (kvs, rev) = kv::get_prefix(&self.client, &prefix, 0, true).await?;
+        for kv in kvs {
+            if let Some(id) = keys::rest(&kv.key, &prefix) {
+                self.handle(id.to_string()).await;
+            }
+        }
+        Ok(rev)
+    }
+
+    async fn assignments_loop(self: Arc<Self>) -> Result<(), Error> {
+        let prefix = keys::assignments(&self.cfg.name);
+        // Settle what a previous run left (claims without results), then resume the watch.
+        let listed = loop {
+            match self.reconcile().await {
+                Ok(rev) => break rev,
+                Err(e) => {
+                    tracing::warn!("listing assignments: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let mut cursor = self.load_cursor().unwrap_or(listed).min(listed);
+        self.save_cursor(cursor.max(listed));
+        loop {
+            let mut w = self.client.watch(
+                WatchCreateRequest {
+                    key: prefix.clone().into(),
+                    range_end: prefix_end(prefix.as_bytes()),
+                    start_revision: cursor + 1,
+                    ..Default::default()
+                },
+                Duration::from_secs(24 * 3600),
+            );
+            while let Some(m) = w.recv().await {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!("watching assignments: {e}");
+                        break;
+                    }
+                };
+                if m.canceled {
+                    tracing::warn!(
+                        compacted = m.compact_revision,
+                        "the assignment history was compacted past the cursor: listing again"
+                    );
+                    if let Ok(rev) = self.reconcile().await {
+                        cursor = rev;
+                        self.save_cursor(rev);
+                    }
+                    break;
+                }
+                for e in &m.events {
+                    let Some(kv) = &e.kv else { continue };
+                    if e.r#type == EventType::Put as i32 {
+                        if let Some(id) = keys::rest(&kv.key, &prefix) {
+                            self.handle(id.to_string()).await;
+                        }
+                    }
+                    cursor = cursor.max(kv.mod_revision);
+                }
+                if !m.events.is_empty() {
+                    self.save_cursor(cursor);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Decides what to do with one assignment; starts the run after a successful claim.
+    async fn handle(self: &Arc<Self>, id: String) {
+        if !self.handled.lock().unwrap().insert(id.clone()) {
+            return;
+        }
+        if let Err(e) = self.try_handle(&id).await {
+            tracing::warn!(task = %id, "handling the assignment failed, will retry: {e}");
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match me.try_handle(&id).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(task = %id, "handling the assignment failed, will retry: {e}")
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    async fn try_handle(self: &Arc<Self>, id: &str) -> Result<(), Error> {
+        let node = self.cfg.name.as_str();
+        let r = kv::txn(
+            &self.client,
+            vec![],
+            vec![
+                kv::get(&keys::spec(id)),
+                kv::get(&keys::claim(id, node)),
+                kv::get(&keys::result(id, node)),
+                kv::get(&keys::cancel(id)),
+            ],
+            vec![],
+        )
+        .await?;
+        let Some(spec_kv) = kv::txn_kvs(&r, 0).first() else {
+            return Ok(()); // past its retention
+        };
+        let spec: TaskSpec = kv::decode(spec_kv).map_err(Error::Corrupt)?;
+        if !kv::txn_kvs(&r, 2).is_empty() {
+            return Ok(()); // done
+        }
+        if let Some(claim_kv) = kv::txn_kvs(&r, 1).first() {
+            let claim: Claim = kv::decode(claim_kv).map_err(Error::Corrupt)?;
+            if claim.run == self.run {
+                // Ours: maybe a claim txn whose answer was lost (the member died after
+                // committing it). Run it unless this run already does.
+                self.start_execution(spec);
+                return Ok(());
+            }
+            let lost = TaskResult::without_run(
+                Status::Lost,
+                format!(
+                    "the agent run that started it at {} ended before reporting a result (killed?); eden does not run it again",
+                    show_time(claim.started_at)
+                ),
+            );
+            return self.write_result(&spec, lost, None).await;
+        }
+        if !kv::txn_kvs(&r, 3).is_empty() {
+            let r = TaskResult::without_run(Status::Canceled, "canceled before it started");
+            return self.write_result(&spec, r, None).await;
+        }
+        if now_ms() > spec.deadline {
+            let r = TaskResult::without_run(
+                Status::Unreachable,
+                format!(
+                    "the agent got the task after its deadline ({})",
+                    show_time(spec.deadline)
+                ),
+            );
+            return self.write_result(&spec, r, None).await;
+        }
+        let claim = Claim {
+            instance: self.instance.clone(),
+            run: self.run.clone(),
+            started_at: now_ms(),
+        };
+        let c = kv::txn(
+            &self.client,
+            vec![
+                kv::absent(&keys::claim(id, node)),
+                kv::absent(&keys::result(id, node)),
+            ],
+            vec![kv::put(&keys::claim(id, node), &claim, spec.lease)],
+            vec![],
+        )
+        .await?;
+        if c.succeeded {
+            self.start_execution(spec);
+        }
+        Ok(())
+    }
+
+    /// Starts the run of a task this run claimed, once.
+    fn start_execution(self: &Arc<Self>, spec: TaskSpec) {
+        if !self.started.lock().unwrap().insert(spec.id.clone()) {
+            return;
+        }
+        *self.running.lock().unwrap() += 1;
+        tokio::spawn(self.clone().execute(spec));
+    }
+
+    /// Writes a result (and the registered variable) unless a result exists.
+    async fn write_result(
+        &self,
+        spec: &TaskSpec,
+        result: TaskResult,
+        register: Option<serde_json::Value>,
+    ) -> Result<(), Error> {
+        let node = self.cfg.name.as_str();
+        let mut ops = vec![kv::put(&keys::result(&spec.id, node), &result, spec.lease)];
+        if let (Some(name), Some(value)) = (&spec.register, register) {
+            ops.push(kv::put(&keys::var(node, name), &value, 0));
+        }
+        kv::txn(
+            &self.client,
+            vec![kv::absent(&keys::result(&spec.id, node))],
+            ops,
+            vec![],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The template context for this node.
+    async fn context(&self, spec: &TaskSpec) -> Result<Context, Error> {
+        let labels = match kv::get_one(&self.client, &keys::labels(&self.cfg.name)).await? {
+            Some(kv) => kv::decode(&kv).map_err(Error::Corrupt)?,
+            None => BTreeMap::new(),
+        };
+        let vars = if template::uses_vars(spec) {
+            vars::all(&self.client).await?
+        } else {
+            BTreeMap::new()
+        };
+        Ok(Context {
+            node: NodeContext {
+                name: self.cfg.name.clone(),
+                labels,
+                facts: self.facts.lock().unwrap().clone(),
+            },
+            vars,
+        })
+    }
+
+    /// Renders the task and turns it into a job; Err is why it cannot run.
+    async fn prepare(&self, spec: &TaskSpec) -> Result<Job, String> {
+        let ctx = self.context(spec).await.map_err(|e| e.to_string())?;
+        let spec = template::render(spec, &ctx)?;
+        let (program, args) = if let Some(script) = &spec.script {
+            let path = self.cfg.data_dir.join("scripts").join(&spec.id);
+            std::fs::write(&path, script)
+                .and_then(|_| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(|e| format!("writing the script to {}: {e}", path.display()))?;
+            let path = path.display().to_string();
+            if script.starts_with("#!") {
+                (path, spec.command.clone())
+            } else {
+                let mut a = vec![path];
+                a.extend(spec.command.iter().cloned());
+                ("sh".to_string(), a)
+            }
+        } else if spec.shell {
+            (
+                "sh".to_string(),
+                vec!["-c".to_string(), spec.command.join(" ")],
+            )
+        } else {
+            let (p, a) = spec.command.split_first().ok_or("no command")?;
+            (p.clone(), a.to_vec())
+        };
+        Ok(Job {
+            program,
+            args,
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            timeout: Duration::from_millis(spec.timeout_ms),
+            max_output_bytes: self.cfg.max_output_bytes,
+        })
+    }
+
+    /// Resolves when the task is canceled or the agent stops.
+    async fn canceled(&self, id: &str) {
+        let shutdown = self.shutdown.subscribe();
+        let key = keys::cancel(id);
+        let from = match kv::get_prefix(&self.client, &key, 0, true).await {
+            Ok((kvs, _)) if kvs.iter().any(|kv| kv.key == key.as_bytes()) => return,
+            Ok((_, rev)) => rev + 1,
+            Err(_) => 0,
+        };
+        let mut w = self.client.watch(
+            WatchCreateRequest {
+                key: key.into(),
+                start_revision: from,
+                ..Default::default()
+            },
+            Duration::from_secs(24 * 3600),
+        );
+        loop {
+            tokio::select! {
+                m = w.recv() => match m {
+                    Some(Ok(m)) if m.events.iter().any(|e| e.r#type == EventType::Put as i32) => return,
+                    Some(_) => {}
+                    None => std::future::pending::<()>().await,
+                },
+                _ = until_true(shutdown.clone()) => return,
+            }
+        }
+    }
+
+    async fn execute(self: Arc<Self>, spec: TaskSpec) {
+        let permit = self.permits.clone().acquire_owned().await;
+        let started = now_ms();
+        let (result, register) = match self.prepare(&spec).await {
+            Err(why) => (TaskResult::without_run(Status::Error, why), None),
+            Ok(job) => match exec::run(&job, self.canceled(&spec.id)).await {
+                Err(why) => (TaskResult::without_run(Status::Error, why), None),
+                Ok(o) => {
+                    let stopping = *self.shutdown.borrow();
+                    let (status, exit_code, error) = match o.ending {
+                        Ending::Exited(Some(0)) => (Status::Ok, Some(0), None),
+                        Ending::Exited(Some(c)) => (Status::Failed, Some(c), None),
+                        Ending::Exited(None) => {
+                            (Status::Failed, None, Some("killed by a signal".to_string()))
+                        }
+                        Ending::TimedOut => (
+                            Status::Timeout,
+                            None,
+                            Some(format!(
+                                "killed after its timeout of {}",
+                                humantime::format_duration(job.timeout)
+                            )),
+                        ),
+                        Ending::Canceled if stopping => (
+                            Status::Canceled,
+                            None,
+                            Some("the agent stopped".to_string()),
+                        ),
+                        Ending::Canceled => (Status::Canceled, None, Some("canceled".to_string())),
+                    };
+                    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+                    let register = (status == Status::Ok && spec.register.is_some())
+                        .then(|| vars::value_of_text(&stdout));
+                    let r = TaskResult {
+                        status,
+                        exit_code,
+                        stdout,
+                        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+                        stdout_truncated: o.stdout_truncated,
+                        stderr_truncated: o.stderr_truncated,
+                        started_at: Some(started),
+                        ended_at: now_ms(),
+                        error,
+                    };
+                    (r, register)
+                }
+            },
+        };
+        drop(permit);
+        let _ = std::fs::remove_file(self.cfg.data_dir.join("scripts").join(&spec.id));
+        tracing::info!(task = %spec.id, status = result.status.as_str(), "task finished");
+        // A result must not be lost to a passing outage: retry until it is written.
+        for attempt in 0.. {
+            match self
+                .write_result(&spec, result.clone(), register.clone())
+                .await
+            {
+                Ok(()) => break,
+                Err(e) if attempt < 600 => {
+                    tracing::warn!(task = %spec.id, "writing the result failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::error!(task = %spec.id, "giving up writing the result: {e}");
+                    break;
+                }
+            }
+        }
+        *self.running.lock().unwrap() -= 1;
+    }
+}

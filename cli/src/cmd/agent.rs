@@ -1,0 +1,125 @@
+//! `eden agent`: runs the agent of this machine (see `eden_agent::agent`). Settings come from
+//! flags or a TOML `--config` file (flags win); endpoints from `--endpoints` / EDEN_ENDPOINTS.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use eden_agent::agent::{Agent, AgentConfig};
+use eden_proto::client::Client;
+use serde::Deserialize;
+
+use crate::exit::Failure;
+
+#[derive(Args, Debug, Default)]
+pub struct AgentArgs {
+    /// A TOML file with any of these settings (and `labels = { role = "web" }`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's name [default: the hostname].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the agent keeps its identity and cursor [default: ./eden-agent].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Tasks run at the same time at most [default: 4].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// The node's lease: it shows as down this long after the agent dies [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// How often facts and "last seen" are refreshed [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub facts_interval: Option<Duration>,
+    /// Output kept per stream of a task, in bytes [default: 65536].
+    #[arg(long)]
+    pub max_output_bytes: Option<usize>,
+    /// A label to propose, KEY=VALUE (repeatable); used only if the node has no labels yet.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    concurrency: Option<usize>,
+    lease_ttl: Option<String>,
+    facts_interval: Option<String>,
+    max_output_bytes: Option<usize>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+fn duration(what: &str, s: Option<String>) -> Result<Option<Duration>, Failure> {
+    s.map(|s| {
+        humantime::parse_duration(&s)
+            .map_err(|e| Failure::usage(format!("bad {what} {s:?} in the config file: {e}")))
+    })
+    .transpose()
+}
+
+pub fn resolve(a: &AgentArgs) -> Result<AgentConfig, Failure> {
+    let file: FileConfig = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| Failure::usage(format!("{}: {e}", p.display())))?;
+            toml::from_str(&text).map_err(|e| Failure::usage(format!("{}: {e}", p.display())))?
+        }
+        None => FileConfig::default(),
+    };
+    let name = a
+        .name
+        .clone()
+        .or(file.name)
+        .unwrap_or_else(eden_agent::facts::hostname);
+    let data_dir = a
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("eden-agent"));
+    let mut c = AgentConfig::new(&name, data_dir);
+    if let Some(v) = a.concurrency.or(file.concurrency) {
+        c.concurrency = v.max(1);
+    }
+    if let Some(v) = a.lease_ttl.or(duration("lease-ttl", file.lease_ttl)?) {
+        c.lease_ttl = v.max(Duration::from_secs(2));
+    }
+    if let Some(v) = a
+        .facts_interval
+        .or(duration("facts-interval", file.facts_interval)?)
+    {
+        c.facts_interval = v.max(Duration::from_secs(1));
+    }
+    if let Some(v) = a.max_output_bytes.or(file.max_output_bytes) {
+        c.max_output_bytes = v;
+    }
+    c.labels = file.labels;
+    for l in &a.labels {
+        match eden_agent::nodes::LabelChange::parse(l)? {
+            eden_agent::nodes::LabelChange::Set(k, v) => {
+                c.labels.insert(k, v);
+            }
+            _ => return Err(Failure::usage(format!("--label {l}: expected KEY=VALUE"))),
+        }
+    }
+    Ok(c)
+}
+
+pub async fn run(client: &Arc<Client>, a: AgentArgs) -> Result<(), Failure> {
+    let cfg = resolve(&a)?;
+    let agent = Agent::start(cfg, client.clone()).await?;
+    let stop = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => tracing::info!("SIGTERM: stopping"),
+        }
+    };
+    agent.run(stop).await?;
+    Ok(())
+}

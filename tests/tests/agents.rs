@@ -1,0 +1,459 @@
+//! Agents and tasks against real processes: three `eden server` members and three `eden agent`s,
+//! driven with the `eden` CLI as an operator would.
+
+use std::time::Duration;
+
+use eden_tests::{wait_for, AgentProc, CliOutput, Cluster};
+use serde_json::Value;
+
+/// Three members and agents web1 (role=web), web2 (role=web), db1 (role=db), all up.
+async fn setup(extra: &[&str]) -> (Cluster, Vec<AgentProc>) {
+    let c = Cluster::start(3, &[]).await;
+    let mut agents = Vec::new();
+    for (name, role) in [("web1", "web"), ("web2", "web"), ("db1", "db")] {
+        let label = format!("role={role}");
+        let mut args = vec!["--label", label.as_str()];
+        args.extend_from_slice(extra);
+        agents.push(c.agent(name, &args));
+    }
+    wait_up(&c, &["web1", "web2", "db1"], true).await;
+    (c, agents)
+}
+
+async fn nodes(c: &Cluster) -> Value {
+    let o = c.eden(&["node", "ls", "-w", "json"]).await;
+    serde_json::from_str(&o.stdout).unwrap_or(Value::Null)
+}
+
+async fn wait_up(c: &Cluster, names: &[&str], up: bool) {
+    wait_for(
+        &format!("{names:?} to be {}", if up { "up" } else { "down" }),
+        Duration::from_secs(20),
+        || async {
+            let n = nodes(c).await;
+            names.iter().all(|name| {
+                n.as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x["name"] == *name && x["up"] == Value::Bool(up))
+                })
+            })
+        },
+    )
+    .await;
+}
+
+/// The per-node results of `eden run ... -w json` (or `task wait -w json`).
+fn results(o: &CliOutput) -> Value {
+    let v: Value =
+        serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {o:?}"));
+    v["nodes"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_selectors_and_node_lists() {
+    let (c, _agents) = setup(&[]).await;
+    // A selector: both web nodes, each with its own output.
+    let o = c
+        .eden(&[
+            "run",
+            "--on",
+            "role=web",
+            "-w",
+            "json",
+            "--",
+            "sh",
+            "-c",
+            "echo I am $(hostname) >/dev/null; echo hi",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let r = results(&o);
+    assert_eq!(r.as_object().unwrap().len(), 2, "{r}");
+    for n in ["web1", "web2"] {
+        assert_eq!(r[n]["state"], "done");
+        assert_eq!(r[n]["status"], "ok");
+        assert_eq!(r[n]["exit_code"], 0);
+        assert_eq!(r[n]["stdout"], "hi\n");
+    }
+    // Simple output: a header line per node, then its output.
+    let o = c
+        .eden(&["run", "--nodes", "db1,web1", "--", "echo", "x"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        o.stdout.starts_with("== db1: ok (exit 0, ") && o.stdout.contains("s)\nx\n== web1: ok"),
+        "{}",
+        o.stdout
+    );
+    // A failing target: exit code 4, its stderr and exit code shown.
+    let o = c
+        .eden(&[
+            "run",
+            "--on",
+            "role in (web,db),!gone",
+            "-w",
+            "json",
+            "--shell",
+            "--",
+            "echo out; echo oops >&2; test {{ node.labels.role }} = web",
+        ])
+        .await;
+    assert_eq!(o.code, Some(4), "{o:?}");
+    let r = results(&o);
+    assert_eq!(r["db1"]["status"], "failed");
+    assert_eq!(r["db1"]["exit_code"], 1);
+    assert_eq!(r["db1"]["stderr"], "oops\n");
+    assert_eq!(r["web1"]["status"], "ok");
+    // Bad selectors and empty matches: clear one-line errors, nothing created.
+    let before = c.eden(&["task", "ls", "-w", "json"]).await.stdout;
+    let o = c.eden(&["run", "--on", "role in (web", "--", "true"]).await;
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(
+        o.stderr.contains("bad selector") && o.stderr.contains("unbalanced"),
+        "{}",
+        o.stderr
+    );
+    let o = c.eden(&["run", "--on", "role=nope", "--", "true"]).await;
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(o.stderr.contains("matched no node"), "{}", o.stderr);
+    let o = c
+        .eden(&["run", "--nodes", "web1,ghost", "--", "true"])
+        .await;
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(o.stderr.contains("unknown node(s): ghost"), "{}", o.stderr);
+    assert_eq!(c.eden(&["task", "ls", "-w", "json"]).await.stdout, before);
+    // Labels are the operator's: change one and the selector follows.
+    let o = c
+        .eden(&["node", "label", "web2", "role=db", "tier=b"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let o = c
+        .eden(&["run", "--on", "role=db", "-w", "json", "--", "true"])
+        .await;
+    let r = results(&o);
+    assert!(
+        r.get("web2").is_some() && r.get("db1").is_some() && r.get("web1").is_none(),
+        "{r}"
+    );
+    // ...and a restarted agent does not take them back from its config.
+    let o = c.eden(&["node", "show", "web2", "-w", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["labels"]["role"], "db");
+    assert!(v["facts"]["cpus"].as_u64().unwrap() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_variable_feeds_a_template_on_another_node() {
+    let (c, _agents) = setup(&[]).await;
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "db1",
+            "--register",
+            "token",
+            "--",
+            "sh",
+            "-c",
+            "echo s3cret-$((6*7))",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let o = c.eden(&["var", "get", "db1", "token"]).await;
+    assert_eq!(o.stdout, "s3cret-42\n", "{o:?}");
+    // JSON output is stored as JSON.
+    c.eden(&[
+        "run",
+        "--nodes",
+        "db1",
+        "--register",
+        "info",
+        "--",
+        "echo",
+        "{\"port\": 5432}",
+    ])
+    .await;
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "web1",
+            "-w",
+            "json",
+            "--",
+            "echo",
+            "{{ vars[\"db1\"].token }}:{{ vars[\"db1\"].info.port }}@{{ node.name }}",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(results(&o)["web1"]["stdout"], "s3cret-42:5432@web1\n");
+    // A failed run does not overwrite the variable.
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "db1",
+            "--register",
+            "token",
+            "--",
+            "sh",
+            "-c",
+            "echo bad; exit 3",
+        ])
+        .await;
+    assert_eq!(o.code, Some(4), "{o:?}");
+    assert_eq!(
+        c.eden(&["var", "get", "db1", "token"]).await.stdout,
+        "s3cret-42\n"
+    );
+    // Cluster-wide variables, and an undefined name fails the task before anything runs.
+    c.eden(&["var", "set", "--cluster", "dc", "fra"]).await;
+    let marker = c.dir().join("ran");
+    let script = format!(
+        "touch {} {{{{ vars.cluster.dc }}}} {{{{ vars[\"db1\"].nope }}}}",
+        marker.display()
+    );
+    let o = c
+        .eden(&[
+            "run", "--nodes", "web1", "-w", "json", "--shell", "--", &script,
+        ])
+        .await;
+    assert_eq!(o.code, Some(4), "{o:?}");
+    let r = &results(&o)["web1"];
+    assert_eq!(r["status"], "error");
+    assert!(r["error"].as_str().unwrap().contains("undefined"), "{r}");
+    assert!(
+        !marker.exists(),
+        "the command ran despite the template error"
+    );
+    // History by revision.
+    let o = c.eden(&["var", "ls", "db1", "-w", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    let rev = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "token")
+        .unwrap()["revision"]
+        .as_i64()
+        .unwrap();
+    c.eden(&["var", "set", "db1", "token", "rotated"]).await;
+    assert_eq!(
+        c.eden(&["var", "get", "db1", "token"]).await.stdout,
+        "rotated\n"
+    );
+    let o = c
+        .eden(&["var", "get", "db1", "token", "--rev", &rev.to_string()])
+        .await;
+    assert_eq!(o.stdout, "s3cret-42\n", "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_task_reports_it_lost_and_nothing_runs_twice() {
+    let (c, mut agents) = setup(&[]).await;
+    let counter = c.dir().join("runs");
+    let cmd = format!("echo run >> {}; sleep 30", counter.display());
+    let o = c
+        .eden(&["run", "--nodes", "web1", "--async", "--shell", "--", &cmd])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let id = o.stdout.trim().to_string();
+    wait_for("the task to start", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&counter).is_ok_and(|s| s.lines().count() == 1)
+    })
+    .await;
+    agents[0].kill();
+    agents[0].restart();
+    let o = c.eden(&["task", "wait", &id, "-w", "json"]).await;
+    assert_eq!(o.code, Some(6), "{o:?}");
+    let r = &results(&o)["web1"];
+    assert_eq!(r["status"], "lost", "{r}");
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap().lines().count(),
+        1,
+        "it ran again"
+    );
+    // A finished task is not run again by a restarted agent either (clean stop, then start).
+    let o = c
+        .eden(&[
+            "run",
+            "--on",
+            "role=web",
+            "--shell",
+            "--",
+            &format!("echo again >> {}", counter.display()),
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(agents[0].stop(), Some(0));
+    agents[0].restart();
+    agents[1].kill();
+    agents[1].restart();
+    wait_up(&c, &["web1", "web2"], true).await;
+    // Let the restarted agents reconcile, then count: 1 lost run + 2 runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap().lines().count(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_while_a_task_fans_out_loses_no_result() {
+    let (mut c, _agents) = setup(&[]).await;
+    let marks = c.dir().join("marks");
+    let cmd = format!("sleep 1; echo {{{{ node.name }}}} >> {}", marks.display());
+    let o = c
+        .eden(&["run", "--on", "role", "--async", "--shell", "--", &cmd])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let id = o.stdout.trim().to_string();
+    let leader = c.wait_leader().await;
+    c.kill(leader);
+    let o = c.eden(&["task", "wait", &id, "-w", "json"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let r = results(&o);
+    for n in ["web1", "web2", "db1"] {
+        assert_eq!(r[n]["status"], "ok", "{r}");
+    }
+    let mut lines: Vec<String> = std::fs::read_to_string(&marks)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["db1", "web1", "web2"],
+        "each node ran it exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_agent_shows_down_and_offline_targets_wait_for_the_deadline() {
+    let (c, mut agents) = setup(&[]).await;
+    // kill -9: the node is down within its lease TTL (3 s here), and "last seen" is kept.
+    agents[1].kill();
+    let t = std::time::Instant::now();
+    wait_up(&c, &["web2"], false).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "down after {:?}",
+        t.elapsed()
+    );
+    // A task for it waits; it runs when the agent returns before the deadline.
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "web2",
+            "--deadline",
+            "60s",
+            "--async",
+            "--",
+            "echo",
+            "late",
+        ])
+        .await;
+    let id = o.stdout.trim().to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let o = c.eden(&["task", "show", &id, "-w", "json"]).await;
+    assert_eq!(results(&o)["web2"]["state"], "pending", "{o:?}");
+    agents[1].restart();
+    let o = c.eden(&["task", "wait", &id, "-w", "json"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(results(&o)["web2"]["stdout"], "late\n");
+    // Past the deadline it is unreachable, and a returning agent does not run it.
+    agents[1].kill();
+    wait_up(&c, &["web2"], false).await;
+    let marker = c.dir().join("too-late");
+    let cmd = format!("touch {}", marker.display());
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "web2",
+            "--deadline",
+            "2s",
+            "-w",
+            "json",
+            "--shell",
+            "--",
+            &cmd,
+        ])
+        .await;
+    assert_eq!(o.code, Some(6), "{o:?}");
+    assert_eq!(results(&o)["web2"]["status"], "unreachable");
+    agents[1].restart();
+    wait_up(&c, &["web2"], true).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!marker.exists(), "a task past its deadline ran");
+    // A second agent cannot take a live node's name; the first one restarted takes it back at once.
+    let mut twin = c.agent_in("web2", "twin", &[]);
+    let code = twin.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1), "{}", twin.log_text());
+    assert!(
+        twin.log_text()
+            .contains("already registered by a live agent"),
+        "{}",
+        twin.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_kill_the_process_group_and_output_caps_hold() {
+    let (c, _agents) = setup(&["--max-output-bytes", "1000"]).await;
+    let marker = c.dir().join("survivor");
+    let cmd = format!("(sleep 3; touch {}) & sleep 30", marker.display());
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "web1",
+            "--timeout",
+            "1s",
+            "-w",
+            "json",
+            "--shell",
+            "--",
+            &cmd,
+        ])
+        .await;
+    assert_eq!(o.code, Some(5), "{o:?}");
+    assert_eq!(results(&o)["web1"]["status"], "timeout");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !marker.exists(),
+        "a process of the task's group outlived its timeout"
+    );
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "web1",
+            "-w",
+            "json",
+            "--shell",
+            "--",
+            "head -c 5000 /dev/zero | tr '\\0' x",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let r = &results(&o)["web1"];
+    assert_eq!(r["stdout"].as_str().unwrap().len(), 1000);
+    assert_eq!(r["stdout_truncated"], true);
+    // Cancel kills a running task.
+    let o = c
+        .eden(&["run", "--nodes", "db1", "--async", "--", "sleep", "30"])
+        .await;
+    let id = o.stdout.trim().to_string();
+    wait_for("the task to run", Duration::from_secs(20), || async {
+        let o = c.eden(&["task", "show", &id, "-w", "json"]).await;
+        results(&o)["db1"]["state"] == "running"
+    })
+    .await;
+    assert_eq!(c.eden(&["task", "cancel", &id]).await.code, Some(0));
+    let o = c.eden(&["task", "wait", &id, "-w", "json"]).await;
+    assert_eq!(o.code, Some(4), "{o:?}");
+    assert_eq!(results(&o)["db1"]["status"], "canceled");
+}

@@ -384,9 +384,23 @@ async fn a_dead_agent_shows_down_and_offline_targets_wait_for_the_deadline() {
         .await;
     assert_eq!(o.code, Some(6), "{o:?}");
     assert_eq!(results(&o)["web2"]["status"], "unreachable");
+    let id = serde_json::from_str::<Value>(&o.stdout).unwrap()["task"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     agents[1].restart();
-    wait_up(&c, &["web2"], true).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The returning agent records it as unreachable itself, and runs nothing.
+    wait_for(
+        "the agent to settle the late task",
+        Duration::from_secs(20),
+        || async {
+            let o = c.eden(&["task", "show", &id, "-w", "json"]).await;
+            results(&o)["web2"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("after its deadline"))
+        },
+    )
+    .await;
     assert!(!marker.exists(), "a task past its deadline ran");
     // A second agent cannot take a live node's name; the first one restarted takes it back at once.
     let mut twin = c.agent_in("web2", "twin", &[]);
@@ -456,4 +470,85 @@ async fn timeouts_kill_the_process_group_and_output_caps_hold() {
     let o = c.eden(&["task", "wait", &id, "-w", "json"]).await;
     assert_eq!(o.code, Some(4), "{o:?}");
     assert_eq!(results(&o)["db1"]["status"], "canceled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_variable_watches_and_forgetting_nodes() {
+    let (c, mut agents) = setup(&[]).await;
+    // A script travels in the task; its #! line picks the interpreter; words after -- are its args.
+    let script = c.dir().join("hello.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"script on {{ node.name }} says $1\"\n",
+    )
+    .unwrap();
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "web1",
+            "-w",
+            "json",
+            "--script",
+            script.to_str().unwrap(),
+            "--",
+            "hi",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(results(&o)["web1"]["stdout"], "script on web1 says hi\n");
+    // `eden var watch` prints each change (from a revision, so the set below cannot be missed).
+    let from = c
+        .client()
+        .range(eden_proto::etcdserverpb::RangeRequest {
+            key: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision
+        + 1;
+    let mut watch = tokio::process::Command::new(eden_tests::eden_bin())
+        .args([
+            "--endpoints",
+            &c.endpoints().join(","),
+            "var",
+            "watch",
+            "db1",
+        ])
+        .args(["--rev", &from.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    assert_eq!(
+        c.eden(&["var", "set", "db1", "color", "blue"]).await.code,
+        Some(0)
+    );
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("var watch printed nothing")
+        .unwrap();
+    assert_eq!(line.as_deref(), Some("db1 color blue"));
+    drop(watch);
+    // Forgetting a node: refused while its agent lives, then everything of it goes.
+    let o = c.eden(&["node", "rm", "db1"]).await;
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(o.stderr.contains("is up"), "{}", o.stderr);
+    agents[2].stop();
+    wait_up(&c, &["db1"], false).await;
+    assert_eq!(c.eden(&["node", "rm", "db1"]).await.code, Some(0));
+    let n = nodes(&c).await;
+    assert!(
+        !n.as_array().unwrap().iter().any(|x| x["name"] == "db1"),
+        "{n}"
+    );
+    assert_eq!(c.eden(&["var", "ls", "db1"]).await.stdout, "");
+    let o = c.eden(&["task", "ls", "-w", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
 }

@@ -98,6 +98,9 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 16)]
         conns: usize,
     },
+    /// N simulated agents: their keep-alive load at rest, and the time from a run on all of
+    /// them to the last result.
+    Agents(super::bench_agents::AgentsArgs),
     /// Keep N leases alive: time of each keep-alive round trip.
     LeaseKeepalive {
         #[arg(long, default_value_t = 1000)]
@@ -308,6 +311,7 @@ fn key_of(n: u64, size: usize) -> Vec<u8> {
 
 pub async fn run(endpoints: &[String], out: &Printer, c: BenchCmd) -> Result<(), Failure> {
     let report = match c {
+        BenchCmd::Agents(a) => return super::bench_agents::run(endpoints, out, a).await,
         BenchCmd::Put {
             load,
             key_size,

@@ -158,7 +158,11 @@ pub struct Node {
     pub sm: Arc<StateMachine>,
     peers: Mutex<BTreeMap<String, PeerClient<Channel>>>,
     revoking: Mutex<HashSet<i64>>,
+    /// Linearizable reads waiting for a read-index round, and whether a round is running.
+    reads: Mutex<(Vec<ReadWaiter>, bool)>,
 }
+
+type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, Status>>;
 
 pub fn unavailable(msg: &str) -> Status {
     Status::unavailable(msg.to_string())
@@ -260,6 +264,7 @@ impl Node {
             sm,
             peers: Mutex::new(BTreeMap::new()),
             revoking: Mutex::new(HashSet::new()),
+            reads: Mutex::new((Vec::new(), false)),
         });
         tokio::spawn(node.clone().lease_loop());
         tokio::spawn(node.clone().compactor_loop());
@@ -401,11 +406,51 @@ impl Node {
 
     /// Waits until this member may serve a linearizable read: the leader confirms its leadership
     /// with a quorum and names a read index, and this member has applied up to it.
-    pub async fn read_barrier(&self) -> Result<(), Status> {
+    ///
+    /// Concurrent reads share read-index rounds (as etcd's linearizable read loop does): a read
+    /// waits for a round that starts after it arrived, and one round answers every read that
+    /// arrived before it started, so its index is at least the commit index each of them saw.
+    pub async fn read_barrier(self: &Arc<Self>) -> Result<(), Status> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = self.reads.lock().expect("reads lock");
+            q.0.push(tx);
+            !std::mem::replace(&mut q.1, true)
+        };
+        if start {
+            tokio::spawn(self.clone().read_rounds());
+        }
+        let index = rx
+            .await
+            .unwrap_or_else(|_| Err(unavailable("etcdserver: request timed out")))?;
+        self.wait_applied(index, deadline).await
+    }
+
+    /// Runs read-index rounds while reads are waiting; each round answers those queued before it.
+    async fn read_rounds(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut q = self.reads.lock().expect("reads lock");
+                if q.0.is_empty() {
+                    q.1 = false;
+                    return;
+                }
+                std::mem::take(&mut q.0)
+            };
+            let r = self.read_index_round().await;
+            for tx in batch {
+                let _ = tx.send(r.clone());
+            }
+        }
+    }
+
+    /// One read-index round: from the leader's quorum, here or over the peer port.
+    async fn read_index_round(&self) -> Result<u64, Status> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
             let leader = match self.read_index_local().await {
-                Ok(index) => return self.wait_applied(index, deadline).await,
+                Ok(index) => return Ok(index),
                 Err(ForwardError::Failed(e)) => return Err(unavailable(&e)),
                 Err(ForwardError::NotLeader) => self.leader(),
             };
@@ -418,7 +463,7 @@ impl Node {
                     let r: Result<u64, ForwardError> = from_payload(reply.get_ref())
                         .map_err(|e| internal(format!("bad read index reply: {e}")))?;
                     if let Ok(index) = r {
-                        return self.wait_applied(index, deadline).await;
+                        return Ok(index);
                     }
                 }
             }

@@ -124,7 +124,7 @@ pub async fn create(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
         keys::check_name("variable name", r).map_err(Error::Invalid)?;
     }
     let targets = resolve(client, &t.targets).await?;
-    let ttl = t.retention.as_secs().max(60) as i64;
+    let ttl = t.retention.as_secs().max(1) as i64;
     let lease = client.lease_grant(ttl, 0).await?.id;
     let now = now_ms();
     let spec = TaskSpec {

@@ -51,7 +51,7 @@ fn results(o: &CliOutput) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_on_selectors_and_node_lists() {
-    let (c, _agents) = setup(&[]).await;
+    let (c, mut agents) = setup(&[]).await;
     // A selector: both web nodes, each with its own output.
     let o = c
         .eden(&[
@@ -135,7 +135,10 @@ async fn run_on_selectors_and_node_lists() {
         r.get("web2").is_some() && r.get("db1").is_some() && r.get("web1").is_none(),
         "{r}"
     );
-    // ...and a restarted agent does not take them back from its config.
+    // ...and a restarted agent does not take them back from its --label.
+    agents[1].stop();
+    agents[1].restart();
+    wait_up(&c, &["web2"], true).await;
     let o = c.eden(&["node", "show", "web2", "-w", "json"]).await;
     let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["labels"]["role"], "db");
@@ -551,4 +554,32 @@ async fn scripts_variable_watches_and_forgetting_nodes() {
     let o = c.eden(&["task", "ls", "-w", "json"]).await;
     let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    // Tasks and results go when their retention ends.
+    let o = c
+        .eden(&["run", "--nodes", "web1", "--retention", "2s", "--", "true"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    wait_for("the task to expire", Duration::from_secs(20), || async {
+        let o = c.eden(&["task", "ls", "-w", "json"]).await;
+        serde_json::from_str::<Value>(&o.stdout)
+            .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
+    })
+    .await;
+    let (kvs, _) = eden_agent_keys_under(&c, "/eden/runs/").await;
+    assert_eq!(kvs, 2, "only the first task's claim and result are left");
+}
+
+/// How many keys are under a prefix.
+async fn eden_agent_keys_under(c: &Cluster, prefix: &str) -> (usize, i64) {
+    let r = c
+        .client()
+        .range(eden_proto::etcdserverpb::RangeRequest {
+            key: prefix.into(),
+            range_end: eden_proto::keys::prefix_end(prefix.as_bytes()),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (r.count as usize, r.header.map_or(0, |h| h.revision))
 }

@@ -123,3 +123,34 @@ pub async fn run(client: &Arc<Client>, a: AgentArgs) -> Result<(), Failure> {
     agent.run(stop).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "name = \"web1\"\nconcurrency = 8\nlease-ttl = \"20s\"\n[labels]\nrole = \"web\"\n",
+        )
+        .unwrap();
+        let a = AgentArgs {
+            config: Some(file.clone()),
+            concurrency: Some(2),
+            labels: vec!["dc=fra".into()],
+            ..Default::default()
+        };
+        let c = resolve(&a).unwrap();
+        assert_eq!(c.name, "web1");
+        assert_eq!(c.concurrency, 2);
+        assert_eq!(c.lease_ttl, Duration::from_secs(20));
+        assert_eq!(c.labels.get("role").map(String::as_str), Some("web"));
+        assert_eq!(c.labels.get("dc").map(String::as_str), Some("fra"));
+        std::fs::write(&file, "nmae = \"x\"\n").unwrap();
+        let e = resolve(&a).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+    }
+}

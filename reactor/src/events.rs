@@ -1,0 +1,222 @@
+//! Every change to eden's objects is an event with a tag, derived from the store's watch stream:
+//! no extra write, so the replicated log stays the one event bus, ordered and resumable by
+//! revision.
+//!
+//! | change | tag |
+//! |---|---|
+//! | `/eden/nodes/N/alive` created / deleted | `node/joined/N` / `node/left/N` (lease expired or agent stopped) |
+//! | `/eden/nodes/N/labels` written | `node/labels/N` |
+//! | `/eden/nodes/N/facts` created / deleted | `node/registered/N` / `node/removed/N` |
+//! | `/eden/tasks/ID` created | `task/created/ID` |
+//! | `/eden/runs/ID/claims/N` created | `task/started/ID/N` |
+//! | `/eden/runs/ID/results/N` created | `task/finished/ID/N` (label `status`, data: the result without its output) |
+//! | `/eden/runs/ID/cancel` created | `task/canceled/ID` |
+//! | `/eden/vars/N/NAME` written / deleted | `var/set/N/NAME` / `var/removed/N/NAME` |
+//!
+//! Derived events carry `source: "eden"`; their time is when the consumer saw them (a revision
+//! has no clock), their data what the key holds.
+
+use std::collections::BTreeMap;
+
+use eden_agent::keys;
+use eden_proto::mvccpb::event::EventType;
+use eden_proto::mvccpb::KeyValue;
+use serde::{Deserialize, Serialize};
+
+/// One event.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Event {
+    pub tag: String,
+    pub revision: i64,
+    /// Unix milliseconds.
+    pub time: u64,
+    pub source: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+fn json_of(kv: &KeyValue) -> serde_json::Value {
+    serde_json::from_slice(&kv.value).unwrap_or(serde_json::Value::Null)
+}
+
+/// The event a watch event stands for, if it is a change to one of eden's objects.
+pub fn derive(
+    kind: EventType,
+    kv: &KeyValue,
+    prev: Option<&KeyValue>,
+    now_ms: u64,
+) -> Option<Event> {
+    let created = kind == EventType::Put && kv.version == 1;
+    let deleted = kind == EventType::Delete;
+    let ev = |tag: String, data: serde_json::Value, labels: BTreeMap<String, String>| Event {
+        tag,
+        revision: kv.mod_revision,
+        time: now_ms,
+        source: "eden".into(),
+        labels,
+        data,
+    };
+    let none = BTreeMap::new;
+    if let Some(rest) = keys::rest(&kv.key, keys::NODES) {
+        let (node, what) = rest.split_once('/')?;
+        return match what {
+            "alive" if created => Some(ev(format!("node/joined/{node}"), json_of(kv), none())),
+            "alive" if deleted => Some(ev(
+                format!("node/left/{node}"),
+                prev.map(json_of).unwrap_or_default(),
+                none(),
+            )),
+            "labels" if !deleted => Some(ev(format!("node/labels/{node}"), json_of(kv), none())),
+            "facts" if created => Some(ev(format!("node/registered/{node}"), json_of(kv), none())),
+            "facts" if deleted => Some(ev(
+                format!("node/removed/{node}"),
+                serde_json::Value::Null,
+                none(),
+            )),
+            _ => None,
+        };
+    }
+    if let Some(id) = keys::rest(&kv.key, keys::TASKS) {
+        return (created && !id.contains('/')).then(|| {
+            let mut data = json_of(kv);
+            if let Some(o) = data.as_object_mut() {
+                o.remove("script");
+            }
+            ev(format!("task/created/{id}"), data, none())
+        });
+    }
+    if let Some(rest) = keys::rest(&kv.key, keys::RUNS) {
+        let (id, what) = rest.split_once('/')?;
+        if what == "cancel" {
+            return created.then(|| {
+                ev(
+                    format!("task/canceled/{id}"),
+                    serde_json::Value::Null,
+                    none(),
+                )
+            });
+        }
+        let (kind, node) = what.split_once('/')?;
+        return match kind {
+            "claims" if created => {
+                Some(ev(format!("task/started/{id}/{node}"), json_of(kv), none()))
+            }
+            "results" if created => {
+                let mut data = json_of(kv);
+                let status = data["status"].as_str().unwrap_or("").to_string();
+                if let Some(o) = data.as_object_mut() {
+                    o.remove("stdout");
+                    o.remove("stderr");
+                }
+                Some(ev(
+                    format!("task/finished/{id}/{node}"),
+                    data,
+                    [("status".to_string(), status)].into(),
+                ))
+            }
+            _ => None,
+        };
+    }
+    if let Some(rest) = keys::rest(&kv.key, keys::VARS) {
+        let (node, name) = rest.split_once('/')?;
+        return Some(if deleted {
+            ev(
+                format!("var/removed/{node}/{name}"),
+                serde_json::Value::Null,
+                none(),
+            )
+        } else {
+            ev(
+                format!("var/set/{node}/{name}"),
+                serde_json::json!({"value": json_of(kv)}),
+                none(),
+            )
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &str, version: i64, rev: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: value.into(),
+            version,
+            mod_revision: rev,
+            create_revision: rev,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn changes_to_eden_objects_become_tagged_events() {
+        let alive = kv("/eden/nodes/web1/alive", r#"{"instance":"i"}"#, 1, 5);
+        let e = derive(EventType::Put, &alive, None, 7).unwrap();
+        assert_eq!(
+            (e.tag.as_str(), e.revision, e.time),
+            ("node/joined/web1", 5, 7)
+        );
+        assert_eq!(e.data["instance"], "i");
+        // Taking the name back (version 2) is not a new join; its expiry is a leave.
+        assert!(derive(
+            EventType::Put,
+            &kv("/eden/nodes/web1/alive", "{}", 2, 6),
+            None,
+            7
+        )
+        .is_none());
+        let gone = kv("/eden/nodes/web1/alive", "", 0, 8);
+        assert_eq!(
+            derive(EventType::Delete, &gone, Some(&alive), 9)
+                .unwrap()
+                .tag,
+            "node/left/web1"
+        );
+        let result = kv(
+            "/eden/runs/T1/results/web1",
+            r#"{"status":"failed","exit_code":2,"stdout":"x","ended_at":1}"#,
+            1,
+            10,
+        );
+        let e = derive(EventType::Put, &result, None, 0).unwrap();
+        assert_eq!(e.tag, "task/finished/T1/web1");
+        assert_eq!(e.labels["status"], "failed");
+        assert_eq!(e.data["exit_code"], 2);
+        assert!(e.data.get("stdout").is_none(), "output stays in the result");
+        let var = kv("/eden/vars/db1/token", r#""s3cret""#, 3, 11);
+        assert_eq!(
+            derive(EventType::Put, &var, None, 0).unwrap().tag,
+            "var/set/db1/token"
+        );
+        assert_eq!(
+            derive(EventType::Put, &kv("/eden/tasks/T1", "{}", 1, 2), None, 0)
+                .unwrap()
+                .tag,
+            "task/created/T1"
+        );
+        assert_eq!(
+            derive(
+                EventType::Put,
+                &kv("/eden/runs/T1/claims/db1", "{}", 1, 3),
+                None,
+                0
+            )
+            .unwrap()
+            .tag,
+            "task/started/T1/db1"
+        );
+        assert!(derive(EventType::Put, &kv("/app/config", "x", 1, 4), None, 0).is_none());
+        assert!(derive(
+            EventType::Put,
+            &kv("/eden/nodes/web1/tasks/T1", "x", 1, 4),
+            None,
+            0
+        )
+        .is_none());
+    }
+}

@@ -1,0 +1,4 @@
+//! Events and reactors, as clients of the store. So far: every change to eden's objects presented
+//! as a named event ([`events::derive`]), derived from the watch stream with no extra write.
+
+pub mod events;

@@ -5,6 +5,11 @@
 //! when it surely did not take effect: the connection could not be made, or the server said it has
 //! no leader. A write whose connection broke mid-way is reported, never silently repeated.
 //!
+//! Members come and go: the client learns the cluster's current members from the member list (every
+//! 30 s while in use, and whenever a whole round over its endpoints failed) and fails over to them
+//! too, so a long-lived client (an agent, a watch) keeps working after every member it was given
+//! has been replaced. The endpoints it was given stay in the list.
+//!
 //! [`Client::watch`] resumes by itself: it remembers the next revision it needs and, when its
 //! stream breaks, re-creates the watch on another endpoint from that revision, so the caller sees
 //! no gap and no duplicate.
@@ -65,9 +70,33 @@ pub enum Retry {
 }
 
 pub struct Client {
+    /// The endpoints it was given (per-endpoint calls like [`Client::status_of`] use these).
     endpoints: Vec<String>,
-    current: AtomicUsize,
     channels: Mutex<Vec<Option<Channel>>>,
+    /// Where requests and watches go: the given endpoints, then members learned from the
+    /// cluster. `current` indexes it.
+    pool: Mutex<Pool>,
+    current: AtomicUsize,
+}
+
+/// How often a client in use refreshes its members.
+const SYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+struct Pool {
+    endpoints: Vec<String>,
+    channels: std::collections::HashMap<String, Channel>,
+    synced: std::time::Instant,
+}
+
+async fn connect(ep: &str) -> std::result::Result<Channel, String> {
+    Endpoint::from_shared(ep.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("{ep}: {e}"))
 }
 
 fn normalize(ep: &str) -> String {
@@ -112,10 +141,90 @@ impl Client {
         }
         let n = endpoints.len();
         Ok(Client {
+            pool: Mutex::new(Pool {
+                endpoints: endpoints.clone(),
+                channels: Default::default(),
+                synced: std::time::Instant::now(),
+            }),
             endpoints,
             current: AtomicUsize::new(0),
             channels: Mutex::new(vec![None; n]),
         })
+    }
+
+    /// Where requests go now: the given endpoints and the members learned since.
+    pub fn pool(&self) -> Vec<String> {
+        self.pool.lock().expect("pool lock").endpoints.clone()
+    }
+
+    fn pool_len(&self) -> usize {
+        self.pool.lock().expect("pool lock").endpoints.len()
+    }
+
+    fn pool_endpoint(&self, i: usize) -> String {
+        let p = self.pool.lock().expect("pool lock");
+        p.endpoints[i % p.endpoints.len()].clone()
+    }
+
+    async fn pool_channel(&self, i: usize) -> std::result::Result<Channel, String> {
+        let ep = self.pool_endpoint(i);
+        if let Some(ch) = self.pool.lock().expect("pool lock").channels.get(&ep) {
+            return Ok(ch.clone());
+        }
+        let ch = connect(&ep).await?;
+        self.pool
+            .lock()
+            .expect("pool lock")
+            .channels
+            .insert(ep, ch.clone());
+        Ok(ch)
+    }
+
+    fn pool_forget(&self, i: usize) {
+        let ep = self.pool_endpoint(i);
+        self.pool.lock().expect("pool lock").channels.remove(&ep);
+    }
+
+    /// Learns the cluster's members from any endpoint in the pool (when `force`, or when the
+    /// last time is SYNC_INTERVAL ago): the pool becomes the given endpoints plus the client
+    /// addresses of the voting members.
+    async fn sync_pool(&self, force: bool) {
+        let eps = {
+            let mut p = self.pool.lock().expect("pool lock");
+            if !force && p.synced.elapsed() < SYNC_INTERVAL {
+                return;
+            }
+            p.synced = std::time::Instant::now();
+            p.endpoints.clone()
+        };
+        for (i, _) in eps.iter().enumerate() {
+            let Ok(ch) = self.pool_channel(i).await else {
+                continue;
+            };
+            let mut cc = ClusterClient::new(ch);
+            let req = cc.member_list(MemberListRequest {
+                linearizable: false,
+            });
+            let Ok(Ok(list)) = tokio::time::timeout(CONNECT_TIMEOUT, req).await else {
+                continue;
+            };
+            let mut next = self.endpoints.clone();
+            for m in list.into_inner().members.iter().filter(|m| !m.is_learner) {
+                for u in &m.client_ur_ls {
+                    let u = normalize(u);
+                    if !next.contains(&u) && Endpoint::from_shared(u.clone()).is_ok() {
+                        next.push(u);
+                    }
+                }
+            }
+            let mut p = self.pool.lock().expect("pool lock");
+            p.channels.retain(|ep, _| next.contains(ep));
+            if p.endpoints != next {
+                tracing::debug!(endpoints = ?next, "the client learned the cluster's members");
+                p.endpoints = next;
+            }
+            return;
+        }
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -126,15 +235,7 @@ impl Client {
         if let Some(ch) = self.channels.lock().expect("channel lock")[i].clone() {
             return Ok(ch);
         }
-        let ep = Endpoint::from_shared(self.endpoints[i].clone())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true);
-        let ch = ep
-            .connect()
-            .await
-            .map_err(|e| format!("{}: {e}", self.endpoints[i]))?;
+        let ch = connect(&self.endpoints[i]).await?;
         self.channels.lock().expect("channel lock")[i] = Some(ch.clone());
         Ok(ch)
     }
@@ -149,13 +250,14 @@ impl Client {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
-        let n = self.endpoints.len();
+        self.sync_pool(false).await;
+        let n = self.pool_len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last_err = String::new();
         // Two rounds over the endpoints: a member may come back or elect a leader meanwhile.
         for attempt in 0..2 * n {
             let i = (start + attempt) % n;
-            let ch = match self.channel(i).await {
+            let ch = match self.pool_channel(i).await {
                 Ok(ch) => ch,
                 Err(e) => {
                     last_err = e;
@@ -168,30 +270,32 @@ impl Client {
                     return Ok(v);
                 }
                 Err(s) if retryable(&s, kind) => {
-                    last_err = format!("{}: {}", self.endpoints[i], s.message());
-                    self.forget(i);
+                    last_err = format!("{}: {}", self.pool_endpoint(i), s.message());
+                    self.pool_forget(i);
                     if attempt + 1 >= n {
                         tokio::time::sleep(Duration::from_millis(300)).await;
                     }
                 }
                 Err(s) if s.code() == Code::Unavailable => {
-                    self.forget(i);
+                    self.pool_forget(i);
                     return Err(ClientError::Unavailable(format!(
                         "{}: {}",
-                        self.endpoints[i],
+                        self.pool_endpoint(i),
                         s.message()
                     )));
                 }
                 Err(s) if s.code() == Code::DeadlineExceeded => {
                     return Err(ClientError::Unavailable(format!(
                         "{}: {}",
-                        self.endpoints[i],
+                        self.pool_endpoint(i),
                         s.message()
                     )));
                 }
                 Err(s) => return Err(ClientError::Server(s)),
             }
         }
+        // Every endpoint failed: maybe the members changed.
+        self.sync_pool(true).await;
         Err(ClientError::Unavailable(format!(
             "no endpoint available ({last_err})"
         )))
@@ -413,7 +517,6 @@ impl Client {
         give_up: Duration,
         tx: mpsc::Sender<Result<WatchResponse>>,
     ) {
-        let n = self.endpoints.len();
         let mut i = self.current.load(Ordering::Relaxed);
         // The next revision the caller needs; 0 until the first created response tells us.
         let mut next_rev = create.start_revision;
@@ -426,8 +529,9 @@ impl Client {
             match outcome {
                 WatchEnd::Done => return,
                 WatchEnd::Broken(reason) => {
-                    tracing::debug!(endpoint = %self.endpoints[i], %reason, "watch stream broke, resuming");
-                    self.forget(i);
+                    tracing::debug!(endpoint = %self.pool_endpoint(i), %reason, "watch stream broke, resuming");
+                    self.pool_forget(i);
+                    self.sync_pool(true).await;
                     let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() > give_up {
                         let _ = tx
@@ -437,7 +541,7 @@ impl Client {
                             .await;
                         return;
                     }
-                    i = (i + 1) % n;
+                    i = (i + 1) % self.pool_len();
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 WatchEnd::Healthy => down_since = None,
@@ -452,7 +556,7 @@ impl Client {
         next_rev: &mut i64,
         tx: &mpsc::Sender<Result<WatchResponse>>,
     ) -> WatchEnd {
-        let ch = match self.channel(i).await {
+        let ch = match self.pool_channel(i).await {
             Ok(ch) => ch,
             Err(e) => return WatchEnd::Broken(e),
         };
@@ -471,8 +575,17 @@ impl Client {
             Err(s) => return WatchEnd::Broken(s.message().to_string()),
         };
         let mut healthy = false;
+        let mut sync = tokio::time::interval(SYNC_INTERVAL);
         loop {
-            let msg = match stream.message().await {
+            let next = tokio::select! {
+                m = stream.message() => m,
+                _ = sync.tick() => {
+                    // A long healthy stream still learns about member changes.
+                    self.sync_pool(false).await;
+                    continue;
+                }
+            };
+            let msg = match next {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     return if healthy {

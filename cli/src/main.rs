@@ -103,6 +103,9 @@ enum Command {
     /// Variables of nodes (from --register) and of the cluster.
     #[command(subcommand)]
     Var(cmd::var::VarCmd),
+    /// Reactor rules: store them, list them, try them against an event.
+    #[command(subcommand)]
+    Reactor(cmd::reactor::ReactorCmd),
 }
 
 fn main() {
@@ -162,6 +165,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Run(a) => cmd::run::run(&client, &out, *a).await,
         Command::Task(c) => cmd::task::run(&client, &out, c).await,
         Command::Var(c) => cmd::var::run(&client, &out, c).await,
+        Command::Reactor(c) => cmd::reactor::run(&client, &out, c).await,
         Command::Defrag => {
             for (i, ep) in client.endpoints().iter().enumerate() {
                 client.defragment_of(i).await?;

@@ -12,6 +12,7 @@ pub mod lease;
 pub mod member;
 pub mod node;
 pub mod put;
+pub mod reactor;
 pub mod run;
 pub mod server;
 pub mod snapshot;

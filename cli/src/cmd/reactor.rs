@@ -1,0 +1,181 @@
+//! `eden reactor apply|ls|show|rm|test`: reactor rules stored in the cluster
+//! (`/eden/reactors/NAME`), and a dry run of rules against an event. (The runtime that executes
+//! stored rules is not built yet; see the README.)
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Subcommand;
+use eden_agent::kv;
+use eden_proto::client::Client;
+use eden_reactor::events::Event;
+use eden_reactor::rules::{self, Rule, State};
+
+use crate::exit::{Failure, REFUSED};
+use crate::printer::{Format, Printer};
+
+/// Where rules are kept.
+pub const REACTORS: &str = "/eden/reactors/";
+
+#[derive(Subcommand)]
+pub enum ReactorCmd {
+    /// Store the rules of a YAML file (one rule or a list), replacing rules of the same names,
+    /// all in one txn.
+    Apply { file: PathBuf },
+    /// The stored rules.
+    Ls,
+    /// One stored rule, as YAML.
+    Show { name: String },
+    /// Remove a stored rule.
+    Rm { name: String },
+    /// Dry run: which rules an event would fire, with their actions rendered.
+    Test {
+        file: PathBuf,
+        /// The event as JSON: {"tag": "...", "labels": {...}, "data": {...}}.
+        #[arg(long)]
+        event: PathBuf,
+    },
+}
+
+fn read(path: &PathBuf) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+}
+
+fn load_rules(path: &PathBuf) -> Result<Vec<Rule>, Failure> {
+    rules::parse(&read(path)?).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+}
+
+async fn stored(client: &Client) -> Result<Vec<Rule>, Failure> {
+    let (kvs, _) = kv::get_prefix(client, REACTORS, 0, false).await?;
+    kvs.iter()
+        .map(|kv| {
+            kv::decode::<Rule>(kv).map_err(|e| Failure {
+                code: REFUSED,
+                message: e,
+                quiet: false,
+            })
+        })
+        .collect()
+}
+
+pub async fn run(client: &Arc<Client>, out: &Printer, c: ReactorCmd) -> Result<(), Failure> {
+    match c {
+        ReactorCmd::Apply { file } => {
+            let rules = load_rules(&file)?;
+            let ops = rules
+                .iter()
+                .map(|r| kv::put(&format!("{REACTORS}{}", r.name), r, 0))
+                .collect();
+            kv::txn(client, vec![], ops, vec![]).await?;
+            for r in &rules {
+                out.line(&format!("applied rule {}", r.name))?;
+            }
+        }
+        ReactorCmd::Ls => {
+            let rules = stored(client).await?;
+            match out.format {
+                Format::Json => out.json(&serde_json::to_value(&rules).expect("JSON"))?,
+                _ => {
+                    let rows: Vec<Vec<String>> = rules
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.name.clone(),
+                                r.on.clone(),
+                                r.when
+                                    .as_ref()
+                                    .map(|w| format!("{} within {}", w.count, w.within))
+                                    .unwrap_or_default(),
+                                r.actions.len().to_string(),
+                            ]
+                        })
+                        .collect();
+                    out.table(&["NAME", "ON", "WHEN", "ACTIONS"], &rows)?;
+                }
+            }
+        }
+        ReactorCmd::Show { name } => {
+            let r = stored(client)
+                .await?
+                .into_iter()
+                .find(|r| r.name == name)
+                .ok_or_else(|| Failure {
+                    code: REFUSED,
+                    message: format!("no rule {name}"),
+                    quiet: false,
+                })?;
+            match out.format {
+                Format::Json => out.json(&serde_json::to_value(&r).expect("JSON"))?,
+                _ => {
+                    let v = serde_json::to_value(&r).expect("JSON");
+                    out.line(serde_yaml::to_string(&v).expect("YAML").trim_end())?
+                }
+            }
+        }
+        ReactorCmd::Rm { name } => {
+            let r = client
+                .delete_range(eden_proto::etcdserverpb::DeleteRangeRequest {
+                    key: format!("{REACTORS}{name}").into(),
+                    ..Default::default()
+                })
+                .await?;
+            if r.deleted == 0 {
+                return Err(Failure {
+                    code: REFUSED,
+                    message: format!("no rule {name}"),
+                    quiet: false,
+                });
+            }
+            out.line(&format!("removed rule {name}"))?;
+        }
+        ReactorCmd::Test { file, event } => {
+            let rules = load_rules(&file)?;
+            let mut v: serde_json::Value = serde_json::from_str(&read(&event)?)
+                .map_err(|e| Failure::usage(format!("{}: {e}", event.display())))?;
+            let o = v
+                .as_object_mut()
+                .ok_or_else(|| Failure::usage("the event must be a JSON object"))?;
+            o.entry("revision").or_insert(0.into());
+            o.entry("time")
+                .or_insert(eden_agent::model::now_ms().into());
+            o.entry("source").or_insert("test".into());
+            let ev: Event = serde_json::from_value(v)
+                .map_err(|e| Failure::usage(format!("{}: {e}", event.display())))?;
+            let vars = eden_agent::vars::all(client).await.unwrap_or_default();
+            let (fired, errors) = rules::react(
+                &rules,
+                &mut State::default(),
+                &ev,
+                &serde_json::json!({ "vars": vars }),
+            );
+            match out.format {
+                Format::Json => out.json(&serde_json::json!({"fired": fired, "errors": errors}))?,
+                _ => {
+                    if fired.is_empty() {
+                        out.line("no rule fires")?;
+                    }
+                    for f in &fired {
+                        out.line(&format!("rule {} fires:", f.rule))?;
+                        // Through JSON, so actions print as `- run: ...` maps.
+                        let v = serde_json::to_value(&f.actions).expect("JSON");
+                        let y = serde_yaml::to_string(&v).expect("YAML");
+                        for l in y.lines() {
+                            out.line(&format!("  {l}"))?;
+                        }
+                    }
+                    for e in &errors {
+                        out.line(&format!("error: {e}"))?;
+                    }
+                }
+            }
+            if !errors.is_empty() {
+                return Err(Failure {
+                    code: REFUSED,
+                    message: format!("{} rule(s) could not be rendered", errors.len()),
+                    quiet: false,
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,518 @@
+//! The rule engine: pure logic, no I/O. `react(state, event) -> firings`; a runtime does the I/O.
+//!
+//! A rule (YAML, `eden reactor apply FILE.yaml`; a file holds one rule or a list):
+//!
+//! ```yaml
+//! name: issue-join-token
+//! on: node/joined/*            # a tag glob
+//! labels: { severity: crit* }  # optional: event labels matching globs
+//! data: { status: ok }         # optional: top-level data fields equal to these
+//! when:                        # optional, like Salt's Thorium: fire on the count-th matching
+//!   count: 3                   #   event within the window, per group
+//!   within: 60s
+//!   group_by: "{{ event.labels.instance }}"
+//!   cooldown: 5m               #   then not again in this group for this long
+//! actions:
+//!   - run: { on: "role=issuer", command: [sh, -c, "make-token"], register: token }
+//!   - set_var: { node: cluster, name: last_join, value: "{{ event.tag }}" }
+//!   - emit: { tag: "join/token-requested", data: { node: "{{ event.tag }}" } }
+//!   - post: { url: "http://hooks.example/join", body: "{{ event | tojson }}" }
+//! ```
+//!
+//! Every string in an action is a minijinja template (strict) over `event` (with `event.parts`,
+//! the tag split at `/`: `node/joined/web1` has `event.parts[2] == "web1"`), `vars` (node name
+//! or "cluster" -> name -> value) and `node` (the node an event names, when the runtime knows
+//! it). The state (Thorium counters, cooldowns) is plain data the runtime stores with its cursor,
+//! so a new runtime continues where the last one stopped.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::events::Event;
+use crate::glob;
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    pub on: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
+    /// `- run: {...}` maps (not YAML tags).
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    pub actions: Vec<Action>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    pub count: usize,
+    pub within: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Run a task: on a selector or a node list (templated), like `eden run`.
+    Run {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nodes: Option<String>,
+        command: Vec<String>,
+        #[serde(default)]
+        shell: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        register: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
+    },
+    /// Set a variable of a node, or of the cluster (`node: cluster`, the default).
+    SetVar {
+        #[serde(default = "cluster")]
+        node: String,
+        name: String,
+        value: serde_json::Value,
+    },
+    /// Emit an explicit event.
+    Emit {
+        tag: String,
+        #[serde(default)]
+        data: serde_json::Value,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, String>,
+    },
+    /// POST to a URL (after the reaction committed: at most once).
+    Post {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+    },
+}
+
+fn cluster() -> String {
+    "cluster".into()
+}
+
+/// A rule's actions rendered for one event.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Firing {
+    pub rule: String,
+    pub tag: String,
+    pub revision: i64,
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    pub actions: Vec<Action>,
+}
+
+/// Counters and cooldowns, per rule and group.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+pub struct State {
+    groups: BTreeMap<String, Group>,
+}
+
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+struct Group {
+    /// Times (ms) of matching events within the window.
+    times: Vec<u64>,
+    last_fired: Option<u64>,
+}
+
+fn duration(what: &str, s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{what} {s:?}: {e}"))
+}
+
+/// Parses a rules file: one rule or a list. Err explains what is wrong, with the rule's name.
+pub fn parse(text: &str) -> Result<Vec<Rule>, String> {
+    let rules: Vec<Rule> = match serde_yaml::from_str::<Vec<Rule>>(text) {
+        Ok(r) => r,
+        Err(list_err) => match serde_yaml::from_str::<Rule>(text) {
+            Ok(r) => vec![r],
+            Err(_) if text.trim_start().starts_with('-') => return Err(list_err.to_string()),
+            Err(e) => return Err(e.to_string()),
+        },
+    };
+    for r in &rules {
+        validate(r).map_err(|e| format!("rule {:?}: {e}", r.name))?;
+    }
+    Ok(rules)
+}
+
+/// Checks what YAML cannot: names, durations, templates, targets.
+pub fn validate(r: &Rule) -> Result<(), String> {
+    eden_agent::keys::check_name("rule name", &r.name)?;
+    if r.on.is_empty() {
+        return Err("`on` (a tag glob) is empty".into());
+    }
+    if let Some(w) = &r.when {
+        if w.count == 0 {
+            return Err("when.count must be at least 1".into());
+        }
+        duration("when.within", &w.within)?;
+        if let Some(c) = &w.cooldown {
+            duration("when.cooldown", c)?;
+        }
+    }
+    if r.actions.is_empty() {
+        return Err("no actions".into());
+    }
+    let env = env();
+    let check = |s: &str| {
+        env.template_from_str(s)
+            .map(|_| ())
+            .map_err(|e| format!("template {s:?}: {e}"))
+    };
+    for a in &r.actions {
+        match a {
+            Action::Run {
+                on,
+                nodes,
+                command,
+                timeout,
+                ..
+            } => {
+                if on.is_some() == nodes.is_some() {
+                    return Err("a run action needs exactly one of `on` and `nodes`".into());
+                }
+                if command.is_empty() {
+                    return Err("a run action needs a command".into());
+                }
+                if let Some(t) = timeout {
+                    duration("run.timeout", t)?;
+                }
+                for s in on.iter().chain(nodes.iter()).chain(command.iter()) {
+                    check(s)?;
+                }
+            }
+            Action::SetVar { node, name, .. } => {
+                check(node)?;
+                check(name)?;
+            }
+            Action::Emit { tag, .. } => check(tag)?,
+            Action::Post { url, body } => {
+                check(url)?;
+                if let Some(b) = body {
+                    check(b)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env
+}
+
+fn render(env: &Environment, s: &str, ctx: &serde_json::Value) -> Result<String, String> {
+    if !(s.contains("{{") || s.contains("{%")) {
+        return Ok(s.to_string());
+    }
+    env.render_str(s, ctx).map_err(|e| format!("{e:#}"))
+}
+
+fn render_json(
+    env: &Environment,
+    v: &serde_json::Value,
+    ctx: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    Ok(match v {
+        serde_json::Value::String(s) => serde_json::Value::String(render(env, s, ctx)?),
+        serde_json::Value::Array(a) => serde_json::Value::Array(
+            a.iter()
+                .map(|x| render_json(env, x, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        serde_json::Value::Object(o) => serde_json::Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), render_json(env, x, ctx)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn render_action(env: &Environment, a: &Action, ctx: &serde_json::Value) -> Result<Action, String> {
+    let r = |s: &String| render(env, s, ctx);
+    let ro = |s: &Option<String>| s.as_ref().map(|s| render(env, s, ctx)).transpose();
+    Ok(match a {
+        Action::Run {
+            on,
+            nodes,
+            command,
+            shell,
+            register,
+            timeout,
+        } => Action::Run {
+            on: ro(on)?,
+            nodes: ro(nodes)?,
+            command: command.iter().map(r).collect::<Result<_, _>>()?,
+            shell: *shell,
+            register: ro(register)?,
+            timeout: timeout.clone(),
+        },
+        Action::SetVar { node, name, value } => Action::SetVar {
+            node: r(node)?,
+            name: r(name)?,
+            value: render_json(env, value, ctx)?,
+        },
+        Action::Emit { tag, data, labels } => Action::Emit {
+            tag: r(tag)?,
+            data: render_json(env, data, ctx)?,
+            labels: labels
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), r(v)?)))
+                .collect::<Result<_, String>>()?,
+        },
+        Action::Post { url, body } => Action::Post {
+            url: r(url)?,
+            body: ro(body)?,
+        },
+    })
+}
+
+/// True when the event is one the rule is about (tag, labels, data), before any `when`.
+pub fn matches(rule: &Rule, event: &Event) -> bool {
+    glob::matches(&rule.on, &event.tag)
+        && rule
+            .labels
+            .iter()
+            .all(|(k, g)| event.labels.get(k).is_some_and(|v| glob::matches(g, v)))
+        && rule.data.iter().all(|(k, v)| event.data.get(k) == Some(v))
+}
+
+/// What the rules do about one event. `extra` holds the rest of the template context (`vars`,
+/// `node`); the event is added as `event`. A rule whose templates fail is reported in the error
+/// list and does not fire; the others still do.
+pub fn react(
+    rules: &[Rule],
+    state: &mut State,
+    event: &Event,
+    extra: &serde_json::Value,
+) -> (Vec<Firing>, Vec<String>) {
+    let env = env();
+    let mut ctx = extra.clone();
+    if !ctx.is_object() {
+        ctx = serde_json::json!({});
+    }
+    ctx["event"] = serde_json::to_value(event).expect("JSON");
+    ctx["event"]["parts"] = serde_json::json!(event.tag.split('/').collect::<Vec<_>>());
+    let (mut fired, mut errors) = (Vec::new(), Vec::new());
+    for rule in rules.iter().filter(|r| matches(r, event)) {
+        if let Some(w) = &rule.when {
+            let group = match w.group_by.as_deref().map(|g| render(&env, g, &ctx)) {
+                None => String::new(),
+                Some(Ok(g)) => g,
+                Some(Err(e)) => {
+                    errors.push(format!("rule {}: group_by: {e}", rule.name));
+                    continue;
+                }
+            };
+            let within = duration("within", &w.within)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            let cooldown = w
+                .cooldown
+                .as_deref()
+                .and_then(|c| duration("cooldown", c).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            let g = state
+                .groups
+                .entry(format!("{}\u{0}{group}", rule.name))
+                .or_default();
+            let now = event.time;
+            g.times.retain(|t| now.saturating_sub(*t) <= within);
+            g.times.push(now);
+            let cooling = g
+                .last_fired
+                .is_some_and(|t| now.saturating_sub(t) < cooldown);
+            if g.times.len() < w.count || cooling {
+                continue;
+            }
+            g.times.clear();
+            g.last_fired = Some(now);
+        }
+        match rule
+            .actions
+            .iter()
+            .map(|a| render_action(&env, a, &ctx))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(actions) => fired.push(Firing {
+                rule: rule.name.clone(),
+                tag: event.tag.clone(),
+                revision: event.revision,
+                actions,
+            }),
+            Err(e) => errors.push(format!("rule {}: {e}", rule.name)),
+        }
+    }
+    (fired, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(tag: &str, time: u64, labels: &[(&str, &str)]) -> Event {
+        Event {
+            tag: tag.into(),
+            revision: time as i64,
+            time,
+            source: "test".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            data: serde_json::json!({"status": "ok"}),
+        }
+    }
+
+    const JOIN: &str = r#"
+name: issue-token
+on: node/joined/*
+actions:
+  - run:
+      on: role=issuer
+      command: [sh, -c, "make-token {{ event.parts[2] }}"]
+      register: token
+  - emit: { tag: "join/{{ event.tag }}", data: { rev: "{{ event.revision }}" } }
+"#;
+
+    #[test]
+    fn a_matching_event_fires_rendered_actions() {
+        let rules = parse(JOIN).unwrap();
+        let mut st = State::default();
+        let (f, e) = react(
+            &rules,
+            &mut st,
+            &event("node/joined/web9", 5, &[]),
+            &serde_json::json!({}),
+        );
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(f.len(), 1);
+        match &f[0].actions[0] {
+            Action::Run { command, on, .. } => {
+                assert_eq!(command[2], "make-token web9");
+                assert_eq!(on.as_deref(), Some("role=issuer"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &f[0].actions[1] {
+            Action::Emit { tag, data, .. } => {
+                assert_eq!(tag, "join/node/joined/web9");
+                assert_eq!(data["rev"], "5");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (f, _) = react(
+            &rules,
+            &mut st,
+            &event("node/left/web9", 6, &[]),
+            &serde_json::json!({}),
+        );
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn a_thorium_rule_fires_on_the_third_event_in_its_window_then_cools_down() {
+        let rules = parse(
+            r#"
+- name: flapping
+  on: alert/firing/*
+  labels: { severity: crit* }
+  when: { count: 3, within: 60s, group_by: "{{ event.labels.instance }}", cooldown: 5m }
+  actions:
+    - set_var: { name: "flapping-{{ event.labels.instance }}", value: true }
+"#,
+        )
+        .unwrap();
+        let mut st = State::default();
+        let s = 1000;
+        let mut fire = |t: u64, inst: &str, sev: &str| {
+            react(
+                &rules,
+                &mut st,
+                &event(
+                    "alert/firing/Down",
+                    t,
+                    &[("instance", inst), ("severity", sev)],
+                ),
+                &serde_json::json!({}),
+            )
+            .0
+            .len()
+        };
+        assert_eq!(fire(0, "a", "critical"), 0);
+        assert_eq!(fire(10 * s, "a", "critical"), 0);
+        assert_eq!(
+            fire(15 * s, "b", "critical"),
+            0,
+            "another group counts apart"
+        );
+        assert_eq!(fire(20 * s, "a", "warning"), 0, "labels must match");
+        assert_eq!(fire(30 * s, "a", "critical"), 1, "third within 60 s");
+        // Cooldown: three more within the window do not fire again for 5 minutes...
+        for t in [31, 32, 33, 34] {
+            assert_eq!(fire(t * s, "a", "critical"), 0);
+        }
+        // ...and events spread wider than the window never do.
+        assert_eq!(fire(400 * s, "a", "critical"), 0);
+        assert_eq!(fire(470 * s, "a", "critical"), 0);
+        assert_eq!(fire(540 * s, "a", "critical"), 0);
+        // After the cooldown, three within the window fire again.
+        assert_eq!(fire(600 * s, "a", "critical"), 0);
+        assert_eq!(fire(601 * s, "a", "critical"), 0);
+        assert_eq!(fire(602 * s, "a", "critical"), 1);
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_the_reason() {
+        for (text, why) in [
+            ("name: x\non: a\nactions: []\n", "no actions"),
+            ("name: x\non: a\nactions:\n  - run: { command: [true] }\n", "exactly one of"),
+            ("name: x\non: a\nwhen: { count: 2, within: soon }\nactions:\n  - emit: { tag: t }\n", "when.within"),
+            ("name: x\non: a\nactions:\n  - emit: { tag: \"{{ oops\" }\n", "template"),
+            ("name: x\non: a\nfoo: 1\nactions:\n  - emit: { tag: t }\n", "unknown field"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_undefined_name_stops_that_rule_only() {
+        let rules = parse(
+            r#"
+- name: good
+  on: "**"
+  actions: [ { emit: { tag: ok } } ]
+- name: bad
+  on: "**"
+  actions: [ { emit: { tag: "{{ vars.nope.x }}" } } ]
+"#,
+        )
+        .unwrap();
+        let (f, e) = react(
+            &rules,
+            &mut State::default(),
+            &event("x", 1, &[]),
+            &serde_json::json!({"vars": {}}),
+        );
+        assert_eq!(f.len(), 1);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].contains("rule bad"), "{e:?}");
+    }
+}

@@ -103,6 +103,9 @@ enum Command {
     /// Variables of nodes (from --register) and of the cluster.
     #[command(subcommand)]
     Var(cmd::var::VarCmd),
+    /// Events: emit explicit ones, list them, watch every event (explicit and derived).
+    #[command(subcommand)]
+    Event(cmd::event::EventCmd),
     /// Reactor rules: store them, list them, try them against an event.
     #[command(subcommand)]
     Reactor(cmd::reactor::ReactorCmd),
@@ -166,6 +169,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Task(c) => cmd::task::run(&client, &out, c).await,
         Command::Var(c) => cmd::var::run(&client, &out, c).await,
         Command::Reactor(c) => cmd::reactor::run(&client, &out, c).await,
+        Command::Event(c) => cmd::event::run(&client, &out, c).await,
         Command::Defrag => {
             for (i, ep) in client.endpoints().iter().enumerate() {
                 client.defragment_of(i).await?;

@@ -28,4 +28,5 @@ pub mod peer {
 }
 
 pub mod client;
+pub mod glob;
 pub mod keys;

@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Event {
     pub tag: String,
+    /// Where it is in the log (not stored in an explicit event's value: its key's revision).
+    #[serde(default)]
     pub revision: i64,
     /// Unix milliseconds.
     pub time: u64,
@@ -39,6 +41,31 @@ pub struct Event {
 
 fn json_of(kv: &KeyValue) -> serde_json::Value {
     serde_json::from_slice(&kv.value).unwrap_or(serde_json::Value::Null)
+}
+
+/// Where explicit events are stored (`eden event emit`, webhooks, reactors).
+pub const EVENTS: &str = "/eden/events/";
+
+/// The event a watch event on `/eden/` stands for: an explicit event when one was stored, a
+/// derived one when one of eden's objects changed, else None.
+pub fn from_watch(e: &eden_proto::mvccpb::Event, now_ms: u64) -> Option<Event> {
+    let kv = e.kv.as_ref()?;
+    let kind = if e.r#type == EventType::Delete as i32 {
+        EventType::Delete
+    } else {
+        EventType::Put
+    };
+    if kv.key.starts_with(EVENTS.as_bytes()) {
+        return explicit(kv).filter(|_| kind == EventType::Put && kv.version == 1);
+    }
+    derive(kind, kv, e.prev_kv.as_ref(), now_ms)
+}
+
+/// A stored explicit event, with its revision.
+pub fn explicit(kv: &KeyValue) -> Option<Event> {
+    let mut ev: Event = serde_json::from_slice(&kv.value).ok()?;
+    ev.revision = kv.mod_revision;
+    Some(ev)
 }
 
 /// The event a watch event stands for, if it is a change to one of eden's objects.

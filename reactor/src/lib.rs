@@ -3,5 +3,4 @@
 //! the rule engine ([`rules::react`]), pure logic that a runtime will drive.
 
 pub mod events;
-pub mod glob;
 pub mod rules;

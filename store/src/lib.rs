@@ -14,6 +14,7 @@
 //! ```
 
 pub mod engine;
+pub mod events;
 pub mod grpc;
 pub mod keys;
 pub mod lease;

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub proposals_committed: IntCounter,
     pub proposals_applied: IntCounter,
     pub proposals_failed: IntCounter,
+    pub events_denied: IntCounter,
+    pub events_refused: IntCounter,
     pub db_size: IntGauge,
     pub keys: IntGauge,
     pub leases: IntGauge,
@@ -106,6 +108,14 @@ impl Metrics {
             proposals_failed: counter(
                 "etcd_server_proposals_failed_total",
                 "Proposals from this member that failed.",
+            ),
+            events_denied: counter(
+                "eden_events_denied_total",
+                "Explicit events not stored because the event policy denies their tag.",
+            ),
+            events_refused: counter(
+                "eden_events_refused_total",
+                "Explicit events not stored because they were malformed, too large or over their source's rate.",
             ),
             db_size: gauge(
                 "etcd_mvcc_db_total_size_in_bytes",

@@ -73,6 +73,8 @@ pub struct NodeConfig {
     pub quota_bytes: i64,
     /// Automatic history compaction, if any.
     pub auto_compaction: Option<AutoCompaction>,
+    /// What explicit events may be stored (see [`crate::events`]).
+    pub events: crate::events::EventPolicy,
 }
 
 /// How much history the leader keeps before compacting it automatically (etcd's
@@ -106,6 +108,7 @@ impl NodeConfig {
             stay_learner: false,
             quota_bytes: DEFAULT_QUOTA_BYTES,
             auto_compaction: None,
+            events: Default::default(),
         }
     }
 }
@@ -160,6 +163,8 @@ pub struct Node {
     revoking: Mutex<HashSet<i64>>,
     /// Linearizable reads waiting for a read-index round, and whether a round is running.
     reads: Mutex<(Vec<ReadWaiter>, bool)>,
+    /// The gate explicit events pass (see [`crate::events`]).
+    pub(crate) events: crate::events::EventGate,
 }
 
 type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, Status>>;
@@ -265,6 +270,7 @@ impl Node {
             peers: Mutex::new(BTreeMap::new()),
             revoking: Mutex::new(HashSet::new()),
             reads: Mutex::new((Vec::new(), false)),
+            events: Default::default(),
         });
         tokio::spawn(node.clone().lease_loop());
         tokio::spawn(node.clone().compactor_loop());

@@ -102,3 +102,100 @@ async fn rules_are_stored_listed_and_tried() {
     let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_explicit_or_derived_and_the_servers_policy_holds() {
+    let c = Cluster::start(
+        1,
+        &[
+            "--event-deny",
+            "secret/**",
+            "--event-max-bytes",
+            "300",
+            "--event-retention",
+            "3s",
+        ],
+    )
+    .await;
+    let o = c
+        .eden(&[
+            "event",
+            "emit",
+            "deploy/done",
+            "--data",
+            r#"{"v": 3}"#,
+            "--label",
+            "env=prod",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let from: i64 = o.stdout.trim().parse().unwrap();
+    // Denied and oversized events are refused with the reason and not stored.
+    let o = c.eden(&["event", "emit", "secret/token"]).await;
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(o.stderr.contains("denied"), "{}", o.stderr);
+    let big = format!("\"{}\"", "x".repeat(400));
+    let o = c.eden(&["event", "emit", "big", "--data", &big]).await;
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(o.stderr.contains("over the 300-byte limit"), "{}", o.stderr);
+    let o = c.eden(&["event", "ls", "-w", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    let tags: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["deploy/done"]);
+    assert_eq!(v[0]["labels"]["env"], "prod");
+    assert_eq!(v[0]["data"]["v"], 3);
+    // Derived events: an agent's arrival and departure, replayed from a revision.
+    let mut agent = c.agent("n1", &[]);
+    eden_tests::wait_for(
+        "the agent to register",
+        std::time::Duration::from_secs(20),
+        || async {
+            c.eden(&["node", "ls", "-w", "json"])
+                .await
+                .stdout
+                .contains("\"up\":true")
+        },
+    )
+    .await;
+    agent.stop();
+    let mut watch = tokio::process::Command::new(eden_tests::eden_bin())
+        .args([
+            "--endpoints",
+            &c.endpoints().join(","),
+            "event",
+            "watch",
+            "**",
+            "--deny",
+            "node/registered/*",
+        ])
+        .args(["--from", &from.to_string(), "-w", "json"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    let mut tags = Vec::new();
+    while tags.len() < 3 {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("event watch printed too little")
+            .unwrap()
+            .unwrap();
+        let e: Value = serde_json::from_str(&line).unwrap();
+        tags.push(e["tag"].as_str().unwrap().to_string());
+    }
+    assert_eq!(tags, ["deploy/done", "node/joined/n1", "node/left/n1"]);
+    // Events go with their retention (3 s here), with no lease per event.
+    eden_tests::wait_for(
+        "the event to expire",
+        std::time::Duration::from_secs(20),
+        || async { c.eden(&["event", "ls", "-w", "json"]).await.stdout.trim() == "[]" },
+    )
+    .await;
+}

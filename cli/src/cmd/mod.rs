@@ -7,6 +7,7 @@ pub mod bench_agents;
 pub mod compact;
 pub mod del;
 pub mod endpoint;
+pub mod event;
 pub mod get;
 pub mod lease;
 pub mod member;

@@ -92,6 +92,22 @@ pub struct ServerArgs {
     /// compaction.
     #[arg(long)]
     pub auto_compaction_retention: Option<String>,
+    /// Explicit events (puts under /eden/events/) whose tag matches none of these globs are not
+    /// stored (comma separated; unset: all allowed). `*` stays within a `/` part, `**` crosses.
+    #[arg(long, value_delimiter = ',')]
+    pub event_allow: Option<Vec<String>>,
+    /// Explicit events whose tag matches any of these globs are not stored.
+    #[arg(long, value_delimiter = ',')]
+    pub event_deny: Option<Vec<String>>,
+    /// Largest explicit event in bytes [default: 65536].
+    #[arg(long)]
+    pub event_max_bytes: Option<usize>,
+    /// How long explicit events are kept, like 24h or 7d [default: 24h].
+    #[arg(long)]
+    pub event_retention: Option<String>,
+    /// Explicit events per second per source, per member [default: 100].
+    #[arg(long)]
+    pub event_rate: Option<u32>,
 }
 
 /// The same settings as read from a `--config` file.
@@ -118,6 +134,11 @@ struct FileConfig {
     auto_compaction_mode: Option<String>,
     auto_compaction_retention: Option<String>,
     metrics_addr: Option<String>,
+    event_allow: Option<Vec<String>>,
+    event_deny: Option<Vec<String>>,
+    event_max_bytes: Option<usize>,
+    event_retention: Option<String>,
+    event_rate: Option<u32>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -283,6 +304,22 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
     }
     if let Some(v) = args.watch_ring_revisions.or(file.watch_ring_revisions) {
         c.watch_ring_revisions = v.max(1);
+    }
+    if let Some(v) = args.event_allow.clone().or(file.event_allow) {
+        c.events.allow = v.into_iter().filter(|g| !g.is_empty()).collect();
+    }
+    if let Some(v) = args.event_deny.clone().or(file.event_deny) {
+        c.events.deny = v.into_iter().filter(|g| !g.is_empty()).collect();
+    }
+    if let Some(v) = args.event_max_bytes.or(file.event_max_bytes) {
+        c.events.max_bytes = v;
+    }
+    if let Some(v) = args.event_retention.clone().or(file.event_retention) {
+        c.events.retention = humantime::parse_duration(&v)
+            .map_err(|e| anyhow::anyhow!("bad --event-retention {v:?}: {e}"))?;
+    }
+    if let Some(v) = args.event_rate.or(file.event_rate) {
+        c.events.rate = v.max(1);
     }
     Ok(c)
 }

@@ -100,13 +100,11 @@ impl Kv for KvService {
         validate::put(&req)?;
         self.node.refuse_learner()?;
         self.node.check_quota().await?;
-        match self
-            .write(RequestOp {
-                request: Some(request_op::Request::RequestPut(req)),
-            })
-            .await?
-            .response
-        {
+        let mut op = RequestOp {
+            request: Some(request_op::Request::RequestPut(req)),
+        };
+        self.node.admit_events(&mut op).await?;
+        match self.write(op).await?.response {
             Some(response_op::Response::ResponsePut(r)) => Ok(Response::new(r)),
             _ => Err(internal("put answered with another response")),
         }
@@ -140,9 +138,10 @@ impl Kv for KvService {
         if validate::has_puts(&req) {
             self.node.check_quota().await?;
         }
-        let op = RequestOp {
+        let mut op = RequestOp {
             request: Some(request_op::Request::RequestTxn(req)),
         };
+        self.node.admit_events(&mut op).await?;
         let mut resp = if validate::read_only(match &op.request {
             Some(request_op::Request::RequestTxn(t)) => t,
             _ => unreachable!(),

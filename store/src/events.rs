@@ -1,0 +1,196 @@
+//! The gate for explicit events: puts under `/eden/events/` (from `eden event emit`, webhooks,
+//! reactors, or any etcd client) are checked here before they are proposed, so that events can
+//! never fill the store:
+//!
+//! - the value must be a JSON object with a non-empty `tag`, at most `max_bytes` long;
+//! - the tag must pass the server's allow and deny globs (a denied event is not stored, and
+//!   counted in `eden_events_denied_total`);
+//! - each source (the event's `source` field) may emit `rate` events per second (burst: twice
+//!   that), per member;
+//! - the event is attached to the lease of its time bucket: one lease per bucket of events (a
+//!   24th of the retention, between 1 s and 1 h; id `EVENT_LEASE_BASE + bucket number`), with a
+//!   TTL of the retention plus a bucket, so events expire without one lease per event.
+//!
+//! Known shortcut: the rate limit is per member (a client spreading events over members gets
+//! each member's rate).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use eden_proto::etcdserverpb::{request_op, PutRequest, RequestOp};
+use tonic::Status;
+
+use crate::metrics::metrics;
+
+pub const EVENTS_PREFIX: &[u8] = b"/eden/events/";
+/// Bucket leases are `EVENT_LEASE_BASE + buckets since the Unix epoch`.
+pub const EVENT_LEASE_BASE: i64 = 0x6576_0000_0000_0000;
+
+#[derive(Debug, Clone)]
+pub struct EventPolicy {
+    /// Tag globs to allow (empty: all).
+    pub allow: Vec<String>,
+    /// Tag globs to deny (checked after allow).
+    pub deny: Vec<String>,
+    pub max_bytes: usize,
+    pub retention: Duration,
+    /// Events per second per source.
+    pub rate: u32,
+}
+
+impl EventPolicy {
+    /// The time span whose events share a lease.
+    pub fn bucket(&self) -> Duration {
+        (self.retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+    }
+}
+
+impl Default for EventPolicy {
+    fn default() -> Self {
+        EventPolicy {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_bytes: 64 * 1024,
+            retention: Duration::from_secs(24 * 3600),
+            rate: 100,
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Default)]
+pub struct EventGate {
+    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Bucket leases known to exist.
+    leases: Mutex<HashSet<i64>>,
+}
+
+/// Calls `f` on every put of a request, including those inside (nested) txns.
+fn for_each_put(
+    op: &mut RequestOp,
+    f: &mut impl FnMut(&mut PutRequest) -> Result<(), Status>,
+) -> Result<(), Status> {
+    match op.request.as_mut() {
+        Some(request_op::Request::RequestPut(p)) => f(p),
+        Some(request_op::Request::RequestTxn(t)) => {
+            for o in t.success.iter_mut().chain(t.failure.iter_mut()) {
+                for_each_put(o, f)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+impl EventGate {
+    /// Checks one event put; returns the hour lease it must be attached to.
+    fn admit(&self, policy: &EventPolicy, key: &[u8], value: &[u8]) -> Result<i64, Status> {
+        let refuse = |s: Status| {
+            metrics().events_refused.inc();
+            s
+        };
+        if value.len() > policy.max_bytes {
+            return Err(refuse(Status::invalid_argument(format!(
+                "etcdserver: event of {} bytes is over the {}-byte limit",
+                value.len(),
+                policy.max_bytes
+            ))));
+        }
+        let v: serde_json::Value = serde_json::from_slice(value).map_err(|e| {
+            refuse(Status::invalid_argument(format!(
+                "etcdserver: an event is a JSON object with a tag ({}: {e})",
+                String::from_utf8_lossy(key)
+            )))
+        })?;
+        let tag = v["tag"].as_str().unwrap_or_default();
+        if tag.is_empty() {
+            return Err(refuse(Status::invalid_argument(
+                "etcdserver: an event is a JSON object with a tag",
+            )));
+        }
+        let allowed = policy.allow.is_empty()
+            || policy
+                .allow
+                .iter()
+                .any(|g| eden_proto::glob::matches(g, tag));
+        if !allowed
+            || policy
+                .deny
+                .iter()
+                .any(|g| eden_proto::glob::matches(g, tag))
+        {
+            metrics().events_denied.inc();
+            return Err(Status::failed_precondition(format!(
+                "etcdserver: event tag {tag:?} is denied by the server's event policy"
+            )));
+        }
+        let source = v["source"].as_str().unwrap_or("unknown").to_string();
+        {
+            let rate = f64::from(policy.rate.max(1));
+            let mut b = self.buckets.lock().expect("buckets lock");
+            let now = Instant::now();
+            let bucket = b.entry(source.clone()).or_insert(Bucket {
+                tokens: rate * 2.0,
+                at: now,
+            });
+            bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate)
+                .min(rate * 2.0);
+            bucket.at = now;
+            if bucket.tokens < 1.0 {
+                return Err(refuse(Status::resource_exhausted(format!(
+                    "etcdserver: events from source {source:?} are over {} per second",
+                    policy.rate
+                ))));
+            }
+            bucket.tokens -= 1.0;
+        }
+        let bucket = policy.bucket().as_secs();
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / bucket);
+        Ok(EVENT_LEASE_BASE + n as i64)
+    }
+}
+
+impl crate::node::Node {
+    /// Checks every event put in `op` and attaches it to its bucket's lease (granted when needed).
+    pub async fn admit_events(&self, op: &mut RequestOp) -> Result<(), Status> {
+        let mut need = Vec::new();
+        for_each_put(op, &mut |p| {
+            if p.key.starts_with(EVENTS_PREFIX) {
+                p.lease = self.events.admit(&self.config.events, &p.key, &p.value)?;
+                need.push(p.lease);
+            }
+            Ok(())
+        })?;
+        for lease in need {
+            if self
+                .events
+                .leases
+                .lock()
+                .expect("leases lock")
+                .contains(&lease)
+            {
+                continue;
+            }
+            let policy = &self.config.events;
+            let ttl = (policy.retention + policy.bucket()).as_secs().max(1) as i64;
+            match self.lease_grant(lease, ttl).await {
+                Ok(_) => {}
+                Err(s) if s.message().contains("lease already exists") => {}
+                Err(s) => return Err(s),
+            }
+            self.events
+                .leases
+                .lock()
+                .expect("leases lock")
+                .insert(lease);
+        }
+        Ok(())
+    }
+}

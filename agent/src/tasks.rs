@@ -115,6 +115,31 @@ pub fn new_id() -> String {
 
 /// Creates the task; returns its spec.
 pub async fn create(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
+    let (spec, ops) = prepare(client, t).await?;
+    let mut first = true;
+    for chunk in ops.chunks(MAX_OPS_PER_TXN) {
+        // The first txn also makes sure the ID is new.
+        let compare = if first {
+            vec![kv::absent(&keys::spec(&spec.id))]
+        } else {
+            vec![]
+        };
+        let r = kv::txn(client, compare, chunk.to_vec(), vec![]).await?;
+        if first && !r.succeeded {
+            return Err(Error::Refused(format!("task {} exists already", spec.id)));
+        }
+        first = false;
+    }
+    Ok(spec)
+}
+
+/// Checks a new task, resolves its targets and grants its lease; returns the spec and the puts
+/// that store it (the spec first, then one assignment per target), for a caller that writes
+/// them in its own txn (a reactor, with its cursor).
+pub async fn prepare(
+    client: &Client,
+    t: &NewTask,
+) -> Result<(TaskSpec, Vec<eden_proto::etcdserverpb::RequestOp>), Error> {
     if t.command.is_empty() && t.script.is_none() {
         return Err(Error::Invalid(
             "nothing to run: give a command after -- or --script FILE".into(),
@@ -151,21 +176,7 @@ pub async fn create(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
             .iter()
             .map(|n| kv::put(&keys::assignment(n, &spec.id), &spec.id, lease)),
     );
-    let mut first = true;
-    for chunk in ops.chunks(MAX_OPS_PER_TXN) {
-        // The first txn also makes sure the ID is new.
-        let compare = if first {
-            vec![kv::absent(&keys::spec(&spec.id))]
-        } else {
-            vec![]
-        };
-        let r = kv::txn(client, compare, chunk.to_vec(), vec![]).await?;
-        if first && !r.succeeded {
-            return Err(Error::Refused(format!("task {} exists already", spec.id)));
-        }
-        first = false;
-    }
-    Ok(spec)
+    Ok((spec, ops))
 }
 
 /// Where one target of a task stands.

@@ -113,7 +113,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Agent(_)) {
+    if matches!(
+        cli.command,
+        Command::Agent(_) | Command::Reactor(cmd::reactor::ReactorCmd::Run { .. })
+    ) {
         cmd::server::init_logging(cli.log_format);
     }
     if let Command::Server(args) = &cli.command {

@@ -199,3 +199,158 @@ async fn events_are_explicit_or_derived_and_the_servers_policy_holds() {
     )
     .await;
 }
+
+/// The leader key's holder (the active runtime's name).
+async fn active_runtime(c: &Cluster) -> Option<String> {
+    let r = c
+        .client()
+        .range(eden_proto::etcdserverpb::RangeRequest {
+            key: b"/eden/reactor/leader".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    let v: Value = serde_json::from_slice(&r.kvs.first()?.value).ok()?;
+    v["id"].as_str().map(String::from)
+}
+
+/// Tags of the stored explicit events that match a prefix.
+async fn event_tags(c: &Cluster, prefix: &str) -> Vec<String> {
+    let r = c
+        .client()
+        .range(eden_proto::etcdserverpb::RangeRequest {
+            key: b"/eden/events/".to_vec(),
+            range_end: eden_proto::keys::prefix_end(b"/eden/events/"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    r.kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+        .filter_map(|v| v["tag"].as_str().map(String::from))
+        .filter(|t| t.starts_with(prefix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_story_end_to_end() {
+    let c = Cluster::start(3, &["--reactor"]).await;
+    let _issuer = c.agent("issuer", &["--label", "role=issuer"]);
+    eden_tests::wait_for(
+        "the issuer to be up",
+        std::time::Duration::from_secs(20),
+        || async {
+            c.eden(&["node", "ls", "-w", "json"])
+                .await
+                .stdout
+                .contains("\"up\":true")
+        },
+    )
+    .await;
+    let rules = c.dir().join("join.yaml");
+    std::fs::write(
+        &rules,
+        r#"
+- name: issue-token
+  on: node/joined/*
+  actions:
+    - set_var: { node: cluster, name: joining, value: "{{ event.parts[2] }}" }
+    - run: { on: role=issuer, command: [sh, -c, "echo token-for-{{ event.parts[2] }}"], register: token }
+- name: hand-over
+  on: task/finished/*/issuer
+  labels: { status: ok }
+  actions:
+    - run: { nodes: "{{ vars.cluster.joining }}", command: [sh, -c, "echo got {{ vars['issuer'].token }}"], register: received }
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.eden(&["reactor", "apply", rules.to_str().unwrap()])
+            .await
+            .code,
+        Some(0)
+    );
+    let _b = c.agent("b", &[]);
+    eden_tests::wait_for(
+        "B to receive the token",
+        std::time::Duration::from_secs(60),
+        || async { c.eden(&["var", "get", "b", "received"]).await.stdout == "got token-for-b\n" },
+    )
+    .await;
+    let log = c.eden(&["reactor", "log"]).await.stdout;
+    assert!(
+        log.contains("reactor/fired/issue-token") && log.contains("reactor/fired/hand-over"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_active_reactor_mid_burst_fires_every_event_exactly_once() {
+    let mut c = Cluster::start(3, &["--reactor", "--event-rate", "100000"]).await;
+    let rules = c.dir().join("burst.yaml");
+    std::fs::write(
+        &rules,
+        "name: echo\non: burst/*\nactions:\n  - emit: { tag: \"done/{{ event.parts[1] }}\" }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.eden(&["reactor", "apply", rules.to_str().unwrap()])
+            .await
+            .code,
+        Some(0)
+    );
+    eden_tests::wait_for(
+        "a runtime to be active",
+        std::time::Duration::from_secs(20),
+        || async { active_runtime(&c).await.is_some() },
+    )
+    .await;
+    let client = c.client();
+    let n = 1000;
+    let writer = tokio::spawn(async move {
+        for i in 0..n {
+            let ev = serde_json::json!({"tag": format!("burst/{i}"), "time": 0, "source": "test"});
+            let put = eden_proto::etcdserverpb::PutRequest {
+                key: format!("/eden/events/burst-{i:05}").into(),
+                value: ev.to_string().into(),
+                ..Default::default()
+            };
+            // Retry until it is in: each burst event must exist exactly once.
+            loop {
+                match client.put(put.clone()).await {
+                    Ok(_) => break,
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                }
+            }
+        }
+    });
+    // Kill the member running the active runtime once a part of the burst was handled.
+    eden_tests::wait_for(
+        "reactions to start",
+        std::time::Duration::from_secs(60),
+        || async { event_tags(&c, "done/").await.len() >= 100 },
+    )
+    .await;
+    let active = active_runtime(&c).await.unwrap();
+    let victim = c.members.iter().position(|m| m.name == active).unwrap();
+    c.kill(victim);
+    writer.await.unwrap();
+    c.restart(victim);
+    eden_tests::wait_for(
+        "every event to be reacted to",
+        std::time::Duration::from_secs(120),
+        || async { event_tags(&c, "done/").await.len() >= n },
+    )
+    .await;
+    let mut done = event_tags(&c, "done/").await;
+    done.sort();
+    let total = done.len();
+    done.dedup();
+    assert_eq!(
+        (total, done.len()),
+        (n, n),
+        "each burst event fired its rule exactly once"
+    );
+    assert_ne!(active_runtime(&c).await, None);
+}

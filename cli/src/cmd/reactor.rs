@@ -28,6 +28,15 @@ pub enum ReactorCmd {
     Show { name: String },
     /// Remove a stored rule.
     Rm { name: String },
+    /// Run a reactor runtime here (one is active at a time across the cluster; others stand by)
+    /// until Ctrl-C or SIGTERM.
+    Run {
+        /// This runtime's name in the election [default: the hostname].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// What the rules did: `reactor/...` events (fired, failed, compacted).
+    Log,
     /// Dry run: which rules an event would fire, with their actions rendered.
     Test {
         file: PathBuf,
@@ -127,6 +136,29 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: ReactorCmd) -> Result<(
                 });
             }
             out.line(&format!("removed rule {name}"))?;
+        }
+        ReactorCmd::Run { name } => {
+            let name = name.unwrap_or_else(eden_agent::facts::hostname);
+            let rt = Arc::new(eden_reactor::runtime::Runtime::new(client.clone(), &name));
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(|e| Failure::usage(e.to_string()))?;
+            tokio::select! {
+                _ = rt.run() => {}
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        ReactorCmd::Log => {
+            super::event::run(
+                client,
+                out,
+                super::event::EventCmd::Ls {
+                    glob: "reactor/**".into(),
+                    since: None,
+                },
+            )
+            .await?;
         }
         ReactorCmd::Test { file, event } => {
             let rules = load_rules(&file)?;

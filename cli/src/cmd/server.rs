@@ -7,6 +7,7 @@
 //! only matters the first time (it bootstraps a new cluster).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -108,6 +109,10 @@ pub struct ServerArgs {
     /// Explicit events per second per source, per member [default: 100].
     #[arg(long)]
     pub event_rate: Option<u32>,
+    /// Also run a reactor runtime in this member (one member's is active at a time; the others
+    /// stand by). Off by default for now.
+    #[arg(long)]
+    pub reactor: bool,
 }
 
 /// The same settings as read from a `--config` file.
@@ -336,10 +341,14 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(config, metrics_addr))
+    rt.block_on(serve(config, metrics_addr, args.reactor))
 }
 
-async fn serve(config: NodeConfig, metrics_addr: Option<String>) -> anyhow::Result<()> {
+async fn serve(
+    config: NodeConfig,
+    metrics_addr: Option<String>,
+    reactor: bool,
+) -> anyhow::Result<()> {
     let client_listener = tokio::net::TcpListener::bind(&config.client_addr)
         .await
         .with_context(|| format!("binding the client address {}", config.client_addr))?;
@@ -377,6 +386,16 @@ async fn serve(config: NodeConfig, metrics_addr: Option<String>) -> anyhow::Resu
                 tracing::error!(error = %e, "metrics server failed");
             }
         });
+    }
+    if reactor {
+        let client = Arc::new(eden_proto::client::Client::new(std::slice::from_ref(
+            &node.config.client_addr,
+        ))?);
+        let rt = Arc::new(eden_reactor::runtime::Runtime::new(
+            client,
+            &node.config.name,
+        ));
+        tokio::spawn(rt.run());
     }
     tracing::info!(id = format!("{:x}", node.id), "eden server ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

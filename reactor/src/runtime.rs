@@ -1,0 +1,527 @@
+//! The reactor runtime: exactly one is active at a time, elected through the store, and every
+//! event fires every matching rule exactly once, across crashes and failovers.
+//!
+//! ```text
+//!  campaign: txn (leader key absent) -> put /eden/reactor/leader under our lease
+//!  lead:     cursor = /eden/reactor/cursor {revision, state}
+//!            watch /eden/ from cursor.revision + 1
+//!            per revision: events (derived and explicit) -> rules::react -> firings
+//!              one txn: compare [leader key is ours, cursor unchanged]
+//!                       success [the firings' writes (tasks, variables, events),
+//!                                reactor/fired/RULE events, cursor := {revision, state}]
+//!            post actions after the txn committed (at most once)
+//! ```
+//!
+//! A reaction's writes and the cursor commit together, guarded by the election key: a crash
+//! before the commit replays the revision, after it skips it; a deposed runtime's txn fails its
+//! compare. Revisions that fire nothing advance the cursor lazily (every 5 s): replaying them
+//! fires nothing. Events tagged `reactor/...` (the runtime's own) are not reacted to, so rules
+//! cannot loop on them. If the cursor's revision was compacted away, the runtime says so in a
+//! `reactor/compacted` event and its log, and continues from the oldest revision kept.
+//!
+//! Known shortcuts: a reaction is one txn, so a run action's targets plus the rest must fit the
+//! server's --max-txn-ops (128); `post` supports plain http:// URLs.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eden_agent::keys;
+use eden_agent::kv;
+use eden_agent::model::now_ms;
+use eden_agent::tasks::{self, NewTask, Targets};
+use eden_proto::client::{Client, ClientError};
+use eden_proto::etcdserverpb::{RequestOp, WatchCreateRequest};
+use eden_proto::keys::prefix_end;
+use serde::{Deserialize, Serialize};
+
+use crate::events::{self, Event, EVENTS};
+use crate::rules::{self, Action, Firing, Rule, State};
+
+pub const LEADER: &str = "/eden/reactor/leader";
+pub const CURSOR: &str = "/eden/reactor/cursor";
+pub const RULES: &str = "/eden/reactors/";
+
+/// Where the runtime is: the last revision handled and the rules' state.
+#[derive(Serialize, Deserialize, Default, Clone, Debug)]
+pub struct Cursor {
+    pub revision: i64,
+    pub state: State,
+}
+
+/// The elected runtime's key.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Leader {
+    id: String,
+    since: u64,
+}
+
+pub struct Runtime {
+    client: Arc<Client>,
+    id: String,
+    lease_ttl: Duration,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// An event key: time-ordered, unique.
+fn event_key() -> String {
+    format!("{EVENTS}{:013}-{:08x}", now_ms(), rand::random::<u32>())
+}
+
+fn event_put(
+    tag: String,
+    source: &str,
+    labels: BTreeMap<String, String>,
+    data: serde_json::Value,
+) -> RequestOp {
+    let ev = Event {
+        tag,
+        revision: 0,
+        time: now_ms(),
+        source: source.to_string(),
+        labels,
+        data,
+    };
+    kv::put(&event_key(), &ev, 0)
+}
+
+/// POSTs `body` to a plain http:// URL; Err says why not.
+async fn post(url: &str, body: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addr = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await
+    .map_err(|_| format!("{url}: connect timed out"))?
+    .map_err(|e| format!("{url}: {e}"))?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.map_err(err)?;
+    let mut head = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut head))
+        .await
+        .map_err(|_| format!("{url}: no answer"))?
+        .map_err(err)?;
+    let status = String::from_utf8_lossy(&head[..n]);
+    match status.split_whitespace().nth(1) {
+        Some(code) if code.starts_with('2') => Ok(()),
+        other => Err(format!("{url}: answered {}", other.unwrap_or("nothing"))),
+    }
+}
+
+impl Runtime {
+    pub fn new(client: Arc<Client>, id: &str) -> Runtime {
+        Runtime {
+            client,
+            id: id.to_string(),
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// Campaigns and, while elected, reacts; forever.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            match self.campaign().await {
+                Ok((lease, me)) => {
+                    tracing::info!(id = %self.id, "this reactor runtime is the active one");
+                    let lost = Arc::new(AtomicBool::new(false));
+                    let keep = tokio::spawn(self.clone().keep_alive(lease, lost.clone()));
+                    let r = self.lead(&me, &lost).await;
+                    keep.abort();
+                    let _ = self.client.lease_revoke(lease).await;
+                    if let Err(e) = r {
+                        tracing::warn!("reactor runtime stepped down: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!("reactor campaign: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn keep_alive(self: Arc<Self>, lease: i64, lost: Arc<AtomicBool>) {
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::time::sleep(self.lease_ttl / 4).await;
+            match self.client.lease_keep_alive_once(lease).await {
+                Ok(r) if r.ttl > 0 => last_ok = Instant::now(),
+                Ok(_) => break,
+                Err(_) if last_ok.elapsed() < self.lease_ttl / 2 => {}
+                Err(_) => break,
+            }
+        }
+        lost.store(true, Ordering::SeqCst);
+    }
+
+    /// Becomes the active runtime once the leader key is free; returns its lease and value.
+    async fn campaign(&self) -> Result<(i64, Vec<u8>), String> {
+        loop {
+            let lease = self
+                .client
+                .lease_grant(self.lease_ttl.as_secs() as i64, 0)
+                .await
+                .map_err(err)?
+                .id;
+            let me = serde_json::to_vec(&Leader {
+                id: self.id.clone(),
+                since: now_ms(),
+            })
+            .expect("JSON");
+            let r = kv::txn(
+                &self.client,
+                vec![kv::absent(LEADER)],
+                vec![kv::put_raw(LEADER, me.clone(), lease)],
+                vec![],
+            )
+            .await
+            .map_err(err)?;
+            if r.succeeded {
+                return Ok((lease, me));
+            }
+            let _ = self.client.lease_revoke(lease).await;
+            // Wait for the key to go (its holder stopped or its lease expired).
+            let rev = r.header.map_or(0, |h| h.revision);
+            let mut w = self.client.watch(
+                WatchCreateRequest {
+                    key: LEADER.into(),
+                    start_revision: rev + 1,
+                    ..Default::default()
+                },
+                Duration::from_secs(60),
+            );
+            let wait = async {
+                while let Some(Ok(m)) = w.recv().await {
+                    if m.events.iter().any(|e| e.r#type == 1) || m.canceled {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(self.lease_ttl * 2, wait).await;
+        }
+    }
+
+    async fn load_rules(&self) -> Result<Vec<Rule>, String> {
+        let (kvs, _) = kv::get_prefix(&self.client, RULES, 0, false)
+            .await
+            .map_err(err)?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| kv::decode::<Rule>(kv).ok())
+            .collect())
+    }
+
+    /// The writes of one firing, and its post actions (for after the commit).
+    async fn firing_ops(&self, f: &Firing) -> (Vec<RequestOp>, Vec<(String, String)>, Vec<String>) {
+        let (mut ops, mut posts, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+        let source = format!("reactor/{}", f.rule);
+        let mut tasks_made = Vec::new();
+        for a in &f.actions {
+            match a {
+                Action::Run {
+                    on,
+                    nodes,
+                    command,
+                    shell,
+                    register,
+                    timeout,
+                } => {
+                    let targets = match (on, nodes) {
+                        (Some(s), _) => Targets::Selector(s.clone()),
+                        (None, Some(n)) => Targets::Nodes(
+                            n.split(',')
+                                .map(|s| s.trim().to_string())
+                                .filter(|s| !s.is_empty())
+                                .collect(),
+                        ),
+                        (None, None) => continue,
+                    };
+                    let t = NewTask {
+                        targets,
+                        command: command.clone(),
+                        script: None,
+                        shell: *shell,
+                        env: BTreeMap::new(),
+                        cwd: None,
+                        timeout: timeout
+                            .as_deref()
+                            .and_then(|t| humantime::parse_duration(t).ok())
+                            .unwrap_or(Duration::from_secs(600)),
+                        deadline: Duration::from_secs(300),
+                        register: register.clone(),
+                        retention: Duration::from_secs(7 * 24 * 3600),
+                    };
+                    match tasks::prepare(&self.client, &t).await {
+                        Ok((spec, o)) => {
+                            tasks_made.push(spec.id.clone());
+                            ops.extend(o);
+                        }
+                        Err(e) => errors.push(format!("run: {e}")),
+                    }
+                }
+                Action::SetVar { node, name, value } => {
+                    match eden_agent::vars::check_scope(node)
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| keys::check_name("variable name", name))
+                    {
+                        Ok(()) => ops.push(kv::put(&keys::var(node, name), value, 0)),
+                        Err(e) => errors.push(format!("set_var: {e}")),
+                    }
+                }
+                Action::Emit { tag, data, labels } => ops.push(event_put(
+                    tag.clone(),
+                    &source,
+                    labels.clone(),
+                    data.clone(),
+                )),
+                Action::Post { url, body } => posts.push((
+                    url.clone(),
+                    body.clone().unwrap_or_else(|| {
+                        serde_json::json!({"rule": f.rule, "tag": f.tag}).to_string()
+                    }),
+                )),
+            }
+        }
+        ops.push(event_put(
+            format!("reactor/fired/{}", f.rule),
+            "reactor",
+            BTreeMap::new(),
+            serde_json::json!({
+                "event": {"tag": f.tag, "revision": f.revision},
+                "tasks": tasks_made,
+                "errors": errors,
+            }),
+        ));
+        (ops, posts, errors)
+    }
+
+    /// Commits `ops` with the cursor, guarded by the leader key and the cursor's last revision.
+    /// Ok(new cursor mod revision); Err(None) when this runtime is no longer the active one.
+    async fn commit(
+        &self,
+        me: &[u8],
+        cursor_mod: i64,
+        cursor: &Cursor,
+        mut ops: Vec<RequestOp>,
+    ) -> Result<i64, Option<String>> {
+        ops.push(kv::put(CURSOR, cursor, 0));
+        for attempt in 0.. {
+            let r = kv::txn(
+                &self.client,
+                vec![
+                    kv::value_is(LEADER, me),
+                    kv::unchanged_since(CURSOR, cursor_mod),
+                ],
+                ops.clone(),
+                vec![kv::get(LEADER), kv::get(CURSOR)],
+            )
+            .await;
+            match r {
+                Ok(r) if r.succeeded => return Ok(r.header.map_or(0, |h| h.revision)),
+                Ok(r) => {
+                    let leader_ours = kv::txn_kvs(&r, 0).first().is_some_and(|kv| kv.value == me);
+                    let stored: Option<(Cursor, i64)> = kv::txn_kvs(&r, 1)
+                        .first()
+                        .and_then(|kv| kv::decode::<Cursor>(kv).ok().map(|c| (c, kv.mod_revision)));
+                    return match (leader_ours, stored) {
+                        // An earlier attempt whose answer was lost did commit.
+                        (true, Some((c, m))) if c.revision >= cursor.revision => Ok(m),
+                        (true, _) => {
+                            Err(Some("the cursor changed under the active runtime".into()))
+                        }
+                        (false, _) => Err(None),
+                    };
+                }
+                Err(ClientError::Server(s)) => {
+                    // A deterministic refusal (an event the policy denies, too many operations):
+                    // record it and move on without the reaction's writes.
+                    tracing::error!("a reaction was refused: {}", s.message());
+                    ops = vec![
+                        event_put(
+                            "reactor/failed".into(),
+                            "reactor",
+                            BTreeMap::new(),
+                            serde_json::json!({"revision": cursor.revision, "error": s.message()}),
+                        ),
+                        kv::put(CURSOR, cursor, 0),
+                    ];
+                }
+                Err(e) if attempt < 100 => {
+                    tracing::warn!("committing a reaction: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(Some(e.to_string())),
+            }
+        }
+        unreachable!()
+    }
+
+    async fn lead(&self, me: &[u8], lost: &AtomicBool) -> Result<(), String> {
+        let (mut cursor, mut cursor_mod) =
+            match kv::get_one(&self.client, CURSOR).await.map_err(err)? {
+                Some(kv) => (kv::decode::<Cursor>(&kv)?, kv.mod_revision),
+                None => {
+                    // The first runtime ever starts from now.
+                    let (_, rev) = kv::get_prefix(&self.client, LEADER, 0, true)
+                        .await
+                        .map_err(err)?;
+                    (
+                        Cursor {
+                            revision: rev,
+                            state: State::default(),
+                        },
+                        0,
+                    )
+                }
+            };
+        let mut rules = self.load_rules().await?;
+        let mut last_write = Instant::now();
+        let mut dirty = false;
+        loop {
+            let mut w = self.client.watch(
+                WatchCreateRequest {
+                    key: b"/eden/".to_vec(),
+                    range_end: prefix_end(b"/eden/"),
+                    start_revision: cursor.revision + 1,
+                    prev_kv: true,
+                    progress_notify: true,
+                    ..Default::default()
+                },
+                Duration::from_secs(60),
+            );
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let m = tokio::select! {
+                    m = w.recv() => m,
+                    _ = tick.tick() => {
+                        if lost.load(Ordering::SeqCst) {
+                            return Err("lost the leader key".into());
+                        }
+                        if dirty && last_write.elapsed() > Duration::from_secs(5) {
+                            cursor_mod = self.commit(me, cursor_mod, &cursor, vec![]).await
+                                .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
+                            dirty = false;
+                            last_write = Instant::now();
+                        }
+                        continue;
+                    }
+                };
+                let m = match m {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("the watch ended".into()),
+                };
+                if m.canceled {
+                    if m.compact_revision > 0 {
+                        let missed = (cursor.revision + 1, m.compact_revision - 1);
+                        tracing::error!(from = missed.0, to = missed.1, "the reactor's cursor was compacted away: events in between were not reacted to");
+                        let ev = event_put(
+                            "reactor/compacted".into(),
+                            "reactor",
+                            BTreeMap::new(),
+                            serde_json::json!({"missed_from": missed.0, "missed_to": missed.1}),
+                        );
+                        cursor.revision = m.compact_revision - 1;
+                        cursor_mod = self
+                            .commit(me, cursor_mod, &cursor, vec![ev])
+                            .await
+                            .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
+                        break;
+                    }
+                    return Err(format!("the watch was canceled: {}", m.cancel_reason));
+                }
+                // Events of one revision together (a txn's changes share it).
+                let mut by_rev: BTreeMap<i64, Vec<&eden_proto::mvccpb::Event>> = BTreeMap::new();
+                for e in &m.events {
+                    if let Some(kv) = &e.kv {
+                        by_rev.entry(kv.mod_revision).or_default().push(e);
+                    }
+                }
+                for (rev, evs) in by_rev {
+                    if rev <= cursor.revision {
+                        continue;
+                    }
+                    if lost.load(Ordering::SeqCst) {
+                        return Err("lost the leader key".into());
+                    }
+                    if evs.iter().any(|e| {
+                        e.kv.as_ref()
+                            .is_some_and(|kv| kv.key.starts_with(RULES.as_bytes()))
+                    }) {
+                        rules = self.load_rules().await?;
+                    }
+                    let mut firings = Vec::new();
+                    for e in evs {
+                        let Some(ev) = events::from_watch(e, now_ms()) else {
+                            continue;
+                        };
+                        if ev.tag.starts_with("reactor/")
+                            || !rules.iter().any(|r| rules::matches(r, &ev))
+                        {
+                            continue;
+                        }
+                        let vars = eden_agent::vars::all(&self.client)
+                            .await
+                            .unwrap_or_default();
+                        let (f, errs) = rules::react(
+                            &rules,
+                            &mut cursor.state,
+                            &ev,
+                            &serde_json::json!({"vars": vars}),
+                        );
+                        for e in errs {
+                            tracing::warn!(revision = rev, "{e}");
+                        }
+                        firings.extend(f);
+                    }
+                    cursor.revision = rev;
+                    if firings.is_empty() {
+                        dirty = true;
+                        continue;
+                    }
+                    let mut ops = Vec::new();
+                    let mut posts = Vec::new();
+                    for f in &firings {
+                        let (o, p, errors) = self.firing_ops(f).await;
+                        for e in errors {
+                            tracing::warn!(rule = %f.rule, "{e}");
+                        }
+                        ops.extend(o);
+                        posts.extend(p);
+                    }
+                    cursor_mod = self
+                        .commit(me, cursor_mod, &cursor, ops)
+                        .await
+                        .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
+                    dirty = false;
+                    last_write = Instant::now();
+                    for f in &firings {
+                        tracing::info!(rule = %f.rule, tag = %f.tag, revision = f.revision, "fired");
+                    }
+                    for (url, body) in posts {
+                        if let Err(e) = post(&url, &body).await {
+                            tracing::warn!("post: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -394,15 +394,27 @@ impl Cluster {
         i
     }
 
-    /// The member id of member `i`, from the member list.
+    /// The member id of member `i`, from the member list (asked until a member that knows it
+    /// answers: one that just caught up may not list the newest member yet).
     pub async fn member_id(&self, i: usize) -> u64 {
         let endpoint = self.members[i].endpoint();
-        let list = self.client().member_list().await.expect("member list");
-        list.members
-            .iter()
-            .find(|m| m.client_ur_ls.contains(&endpoint))
-            .map(|m| m.id)
-            .expect("member in the list")
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(list) = self.client().member_list().await {
+                if let Some(m) = list
+                    .members
+                    .iter()
+                    .find(|m| m.client_ur_ls.contains(&endpoint))
+                {
+                    return m.id;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} is not in the member list"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Removes a member through the Cluster API.

@@ -106,6 +106,9 @@ enum Command {
     /// Events: emit explicit ones, list them, watch every event (explicit and derived).
     #[command(subcommand)]
     Event(cmd::event::EventCmd),
+    /// Webhooks for `eden server --webhook-addr`: create (prints the token once), list, remove.
+    #[command(subcommand)]
+    Hook(cmd::hook::HookCmd),
     /// Reactor rules: store them, list them, try them against an event.
     #[command(subcommand)]
     Reactor(cmd::reactor::ReactorCmd),
@@ -173,6 +176,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Var(c) => cmd::var::run(&client, &out, c).await,
         Command::Reactor(c) => cmd::reactor::run(&client, &out, c).await,
         Command::Event(c) => cmd::event::run(&client, &out, c).await,
+        Command::Hook(c) => cmd::hook::run(&client, &out, c).await,
         Command::Defrag => {
             for (i, ep) in client.endpoints().iter().enumerate() {
                 client.defragment_of(i).await?;

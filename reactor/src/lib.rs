@@ -5,3 +5,4 @@
 pub mod events;
 pub mod rules;
 pub mod runtime;
+pub mod webhook;

@@ -354,3 +354,115 @@ async fn killing_the_active_reactor_mid_burst_fires_every_event_exactly_once() {
     );
     assert_ne!(active_runtime(&c).await, None);
 }
+
+/// A plain HTTP/1.1 POST; returns the status code and the body.
+async fn http_post(addr: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alertmanager_webhook_runs_a_task_on_each_alerts_instance() {
+    let hook_addr = format!("127.0.0.1:{}", eden_tests::free_port());
+    let c = Cluster::start(
+        1,
+        &[
+            "--reactor",
+            "--webhook-addr",
+            &hook_addr,
+            "--webhook-max-bytes",
+            "2000",
+        ],
+    )
+    .await;
+    let _a = c.agent("web1", &[]);
+    let _b = c.agent("web2", &[]);
+    let rules = c.dir().join("alerts.yaml");
+    std::fs::write(
+        &rules,
+        r#"
+name: restart-on-alert
+on: alert/firing/*
+actions:
+  - run: { nodes: "{{ event.labels.instance }}", command: [sh, -c, "echo restarted {{ event.labels.instance }}"], register: restarted }
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.eden(&["reactor", "apply", rules.to_str().unwrap()])
+            .await
+            .code,
+        Some(0)
+    );
+    let o = c.eden(&["hook", "create", "am"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let token = o.stdout.trim().to_string();
+    assert_eq!(token.len(), 64);
+    let payload = serde_json::json!({
+        "version": "4", "status": "firing", "receiver": "eden", "groupKey": "g",
+        "alerts": [
+            {"status": "firing", "labels": {"alertname": "AppDown", "instance": "web1"},
+             "annotations": {"summary": "app down"}, "startsAt": "2026-11-24T00:00:00Z", "fingerprint": "a1"},
+            {"status": "firing", "labels": {"alertname": "AppDown", "instance": "web2"},
+             "annotations": {"summary": "app down"}, "startsAt": "2026-11-24T00:00:00Z", "fingerprint": "a2"}
+        ]
+    })
+    .to_string();
+    // Bad requests first: each gets its status and writes nothing.
+    let (code, _) = http_post(&hook_addr, "/hooks/am", Some("wrong"), payload.as_bytes()).await;
+    assert_eq!(code, 401);
+    let (code, _) = http_post(&hook_addr, "/hooks/am", None, payload.as_bytes()).await;
+    assert_eq!(code, 401);
+    let (code, body) = http_post(&hook_addr, "/hooks/am", Some(&token), b"{not json").await;
+    assert_eq!(code, 400);
+    assert!(body.contains("not JSON"), "{body}");
+    let big = format!("{{\"x\": \"{}\"}}", "y".repeat(3000));
+    let (code, _) = http_post(&hook_addr, "/hooks/am", Some(&token), big.as_bytes()).await;
+    assert_eq!(code, 413);
+    assert_eq!(
+        c.eden(&["event", "ls", "-w", "json"]).await.stdout.trim(),
+        "[]"
+    );
+    // The real one: two alerts, two events, the rule fires twice, a task on each instance.
+    let (code, body) = http_post(&hook_addr, "/hooks/am", Some(&token), payload.as_bytes()).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"events\":2"), "{body}");
+    for n in ["web1", "web2"] {
+        eden_tests::wait_for(
+            &format!("the task on {n}"),
+            std::time::Duration::from_secs(60),
+            || async {
+                c.eden(&["var", "get", n, "restarted"]).await.stdout == format!("restarted {n}\n")
+            },
+        )
+        .await;
+    }
+    let o = c.eden(&["event", "ls", "alert/**", "-w", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v[0]["data"]["annotations"]["summary"], "app down");
+    let fired = event_tags(&c, "reactor/fired/restart-on-alert").await;
+    assert_eq!(fired.len(), 2);
+}

@@ -9,6 +9,7 @@ pub mod del;
 pub mod endpoint;
 pub mod event;
 pub mod get;
+pub mod hook;
 pub mod lease;
 pub mod member;
 pub mod node;

@@ -113,6 +113,12 @@ pub struct ServerArgs {
     /// stand by). Off by default for now.
     #[arg(long)]
     pub reactor: bool,
+    /// Accept webhooks on http://HOST:PORT/hooks/NAME (see `eden hook create`).
+    #[arg(long)]
+    pub webhook_addr: Option<String>,
+    /// Largest webhook body in bytes; larger ones get 413 [default: 1048576].
+    #[arg(long)]
+    pub webhook_max_bytes: Option<usize>,
 }
 
 /// The same settings as read from a `--config` file.
@@ -341,13 +347,25 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(config, metrics_addr, args.reactor))
+    let extras = Extras {
+        reactor: args.reactor,
+        webhook_addr: args.webhook_addr.clone(),
+        webhook_max_bytes: args.webhook_max_bytes.unwrap_or(1 << 20),
+    };
+    rt.block_on(serve(config, metrics_addr, extras))
+}
+
+/// What a member runs besides the store: a reactor runtime, the webhook intake.
+struct Extras {
+    reactor: bool,
+    webhook_addr: Option<String>,
+    webhook_max_bytes: usize,
 }
 
 async fn serve(
     config: NodeConfig,
     metrics_addr: Option<String>,
-    reactor: bool,
+    extras: Extras,
 ) -> anyhow::Result<()> {
     let client_listener = tokio::net::TcpListener::bind(&config.client_addr)
         .await
@@ -361,6 +379,14 @@ async fn serve(
             tokio::net::TcpListener::bind(a)
                 .await
                 .with_context(|| format!("binding the metrics address {a}"))?,
+        ),
+        None => None,
+    };
+    let webhook_listener = match &extras.webhook_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the webhook address {a}"))?,
         ),
         None => None,
     };
@@ -387,15 +413,27 @@ async fn serve(
             }
         });
     }
-    if reactor {
-        let client = Arc::new(eden_proto::client::Client::new(std::slice::from_ref(
-            &node.config.client_addr,
-        ))?);
+    let own_client = Arc::new(eden_proto::client::Client::new(std::slice::from_ref(
+        &node.config.client_addr,
+    ))?);
+    if extras.reactor {
         let rt = Arc::new(eden_reactor::runtime::Runtime::new(
-            client,
+            own_client.clone(),
             &node.config.name,
         ));
         tokio::spawn(rt.run());
+    }
+    if let Some(l) = webhook_listener {
+        let (client, stop, max) = (
+            own_client.clone(),
+            stopped(stop_rx.clone()),
+            extras.webhook_max_bytes,
+        );
+        tokio::spawn(async move {
+            if let Err(e) = eden_reactor::webhook::serve(client, l, max, stop).await {
+                tracing::error!(error = %e, "webhook intake failed");
+            }
+        });
     }
     tracing::info!(id = format!("{:x}", node.id), "eden server ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -466,3 +466,72 @@ actions:
     let fired = event_tags(&c, "reactor/fired/restart-on-alert").await;
     assert_eq!(fired.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thorium_rule_fires_on_the_third_event_in_its_window_and_not_in_its_cooldown() {
+    let c = Cluster::start(1, &["--reactor"]).await;
+    let rules = c.dir().join("thorium.yaml");
+    std::fs::write(
+        &rules,
+        r#"
+name: flapping
+on: check/failed/*
+when: { count: 3, within: 60s, group_by: "{{ event.parts[2] }}", cooldown: 1h }
+actions:
+  - emit: { tag: "flapping/{{ event.parts[2] }}" }
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.eden(&["reactor", "apply", rules.to_str().unwrap()])
+            .await
+            .code,
+        Some(0)
+    );
+    eden_tests::wait_for(
+        "a runtime to be active",
+        std::time::Duration::from_secs(20),
+        || async { active_runtime(&c).await.is_some() },
+    )
+    .await;
+    let c = &c;
+    let emit = |tag: &'static str| async move {
+        assert_eq!(c.eden(&["event", "emit", tag]).await.code, Some(0));
+    };
+    emit("check/failed/db").await;
+    emit("check/failed/web").await;
+    emit("check/failed/db").await;
+    // Two for db, one for web: nothing yet. The third for db fires once.
+    emit("check/failed/db").await;
+    eden_tests::wait_for(
+        "the rule to fire",
+        std::time::Duration::from_secs(20),
+        || async { event_tags(&c, "flapping/").await == ["flapping/db"] },
+    )
+    .await;
+    // Three more within the cooldown do not fire again (the runtime has handled them once the
+    // marker emitted after them has been seen by the reactor log).
+    for _ in 0..3 {
+        emit("check/failed/db").await;
+    }
+    let marker_rules = c.dir().join("marker.yaml");
+    std::fs::write(
+        &marker_rules,
+        "name: marker\non: mark\nactions:\n  - emit: { tag: marked }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.eden(&["reactor", "apply", marker_rules.to_str().unwrap()])
+            .await
+            .code,
+        Some(0)
+    );
+    emit("mark").await;
+    eden_tests::wait_for(
+        "the runtime to get past the burst",
+        std::time::Duration::from_secs(20),
+        || async { event_tags(&c, "marked").await.len() == 1 },
+    )
+    .await;
+    assert_eq!(event_tags(&c, "flapping/").await, ["flapping/db"]);
+}

@@ -506,7 +506,7 @@ actions:
     eden_tests::wait_for(
         "the rule to fire",
         std::time::Duration::from_secs(20),
-        || async { event_tags(&c, "flapping/").await == ["flapping/db"] },
+        || async { event_tags(c, "flapping/").await == ["flapping/db"] },
     )
     .await;
     // Three more within the cooldown do not fire again (the runtime has handled them once the
@@ -530,8 +530,8 @@ actions:
     eden_tests::wait_for(
         "the runtime to get past the burst",
         std::time::Duration::from_secs(20),
-        || async { event_tags(&c, "marked").await.len() == 1 },
+        || async { event_tags(c, "marked").await.len() == 1 },
     )
     .await;
-    assert_eq!(event_tags(&c, "flapping/").await, ["flapping/db"]);
+    assert_eq!(event_tags(c, "flapping/").await, ["flapping/db"]);
 }

@@ -12,6 +12,7 @@
 //!   within: 60s
 //!   group_by: "{{ event.labels.instance }}"
 //!   cooldown: 5m               #   then not again in this group for this long
+//!   debounce: 10s              #   and only once matching events stopped for 10 s
 //! actions:
 //!   - run: { on: "role=issuer", command: [sh, -c, "make-token"], register: token }
 //!   - set_var: { node: cluster, name: last_join, value: "{{ event.tag }}" }
@@ -59,6 +60,9 @@ pub struct When {
     pub group_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown: Option<String>,
+    /// Fire only once matching events stopped for this long (with the last one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -126,6 +130,9 @@ struct Group {
     /// Times (ms) of matching events within the window.
     times: Vec<u64>,
     last_fired: Option<u64>,
+    /// With debounce: the event to fire with, and when.
+    #[serde(default)]
+    pending: Option<(Event, u64)>,
 }
 
 fn duration(what: &str, s: &str) -> Result<Duration, String> {
@@ -161,6 +168,9 @@ pub fn validate(r: &Rule) -> Result<(), String> {
         duration("when.within", &w.within)?;
         if let Some(c) = &w.cooldown {
             duration("when.cooldown", c)?;
+        }
+        if let Some(d) = &w.debounce {
+            duration("when.debounce", d)?;
         }
     }
     if r.actions.is_empty() {
@@ -333,6 +343,16 @@ pub fn react(
                 .entry(format!("{}\u{0}{group}", rule.name))
                 .or_default();
             let now = event.time;
+            let debounce = w
+                .debounce
+                .as_deref()
+                .and_then(|d| duration("debounce", d).ok())
+                .map(|d| d.as_millis() as u64);
+            if let (Some(d), Some(_)) = (debounce, &g.pending) {
+                // Still bouncing: the last event wins and the wait starts again.
+                g.pending = Some((event.clone(), now + d));
+                continue;
+            }
             g.times.retain(|t| now.saturating_sub(*t) <= within);
             g.times.push(now);
             let cooling = g
@@ -343,6 +363,10 @@ pub fn react(
             }
             g.times.clear();
             g.last_fired = Some(now);
+            if let Some(d) = debounce {
+                g.pending = Some((event.clone(), now + d));
+                continue;
+            }
         }
         match rule
             .actions
@@ -360,6 +384,60 @@ pub fn react(
         }
     }
     (fired, errors)
+}
+
+/// Fires the debounced rules whose wait is over at `now` (the runtime calls it every second).
+pub fn tick(
+    rules: &[Rule],
+    state: &mut State,
+    now: u64,
+    extra: &serde_json::Value,
+) -> (Vec<Firing>, Vec<String>) {
+    let env = env();
+    let (mut fired, mut errors) = (Vec::new(), Vec::new());
+    for rule in rules {
+        let prefix = format!("{}\u{0}", rule.name);
+        for (key, g) in state.groups.range_mut(prefix.clone()..) {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let Some((event, due)) = g.pending.clone() else {
+                continue;
+            };
+            if due > now {
+                continue;
+            }
+            g.pending = None;
+            g.last_fired = Some(now);
+            let mut ctx = if extra.is_object() {
+                extra.clone()
+            } else {
+                serde_json::json!({})
+            };
+            ctx["event"] = serde_json::to_value(&event).expect("JSON");
+            ctx["event"]["parts"] = serde_json::json!(event.tag.split('/').collect::<Vec<_>>());
+            match rule
+                .actions
+                .iter()
+                .map(|a| render_action(&env, a, &ctx))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(actions) => fired.push(Firing {
+                    rule: rule.name.clone(),
+                    tag: event.tag.clone(),
+                    revision: event.revision,
+                    actions,
+                }),
+                Err(e) => errors.push(format!("rule {}: {e}", rule.name)),
+            }
+        }
+    }
+    (fired, errors)
+}
+
+/// True when a debounced firing waits (the runtime ticks only then).
+pub fn pending(state: &State) -> bool {
+    state.groups.values().any(|g| g.pending.is_some())
 }
 
 #[cfg(test)]
@@ -476,6 +554,32 @@ actions:
         assert_eq!(fire(600 * s, "a", "critical"), 0);
         assert_eq!(fire(601 * s, "a", "critical"), 0);
         assert_eq!(fire(602 * s, "a", "critical"), 1);
+    }
+
+    #[test]
+    fn a_debounced_rule_fires_once_events_stop_with_the_last_one() {
+        let rules = parse(
+            "name: settle\non: deploy/*\nwhen: { count: 1, within: 1m, debounce: 10s }\nactions:\n  - emit: { tag: \"settled/{{ event.parts[1] }}\" }\n",
+        )
+        .unwrap();
+        let mut st = State::default();
+        let x = serde_json::json!({});
+        for (t, tag) in [(0, "deploy/a"), (4_000, "deploy/b"), (8_000, "deploy/c")] {
+            assert!(react(&rules, &mut st, &event(tag, t, &[]), &x).0.is_empty());
+        }
+        assert!(pending(&st));
+        assert!(
+            tick(&rules, &mut st, 17_000, &x).0.is_empty(),
+            "8 s + 10 s not yet over"
+        );
+        let (f, _) = tick(&rules, &mut st, 18_000, &x);
+        assert_eq!(f.len(), 1);
+        match &f[0].actions[0] {
+            Action::Emit { tag, .. } => assert_eq!(tag, "settled/c", "the last event wins"),
+            other => panic!("{other:?}"),
+        }
+        assert!(tick(&rules, &mut st, 30_000, &x).0.is_empty(), "once");
+        assert!(!pending(&st));
     }
 
     #[test]

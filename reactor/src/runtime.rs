@@ -414,6 +414,31 @@ impl Runtime {
                         if lost.load(Ordering::SeqCst) {
                             return Err("lost the leader key".into());
                         }
+                        if rules::pending(&cursor.state) {
+                            let vars = eden_agent::vars::all(&self.client).await.unwrap_or_default();
+                            let (firings, errs) = rules::tick(&rules, &mut cursor.state, now_ms(), &serde_json::json!({"vars": vars}));
+                            for e in errs {
+                                tracing::warn!("{e}");
+                            }
+                            if !firings.is_empty() {
+                                let mut ops = Vec::new();
+                                let mut posts = Vec::new();
+                                for f in &firings {
+                                    let (o, p, _) = self.firing_ops(f).await;
+                                    ops.extend(o);
+                                    posts.extend(p);
+                                }
+                                cursor_mod = self.commit(me, cursor_mod, &cursor, ops).await
+                                    .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
+                                dirty = false;
+                                last_write = Instant::now();
+                                for (url, body) in posts {
+                                    if let Err(e) = post(&url, &body).await {
+                                        tracing::warn!("post: {e}");
+                                    }
+                                }
+                            }
+                        }
                         if dirty && last_write.elapsed() > Duration::from_secs(5) {
                             cursor_mod = self.commit(me, cursor_mod, &cursor, vec![]).await
                                 .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;

@@ -123,6 +123,10 @@ pub struct Firing {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 pub struct State {
     groups: BTreeMap<String, Group>,
+    /// The cluster's members as last seen by the runtime (member id in hex -> name and whether
+    /// a learner); None until first seen. The runtime emits member events from its changes.
+    #[serde(default)]
+    pub members: Option<BTreeMap<String, (String, bool)>>,
 }
 
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]

@@ -42,6 +42,8 @@ use crate::rules::{self, Action, Firing, Rule, State};
 pub const LEADER: &str = "/eden/reactor/leader";
 pub const CURSOR: &str = "/eden/reactor/cursor";
 pub const RULES: &str = "/eden/reactors/";
+/// How often (in 1 s ticks) the active runtime compares the member list with the last one seen.
+const MEMBER_POLL_TICKS: u64 = 5;
 
 /// Where the runtime is: the last revision handled and the rules' state.
 #[derive(Serialize, Deserialize, Default, Clone, Debug)]
@@ -216,6 +218,52 @@ impl Runtime {
             };
             let _ = tokio::time::timeout(self.lease_ttl * 2, wait).await;
         }
+    }
+
+    /// Membership is not in the key-value store, so the active runtime compares the member list
+    /// with the one it saw last (kept in its state) and emits `member/added/NAME`,
+    /// `member/removed/NAME` and `member/promoted/NAME` events for the differences; they come back
+    /// through the watch and are reacted to like any explicit event. None: nothing changed.
+    async fn member_events(&self, state: &mut State) -> Option<Vec<RequestOp>> {
+        let list = self.client.member_list().await.ok()?;
+        let now: BTreeMap<String, (String, bool)> = list
+            .members
+            .iter()
+            .filter(|m| !m.name.is_empty())
+            .map(|m| (format!("{:x}", m.id), (m.name.clone(), m.is_learner)))
+            .collect();
+        let Some(before) = state.members.clone() else {
+            state.members = Some(now);
+            return Some(vec![]);
+        };
+        if before == now {
+            return None;
+        }
+        let mut ops = Vec::new();
+        let ev = |tag: String, id: &str, learner: bool| {
+            event_put(
+                tag,
+                "reactor",
+                BTreeMap::new(),
+                serde_json::json!({"id": id, "learner": learner}),
+            )
+        };
+        for (id, (name, learner)) in &now {
+            match before.get(id) {
+                None => ops.push(ev(format!("member/added/{name}"), id, *learner)),
+                Some((_, true)) if !learner => {
+                    ops.push(ev(format!("member/promoted/{name}"), id, false))
+                }
+                _ => {}
+            }
+        }
+        for (id, (name, learner)) in &before {
+            if !now.contains_key(id) {
+                ops.push(ev(format!("member/removed/{name}"), id, *learner));
+            }
+        }
+        state.members = Some(now);
+        Some(ops)
     }
 
     async fn load_rules(&self) -> Result<Vec<Rule>, String> {
@@ -407,12 +455,22 @@ impl Runtime {
                 Duration::from_secs(60),
             );
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut ticks = 0u64;
             loop {
                 let m = tokio::select! {
                     m = w.recv() => m,
                     _ = tick.tick() => {
                         if lost.load(Ordering::SeqCst) {
                             return Err("lost the leader key".into());
+                        }
+                        ticks += 1;
+                        if ticks % MEMBER_POLL_TICKS == 0 {
+                            if let Some(ops) = self.member_events(&mut cursor.state).await {
+                                cursor_mod = self.commit(me, cursor_mod, &cursor, ops).await
+                                    .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
+                                dirty = false;
+                                last_write = Instant::now();
+                            }
                         }
                         if rules::pending(&cursor.state) {
                             let vars = eden_agent::vars::all(&self.client).await.unwrap_or_default();

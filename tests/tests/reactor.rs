@@ -535,3 +535,54 @@ actions:
     .await;
     assert_eq!(event_tags(c, "flapping/").await, ["flapping/db"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_become_member_events() {
+    let mut c = Cluster::start(3, &["--reactor"]).await;
+    eden_tests::wait_for(
+        "a runtime to be active",
+        std::time::Duration::from_secs(20),
+        || async { active_runtime(&c).await.is_some() },
+    )
+    .await;
+    // The active runtime has seen the initial members (it polls every 5 s and keeps them in its
+    // stored state).
+    eden_tests::wait_for(
+        "the runtime to see the members",
+        std::time::Duration::from_secs(30),
+        || async {
+            c.client()
+                .range(eden_proto::etcdserverpb::RangeRequest {
+                    key: b"/eden/reactor/cursor".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .ok()
+                .and_then(|r| r.kvs.first().cloned())
+                .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+                .is_some_and(|v| {
+                    v["state"]["members"]
+                        .as_object()
+                        .is_some_and(|m| m.len() == 3)
+                })
+        },
+    )
+    .await;
+    let n = c.join(&["--reactor"]);
+    let name = c.members[n].name.clone();
+    eden_tests::wait_for(
+        "member/added",
+        std::time::Duration::from_secs(40),
+        || async { event_tags(&c, "member/added/").await == [format!("member/added/{name}")] },
+    )
+    .await;
+    let id = c.member_id(n).await;
+    c.remove_member(id).await.unwrap();
+    c.wait_exited(n).await;
+    eden_tests::wait_for(
+        "member/removed",
+        std::time::Duration::from_secs(40),
+        || async { event_tags(&c, "member/removed/").await == [format!("member/removed/{name}")] },
+    )
+    .await;
+}

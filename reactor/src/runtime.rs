@@ -464,7 +464,7 @@ impl Runtime {
                             return Err("lost the leader key".into());
                         }
                         ticks += 1;
-                        if ticks % MEMBER_POLL_TICKS == 0 {
+                        if ticks.is_multiple_of(MEMBER_POLL_TICKS) {
                             if let Some(ops) = self.member_events(&mut cursor.state).await {
                                 cursor_mod = self.commit(me, cursor_mod, &cursor, ops).await
                                     .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;

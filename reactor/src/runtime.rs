@@ -550,6 +550,12 @@ impl Runtime {
                     }) {
                         rules = self.load_rules().await?;
                     }
+                    // Only the runtime's own keys changed (its cursor, its election): nothing to
+                    // remember, or the cursor would chase its own writes.
+                    let own = evs.iter().all(|e| {
+                        e.kv.as_ref()
+                            .is_some_and(|kv| kv.key.starts_with(b"/eden/reactor/"))
+                    });
                     let mut firings = Vec::new();
                     for e in evs {
                         let Some(ev) = events::from_watch(e, now_ms()) else {
@@ -576,7 +582,7 @@ impl Runtime {
                     }
                     cursor.revision = rev;
                     if firings.is_empty() {
-                        dirty = true;
+                        dirty |= !own;
                         continue;
                     }
                     let mut ops = Vec::new();

@@ -220,14 +220,29 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         );
         joins.push(tokio::spawn(async move {
             let _p = sem.acquire().await;
-            register(&client, &name, ttl).await
+            // Like a real agent, registration is retried (a leader change under load is an
+            // answer worth retrying); the retries are counted.
+            let mut tries = 0;
+            loop {
+                match register(&client, &name, ttl).await {
+                    Ok(l) => return Ok((l, tries)),
+                    Err(e) if tries >= 20 => return Err(e),
+                    Err(_) => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
         }));
     }
+    let mut retries = 0;
     for (i, j) in joins.into_iter().enumerate() {
-        leases[i] = j
+        let (lease, tries) = j
             .await
             .map_err(|e| Failure::usage(e.to_string()))?
             .map_err(|e| Failure::usage(format!("registering: {e}")))?;
+        leases[i] = lease;
+        retries += tries;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -309,6 +324,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         "agents": a.count,
         "connections": conns,
         "register_seconds": registered.as_secs_f64(),
+        "register_retries": retries,
         "keepalive_per_second": kps,
         "keepalive_p50_ms": kp50,
         "keepalive_p99_ms": kp99,
@@ -325,7 +341,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         out.json(&v)?;
     } else {
         out.line(&format!(
-            "agents: {} over {conns} connections, registered in {:.2} s",
+            "agents: {} over {conns} connections, registered in {:.2} s ({retries} retries)",
             a.count,
             registered.as_secs_f64()
         ))?;

@@ -417,17 +417,32 @@ impl Cluster {
         }
     }
 
-    /// Removes a member through the Cluster API.
+    /// Removes a member through the Cluster API (asking again for up to 10 s while the previous
+    /// membership change, like a newcomer's promotion, is still being committed).
     pub async fn remove_member(&self, id: u64) -> Result<(), eden_proto::client::ClientError> {
         use eden_proto::etcdserverpb::{cluster_client::ClusterClient, MemberRemoveRequest};
-        self.client()
-            .call(eden_proto::client::Retry::Write, |ch| async move {
-                ClusterClient::new(ch)
-                    .member_remove(MemberRemoveRequest { id })
-                    .await
-            })
-            .await
-            .map(|_| ())
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self
+                .client()
+                .call(eden_proto::client::Retry::Write, |ch| async move {
+                    ClusterClient::new(ch)
+                        .member_remove(MemberRemoveRequest { id })
+                        .await
+                })
+                .await
+                .map(|_| ());
+            match r {
+                Err(e)
+                    if e.to_string()
+                        .contains("another membership change is in progress")
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Waits until member `i`'s process exits by itself (a removed member stops).

@@ -185,6 +185,12 @@ impl Client {
         self.pool.lock().expect("pool lock").channels.remove(&ep);
     }
 
+    /// Learns the cluster's members now (it also happens by itself: every 30 s while the client
+    /// is in use, and after a round over every endpoint failed).
+    pub async fn sync_members(&self) {
+        self.sync_pool(true).await
+    }
+
     /// Learns the cluster's members from any endpoint in the pool (when `force`, or when the
     /// last time is SYNC_INTERVAL ago): the pool becomes the given endpoints plus the client
     /// addresses of the voting members.

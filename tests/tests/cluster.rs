@@ -404,3 +404,22 @@ async fn an_isolated_leader_is_replaced_serves_no_stale_read_and_catches_up() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_one_member_follows_the_cluster_after_it_dies() {
+    let mut c = Cluster::start(3, &[]).await;
+    let client = c.client_of(0);
+    assert_eq!(client.pool().len(), 1);
+    client.sync_members().await;
+    assert_eq!(client.pool().len(), 3, "{:?}", client.pool());
+    c.kill(0);
+    // The member it was given is gone; the ones it learned answer.
+    let r = client
+        .put(PutRequest {
+            key: "after".into(),
+            value: "m0 died".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+}

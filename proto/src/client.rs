@@ -115,9 +115,15 @@ fn not_sent(s: &Status) -> bool {
         && (m.contains("connect") || m.contains("connection refused") || m.contains("dns"))
 }
 
+/// True when the error came from the connection, not from a server's answer.
+fn from_transport(s: &Status) -> bool {
+    std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
+}
+
 fn retryable(s: &Status, kind: Retry) -> bool {
     match kind {
-        Retry::Read => s.code() == Code::Unavailable,
+        // A connection that broke (its member died) is worth another endpoint for a read.
+        Retry::Read => s.code() == Code::Unavailable || from_transport(s),
         Retry::Write => {
             not_sent(s) || (s.code() == Code::Unavailable && s.message() == "etcdserver: no leader")
         }

@@ -399,6 +399,19 @@ async fn an_alertmanager_webhook_runs_a_task_on_each_alerts_instance() {
     .await;
     let _a = c.agent("web1", &[]);
     let _b = c.agent("web2", &[]);
+    eden_tests::wait_for(
+        "both agents to register",
+        std::time::Duration::from_secs(20),
+        || async {
+            c.eden(&["node", "ls", "-w", "json"])
+                .await
+                .stdout
+                .matches("\"up\":true")
+                .count()
+                == 2
+        },
+    )
+    .await;
     let rules = c.dir().join("alerts.yaml");
     std::fs::write(
         &rules,

@@ -271,6 +271,13 @@ async fn the_join_story_end_to_end() {
             .code,
         Some(0)
     );
+    // A runtime that is not active yet would start from the revision it becomes active at.
+    eden_tests::wait_for(
+        "a runtime to be active",
+        std::time::Duration::from_secs(20),
+        || async { active_runtime(&c).await.is_some() },
+    )
+    .await;
     let _b = c.agent("b", &[]);
     eden_tests::wait_for(
         "B to receive the token",

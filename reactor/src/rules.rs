@@ -317,12 +317,7 @@ pub fn react(
     extra: &serde_json::Value,
 ) -> (Vec<Firing>, Vec<String>) {
     let env = env();
-    let mut ctx = extra.clone();
-    if !ctx.is_object() {
-        ctx = serde_json::json!({});
-    }
-    ctx["event"] = serde_json::to_value(event).expect("JSON");
-    ctx["event"]["parts"] = serde_json::json!(event.tag.split('/').collect::<Vec<_>>());
+    let ctx = context(extra, event);
     let (mut fired, mut errors) = (Vec::new(), Vec::new());
     for rule in rules.iter().filter(|r| matches(r, event)) {
         if let Some(w) = &rule.when {
@@ -372,22 +367,45 @@ pub fn react(
                 continue;
             }
         }
-        match rule
-            .actions
-            .iter()
-            .map(|a| render_action(&env, a, &ctx))
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(actions) => fired.push(Firing {
-                rule: rule.name.clone(),
-                tag: event.tag.clone(),
-                revision: event.revision,
-                actions,
-            }),
-            Err(e) => errors.push(format!("rule {}: {e}", rule.name)),
+        match fire(&env, rule, event, &ctx) {
+            Ok(f) => fired.push(f),
+            Err(e) => errors.push(e),
         }
     }
     (fired, errors)
+}
+
+/// The template context for `event`: `extra` (vars, node) plus the event and its tag's parts.
+fn context(extra: &serde_json::Value, event: &Event) -> serde_json::Value {
+    let mut ctx = if extra.is_object() {
+        extra.clone()
+    } else {
+        serde_json::json!({})
+    };
+    ctx["event"] = serde_json::to_value(event).expect("JSON");
+    ctx["event"]["parts"] = serde_json::json!(event.tag.split('/').collect::<Vec<_>>());
+    ctx
+}
+
+/// A rule's actions rendered for `event`; Err names the rule and the template that failed.
+fn fire(
+    env: &Environment,
+    rule: &Rule,
+    event: &Event,
+    ctx: &serde_json::Value,
+) -> Result<Firing, String> {
+    let actions = rule
+        .actions
+        .iter()
+        .map(|a| render_action(env, a, ctx))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("rule {}: {e}", rule.name))?;
+    Ok(Firing {
+        rule: rule.name.clone(),
+        tag: event.tag.clone(),
+        revision: event.revision,
+        actions,
+    })
 }
 
 /// Fires the debounced rules whose wait is over at `now` (the runtime calls it every second).
@@ -413,26 +431,9 @@ pub fn tick(
             }
             g.pending = None;
             g.last_fired = Some(now);
-            let mut ctx = if extra.is_object() {
-                extra.clone()
-            } else {
-                serde_json::json!({})
-            };
-            ctx["event"] = serde_json::to_value(&event).expect("JSON");
-            ctx["event"]["parts"] = serde_json::json!(event.tag.split('/').collect::<Vec<_>>());
-            match rule
-                .actions
-                .iter()
-                .map(|a| render_action(&env, a, &ctx))
-                .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(actions) => fired.push(Firing {
-                    rule: rule.name.clone(),
-                    tag: event.tag.clone(),
-                    revision: event.revision,
-                    actions,
-                }),
-                Err(e) => errors.push(format!("rule {}: {e}", rule.name)),
+            match fire(&env, rule, &event, &context(extra, &event)) {
+                Ok(f) => fired.push(f),
+                Err(e) => errors.push(e),
             }
         }
     }

@@ -214,6 +214,17 @@ async fn active_runtime(c: &Cluster) -> Option<String> {
     v["id"].as_str().map(String::from)
 }
 
+/// Waits until a reactor runtime holds the leader key (one that becomes active later starts from
+/// the revision it becomes active at).
+async fn wait_active(c: &Cluster) {
+    eden_tests::wait_for(
+        "a runtime to be active",
+        std::time::Duration::from_secs(20),
+        || async { active_runtime(c).await.is_some() },
+    )
+    .await;
+}
+
 /// Tags of the stored explicit events that match a prefix.
 async fn event_tags(c: &Cluster, prefix: &str) -> Vec<String> {
     let r = c
@@ -271,13 +282,7 @@ async fn the_join_story_end_to_end() {
             .code,
         Some(0)
     );
-    // A runtime that is not active yet would start from the revision it becomes active at.
-    eden_tests::wait_for(
-        "a runtime to be active",
-        std::time::Duration::from_secs(20),
-        || async { active_runtime(&c).await.is_some() },
-    )
-    .await;
+    wait_active(&c).await;
     let _b = c.agent("b", &[]);
     eden_tests::wait_for(
         "B to receive the token",
@@ -307,12 +312,7 @@ async fn killing_the_active_reactor_mid_burst_fires_every_event_exactly_once() {
             .code,
         Some(0)
     );
-    eden_tests::wait_for(
-        "a runtime to be active",
-        std::time::Duration::from_secs(20),
-        || async { active_runtime(&c).await.is_some() },
-    )
-    .await;
+    wait_active(&c).await;
     let client = c.client();
     let n = 1000;
     let writer = tokio::spawn(async move {
@@ -508,12 +508,7 @@ actions:
             .code,
         Some(0)
     );
-    eden_tests::wait_for(
-        "a runtime to be active",
-        std::time::Duration::from_secs(20),
-        || async { active_runtime(&c).await.is_some() },
-    )
-    .await;
+    wait_active(&c).await;
     let c = &c;
     let emit = |tag: &'static str| async move {
         assert_eq!(c.eden(&["event", "emit", tag]).await.code, Some(0));
@@ -559,12 +554,7 @@ actions:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_become_member_events() {
     let mut c = Cluster::start(3, &["--reactor"]).await;
-    eden_tests::wait_for(
-        "a runtime to be active",
-        std::time::Duration::from_secs(20),
-        || async { active_runtime(&c).await.is_some() },
-    )
-    .await;
+    wait_active(&c).await;
     // The active runtime has seen the initial members (it polls every 5 s and keeps them in its
     // stored state).
     eden_tests::wait_for(

@@ -104,7 +104,12 @@ impl Node {
                 let mut client = self.peer_client(&addr)?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 attempted = true;
-                match tokio::time::timeout(left, client.membership(to_payload(&change))).await {
+                match tokio::time::timeout(
+                    left,
+                    client.membership(to_payload(&change, self.cluster_id)),
+                )
+                .await
+                {
                     Ok(Ok(reply)) => Some(
                         from_payload::<Result<Option<u64>, MembershipError>>(reply.get_ref())
                             .map_err(|e| internal(format!("bad membership reply: {e}")))?,

@@ -233,7 +233,7 @@ impl Node {
         let raft = Raft::new(
             id,
             Arc::new(raft_config),
-            PeerNetwork::from_listen_addr(&config.listen_peer_addr),
+            PeerNetwork::new(&config.listen_peer_addr, cluster_id),
             LogStore::new(engine.clone()),
             sm.clone(),
         )
@@ -318,7 +318,7 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let local = PeerNetwork::from_listen_addr(&self.config.listen_peer_addr).local_ip;
+        let local = PeerNetwork::new(&self.config.listen_peer_addr, 0).local_ip;
         let ch = peer_channel(addr, local)
             .map_err(|e| internal(format!("bad peer address {addr}: {e}")))?;
         let c = PeerClient::new(ch)
@@ -366,7 +366,9 @@ impl Node {
             if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {
                 let mut client = self.peer_client(&addr)?;
                 let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, client.forward(to_payload(&cmd))).await {
+                match tokio::time::timeout(left, client.forward(to_payload(&cmd, self.cluster_id)))
+                    .await
+                {
                     Err(_) => return Err(unavailable("etcdserver: request timed out")),
                     Ok(Ok(reply)) => {
                         let r: Result<Response, ForwardError> = from_payload(reply.get_ref())
@@ -464,7 +466,8 @@ impl Node {
                 let mut client = self.peer_client(&addr)?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 if let Ok(Ok(reply)) =
-                    tokio::time::timeout(left, client.read_index(to_payload(&()))).await
+                    tokio::time::timeout(left, client.read_index(to_payload(&(), self.cluster_id)))
+                        .await
                 {
                     let r: Result<u64, ForwardError> = from_payload(reply.get_ref())
                         .map_err(|e| internal(format!("bad read index reply: {e}")))?;
@@ -573,9 +576,11 @@ impl Node {
             }
             if let Some(addr) = self.leader_addr(leader) {
                 let mut client = self.peer_client(&addr)?;
-                if let Ok(Ok(reply)) =
-                    tokio::time::timeout(Duration::from_secs(2), client.lease_query(to_payload(&q)))
-                        .await
+                if let Ok(Ok(reply)) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.lease_query(to_payload(&q, self.cluster_id)),
+                )
+                .await
                 {
                     let a: LeaseAnswer = from_payload(reply.get_ref())
                         .map_err(|e| internal(format!("bad lease reply: {e}")))?;

@@ -433,3 +433,32 @@ async fn a_client_given_one_member_follows_the_cluster_after_it_dies() {
         .await;
     assert!(r.is_ok(), "{r:?}");
 }
+
+/// Members stamp peer messages with their cluster id and the member they are for; a member
+/// refuses any other (as when a stopped member's address is taken by another cluster's member,
+/// whose id may be the same, as ids are hashes of names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_refuses_peer_messages_from_another_cluster() {
+    use eden_proto::peer::peer_client::PeerClient;
+    use eden_proto::peer::Payload;
+    let c = Cluster::start(1, &["--no-reactor"]).await;
+    let mut peer = PeerClient::connect(format!("http://{}", c.members[0].peer_addr))
+        .await
+        .expect("connect to the peer port");
+    let vote = |cluster_id, to| Payload {
+        data: vec![1, 2, 3],
+        cluster_id,
+        to,
+    };
+    let e = peer.vote(vote(0x1234, 0)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("from cluster 1234"), "{e:?}");
+    let e = peer.vote(vote(0, 0x77)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("for member 77"), "{e:?}");
+    // Unstamped, it gets as far as decoding.
+    let e = peer.vote(vote(0, 0)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // The cluster itself is unaffected.
+    assert!(c.put(0, "k", "v").await.is_ok());
+}

@@ -34,9 +34,12 @@ pub fn peer_channel(addr: &str, local: Option<IpAddr>) -> Result<Channel, tonic:
         .connect_lazy())
 }
 
-pub fn to_payload<T: Serialize>(v: &T) -> Payload {
+/// A request or reply for the peer port; `cluster_id` is the sender's (0 in replies).
+pub fn to_payload<T: Serialize>(v: &T, cluster_id: u64) -> Payload {
     Payload {
         data: bincode::serialize(v).expect("serializing an in-memory value cannot fail"),
+        cluster_id,
+        to: 0,
     }
 }
 
@@ -44,22 +47,25 @@ pub fn from_payload<T: DeserializeOwned>(p: &Payload) -> Result<T, bincode::Erro
     bincode::deserialize(&p.data)
 }
 
-/// Makes the connections to other members. `local_ip` is where they leave from.
+/// Makes the connections to other members. `local_ip` is where they leave from; `cluster_id`
+/// goes with every message.
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
     pub local_ip: Option<IpAddr>,
+    pub cluster_id: u64,
 }
 
 impl PeerNetwork {
     /// Connections leave from the IP of `listen_addr` when it is a specific address (not
     /// 0.0.0.0 or ::), so peers and firewalls see this member's own address.
-    pub fn from_listen_addr(listen_addr: &str) -> PeerNetwork {
+    pub fn new(listen_addr: &str, cluster_id: u64) -> PeerNetwork {
         PeerNetwork {
             local_ip: listen_addr
                 .parse::<SocketAddr>()
                 .ok()
                 .map(|a| a.ip())
                 .filter(|ip| !ip.is_unspecified()),
+            cluster_id,
         }
     }
 }
@@ -70,6 +76,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
         PeerConn {
             target,
+            cluster_id: self.cluster_id,
             client: peer_channel(&node.peer_addr, self.local_ip)
                 .ok()
                 .map(PeerClient::new),
@@ -80,6 +87,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
 pub struct PeerConn {
     target: NodeId,
+    cluster_id: u64,
     addr: String,
     client: Option<PeerClient<Channel>>,
 }
@@ -113,7 +121,9 @@ impl PeerConn {
                 self.addr
             ))))
         })?;
-        let fut = which(client, to_payload(req));
+        let mut payload = to_payload(req, self.cluster_id);
+        payload.to = self.target;
+        let fut = which(client, payload);
         let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
             Err(_) => {
                 return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(

@@ -14,8 +14,9 @@
 //!
 //! A reaction's writes and the cursor commit together, guarded by the election key: a crash
 //! before the commit replays the revision, after it skips it; a deposed runtime's txn fails its
-//! compare. Revisions that fire nothing advance the cursor lazily (every 5 s): replaying them
-//! fires nothing. Events tagged `reactor/...` (the runtime's own) are not reacted to, so rules
+//! compare. Revisions that fire nothing advance the cursor lazily (within 5 s when they changed
+//! the rules' state, within a minute otherwise): replaying them fires nothing, as the rules are
+//! loaded as they were at the cursor's revision. Events tagged `reactor/...` (the runtime's own) are not reacted to, so rules
 //! cannot loop on them. If the cursor's revision was compacted away, the runtime says so in a
 //! `reactor/compacted` event and its log, and continues from the oldest revision kept.
 //!
@@ -44,6 +45,11 @@ pub const CURSOR: &str = "/eden/reactor/cursor";
 pub const RULES: &str = "/eden/reactors/";
 /// How often (in 1 s ticks) the active runtime compares the member list with the last one seen.
 const MEMBER_POLL_TICKS: u64 = 5;
+/// How long a changed rules' state may go unwritten (a crash replays it from the cursor).
+const STATE_LAG: Duration = Duration::from_secs(5);
+/// How long the cursor may lag behind revisions that matched no rule. A failover replays them,
+/// which fires nothing; with no rules, a busy cluster pays one cursor write a minute.
+const REVISION_LAG: Duration = Duration::from_secs(60);
 
 /// Where the runtime is: the last revision handled and the rules' state.
 #[derive(Serialize, Deserialize, Default, Clone, Debug)]
@@ -91,41 +97,24 @@ fn event_put(
     kv::put(&event_key(), &ev, 0)
 }
 
-/// POSTs `body` to a plain http:// URL; Err says why not.
+/// POSTs `body` (JSON) to a plain http:// URL within 10 s; Err says why not.
 async fn post(url: &str, body: &str) -> Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let addr = if host.contains(':') {
-        host.to_string()
-    } else {
-        format!("{host}:80")
-    };
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(&addr),
-    )
-    .await
-    .map_err(|_| format!("{url}: connect timed out"))?
-    .map_err(|e| format!("{url}: {e}"))?;
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.map_err(err)?;
-    let mut head = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut head))
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .map_err(|e| format!("{url}: {e}"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
-        .map_err(|_| format!("{url}: no answer"))?
-        .map_err(err)?;
-    let status = String::from_utf8_lossy(&head[..n]);
-    match status.split_whitespace().nth(1) {
-        Some(code) if code.starts_with('2') => Ok(()),
-        other => Err(format!("{url}: answered {}", other.unwrap_or("nothing"))),
+        .map_err(|_| format!("{url}: no answer within 10 s"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url}: answered {}", resp.status()))
     }
 }
 
@@ -266,10 +255,19 @@ impl Runtime {
         Some(ops)
     }
 
-    async fn load_rules(&self) -> Result<Vec<Rule>, String> {
-        let (kvs, _) = kv::get_prefix(&self.client, RULES, 0, false)
-            .await
-            .map_err(err)?;
+    /// The rules as they were at `revision`, so that a replay after a failover reacts with the
+    /// rules each event first met; the current ones if that revision was compacted away.
+    async fn load_rules(&self, revision: i64) -> Result<Vec<Rule>, String> {
+        let kvs = match kv::get_prefix(&self.client, RULES, revision, false).await {
+            Ok((kvs, _)) => kvs,
+            Err(e) if e.to_string().contains("compacted") => {
+                kv::get_prefix(&self.client, RULES, 0, false)
+                    .await
+                    .map_err(err)?
+                    .0
+            }
+            Err(e) => return Err(err(e)),
+        };
         Ok(kvs
             .iter()
             .filter_map(|kv| kv::decode::<Rule>(kv).ok())
@@ -342,7 +340,8 @@ impl Runtime {
                 Action::Post { url, body } => posts.push((
                     url.clone(),
                     body.clone().unwrap_or_else(|| {
-                        serde_json::json!({"rule": f.rule, "tag": f.tag}).to_string()
+                        serde_json::json!({"rule": f.rule, "tag": f.tag, "revision": f.revision})
+                            .to_string()
                     }),
                 )),
             }
@@ -439,9 +438,22 @@ impl Runtime {
                     )
                 }
             };
-        let mut rules = self.load_rules().await?;
+        let mut rules = self.load_rules(cursor.revision).await?;
         let mut last_write = Instant::now();
-        let mut dirty = false;
+        if cursor.state.members.is_none() {
+            // The first runtime ever: remember the members now, so that changes from here on
+            // become events even across a failover.
+            if let Some(ops) = self.member_events(&mut cursor.state).await {
+                cursor_mod = self
+                    .commit(me, cursor_mod, &cursor, ops)
+                    .await
+                    .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
+            }
+        }
+        // What the stored cursor lacks: a changed rules' state (written within 5 s), or only
+        // revisions that matched no rule (written within a minute; replaying them does nothing).
+        let mut changed = false;
+        let mut behind = false;
         loop {
             let mut w = self.client.watch(
                 WatchCreateRequest {
@@ -468,7 +480,7 @@ impl Runtime {
                             if let Some(ops) = self.member_events(&mut cursor.state).await {
                                 cursor_mod = self.commit(me, cursor_mod, &cursor, ops).await
                                     .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
-                                dirty = false;
+                                (changed, behind) = (false, false);
                                 last_write = Instant::now();
                             }
                         }
@@ -488,7 +500,7 @@ impl Runtime {
                                 }
                                 cursor_mod = self.commit(me, cursor_mod, &cursor, ops).await
                                     .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
-                                dirty = false;
+                                (changed, behind) = (false, false);
                                 last_write = Instant::now();
                                 for (url, body) in posts {
                                     if let Err(e) = post(&url, &body).await {
@@ -497,10 +509,11 @@ impl Runtime {
                                 }
                             }
                         }
-                        if dirty && last_write.elapsed() > Duration::from_secs(5) {
+                        let since = last_write.elapsed();
+                        if (changed && since > STATE_LAG) || (behind && since > REVISION_LAG) {
                             cursor_mod = self.commit(me, cursor_mod, &cursor, vec![]).await
                                 .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
-                            dirty = false;
+                            (changed, behind) = (false, false);
                             last_write = Instant::now();
                         }
                         continue;
@@ -548,7 +561,7 @@ impl Runtime {
                         e.kv.as_ref()
                             .is_some_and(|kv| kv.key.starts_with(RULES.as_bytes()))
                     }) {
-                        rules = self.load_rules().await?;
+                        rules = self.load_rules(rev).await?;
                     }
                     // Only the runtime's own keys changed (its cursor, its election): nothing to
                     // remember, or the cursor would chase its own writes.
@@ -566,6 +579,7 @@ impl Runtime {
                         {
                             continue;
                         }
+                        changed = true;
                         let vars = eden_agent::vars::all(&self.client)
                             .await
                             .unwrap_or_default();
@@ -582,7 +596,7 @@ impl Runtime {
                     }
                     cursor.revision = rev;
                     if firings.is_empty() {
-                        dirty |= !own;
+                        behind |= !own;
                         continue;
                     }
                     let mut ops = Vec::new();
@@ -599,7 +613,7 @@ impl Runtime {
                         .commit(me, cursor_mod, &cursor, ops)
                         .await
                         .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
-                    dirty = false;
+                    (changed, behind) = (false, false);
                     last_write = Instant::now();
                     for f in &firings {
                         tracing::info!(rule = %f.rule, tag = %f.tag, revision = f.revision, "fired");

@@ -299,7 +299,48 @@ impl Cluster {
             _dir: dir,
         };
         c.wait_leader().await;
+        if !extra.contains(&"--no-reactor") {
+            // The reactor runtime's first writes (its election key, its cursor) land before the
+            // test starts, so that the revisions a test sees are its own.
+            c.wait_reactor().await;
+        }
         c
+    }
+
+    /// The id of the active reactor runtime (the member's name for one inside `eden server`).
+    pub async fn active_reactor(&self) -> Option<String> {
+        let r = self
+            .client()
+            .range(eden_proto::etcdserverpb::RangeRequest {
+                key: b"/eden/reactor/leader".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&r.kvs.first()?.value).ok()?;
+        v["id"].as_str().map(String::from)
+    }
+
+    /// Waits until a reactor runtime is active and its cursor is stored (a runtime that becomes
+    /// active later starts from the revision it becomes active at).
+    pub async fn wait_reactor(&self) {
+        wait_for(
+            "a reactor runtime to be active",
+            Duration::from_secs(30),
+            || async {
+                let cursor = self
+                    .client()
+                    .range(eden_proto::etcdserverpb::RangeRequest {
+                        key: b"/eden/reactor/cursor".to_vec(),
+                        count_only: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok_and(|r| r.count == 1);
+                cursor && self.active_reactor().await.is_some()
+            },
+        )
+        .await;
     }
 
     pub fn endpoints(&self) -> Vec<String> {

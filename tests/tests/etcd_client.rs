@@ -21,7 +21,8 @@ fn status(e: Error) -> (Code, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_and_txn() {
-    let c = Cluster::start(3, &[]).await;
+    // Without the reactor runtime's keys (/eden/reactor/...), so that "all keys" are the test's.
+    let c = Cluster::start(3, &["--no-reactor"]).await;
     let mut cl = Client::connect(c.endpoints(), None).await.unwrap();
     let r = cl.put("a", "1", None).await.unwrap();
     let rev_a = r.header().unwrap().revision();

@@ -201,30 +201,6 @@ async fn events_are_explicit_or_derived_and_the_servers_policy_holds() {
 }
 
 /// The leader key's holder (the active runtime's name).
-async fn active_runtime(c: &Cluster) -> Option<String> {
-    let r = c
-        .client()
-        .range(eden_proto::etcdserverpb::RangeRequest {
-            key: b"/eden/reactor/leader".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .ok()?;
-    let v: Value = serde_json::from_slice(&r.kvs.first()?.value).ok()?;
-    v["id"].as_str().map(String::from)
-}
-
-/// Waits until a reactor runtime holds the leader key (one that becomes active later starts from
-/// the revision it becomes active at).
-async fn wait_active(c: &Cluster) {
-    eden_tests::wait_for(
-        "a runtime to be active",
-        std::time::Duration::from_secs(20),
-        || async { active_runtime(c).await.is_some() },
-    )
-    .await;
-}
-
 /// Tags of the stored explicit events that match a prefix.
 async fn event_tags(c: &Cluster, prefix: &str) -> Vec<String> {
     let r = c
@@ -246,7 +222,7 @@ async fn event_tags(c: &Cluster, prefix: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_join_story_end_to_end() {
-    let c = Cluster::start(3, &["--reactor"]).await;
+    let c = Cluster::start(3, &[]).await;
     let _issuer = c.agent("issuer", &["--label", "role=issuer"]);
     eden_tests::wait_for(
         "the issuer to be up",
@@ -282,7 +258,7 @@ async fn the_join_story_end_to_end() {
             .code,
         Some(0)
     );
-    wait_active(&c).await;
+    c.wait_reactor().await;
     let _b = c.agent("b", &[]);
     eden_tests::wait_for(
         "B to receive the token",
@@ -299,7 +275,7 @@ async fn the_join_story_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_active_reactor_mid_burst_fires_every_event_exactly_once() {
-    let mut c = Cluster::start(3, &["--reactor", "--event-rate", "100000"]).await;
+    let mut c = Cluster::start(3, &["--event-rate", "100000"]).await;
     let rules = c.dir().join("burst.yaml");
     std::fs::write(
         &rules,
@@ -312,7 +288,7 @@ async fn killing_the_active_reactor_mid_burst_fires_every_event_exactly_once() {
             .code,
         Some(0)
     );
-    wait_active(&c).await;
+    c.wait_reactor().await;
     let client = c.client();
     let n = 1000;
     let writer = tokio::spawn(async move {
@@ -339,7 +315,7 @@ async fn killing_the_active_reactor_mid_burst_fires_every_event_exactly_once() {
         || async { event_tags(&c, "done/").await.len() >= 100 },
     )
     .await;
-    let active = active_runtime(&c).await.unwrap();
+    let active = c.active_reactor().await.unwrap();
     let victim = c.members.iter().position(|m| m.name == active).unwrap();
     c.kill(victim);
     writer.await.unwrap();
@@ -359,7 +335,7 @@ async fn killing_the_active_reactor_mid_burst_fires_every_event_exactly_once() {
         (n, n),
         "each burst event fired its rule exactly once"
     );
-    assert_ne!(active_runtime(&c).await, None);
+    assert_ne!(c.active_reactor().await, None);
 }
 
 /// A plain HTTP/1.1 POST; returns the status code and the body.
@@ -395,13 +371,7 @@ async fn an_alertmanager_webhook_runs_a_task_on_each_alerts_instance() {
     let hook_addr = format!("127.0.0.1:{}", eden_tests::free_port());
     let c = Cluster::start(
         1,
-        &[
-            "--reactor",
-            "--webhook-addr",
-            &hook_addr,
-            "--webhook-max-bytes",
-            "2000",
-        ],
+        &["--webhook-addr", &hook_addr, "--webhook-max-bytes", "2000"],
     )
     .await;
     let _a = c.agent("web1", &[]);
@@ -489,7 +459,7 @@ actions:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thorium_rule_fires_on_the_third_event_in_its_window_and_not_in_its_cooldown() {
-    let c = Cluster::start(1, &["--reactor"]).await;
+    let c = Cluster::start(1, &[]).await;
     let rules = c.dir().join("thorium.yaml");
     std::fs::write(
         &rules,
@@ -508,7 +478,7 @@ actions:
             .code,
         Some(0)
     );
-    wait_active(&c).await;
+    c.wait_reactor().await;
     let c = &c;
     let emit = |tag: &'static str| async move {
         assert_eq!(c.eden(&["event", "emit", tag]).await.code, Some(0));
@@ -553,8 +523,8 @@ actions:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_become_member_events() {
-    let mut c = Cluster::start(3, &["--reactor"]).await;
-    wait_active(&c).await;
+    let mut c = Cluster::start(3, &[]).await;
+    c.wait_reactor().await;
     // The active runtime has seen the initial members (it polls every 5 s and keeps them in its
     // stored state).
     eden_tests::wait_for(
@@ -578,7 +548,7 @@ async fn membership_changes_become_member_events() {
         },
     )
     .await;
-    let n = c.join(&["--reactor"]);
+    let n = c.join(&[]);
     let name = c.members[n].name.clone();
     eden_tests::wait_for(
         "member/added",
@@ -595,4 +565,121 @@ async fn membership_changes_become_member_events() {
         || async { event_tags(&c, "member/removed/").await == [format!("member/removed/{name}")] },
     )
     .await;
+}
+
+/// A tiny HTTP server: each request's path and body go to the channel; paths under /fail get
+/// 500, others 200.
+async fn http_sink() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).await.unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).await.unwrap();
+                let status = if path.starts_with("/fail") {
+                    "500 Oops"
+                } else {
+                    "200 OK"
+                };
+                let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                r.get_mut().write_all(reply.as_bytes()).await.unwrap();
+                let _ = tx.send((path, String::from_utf8(body).unwrap()));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_action_sends_its_rendered_body_once() {
+    let (addr, mut got) = http_sink().await;
+    let c = Cluster::start(1, &[]).await;
+    let rules = c.dir().join("post.yaml");
+    std::fs::write(
+        &rules,
+        format!(
+            r#"
+- name: notify
+  on: deploy/*
+  actions:
+    - post:
+        url: "http://{addr}/notify/{{{{ event.parts[1] }}}}"
+        body: '{{"app": "{{{{ event.parts[1] }}}}", "who": "{{{{ event.data.who }}}}"}}'
+- name: broken-hook
+  on: deploy/*
+  actions:
+    - post: {{ url: "http://{addr}/fail" }}
+"#
+        ),
+    )
+    .unwrap();
+    let o = c.eden(&["reactor", "apply", rules.to_str().unwrap()]).await;
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    c.wait_reactor().await;
+    let o = c
+        .eden(&["event", "emit", "deploy/web", "--data", r#"{"who": "ann"}"#])
+        .await;
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(20), got.recv())
+            .await
+            .expect("the posts to arrive")
+            .unwrap();
+        seen.push(r);
+    }
+    seen.sort();
+    assert_eq!(seen[0].0, "/fail");
+    let v: Value = serde_json::from_str(&seen[0].1).unwrap();
+    assert_eq!(
+        (v["rule"].as_str(), v["tag"].as_str()),
+        (Some("broken-hook"), Some("deploy/web"))
+    );
+    assert_eq!(seen[1].0, "/notify/web");
+    let v: Value = serde_json::from_str(&seen[1].1).unwrap();
+    assert_eq!(v, serde_json::json!({"app": "web", "who": "ann"}));
+    // A failed post is logged, not retried, and the runtime goes on: the next event posts too,
+    // and nothing came twice.
+    let o = c
+        .eden(&["event", "emit", "deploy/db", "--data", r#"{"who": "bob"}"#])
+        .await;
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let mut next = Vec::new();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(20), got.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the next posts to arrive; logs:\n{}", c.logs()))
+            .unwrap();
+        next.push(r.0);
+    }
+    next.sort();
+    assert_eq!(next, ["/fail", "/notify/db"]);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), got.recv())
+            .await
+            .is_err(),
+        "a post came twice"
+    );
 }

@@ -394,8 +394,9 @@ async fn current_revision(c: &Cluster) -> i64 {
     )
 }
 
-/// Every event under `r/` from revision `from` through `to`, replayed by a fresh watch. Only
-/// `r/` keys are written, so revision `to` is an event there.
+/// Every event under `r/` from revision `from` through `to`, replayed by a fresh watch. The watch
+/// covers every key (the reactor runtime writes its own under /eden/), so that revision `to`,
+/// a revision the store had reached, is sure to come.
 async fn replay(c: &Cluster, from: i64, to: i64) -> Vec<SeenEvent> {
     let mut out: Vec<SeenEvent> = Vec::new();
     if to < from {
@@ -403,22 +404,29 @@ async fn replay(c: &Cluster, from: i64, to: i64) -> Vec<SeenEvent> {
     }
     let mut w = c.client().watch(
         WatchCreateRequest {
-            key: b"r/".to_vec(),
-            range_end: prefix_end(b"r/"),
+            key: vec![0],
+            range_end: vec![0],
             start_revision: from,
             prev_kv: true,
             ..Default::default()
         },
         Duration::from_secs(30),
     );
-    while out.last().map_or(0, |e| e.revision) < to {
+    let mut reached = 0;
+    while reached < to {
         let m = tokio::time::timeout(Duration::from_secs(30), w.recv())
             .await
             .expect("replaying the event history timed out")
             .expect("the replay watch ended")
             .expect("the replay watch failed");
         assert!(!m.canceled, "the replay watch was canceled: {m:?}");
-        out.extend(m.events.iter().map(event_of));
+        for e in &m.events {
+            let e = event_of(e);
+            reached = reached.max(e.revision);
+            if e.key.starts_with(b"r/") {
+                out.push(e);
+            }
+        }
     }
     out
 }
@@ -758,13 +766,14 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
         );
     }
     // The watcher that ran through the faults against it.
+    let last_r = truth.last().map_or(0, |e| e.revision);
     wait_for("the watcher to catch up", Duration::from_secs(30), || {
         let n = seen
             .lock()
             .unwrap()
             .last()
             .map_or(0, |e: &SeenEvent| e.revision);
-        async move { n >= last }
+        async move { n >= last_r }
     })
     .await;
     watcher.abort();

@@ -109,10 +109,10 @@ pub struct ServerArgs {
     /// Explicit events per second per source, per member [default: 100].
     #[arg(long)]
     pub event_rate: Option<u32>,
-    /// Also run a reactor runtime in this member (one member's is active at a time; the others
-    /// stand by). Off by default for now.
+    /// Do not run a reactor runtime in this member. By default every member runs one: one is
+    /// active at a time, the others stand by (`reactor = false` in a config file).
     #[arg(long)]
-    pub reactor: bool,
+    pub no_reactor: bool,
     /// Accept webhooks on http://HOST:PORT/hooks/NAME (see `eden hook create`).
     #[arg(long)]
     pub webhook_addr: Option<String>,
@@ -150,6 +150,9 @@ struct FileConfig {
     event_max_bytes: Option<usize>,
     event_retention: Option<String>,
     event_rate: Option<u32>,
+    reactor: Option<bool>,
+    webhook_addr: Option<String>,
+    webhook_max_bytes: Option<usize>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -216,7 +219,7 @@ pub fn parse_retention(mode: &str, r: &str) -> anyhow::Result<Option<AutoCompact
     }
 }
 
-fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
+fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -332,41 +335,35 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
     if let Some(v) = args.event_rate.or(file.event_rate) {
         c.events.rate = v.max(1);
     }
-    Ok(c)
+    let extras = Extras {
+        metrics_addr: args.metrics_addr.clone().or(file.metrics_addr),
+        reactor: !args.no_reactor && file.reactor.unwrap_or(true),
+        webhook_addr: args.webhook_addr.clone().or(file.webhook_addr),
+        webhook_max_bytes: args
+            .webhook_max_bytes
+            .or(file.webhook_max_bytes)
+            .unwrap_or(1 << 20),
+    };
+    Ok((c, extras))
 }
 
 pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
-    let config = resolve(args)?;
-    let metrics_addr = match &args.config {
-        Some(path) => {
-            let file: FileConfig = toml::from_str(&std::fs::read_to_string(path)?)?;
-            args.metrics_addr.clone().or(file.metrics_addr)
-        }
-        None => args.metrics_addr.clone(),
-    };
+    let (config, extras) = resolve(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let extras = Extras {
-        reactor: args.reactor,
-        webhook_addr: args.webhook_addr.clone(),
-        webhook_max_bytes: args.webhook_max_bytes.unwrap_or(1 << 20),
-    };
-    rt.block_on(serve(config, metrics_addr, extras))
+    rt.block_on(serve(config, extras))
 }
 
-/// What a member runs besides the store: a reactor runtime, the webhook intake.
+/// What a member runs besides the store: metrics, a reactor runtime, the webhook intake.
 struct Extras {
+    metrics_addr: Option<String>,
     reactor: bool,
     webhook_addr: Option<String>,
     webhook_max_bytes: usize,
 }
 
-async fn serve(
-    config: NodeConfig,
-    metrics_addr: Option<String>,
-    extras: Extras,
-) -> anyhow::Result<()> {
+async fn serve(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
     let client_listener = tokio::net::TcpListener::bind(&config.client_addr)
         .await
         .with_context(|| format!("binding the client address {}", config.client_addr))?;
@@ -374,7 +371,7 @@ async fn serve(
         .await
         .with_context(|| format!("binding the peer address {}", config.listen_peer_addr))?;
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), client = %config.client_addr, peer = %config.peer_addr, listen_peer = %config.listen_peer_addr, "starting eden server");
-    let metrics_listener = match &metrics_addr {
+    let metrics_listener = match &extras.metrics_addr {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)
                 .await
@@ -498,19 +495,26 @@ mod tests {
         let path = dir.join("eden.toml");
         std::fs::write(
             &path,
-            "name = \"n1\"\nsnapshot-count = 7\nclient-addr = \"127.0.0.1:9\"\n",
+            "name = \"n1\"\nsnapshot-count = 7\nclient-addr = \"127.0.0.1:9\"\nwebhook-addr = \"127.0.0.1:11\"\n",
         )
         .unwrap();
-        let args = ServerArgs {
+        let mut args = ServerArgs {
             config: Some(path.clone()),
             client_addr: Some("127.0.0.1:10".into()),
             ..Default::default()
         };
-        let c = resolve(&args).unwrap();
+        let (c, x) = resolve(&args).unwrap();
         assert_eq!(
             (c.name.as_str(), c.snapshot_count, c.client_addr.as_str()),
             ("n1", 7, "127.0.0.1:10")
         );
+        assert!(x.reactor, "a reactor runtime runs by default");
+        assert_eq!(x.webhook_addr.as_deref(), Some("127.0.0.1:11"));
+        args.no_reactor = true;
+        assert!(!resolve(&args).unwrap().1.reactor);
+        args.no_reactor = false;
+        std::fs::write(&path, "reactor = false\n").unwrap();
+        assert!(!resolve(&args).unwrap().1.reactor);
         std::fs::write(&path, "nmae = \"typo\"\n").unwrap();
         assert!(resolve(&args).is_err(), "unknown keys are refused");
         std::fs::remove_dir_all(dir).ok();

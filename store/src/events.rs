@@ -6,13 +6,13 @@
 //! - the tag must pass the server's allow and deny globs (a denied event is not stored, and
 //!   counted in `eden_events_denied_total`);
 //! - each source (the event's `source` field) may emit `rate` events per second (burst: twice
-//!   that), per member;
+//!   that) across the cluster: the leader counts them as it proposes (so the leader's `--event-rate`
+//!   applies, and a new leader starts with full buckets);
 //! - the event is attached to the lease of its time bucket: one lease per bucket of events (a
 //!   24th of the retention, between 1 s and 1 h; id `EVENT_LEASE_BASE + bucket number`), with a
 //!   TTL of the retention plus a bucket, so events expire without one lease per event.
 //!
-//! Known shortcut: the rate limit is per member (a client spreading events over members gets
-//! each member's rate).
+//! Every member checks the first three before forwarding a write; the rate is the leader's.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -129,11 +129,44 @@ impl EventGate {
                 "etcdserver: event tag {tag:?} is denied by the server's event policy"
             )));
         }
-        let source = v["source"].as_str().unwrap_or("unknown").to_string();
-        {
-            let rate = f64::from(policy.rate.max(1));
-            let mut b = self.buckets.lock().expect("buckets lock");
-            let now = Instant::now();
+        let bucket = policy.bucket().as_secs();
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / bucket);
+        Ok(EVENT_LEASE_BASE + n as i64)
+    }
+}
+
+/// The `source` of an event's JSON value ("unknown" when it has none).
+fn source_of(value: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .ok()
+        .and_then(|v| v["source"].as_str().map(String::from))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl EventGate {
+    /// On the leader, before proposing a KV write: takes one token per event put from its
+    /// source's bucket. Err: the message for a refusal (nothing is taken then).
+    pub(crate) fn take_tokens(&self, policy: &EventPolicy, op: &[u8]) -> Result<(), String> {
+        // Most writes are not events: skip decoding them.
+        if !op.windows(EVENTS_PREFIX.len()).any(|w| w == EVENTS_PREFIX) {
+            return Ok(());
+        }
+        let Ok(mut op) = <RequestOp as prost::Message>::decode(op) else {
+            return Ok(());
+        };
+        let mut sources: HashMap<String, f64> = HashMap::new();
+        let _ = for_each_put(&mut op, &mut |p| {
+            if p.key.starts_with(EVENTS_PREFIX) {
+                *sources.entry(source_of(&p.value)).or_default() += 1.0;
+            }
+            Ok(())
+        });
+        let rate = f64::from(policy.rate.max(1));
+        let mut b = self.buckets.lock().expect("buckets lock");
+        let now = Instant::now();
+        for (source, n) in &sources {
             let bucket = b.entry(source.clone()).or_insert(Bucket {
                 tokens: rate * 2.0,
                 at: now,
@@ -141,19 +174,20 @@ impl EventGate {
             bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate)
                 .min(rate * 2.0);
             bucket.at = now;
-            if bucket.tokens < 1.0 {
-                return Err(refuse(Status::resource_exhausted(format!(
+            if bucket.tokens < *n {
+                metrics().events_refused.inc();
+                return Err(format!(
                     "etcdserver: events from source {source:?} are over {} per second",
                     policy.rate
-                ))));
+                ));
             }
-            bucket.tokens -= 1.0;
         }
-        let bucket = policy.bucket().as_secs();
-        let n = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() / bucket);
-        Ok(EVENT_LEASE_BASE + n as i64)
+        for (source, n) in sources {
+            if let Some(bucket) = b.get_mut(&source) {
+                bucket.tokens -= n;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -135,6 +135,8 @@ struct ClusterInfo {
 pub enum ForwardError {
     NotLeader,
     Failed(String),
+    /// Refused by the leader before proposing (an event source over its rate).
+    Exhausted(String),
 }
 
 /// Lease questions only the leader can answer (it holds the deadlines).
@@ -361,6 +363,7 @@ impl Node {
             let leader = match self.propose_local(cmd.clone()).await {
                 Ok(r) => return Ok(r),
                 Err(ForwardError::Failed(e)) => return Err(unavailable(&e)),
+                Err(ForwardError::Exhausted(e)) => return Err(Status::resource_exhausted(e)),
                 Err(ForwardError::NotLeader) => self.leader(),
             };
             if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {
@@ -376,6 +379,9 @@ impl Node {
                         match r {
                             Ok(r) => return Ok(r),
                             Err(ForwardError::Failed(e)) => return Err(unavailable(&e)),
+                            Err(ForwardError::Exhausted(e)) => {
+                                return Err(Status::resource_exhausted(e))
+                            }
                             Err(ForwardError::NotLeader) => {}
                         }
                     }
@@ -397,6 +403,14 @@ impl Node {
     /// Proposes on this member only; `NotLeader` when it does not lead (and the write surely was
     /// not committed).
     pub async fn propose_local(&self, cmd: Command) -> Result<Response, ForwardError> {
+        if let Command::Kv { op } = &cmd {
+            if !self.is_leader() {
+                return Err(ForwardError::NotLeader);
+            }
+            self.events
+                .take_tokens(&self.config.events, op)
+                .map_err(ForwardError::Exhausted)?;
+        }
         match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.client_write(cmd)).await {
             Err(_) => Err(ForwardError::Failed("etcdserver: request timed out".into())),
             Ok(Ok(resp)) => Ok(resp.data),
@@ -459,7 +473,9 @@ impl Node {
         loop {
             let leader = match self.read_index_local().await {
                 Ok(index) => return Ok(index),
-                Err(ForwardError::Failed(e)) => return Err(unavailable(&e)),
+                Err(ForwardError::Failed(e) | ForwardError::Exhausted(e)) => {
+                    return Err(unavailable(&e))
+                }
                 Err(ForwardError::NotLeader) => self.leader(),
             };
             if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {

@@ -683,3 +683,45 @@ async fn a_post_action_sends_its_rendered_body_once() {
         "a post came twice"
     );
 }
+
+/// The per-source event rate holds across the cluster: a source that spreads its events over
+/// every member gets the leader's rate once, not each member's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_source_gets_its_rate_across_the_cluster() {
+    let c = Cluster::start(3, &["--event-rate", "5"]).await;
+    let ev = |tag: &str, source: &str| {
+        serde_json::json!({"tag": tag, "time": 0, "source": source}).to_string()
+    };
+    let start = std::time::Instant::now();
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..45 {
+        match c
+            .put(
+                i % 3,
+                &format!("/eden/events/flood-{i:03}"),
+                &ev("flood", "flooder"),
+            )
+            .await
+        {
+            Ok(_) => accepted += 1,
+            Err(eden_proto::client::ClientError::Server(s)) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert!(s.message().contains("over 5 per second"), "{s:?}");
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // A burst of twice the rate, plus the rate for the time it took.
+    let allowed = 10.0 + 5.0 * secs;
+    assert!(
+        f64::from(accepted) <= allowed + 1.0 && refused > 0,
+        "{accepted} accepted, {refused} refused in {secs:.2} s (at most {allowed:.0} allowed)"
+    );
+    // Another source is not held back by this one.
+    assert!(c
+        .put(1, "/eden/events/other", &ev("calm", "other"))
+        .await
+        .is_ok());
+}

@@ -106,7 +106,8 @@ pub struct ServerArgs {
     /// How long explicit events are kept, like 24h or 7d [default: 24h].
     #[arg(long)]
     pub event_retention: Option<String>,
-    /// Explicit events per second per source, per member [default: 100].
+    /// Explicit events per second per source, across the cluster (the leader's setting counts)
+    /// [default: 100].
     #[arg(long)]
     pub event_rate: Option<u32>,
     /// Do not run a reactor runtime in this member. By default every member runs one: one is

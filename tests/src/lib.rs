@@ -768,6 +768,28 @@ impl Cluster {
         a
     }
 
+    /// Starts `eden reactor run --name NAME` against every member (a runtime outside the
+    /// servers); its log is in the cluster's temp dir.
+    pub fn reactor_run(&self, name: &str) -> AgentProc {
+        let dir = self.dir();
+        let mut a = AgentProc {
+            name: name.to_string(),
+            log: dir.join(format!("reactor-{name}.log")),
+            data_dir: dir.join(format!("reactor-{name}")),
+            args: vec![
+                "--endpoints".to_string(),
+                self.endpoints().join(","),
+                "reactor".into(),
+                "run".into(),
+                "--name".into(),
+                name.into(),
+            ],
+            child: None,
+        };
+        a.spawn();
+        a
+    }
+
     /// Runs `eden --endpoints <every member> ARGS...` and returns what it printed.
     pub async fn eden(&self, args: &[&str]) -> CliOutput {
         let run = tokio::process::Command::new(eden_bin())

@@ -565,6 +565,20 @@ async fn membership_changes_become_member_events() {
         || async { event_tags(&c, "member/removed/").await == [format!("member/removed/{name}")] },
     )
     .await;
+    // A member stopped cleanly gives its runtime's leader key up before it exits (rather than
+    // leaving it to expire with its lease, 10 s later).
+    let active = c.active_reactor().await.expect("an active runtime");
+    let i = c
+        .members
+        .iter()
+        .position(|m| m.name == active)
+        .expect("the active runtime is a member's");
+    c.stop(i);
+    let after = c.active_reactor().await;
+    assert!(
+        after.as_deref() != Some(active.as_str()),
+        "{active} still holds the leader key"
+    );
 }
 
 /// A tiny HTTP server: each request's path and body go to the channel; paths under /fail get
@@ -724,4 +738,78 @@ async fn an_event_source_gets_its_rate_across_the_cluster() {
         .put(1, "/eden/events/other", &ev("calm", "other"))
         .await
         .is_ok());
+}
+
+/// `eden reactor run` outside the servers; a clean stop hands the runtime over at once; and a
+/// runtime whose cursor was compacted away says so (an event with the missed range, and its
+/// log), does not react to what it missed, and goes on from the oldest revision kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_whose_cursor_was_compacted_says_so_and_goes_on() {
+    let c = Cluster::start(1, &["--no-reactor"]).await;
+    let rules = c.dir().join("pong.yaml");
+    std::fs::write(
+        &rules,
+        "name: pong\non: ping/*\nactions:\n  - emit: { tag: \"pong/{{ event.parts[1] }}\" }\n",
+    )
+    .unwrap();
+    let o = c.eden(&["reactor", "apply", rules.to_str().unwrap()]).await;
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let mut r = c.reactor_run("outside");
+    c.wait_reactor().await;
+    assert_eq!(c.active_reactor().await.as_deref(), Some("outside"));
+    let emit = |tag: &'static str| {
+        let c = &c;
+        async move {
+            let o = c.eden(&["event", "emit", tag]).await;
+            assert_eq!(o.code, Some(0), "{}", o.stderr);
+            o.stdout.trim().parse::<i64>().unwrap()
+        }
+    };
+    emit("ping/1").await;
+    eden_tests::wait_for("pong/1", std::time::Duration::from_secs(20), || async {
+        event_tags(&c, "pong/").await == ["pong/1"]
+    })
+    .await;
+    assert_eq!(r.stop(), Some(0));
+    assert_eq!(
+        c.active_reactor().await,
+        None,
+        "a clean stop gives the leader key up"
+    );
+    // Missed while no runtime runs, then compacted away.
+    let first_missed = emit("ping/2").await;
+    emit("ping/3").await;
+    let compact_at = c.put(0, "filler", "x").await.unwrap();
+    let o = c.eden(&["compact", &compact_at.to_string()]).await;
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    r.restart();
+    eden_tests::wait_for(
+        "reactor/compacted",
+        std::time::Duration::from_secs(20),
+        || async { !event_tags(&c, "reactor/compacted").await.is_empty() },
+    )
+    .await;
+    let o = c
+        .eden(&["event", "ls", "reactor/compacted", "-w", "json"])
+        .await;
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    let data = &v[0]["data"];
+    let (from, to) = (
+        data["missed_from"].as_i64().unwrap(),
+        data["missed_to"].as_i64().unwrap(),
+    );
+    assert!(
+        from <= first_missed && to == compact_at - 1,
+        "missed {from}..{to}; ping/2 at {first_missed}, compacted at {compact_at}"
+    );
+    assert!(r.log_text().contains("compacted away"), "{}", r.log_text());
+    // It goes on, and does not guess what it missed.
+    emit("ping/4").await;
+    eden_tests::wait_for("pong/4", std::time::Duration::from_secs(20), || async {
+        event_tags(&c, "pong/")
+            .await
+            .contains(&"pong/4".to_string())
+    })
+    .await;
+    assert_eq!(event_tags(&c, "pong/").await, ["pong/1", "pong/4"]);
 }

@@ -144,10 +144,11 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: ReactorCmd) -> Result<(
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .map_err(|e| Failure::usage(e.to_string()))?;
             tokio::select! {
-                _ = rt.run() => {}
+                _ = rt.clone().run() => {}
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
+            rt.resign().await;
         }
         ReactorCmd::Log => {
             super::event::run(

@@ -414,13 +414,13 @@ async fn serve(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
     let own_client = Arc::new(eden_proto::client::Client::new(std::slice::from_ref(
         &node.config.client_addr,
     ))?);
-    if extras.reactor {
+    let reactor = extras.reactor.then(|| {
         let rt = Arc::new(eden_reactor::runtime::Runtime::new(
             own_client.clone(),
             &node.config.name,
         ));
-        tokio::spawn(rt.run());
-    }
+        (rt.clone(), tokio::spawn(rt.run()))
+    });
     if let Some(l) = webhook_listener {
         let (client, stop, max) = (
             own_client.clone(),
@@ -445,6 +445,11 @@ async fn serve(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
         }
         r = client => bail!("the client server stopped: {:?}", r),
         r = peer => bail!("the peer server stopped: {:?}", r),
+    }
+    if let Some((rt, task)) = reactor {
+        // Hand the reactor over to a standby at once rather than after its lease expires.
+        task.abort();
+        rt.resign().await;
     }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), node.raft.shutdown()).await;

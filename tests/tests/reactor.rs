@@ -169,7 +169,8 @@ async fn events_are_explicit_or_derived_and_the_servers_policy_holds() {
             &c.endpoints().join(","),
             "event",
             "watch",
-            "**",
+            "deploy/*",
+            "node/**",
             "--deny",
             "node/registered/*",
         ])

@@ -45,9 +45,9 @@ pub enum EventCmd {
     /// Every event as it happens, explicit and derived, from now or from a revision (resumable
     /// by revision; a compacted revision is an error).
     Watch {
-        /// Only tags matching this glob.
+        /// Only tags matching any of these globs.
         #[arg(default_value = "**")]
-        glob: String,
+        globs: Vec<String>,
         /// Not tags matching these globs (repeatable).
         #[arg(long)]
         deny: Vec<String>,
@@ -157,11 +157,7 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: EventCmd) -> Result<(),
                 }
             }
         }
-        EventCmd::Watch {
-            glob: g,
-            deny,
-            from,
-        } => {
+        EventCmd::Watch { globs, deny, from } => {
             let create = WatchCreateRequest {
                 key: b"/eden/".to_vec(),
                 range_end: prefix_end(b"/eden/"),
@@ -193,7 +189,7 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: EventCmd) -> Result<(),
                 }
                 for e in &m.events {
                     if let Some(ev) = events::from_watch(e, now_ms()) {
-                        if glob::matches(&g, &ev.tag)
+                        if globs.iter().any(|g| glob::matches(g, &ev.tag))
                             && !deny.iter().any(|d| glob::matches(d, &ev.tag))
                         {
                             print_event(out, &ev)?;

@@ -456,6 +456,22 @@ actions:
     assert_eq!(v[0]["data"]["annotations"]["summary"], "app down");
     let fired = event_tags(&c, "reactor/fired/restart-on-alert").await;
     assert_eq!(fired.len(), 2);
+    // Any other JSON body is one event hook/NAME with the body as its data; a hook's token
+    // opens only that hook.
+    let o = c.eden(&["hook", "create", "ci"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let ci = o.stdout.trim().to_string();
+    let body = br#"{"ref": "main", "ok": true}"#;
+    let (code, _) = http_post(&hook_addr, "/hooks/ci", Some(&token), body).await;
+    assert_eq!(code, 401, "the am token opens only the am hook");
+    let (code, reply) = http_post(&hook_addr, "/hooks/ci", Some(&ci), body).await;
+    assert_eq!(code, 200, "{reply}");
+    let o = c.eden(&["event", "ls", "hook/**", "-w", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["tag"], "hook/ci");
+    assert_eq!(v[0]["source"], "hook/ci");
+    assert_eq!(v[0]["data"], serde_json::json!({"ref": "main", "ok": true}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

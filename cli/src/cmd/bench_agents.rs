@@ -46,6 +46,8 @@ pub struct AgentsArgs {
 struct Stats {
     keepalives: AtomicU64,
     keepalive_errors: AtomicU64,
+    /// Keep-alive errors by kind (the error's text, or "lease gone" for a TTL of 0).
+    error_kinds: Mutex<std::collections::BTreeMap<String, u64>>,
     hist: Mutex<Histogram<u64>>,
     results: AtomicU64,
 }
@@ -165,7 +167,14 @@ async fn sim_agent(
                         stats.keepalives.fetch_add(1, Ordering::Relaxed);
                         let _ = stats.hist.lock().unwrap().record(t.elapsed().as_micros() as u64);
                     }
-                    _ => { stats.keepalive_errors.fetch_add(1, Ordering::Relaxed); }
+                    other => {
+                        stats.keepalive_errors.fetch_add(1, Ordering::Relaxed);
+                        let kind = match other {
+                            Ok(_) => "lease gone (TTL 0)".to_string(),
+                            Err(e) => e.to_string(),
+                        };
+                        *stats.error_kinds.lock().unwrap().entry(kind).or_default() += 1;
+                    }
                 }
             }
             m = w.recv() => {
@@ -198,6 +207,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
     let stats = Arc::new(Stats {
         keepalives: AtomicU64::new(0),
         keepalive_errors: AtomicU64::new(0),
+        error_kinds: Default::default(),
         hist: Mutex::new(Histogram::new(3).expect("histogram")),
         results: AtomicU64::new(0),
     });
@@ -263,6 +273,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         stats.keepalive_errors.load(Ordering::Relaxed),
     );
     stats.hist.lock().unwrap().reset();
+    stats.error_kinds.lock().unwrap().clear();
     let cpu0: Vec<Option<u64>> = a.server_pids.iter().map(|p| cpu_ticks(*p)).collect();
     let idle_start = Instant::now();
     tokio::time::sleep(a.idle).await;
@@ -329,6 +340,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         "keepalive_p50_ms": kp50,
         "keepalive_p99_ms": kp99,
         "keepalive_errors": kerr,
+        "keepalive_error_kinds": *stats.error_kinds.lock().unwrap(),
         "server_cpu_percent": cpu,
         "task": spec.id,
         "targets": spec.targets.len(),
@@ -349,6 +361,9 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
             "at rest: {kps:.0} keep-alives/s, p50 {kp50:.2} ms, p99 {kp99:.2} ms, {kerr} errors; server CPU: {}",
             if cpu.is_empty() { "not measured (give --server-pid)".to_string() } else { cpu.iter().map(|c| format!("{c:.0}%")).collect::<Vec<_>>().join(" ") }
         ))?;
+        for (kind, n) in stats.error_kinds.lock().unwrap().iter() {
+            out.line(&format!("  {n} keep-alive errors: {kind}"))?;
+        }
         out.line(&format!(
             "run on {} agents: task stored in {:.2} s, last result after {:.2} s ({ok} ok, {bad} not ok)",
             spec.targets.len(),

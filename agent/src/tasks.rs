@@ -4,7 +4,8 @@
 //! A task is stored as its spec (`/eden/tasks/ID`) plus one assignment per target
 //! (`/eden/nodes/NODE/tasks/ID`), all under one lease whose TTL is the task's retention, in one
 //! txn (in several, of at most [`MAX_OPS_PER_TXN`] operations, for more targets than fit one: the
-//! spec goes in the first, so a target whose assignment was never written shows as unreachable).
+//! spec goes in the first, so a target whose assignment was never written shows as unreachable;
+//! the others go [`TXNS_IN_FLIGHT`] at a time).
 //! Agents write claims and results under `/eden/runs/ID/`, which [`follow`] watches.
 
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ use crate::Error;
 
 /// etcd's default --max-txn-ops is 128: stay under it.
 pub const MAX_OPS_PER_TXN: usize = 120;
+/// How many of a large task's txns are in flight at once (the first one goes alone).
+pub const TXNS_IN_FLIGHT: usize = 8;
 /// After the deadline, how long a claim made just before it has to show up.
 pub const DEADLINE_GRACE_MS: u64 = 3_000;
 /// After a run's timeout, how long its result has to show up before the run counts as lost.
@@ -115,21 +118,26 @@ pub fn new_id() -> String {
 
 /// Creates the task; returns its spec.
 pub async fn create(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
+    use futures::{StreamExt, TryStreamExt};
     let (spec, ops) = prepare(client, t).await?;
-    let mut first = true;
-    for chunk in ops.chunks(MAX_OPS_PER_TXN) {
-        // The first txn also makes sure the ID is new.
-        let compare = if first {
-            vec![kv::absent(&keys::spec(&spec.id))]
-        } else {
-            vec![]
-        };
-        let r = kv::txn(client, compare, chunk.to_vec(), vec![]).await?;
-        if first && !r.succeeded {
-            return Err(Error::Refused(format!("task {} exists already", spec.id)));
-        }
-        first = false;
+    let mut chunks = ops.chunks(MAX_OPS_PER_TXN);
+    // The first txn (the spec and the first assignments) also makes sure the ID is new.
+    let first = chunks.next().unwrap_or_default();
+    let r = kv::txn(
+        client,
+        vec![kv::absent(&keys::spec(&spec.id))],
+        first.to_vec(),
+        vec![],
+    )
+    .await?;
+    if !r.succeeded {
+        return Err(Error::Refused(format!("task {} exists already", spec.id)));
     }
+    futures::stream::iter(chunks)
+        .map(|chunk| kv::txn(client, vec![], chunk.to_vec(), vec![]))
+        .buffer_unordered(TXNS_IN_FLIGHT)
+        .try_collect::<Vec<_>>()
+        .await?;
     Ok(spec)
 }
 

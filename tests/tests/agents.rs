@@ -583,3 +583,35 @@ async fn eden_agent_keys_under(c: &Cluster, prefix: &str) -> (usize, i64) {
         .unwrap();
     (r.count as usize, r.header.map_or(0, |h| h.revision))
 }
+
+/// A task for more targets than one txn holds is stored in several (the spec first, the rest
+/// several at a time) and every target answers: `eden bench agents` with 500 simulated agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_on_500_simulated_agents_reaches_every_one() {
+    let c = Cluster::start(3, &[]).await;
+    let o = c
+        .eden(&[
+            "bench",
+            "agents",
+            "--count",
+            "500",
+            "--idle",
+            "1s",
+            "--lease-ttl",
+            "6s",
+            "-w",
+            "json",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            v["targets"].as_u64(),
+            v["ok"].as_u64(),
+            v["not_ok"].as_u64()
+        ),
+        (Some(500), Some(500), Some(0)),
+        "{v}"
+    );
+}

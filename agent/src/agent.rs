@@ -480,7 +480,7 @@ impl Agent {
             &self.client,
             vec![],
             vec![
-                kv::get(&keys::spec(id)),
+                kv::get(&keys::assignment(node, id)),
                 kv::get(&keys::claim(id, node)),
                 kv::get(&keys::result(id, node)),
                 kv::get(&keys::cancel(id)),
@@ -488,8 +488,9 @@ impl Agent {
             vec![],
         )
         .await?;
+        // The assignment carries the spec (without the targets).
         let Some(spec_kv) = kv::txn_kvs(&r, 0).first() else {
-            return Ok(()); // past its retention
+            return Ok(()); // past its retention, or the node was forgotten
         };
         let spec: TaskSpec = kv::decode(spec_kv).map_err(Error::Corrupt)?;
         if !kv::txn_kvs(&r, 2).is_empty() {

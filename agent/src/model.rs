@@ -72,7 +72,8 @@ pub struct TaskSpec {
     /// Store each node's stdout as this variable of that node when the run succeeds.
     #[serde(default)]
     pub register: Option<String>,
-    /// Resolved when the task was created.
+    /// Resolved when the task was created (empty in an assignment's copy of the spec).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
     /// The selector or node list as given, for display.
     #[serde(default)]

@@ -179,10 +179,16 @@ pub async fn prepare(
         lease,
     };
     let mut ops = vec![kv::put(&keys::spec(&spec.id), &spec, lease)];
+    // Each assignment carries the spec without the targets: all its agent needs, so that
+    // 10,000 agents do not each read a spec that names 10,000 targets.
+    let slim = TaskSpec {
+        targets: vec![],
+        ..spec.clone()
+    };
     ops.extend(
         targets
             .iter()
-            .map(|n| kv::put(&keys::assignment(n, &spec.id), &spec.id, lease)),
+            .map(|n| kv::put(&keys::assignment(n, &spec.id), &slim, lease)),
     );
     Ok((spec, ops))
 }

@@ -101,7 +101,7 @@ impl Node {
                 attempted = true;
                 Some(self.change_membership_local(change.clone()).await)
             } else if let Some(addr) = self.leader_peer_addr() {
-                let mut client = self.peer_client(&addr)?;
+                let mut client = self.peer_client(&addr, crate::node::Lane::Control)?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 attempted = true;
                 match tokio::time::timeout(

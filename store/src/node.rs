@@ -130,6 +130,13 @@ struct ClusterInfo {
     joined: bool,
 }
 
+/// Which connection to a peer a request takes (see [`Node::peer_client`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Lane {
+    Writes,
+    Control,
+}
+
 /// A write or read-index request forwarded between members.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ForwardError {
@@ -161,7 +168,7 @@ pub struct Node {
     pub config: NodeConfig,
     pub raft: Raft,
     pub sm: Arc<StateMachine>,
-    peers: Mutex<BTreeMap<String, PeerClient<Channel>>>,
+    peers: Mutex<BTreeMap<(String, Lane), PeerClient<Channel>>>,
     revoking: Mutex<HashSet<i64>>,
     /// Linearizable reads waiting for a read-index round, and whether a round is running.
     reads: Mutex<(Vec<ReadWaiter>, bool)>,
@@ -315,9 +322,15 @@ impl Node {
         self.leader() == Some(self.id)
     }
 
-    pub(crate) fn peer_client(&self, addr: &str) -> Result<PeerClient<Channel>, Status> {
+    /// A connection to a member's peer port. Forwarded writes have their own (`Lane::Writes`), so
+    /// that lease keep-alives and read-index questions never queue behind a burst of writes.
+    pub(crate) fn peer_client(
+        &self,
+        addr: &str,
+        lane: Lane,
+    ) -> Result<PeerClient<Channel>, Status> {
         let mut peers = self.peers.lock().expect("peer lock");
-        if let Some(c) = peers.get(addr) {
+        if let Some(c) = peers.get(&(addr.to_string(), lane)) {
             return Ok(c.clone());
         }
         let local = PeerNetwork::new(&self.config.listen_peer_addr, 0).local_ip;
@@ -326,7 +339,7 @@ impl Node {
         let c = PeerClient::new(ch)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
-        peers.insert(addr.to_string(), c.clone());
+        peers.insert((addr.to_string(), lane), c.clone());
         Ok(c)
     }
 
@@ -367,7 +380,7 @@ impl Node {
                 Err(ForwardError::NotLeader) => self.leader(),
             };
             if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {
-                let mut client = self.peer_client(&addr)?;
+                let mut client = self.peer_client(&addr, Lane::Writes)?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, client.forward(to_payload(&cmd, self.cluster_id)))
                     .await
@@ -386,7 +399,10 @@ impl Node {
                         }
                     }
                     Ok(Err(status)) if is_connect_error(&status) => {}
-                    Ok(Err(_)) => return Err(unavailable("etcdserver: leader changed")),
+                    Ok(Err(status)) => {
+                        tracing::warn!(leader = %addr, code = ?status.code(), "forwarding a write failed: {}", status.message());
+                        return Err(unavailable("etcdserver: leader changed"));
+                    }
                 }
             }
             if Instant::now() >= deadline {
@@ -479,7 +495,7 @@ impl Node {
                 Err(ForwardError::NotLeader) => self.leader(),
             };
             if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {
-                let mut client = self.peer_client(&addr)?;
+                let mut client = self.peer_client(&addr, Lane::Control)?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 if let Ok(Ok(reply)) =
                     tokio::time::timeout(left, client.read_index(to_payload(&(), self.cluster_id)))
@@ -591,7 +607,7 @@ impl Node {
                 return Ok(self.lease_query_local(&q));
             }
             if let Some(addr) = self.leader_addr(leader) {
-                let mut client = self.peer_client(&addr)?;
+                let mut client = self.peer_client(&addr, Lane::Control)?;
                 if let Ok(Ok(reply)) = tokio::time::timeout(
                     Duration::from_secs(2),
                     client.lease_query(to_payload(&q, self.cluster_id)),

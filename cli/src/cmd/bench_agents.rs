@@ -98,10 +98,10 @@ async fn register(client: &Client, name: &str, ttl: Duration) -> Result<i64, Str
 
 /// Claims and answers one assignment the way an agent does (claim txn, then result txn).
 async fn answer(client: &Client, name: &str, id: &str) -> Result<bool, String> {
-    let spec_kv = kv::get_one(client, &keys::spec(id))
+    let spec_kv = kv::get_one(client, &keys::assignment(name, id))
         .await
         .map_err(|e| e.to_string())?
-        .ok_or("no spec")?;
+        .ok_or("no assignment")?;
     let spec: TaskSpec = kv::decode(&spec_kv)?;
     let claim = Claim {
         instance: name.into(),
@@ -222,20 +222,26 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut joins = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let (client, name, sem, ttl) = (
+        let (client, name, sem, ttl, stats) = (
             clients[i % conns].clone(),
             name.clone(),
             sem.clone(),
             a.lease_ttl,
+            stats.clone(),
         );
         joins.push(tokio::spawn(async move {
             let _p = sem.acquire().await;
             // Like a real agent, registration is retried (a leader change under load is an
-            // answer worth retrying); the retries are counted.
+            // answer worth retrying); the retries are counted. Once registered, the agent keeps
+            // its lease alive at once (not after every agent registered: at 10,000 that takes
+            // longer than a TTL).
             let mut tries = 0;
             loop {
                 match register(&client, &name, ttl).await {
-                    Ok(l) => return Ok((l, tries)),
+                    Ok(l) => {
+                        tokio::spawn(sim_agent(client, name, l, ttl, stats));
+                        return Ok((l, tries));
+                    }
                     Err(e) if tries >= 20 => return Err(e),
                     Err(_) => {
                         tries += 1;
@@ -257,15 +263,6 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
     }
     bar.finish_and_clear();
     let registered = t0.elapsed();
-    for (i, name) in names.iter().enumerate() {
-        tokio::spawn(sim_agent(
-            clients[i % conns].clone(),
-            name.clone(),
-            leases[i],
-            a.lease_ttl,
-            stats.clone(),
-        ));
-    }
     // At rest: keep-alives only.
     tokio::time::sleep(a.lease_ttl / 3).await;
     let (k0, e0) = (

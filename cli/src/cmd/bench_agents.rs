@@ -286,6 +286,8 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         .collect();
     let kps = (stats.keepalives.load(Ordering::Relaxed) - k0) as f64 / idle;
     let kerr = stats.keepalive_errors.load(Ordering::Relaxed) - e0;
+    let kinds = std::mem::take(&mut *stats.error_kinds.lock().unwrap());
+    let e1 = stats.keepalive_errors.load(Ordering::Relaxed);
     let (kp50, kp99) = {
         let h = stats.hist.lock().unwrap();
         (
@@ -315,6 +317,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
     let created = t1.elapsed();
     let st = tasks::follow(&client, &spec.id, |_| {}).await?;
     let all = t1.elapsed();
+    let run_errors = stats.keepalive_errors.load(Ordering::Relaxed) - e1;
     let (ok, bad, _, _) = st.counts(now_ms());
     // Leave: revoke the leases (their keys go with them) and forget the nodes.
     for (i, name) in names.iter().enumerate() {
@@ -337,7 +340,8 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         "keepalive_p50_ms": kp50,
         "keepalive_p99_ms": kp99,
         "keepalive_errors": kerr,
-        "keepalive_error_kinds": *stats.error_kinds.lock().unwrap(),
+        "keepalive_error_kinds": kinds,
+        "keepalive_errors_during_run": run_errors,
         "server_cpu_percent": cpu,
         "task": spec.id,
         "targets": spec.targets.len(),
@@ -358,11 +362,11 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
             "at rest: {kps:.0} keep-alives/s, p50 {kp50:.2} ms, p99 {kp99:.2} ms, {kerr} errors; server CPU: {}",
             if cpu.is_empty() { "not measured (give --server-pid)".to_string() } else { cpu.iter().map(|c| format!("{c:.0}%")).collect::<Vec<_>>().join(" ") }
         ))?;
-        for (kind, n) in stats.error_kinds.lock().unwrap().iter() {
+        for (kind, n) in &kinds {
             out.line(&format!("  {n} keep-alive errors: {kind}"))?;
         }
         out.line(&format!(
-            "run on {} agents: task stored in {:.2} s, last result after {:.2} s ({ok} ok, {bad} not ok)",
+            "run on {} agents: task stored in {:.2} s, last result after {:.2} s ({ok} ok, {bad} not ok; {run_errors} keep-alive errors meanwhile)",
             spec.targets.len(),
             created.as_secs_f64(),
             all.as_secs_f64()

@@ -28,18 +28,6 @@ use crate::node::Node;
 /// gRPC overhead allowed on top of the request size limit (etcd allows the same 512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// The HTTP/2 settings of both ports. Streams per connection are not limited (etcd's default too;
-/// hyper's is 200, and a client multiplexing thousands of agents' requests, or a follower
-/// forwarding thousands of writes, would queue behind it); many streams reset by the peer before
-/// they were accepted (requests that timed out while queued) are tolerated rather than answered
-/// with GOAWAY, which would fail every request on the connection.
-fn server() -> Server {
-    Server::builder()
-        .tcp_nodelay(true)
-        .max_concurrent_streams(u32::MAX)
-        .http2_max_pending_accept_reset_streams(Some(100_000))
-}
-
 /// Serves the client port until `shutdown` resolves.
 pub async fn serve_client(
     node: Arc<Node>,
@@ -47,7 +35,10 @@ pub async fn serve_client(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let max = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    server()
+    // hyper's limit of 200 concurrent streams per connection stays: without it a client
+    // multiplexing 10,000 agents made the member grow to 14 GB (bench/agents.sh).
+    Server::builder()
+        .tcp_nodelay(true)
         .layer(crate::metrics::RpcTimer)
         .add_service(
             KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max),
@@ -77,7 +68,12 @@ pub async fn serve_peer(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    server()
+    // Peers are trusted: a follower whose forwarded writes time out while queued resets many
+    // streams before they are accepted, which h2 would otherwise answer with GOAWAY
+    // (ENHANCE_YOUR_CALM), failing every request on the connection.
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_max_pending_accept_reset_streams(Some(100_000))
         .add_service(
             PeerServer::new(peer::PeerService { node })
                 .max_decoding_message_size(256 << 20)

@@ -790,6 +790,26 @@ impl Cluster {
         a
     }
 
+    /// Waits until every named node is shown up (or, with `up` false, down) by `eden node ls`.
+    pub async fn wait_nodes(&self, names: &[&str], up: bool) {
+        wait_for(
+            &format!("{names:?} to be {}", if up { "up" } else { "down" }),
+            Duration::from_secs(20),
+            || async {
+                let o = self.eden(&["node", "ls", "-w", "json"]).await;
+                let n: serde_json::Value =
+                    serde_json::from_str(&o.stdout).unwrap_or(serde_json::Value::Null);
+                names.iter().all(|name| {
+                    n.as_array().is_some_and(|a| {
+                        a.iter()
+                            .any(|x| x["name"] == *name && x["up"] == serde_json::Value::Bool(up))
+                    })
+                })
+            },
+        )
+        .await;
+    }
+
     /// Runs `eden --endpoints <every member> ARGS...` and returns what it printed.
     pub async fn eden(&self, args: &[&str]) -> CliOutput {
         let run = tokio::process::Command::new(eden_bin())

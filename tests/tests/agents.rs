@@ -16,30 +16,13 @@ async fn setup(extra: &[&str]) -> (Cluster, Vec<AgentProc>) {
         args.extend_from_slice(extra);
         agents.push(c.agent(name, &args));
     }
-    wait_up(&c, &["web1", "web2", "db1"], true).await;
+    c.wait_nodes(&["web1", "web2", "db1"], true).await;
     (c, agents)
 }
 
 async fn nodes(c: &Cluster) -> Value {
     let o = c.eden(&["node", "ls", "-w", "json"]).await;
     serde_json::from_str(&o.stdout).unwrap_or(Value::Null)
-}
-
-async fn wait_up(c: &Cluster, names: &[&str], up: bool) {
-    wait_for(
-        &format!("{names:?} to be {}", if up { "up" } else { "down" }),
-        Duration::from_secs(20),
-        || async {
-            let n = nodes(c).await;
-            names.iter().all(|name| {
-                n.as_array().is_some_and(|a| {
-                    a.iter()
-                        .any(|x| x["name"] == *name && x["up"] == Value::Bool(up))
-                })
-            })
-        },
-    )
-    .await;
 }
 
 /// The per-node results of `eden run ... -w json` (or `task wait -w json`).
@@ -138,7 +121,7 @@ async fn run_on_selectors_and_node_lists() {
     // ...and a restarted agent does not take them back from its --label.
     agents[1].stop();
     agents[1].restart();
-    wait_up(&c, &["web2"], true).await;
+    c.wait_nodes(&["web2"], true).await;
     let o = c.eden(&["node", "show", "web2", "-w", "json"]).await;
     let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["labels"]["role"], "db");
@@ -292,7 +275,7 @@ async fn an_agent_killed_mid_task_reports_it_lost_and_nothing_runs_twice() {
     agents[0].restart();
     agents[1].kill();
     agents[1].restart();
-    wait_up(&c, &["web1", "web2"], true).await;
+    c.wait_nodes(&["web1", "web2"], true).await;
     // Let the restarted agents reconcile, then count: 1 lost run + 2 runs.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -338,7 +321,7 @@ async fn a_dead_agent_shows_down_and_offline_targets_wait_for_the_deadline() {
     // kill -9: the node is down within its lease TTL (3 s here), and "last seen" is kept.
     agents[1].kill();
     let t = std::time::Instant::now();
-    wait_up(&c, &["web2"], false).await;
+    c.wait_nodes(&["web2"], false).await;
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "down after {:?}",
@@ -368,7 +351,7 @@ async fn a_dead_agent_shows_down_and_offline_targets_wait_for_the_deadline() {
     assert_eq!(results(&o)["web2"]["stdout"], "late\n");
     // Past the deadline it is unreachable, and a returning agent does not run it.
     agents[1].kill();
-    wait_up(&c, &["web2"], false).await;
+    c.wait_nodes(&["web2"], false).await;
     let marker = c.dir().join("too-late");
     let cmd = format!("touch {}", marker.display());
     let o = c
@@ -543,7 +526,7 @@ async fn scripts_variable_watches_and_forgetting_nodes() {
     assert_eq!(o.code, Some(1), "{o:?}");
     assert!(o.stderr.contains("is up"), "{}", o.stderr);
     agents[2].stop();
-    wait_up(&c, &["db1"], false).await;
+    c.wait_nodes(&["db1"], false).await;
     assert_eq!(c.eden(&["node", "rm", "db1"]).await.code, Some(0));
     let n = nodes(&c).await;
     assert!(

@@ -151,17 +151,7 @@ async fn events_are_explicit_or_derived_and_the_servers_policy_holds() {
     assert_eq!(v[0]["data"]["v"], 3);
     // Derived events: an agent's arrival and departure, replayed from a revision.
     let mut agent = c.agent("n1", &[]);
-    eden_tests::wait_for(
-        "the agent to register",
-        std::time::Duration::from_secs(20),
-        || async {
-            c.eden(&["node", "ls", "-w", "json"])
-                .await
-                .stdout
-                .contains("\"up\":true")
-        },
-    )
-    .await;
+    c.wait_nodes(&["n1"], true).await;
     agent.stop();
     let mut watch = tokio::process::Command::new(eden_tests::eden_bin())
         .args([
@@ -225,17 +215,7 @@ async fn event_tags(c: &Cluster, prefix: &str) -> Vec<String> {
 async fn the_join_story_end_to_end() {
     let c = Cluster::start(3, &[]).await;
     let _issuer = c.agent("issuer", &["--label", "role=issuer"]);
-    eden_tests::wait_for(
-        "the issuer to be up",
-        std::time::Duration::from_secs(20),
-        || async {
-            c.eden(&["node", "ls", "-w", "json"])
-                .await
-                .stdout
-                .contains("\"up\":true")
-        },
-    )
-    .await;
+    c.wait_nodes(&["issuer"], true).await;
     let rules = c.dir().join("join.yaml");
     std::fs::write(
         &rules,
@@ -377,19 +357,7 @@ async fn an_alertmanager_webhook_runs_a_task_on_each_alerts_instance() {
     .await;
     let _a = c.agent("web1", &[]);
     let _b = c.agent("web2", &[]);
-    eden_tests::wait_for(
-        "both agents to register",
-        std::time::Duration::from_secs(20),
-        || async {
-            c.eden(&["node", "ls", "-w", "json"])
-                .await
-                .stdout
-                .matches("\"up\":true")
-                .count()
-                == 2
-        },
-    )
-    .await;
+    c.wait_nodes(&["web1", "web2"], true).await;
     let rules = c.dir().join("alerts.yaml");
     std::fs::write(
         &rules,

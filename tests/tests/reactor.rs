@@ -192,6 +192,14 @@ async fn events_are_explicit_or_derived_and_the_servers_policy_holds() {
 }
 
 /// The leader key's holder (the active runtime's name).
+/// Writes rules to NAME.yaml in the cluster's dir and applies them with `eden reactor apply`.
+async fn apply(c: &Cluster, name: &str, yaml: &str) {
+    let f = c.dir().join(format!("{name}.yaml"));
+    std::fs::write(&f, yaml).unwrap();
+    let o = c.eden(&["reactor", "apply", f.to_str().unwrap()]).await;
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+}
+
 /// Tags of the stored explicit events that match a prefix.
 async fn event_tags(c: &Cluster, prefix: &str) -> Vec<String> {
     let r = c
@@ -216,10 +224,7 @@ async fn the_join_story_end_to_end() {
     let c = Cluster::start(3, &[]).await;
     let _issuer = c.agent("issuer", &["--label", "role=issuer"]);
     c.wait_nodes(&["issuer"], true).await;
-    let rules = c.dir().join("join.yaml");
-    std::fs::write(
-        &rules,
-        r#"
+    apply(&c, "join", r#"
 - name: issue-token
   on: node/joined/*
   actions:
@@ -230,15 +235,7 @@ async fn the_join_story_end_to_end() {
   labels: { status: ok }
   actions:
     - run: { nodes: "{{ vars.cluster.joining }}", command: [sh, -c, "echo got {{ vars['issuer'].token }}"], register: received }
-"#,
-    )
-    .unwrap();
-    assert_eq!(
-        c.eden(&["reactor", "apply", rules.to_str().unwrap()])
-            .await
-            .code,
-        Some(0)
-    );
+"#).await;
     c.wait_reactor().await;
     let _b = c.agent("b", &[]);
     eden_tests::wait_for(
@@ -257,18 +254,12 @@ async fn the_join_story_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_active_reactor_mid_burst_fires_every_event_exactly_once() {
     let mut c = Cluster::start(3, &["--event-rate", "100000"]).await;
-    let rules = c.dir().join("burst.yaml");
-    std::fs::write(
-        &rules,
+    apply(
+        &c,
+        "burst",
         "name: echo\non: burst/*\nactions:\n  - emit: { tag: \"done/{{ event.parts[1] }}\" }\n",
     )
-    .unwrap();
-    assert_eq!(
-        c.eden(&["reactor", "apply", rules.to_str().unwrap()])
-            .await
-            .code,
-        Some(0)
-    );
+    .await;
     c.wait_reactor().await;
     let client = c.client();
     let n = 1000;
@@ -358,23 +349,12 @@ async fn an_alertmanager_webhook_runs_a_task_on_each_alerts_instance() {
     let _a = c.agent("web1", &[]);
     let _b = c.agent("web2", &[]);
     c.wait_nodes(&["web1", "web2"], true).await;
-    let rules = c.dir().join("alerts.yaml");
-    std::fs::write(
-        &rules,
-        r#"
+    apply(&c, "alerts", r#"
 name: restart-on-alert
 on: alert/firing/*
 actions:
   - run: { nodes: "{{ event.labels.instance }}", command: [sh, -c, "echo restarted {{ event.labels.instance }}"], register: restarted }
-"#,
-    )
-    .unwrap();
-    assert_eq!(
-        c.eden(&["reactor", "apply", rules.to_str().unwrap()])
-            .await
-            .code,
-        Some(0)
-    );
+"#).await;
     let o = c.eden(&["hook", "create", "am"]).await;
     assert_eq!(o.code, Some(0), "{o:?}");
     let token = o.stdout.trim().to_string();
@@ -445,9 +425,9 @@ actions:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thorium_rule_fires_on_the_third_event_in_its_window_and_not_in_its_cooldown() {
     let c = Cluster::start(1, &[]).await;
-    let rules = c.dir().join("thorium.yaml");
-    std::fs::write(
-        &rules,
+    apply(
+        &c,
+        "thorium",
         r#"
 name: flapping
 on: check/failed/*
@@ -456,13 +436,7 @@ actions:
   - emit: { tag: "flapping/{{ event.parts[2] }}" }
 "#,
     )
-    .unwrap();
-    assert_eq!(
-        c.eden(&["reactor", "apply", rules.to_str().unwrap()])
-            .await
-            .code,
-        Some(0)
-    );
+    .await;
     c.wait_reactor().await;
     let c = &c;
     let emit = |tag: &'static str| async move {
@@ -484,18 +458,12 @@ actions:
     for _ in 0..3 {
         emit("check/failed/db").await;
     }
-    let marker_rules = c.dir().join("marker.yaml");
-    std::fs::write(
-        &marker_rules,
+    apply(
+        c,
+        "marker",
         "name: marker\non: mark\nactions:\n  - emit: { tag: marked }\n",
     )
-    .unwrap();
-    assert_eq!(
-        c.eden(&["reactor", "apply", marker_rules.to_str().unwrap()])
-            .await
-            .code,
-        Some(0)
-    );
+    .await;
     emit("mark").await;
     eden_tests::wait_for(
         "the runtime to get past the burst",
@@ -615,10 +583,10 @@ async fn http_sink() -> (
 async fn a_post_action_sends_its_rendered_body_once() {
     let (addr, mut got) = http_sink().await;
     let c = Cluster::start(1, &[]).await;
-    let rules = c.dir().join("post.yaml");
-    std::fs::write(
-        &rules,
-        format!(
+    apply(
+        &c,
+        "post",
+        &format!(
             r#"
 - name: notify
   on: deploy/*
@@ -633,9 +601,7 @@ async fn a_post_action_sends_its_rendered_body_once() {
 "#
         ),
     )
-    .unwrap();
-    let o = c.eden(&["reactor", "apply", rules.to_str().unwrap()]).await;
-    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    .await;
     c.wait_reactor().await;
     let o = c
         .eden(&["event", "emit", "deploy/web", "--data", r#"{"who": "ann"}"#])
@@ -731,14 +697,12 @@ async fn an_event_source_gets_its_rate_across_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_whose_cursor_was_compacted_says_so_and_goes_on() {
     let c = Cluster::start(1, &["--no-reactor"]).await;
-    let rules = c.dir().join("pong.yaml");
-    std::fs::write(
-        &rules,
+    apply(
+        &c,
+        "pong",
         "name: pong\non: ping/*\nactions:\n  - emit: { tag: \"pong/{{ event.parts[1] }}\" }\n",
     )
-    .unwrap();
-    let o = c.eden(&["reactor", "apply", rules.to_str().unwrap()]).await;
-    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    .await;
     let mut r = c.reactor_run("outside");
     c.wait_reactor().await;
     assert_eq!(c.active_reactor().await.as_deref(), Some("outside"));

@@ -2,6 +2,16 @@
 //!
 //! Appended entries and the vote are written with a synced WriteBatch before openraft is told they
 //! are stored, so a member killed with kill -9 never forgets a vote or an entry it acknowledged.
+//!
+//! Invariant: the stored log is one contiguous run of indexes, `purged + 1 ..= last`. openraft
+//! 0.9.25 checks only the first and last index of what it reads, and its apply path panics on a
+//! run with a hole in it (`handle_apply_result`, raft_core.rs:779), so the store enforces the
+//! invariant itself: [`LogStore::append`] refuses entries that would start past the next index
+//! (an error stops the Raft core cleanly; see `node.rs` for what a member does then),
+//! and [`LogStore::try_get_log_entries`] returns an error rather than a run with a hole. A read that
+//! starts below the purged index returns the run from the first stored index, as openraft's
+//! contract allows (see design/decisions/0009 for who asks for purged entries, and why a peer
+//! refuses the append that results).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -51,11 +61,77 @@ impl LogStore {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+/// A log that would break the contiguity invariant (see the module docs).
+#[derive(Debug, thiserror::Error)]
+pub enum LogGap {
+    #[error("refusing to append log entries from index {first}: the next index is {expected_next} (a hole in the Raft log)")]
+    Append { first: u64, expected_next: u64 },
+    #[error("log entries to append are not consecutive: {prev} is followed by {next}")]
+    Batch { prev: u64, next: u64 },
+    #[error("the Raft log has a hole: index {prev} is followed by {next}")]
+    Read { prev: u64, next: u64 },
+    #[error("log entry stored under index {key} says it is index {entry}")]
+    Mismatch { key: u64, entry: u64 },
+}
+
+impl LogStore {
+    /// The index the next appended entry must have: one past the last stored entry, or past the
+    /// purged index when the log is empty; None for a log that never had an entry (it may start
+    /// anywhere: openraft's storage suite starts logs at 1).
+    fn next_index(&self) -> Result<Option<u64>, StorageError> {
+        if let Some(last) = self.last_entry_log_id()? {
+            return Ok(Some(last.index + 1));
+        }
+        let purged: Option<LogId> = self.engine.get_meta(META_PURGED).map_err(Self::read_err)?;
+        Ok(purged.map(|p| p.index + 1))
+    }
+
+    /// Writes entries (synced) that must follow each other and start at most one past the last
+    /// stored entry; anything else would leave a hole and is refused with [`LogGap`], and nothing
+    /// is written. [`RaftLogStorage::append`]
+    /// is this plus openraft's callback.
+    pub fn append_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let cf = self.engine.cf(CF_LOG);
+        let mut expected = self.next_index()?;
+        let mut first = true;
+        for e in entries {
+            let index = e.get_log_id().index;
+            let mut expected_index = *expected.get_or_insert(index);
+            if first && index < expected_index {
+                // Overwriting stored entries leaves no hole (openraft truncates before it
+                // overwrites; its storage suite overwrites directly).
+                expected_index = index;
+            }
+            if index != expected_index {
+                let gap = if first {
+                    LogGap::Append {
+                        first: index,
+                        expected_next: expected_index,
+                    }
+                } else {
+                    LogGap::Batch {
+                        prev: expected_index - 1,
+                        next: index,
+                    }
+                };
+                tracing::error!(error = %gap, "refused a log append");
+                return Err(Self::write_err(gap));
+            }
+            first = false;
+            expected = Some(index + 1);
+            batch.put_cf(cf, log_key(index), encode(&e));
+        }
+        self.engine.write_sync(batch).map_err(Self::write_err)
+    }
+
+    /// The stored entries in `range`, as one contiguous run. Entries below the purged index are
+    /// gone: a range that starts there gets the run from the first stored index. A hole inside the
+    /// stored log is corruption and an error.
+    fn read_run<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, StorageError> {
         let start = match range.start_bound() {
             Bound::Included(&i) => i,
             Bound::Excluded(&i) => i + 1,
@@ -63,16 +139,49 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let mut it = self.engine.db.raw_iterator_cf(self.engine.cf(CF_LOG));
         it.seek(log_key(start));
-        let mut out = Vec::new();
+        let mut out: Vec<Entry> = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if !range.contains(&dec_log_key(k)) {
+            let key = dec_log_key(k);
+            if !range.contains(&key) {
                 break;
             }
-            out.push(decode(CF_LOG, v).map_err(Self::read_err)?);
+            if out.is_empty() && key != start && range.start_bound() != Bound::Unbounded {
+                // The start was purged. openraft's contract allows returning what is stored
+                // from later on; its replication then sends entries that do not follow the
+                // request's prev_log_id, which the receiving peer refuses (grpc/peer.rs).
+                tracing::warn!(
+                    start,
+                    first_stored = key,
+                    "asked for log entries from an index that is no longer stored"
+                );
+            }
+            let e: Entry = decode(CF_LOG, v).map_err(Self::read_err)?;
+            if e.get_log_id().index != key {
+                return Err(Self::read_err(LogGap::Mismatch {
+                    key,
+                    entry: e.get_log_id().index,
+                }));
+            }
+            if let Some(prev) = out.last() {
+                let prev = prev.get_log_id().index;
+                if key != prev + 1 {
+                    return Err(Self::read_err(LogGap::Read { prev, next: key }));
+                }
+            }
+            out.push(e);
             it.next();
         }
         it.status().map_err(Self::read_err)?;
         Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_run(range)
     }
 }
 
@@ -130,18 +239,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = WriteBatch::default();
-        let cf = self.engine.cf(CF_LOG);
-        for e in entries {
-            batch.put_cf(cf, log_key(e.get_log_id().index), encode(&e));
-        }
-        let res = self.engine.write_sync(batch);
+        let res = self.append_entries(entries);
         let io = res
             .as_ref()
             .map(|_| ())
             .map_err(|e| std::io::Error::other(e.to_string()));
         callback.log_io_completed(io);
-        res.map_err(Self::write_err)
+        res
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

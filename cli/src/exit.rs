@@ -14,6 +14,9 @@ pub const TASK_FAILED: i32 = 4;
 pub const TASK_TIMEOUT: i32 = 5;
 /// ... none failed or timed out, but one was unreachable (or its agent died: lost).
 pub const TASK_UNREACHABLE: i32 = 6;
+/// `eden server`: the member's Raft core stopped at run time (a storage failure or a bug); the
+/// process exits so that its supervisor restarts it.
+pub const MEMBER_FAILED: i32 = 7;
 
 #[derive(Debug)]
 pub struct Failure {

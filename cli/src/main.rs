@@ -128,7 +128,11 @@ fn main() {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("Error: {e:#}");
-                exit::USAGE_OR_SETUP
+                if e.is::<cmd::server::CoreStopped>() {
+                    exit::MEMBER_FAILED
+                } else {
+                    exit::USAGE_OR_SETUP
+                }
             }
         };
         std::process::exit(code);

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub proposals_committed: IntCounter,
     pub proposals_applied: IntCounter,
     pub proposals_failed: IntCounter,
+    pub proposals_refused: IntCounter,
+    pub raft_core_stopped: IntGauge,
     pub events_denied: IntCounter,
     pub events_refused: IntCounter,
     pub db_size: IntGauge,
@@ -109,6 +111,14 @@ impl Metrics {
                 "etcd_server_proposals_failed_total",
                 "Proposals from this member that failed.",
             ),
+            proposals_refused: counter(
+                "eden_server_proposals_refused_total",
+                "Client writes this leader refused with \"too many requests\" (backpressure).",
+            ),
+            raft_core_stopped: gauge(
+                "eden_raft_core_stopped",
+                "1 once this member's Raft core stopped (a storage failure or a bug): it exits.",
+            ),
             events_denied: counter(
                 "eden_events_denied_total",
                 "Explicit events not stored because the event policy denies their tag.",
@@ -165,8 +175,9 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` (Prometheus text) and `/health` (200 when this member has a leader and no
-/// alarm, else 503: for load balancers and systemd) until `shutdown` resolves.
+/// Serves `/metrics` (Prometheus text) and `/health` (200 when this member's Raft core runs, it
+/// has a leader and no alarm, else 503 with the reason: for load balancers and supervisors) until
+/// `shutdown` resolves.
 pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
@@ -199,14 +210,19 @@ pub async fn serve(
                 async move {
                     let leader = node.leader().is_some();
                     let alarms = node.alarms();
-                    if leader && alarms.is_empty() {
+                    let core = node.core_failure();
+                    if core.is_none() && leader && alarms.is_empty() {
                         (StatusCode::OK, "{\"health\":\"true\"}\n".to_string())
                     } else {
-                        let reason = if !leader {
+                        let reason = if let Some(why) = core {
+                            format!("raft core stopped: {why}")
+                        } else if !leader {
                             "no leader".to_string()
                         } else {
                             format!("alarms: {alarms:?}")
                         };
+                        let reason = serde_json::to_string(&reason).unwrap_or_default();
+                        let reason = reason.trim_matches('"');
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
                             format!("{{\"health\":\"false\",\"reason\":\"{reason}\"}}\n"),

@@ -42,6 +42,15 @@ pub fn nospace() -> Status {
 /// How long a request waits for a leader and for its write to be applied.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 
+/// etcd's answer to a client when the leader is saturated (its `ErrTooManyRequests`).
+pub const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+/// A leader refuses client writes while its state machine trails its log by more than this many
+/// entries (etcd's maxGapBetweenApplyAndCommitIndex).
+pub const MAX_APPLY_LAG: u64 = 5_000;
+/// At most this many client writes wait in a leader's Raft at once; more are refused with
+/// [`TOO_MANY_REQUESTS`].
+pub const MAX_PENDING_PROPOSALS: usize = 4_096;
+
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub name: String,
@@ -174,6 +183,11 @@ pub struct Node {
     reads: Mutex<(Vec<ReadWaiter>, bool)>,
     /// The gate explicit events pass (see [`crate::events`]).
     pub(crate) events: crate::events::EventGate,
+    /// Why the Raft core stopped, once it has (a panic or a storage error): set by
+    /// [`Node::watch_core`], read by `/health`, Status and `eden server`, which exits.
+    core_stopped: tokio::sync::watch::Sender<Option<String>>,
+    /// Permits for client writes in Raft on this member (see [`MAX_PENDING_PROPOSALS`]).
+    proposals: Arc<tokio::sync::Semaphore>,
 }
 
 type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, Status>>;
@@ -280,7 +294,10 @@ impl Node {
             revoking: Mutex::new(HashSet::new()),
             reads: Mutex::new((Vec::new(), false)),
             events: Default::default(),
+            core_stopped: tokio::sync::watch::channel(None).0,
+            proposals: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_PROPOSALS)),
         });
+        tokio::spawn(node.clone().watch_core());
         tokio::spawn(node.clone().lease_loop());
         tokio::spawn(node.clone().compactor_loop());
         if let Some(policy) = node.config.auto_compaction {
@@ -295,6 +312,52 @@ impl Node {
 
     pub fn mvcc(&self) -> &Mvcc {
         &self.sm.mvcc
+    }
+
+    /// Waits for the Raft core to stop (openraft sets `running_state` to an error when it stops
+    /// on an error, and drops the metrics sender when its task ends, also on a panic), then
+    /// records why and logs it once. A clean shutdown (`raft.shutdown()`) is not a failure.
+    async fn watch_core(self: Arc<Self>) {
+        let mut rx = self.raft.metrics();
+        let state = |rx: &tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, Member>>| {
+            rx.borrow()
+                .running_state
+                .clone()
+                .err()
+                .map(|e| e.to_string())
+        };
+        let reason = loop {
+            if let Some(e) = state(&rx) {
+                break e;
+            }
+            if rx.changed().await.is_err() {
+                break state(&rx).unwrap_or_else(|| "the Raft core task ended (panicked)".into());
+            }
+        };
+        if reason == openraft::error::Fatal::<u64>::Stopped.to_string() {
+            return;
+        }
+        tracing::error!(reason = %reason, "the Raft core stopped: this member can no longer serve");
+        crate::metrics::metrics().raft_core_stopped.set(1);
+        self.core_stopped.send_replace(Some(reason));
+    }
+
+    /// Why the Raft core stopped, if it has: a member in that state is dead and says so.
+    pub fn core_failure(&self) -> Option<String> {
+        self.core_stopped.borrow().clone()
+    }
+
+    /// Resolves once the Raft core stopped on a failure; returns why.
+    pub async fn core_stopped(&self) -> String {
+        let mut rx = self.core_stopped.subscribe();
+        let why = match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
     }
 
     pub fn hub(&self) -> &WatchHub {
@@ -419,6 +482,7 @@ impl Node {
     /// Proposes on this member only; `NotLeader` when it does not lead (and the write surely was
     /// not committed).
     pub async fn propose_local(&self, cmd: Command) -> Result<Response, ForwardError> {
+        let from_client = matches!(cmd, Command::Kv { .. } | Command::LeaseGrant { .. });
         if let Command::Kv { op } = &cmd {
             if !self.is_leader() {
                 return Err(ForwardError::NotLeader);
@@ -427,6 +491,32 @@ impl Node {
                 .take_tokens(&self.config.events, op)
                 .map_err(ForwardError::Exhausted)?;
         }
+        // Backpressure (etcd's "too many requests"): a leader whose state machine trails its log
+        // by more than MAX_APPLY_LAG entries, or that already has MAX_PENDING_PROPOSALS client
+        // writes in Raft, refuses more at once rather than queueing without bound. A refused
+        // write was never proposed, so clients retry it (with backoff).
+        let _permit = if from_client {
+            let lag = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                m.last_log_index
+                    .unwrap_or(0)
+                    .saturating_sub(m.last_applied.map_or(0, |l| l.index))
+            };
+            if lag > MAX_APPLY_LAG {
+                crate::metrics::metrics().proposals_refused.inc();
+                return Err(ForwardError::Exhausted(TOO_MANY_REQUESTS.into()));
+            }
+            match self.proposals.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    crate::metrics::metrics().proposals_refused.inc();
+                    return Err(ForwardError::Exhausted(TOO_MANY_REQUESTS.into()));
+                }
+            }
+        } else {
+            None
+        };
         match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.client_write(cmd)).await {
             Err(_) => Err(ForwardError::Failed("etcdserver: request timed out".into())),
             Ok(Ok(resp)) => Ok(resp.data),

@@ -348,15 +348,56 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
     Ok((c, extras))
 }
 
+/// The nice value of the threads that serve clients: above the Raft threads' 0, so that on a
+/// saturated machine heartbeats, votes and appends get the CPU first (see [`run`]).
+const CLIENT_THREAD_NICE: i32 = 5;
+
+/// Lowers the calling thread's scheduling priority (Linux: nice is per thread). Needs no
+/// privilege; where it fails the thread keeps its priority.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread; no memory is shared with the kernel.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, CLIENT_THREAD_NICE);
+    }
+}
+
+/// Runs a member on two runtimes: Raft first. openraft's core, its replication and state-machine
+/// tasks, the peer port and the member's own loops run on `eden-raft` threads; the client port,
+/// watches, the reactor and the webhook intake on `eden-client` threads, which run at a lower
+/// priority. However many clients queue up, they never sit between a heartbeat and the thread
+/// that sends or answers it (issue 11: 10,000 agents on one runtime starved the Raft core into
+/// elections).
 pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
     let (config, extras) = resolve(args)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let raft_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("eden-raft")
         .enable_all()
         .build()?;
-    rt.block_on(serve(config, extras))
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("eden-client")
+        .on_thread_start(lower_thread_priority)
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(serve(config, extras, raft_rt.handle().clone()));
+    drop(rt);
+    raft_rt.shutdown_timeout(Duration::from_secs(2));
+    r
 }
 
 /// What a member runs besides the store: metrics, a reactor runtime, the webhook intake.
+/// How long a member whose Raft core stopped keeps answering (with errors and a 503 /health)
+/// before it exits.
+pub const CORE_STOPPED_GRACE: Duration = Duration::from_secs(5);
+
+/// `eden server` ends with this error when its Raft core stopped; it exits with
+/// [`crate::exit::MEMBER_FAILED`].
+#[derive(Debug, thiserror::Error)]
+#[error("the Raft core stopped: {0}")]
+pub struct CoreStopped(pub String);
+
 struct Extras {
     metrics_addr: Option<String>,
     reactor: bool,
@@ -364,12 +405,19 @@ struct Extras {
     webhook_max_bytes: usize,
 }
 
-async fn serve(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
+async fn serve(
+    config: NodeConfig,
+    extras: Extras,
+    raft_rt: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
     let client_listener = tokio::net::TcpListener::bind(&config.client_addr)
         .await
         .with_context(|| format!("binding the client address {}", config.client_addr))?;
-    let peer_listener = tokio::net::TcpListener::bind(&config.listen_peer_addr)
-        .await
+    // The peer port is bound on the Raft runtime, so its connections are driven by its threads.
+    let peer_addr = config.listen_peer_addr.clone();
+    let peer_listener = raft_rt
+        .spawn(async move { tokio::net::TcpListener::bind(&peer_addr).await })
+        .await?
         .with_context(|| format!("binding the peer address {}", config.listen_peer_addr))?;
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), client = %config.client_addr, peer = %config.peer_addr, listen_peer = %config.listen_peer_addr, "starting eden server");
     let metrics_listener = match &extras.metrics_addr {
@@ -388,7 +436,7 @@ async fn serve(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let node = Node::start(config).await?;
+    let node = raft_rt.spawn(Node::start(config)).await??;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -398,9 +446,10 @@ async fn serve(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
         client_listener,
         stopped(stop_rx.clone()),
     ));
-    let peer = tokio::spawn(eden_store::grpc::serve_peer(
+    let peer = raft_rt.spawn(eden_store::grpc::serve_peer(
         node.clone(),
         peer_listener,
+        tokio::runtime::Handle::current(),
         stopped(stop_rx.clone()),
     ));
     if let Some(l) = metrics_listener {
@@ -445,6 +494,19 @@ async fn serve(config: NodeConfig, extras: Extras) -> anyhow::Result<()> {
         }
         r = client => bail!("the client server stopped: {:?}", r),
         r = peer => bail!("the peer server stopped: {:?}", r),
+        why = node.core_stopped() => {
+            // A member whose core died must not look alive: /health and Status already say so;
+            // after a short grace (so a scrape or a client sees why) the process exits non-zero
+            // and its supervisor (contrib/systemd/eden.service) restarts it from its data dir.
+            tracing::error!(
+                reason = %why,
+                "the Raft core stopped: exiting in {} s so the supervisor restarts this member",
+                CORE_STOPPED_GRACE.as_secs()
+            );
+            tokio::time::sleep(CORE_STOPPED_GRACE).await;
+            let _ = stop_tx.send(true);
+            return Err(CoreStopped(why).into());
+        }
     }
     if let Some((rt, task)) = reactor {
         // Hand the reactor over to a standby at once rather than after its lease expires.

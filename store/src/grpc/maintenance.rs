@@ -103,14 +103,15 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
             errors: self
                 .node
-                .alarms()
+                .core_failure()
+                .map(|why| format!("raft core stopped: {why}"))
                 .into_iter()
-                .map(|(m, a)| {
+                .chain(self.node.alarms().into_iter().map(|(m, a)| {
                     format!(
                         "memberID:{m} alarm:{}",
                         AlarmType::try_from(a).map_or("UNKNOWN", |t| t.as_str_name())
                     )
-                })
+                }))
                 .collect(),
             db_size_in_use: size,
             is_learner,

@@ -19,14 +19,33 @@ use eden_proto::etcdserverpb::lease_server::LeaseServer;
 use eden_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use eden_proto::etcdserverpb::watch_server::WatchServer;
 use eden_proto::peer::peer_server::PeerServer;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Server;
 
 use crate::node::Node;
 
+/// Streams a client may reset before the server accepted them, per connection, before the
+/// server closes that connection (h2's default is 20).
+pub const CLIENT_MAX_PENDING_RESETS: usize = 1_000;
+
 /// gRPC overhead allowed on top of the request size limit (etcd allows the same 512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// The accepted connections of a listener, with TCP_NODELAY set on each. tonic applies its own
+/// `tcp_nodelay` only to listeners it binds itself, not to a stream of connections it is given:
+/// without this, small responses wait for the peer's delayed ACK (about 40 ms per request for a
+/// client that sends one request at a time).
+pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<TcpStream>> {
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|s| {
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::warn!(error = %e, "could not set TCP_NODELAY on an accepted connection");
+            }
+        })
+    })
+}
 
 /// Serves the client port until `shutdown` resolves.
 pub async fn serve_client(
@@ -36,9 +55,13 @@ pub async fn serve_client(
 ) -> anyhow::Result<()> {
     let max = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     // hyper's limit of 200 concurrent streams per connection stays: without it a client
-    // multiplexing 10,000 agents made the member grow to 14 GB (bench/agents.sh).
+    // multiplexing 10,000 agents made the member grow to 14 GB (bench/agents.sh). Clients that
+    // time out reset their streams; h2's default answers the 21st such reset still waiting to be
+    // accepted with GOAWAY, which fails every request on that connection, not just the slow
+    // ones. A configuration store with thousands of clients per connection tolerates more, and
+    // stays bounded against the rapid-reset attack (CVE-2023-44487).
     Server::builder()
-        .tcp_nodelay(true)
+        .http2_max_pending_accept_reset_streams(Some(CLIENT_MAX_PENDING_RESETS))
         .layer(crate::metrics::RpcTimer)
         .add_service(
             KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max),
@@ -57,29 +80,30 @@ pub async fn serve_client(
         .add_service(MaintenanceServer::new(maintenance::MaintenanceService {
             node: node.clone(),
         }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
 }
 
-/// Serves the peer port until `shutdown` resolves.
+/// Serves the peer port until `shutdown` resolves. Raft's messages are handled on the runtime
+/// this runs on; forwarded client work on `client_work`.
 pub async fn serve_peer(
     node: Arc<Node>,
     listener: TcpListener,
+    client_work: tokio::runtime::Handle,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     // Peers are trusted: a follower whose forwarded writes time out while queued resets many
     // streams before they are accepted, which h2 would otherwise answer with GOAWAY
     // (ENHANCE_YOUR_CALM), failing every request on the connection.
     Server::builder()
-        .tcp_nodelay(true)
         .http2_max_pending_accept_reset_streams(Some(100_000))
         .add_service(
-            PeerServer::new(peer::PeerService { node })
+            PeerServer::new(peer::PeerService { node, client_work })
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
 }

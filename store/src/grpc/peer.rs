@@ -14,6 +14,10 @@ use crate::raft::{Command, TypeConfig};
 
 pub struct PeerService {
     pub node: Arc<Node>,
+    /// Where work on behalf of clients runs (forwarded writes, read-index questions, lease
+    /// keep-alives): the client runtime, so that the peer port's own threads stay free for
+    /// Raft's messages (see `eden server`'s two runtimes).
+    pub client_work: tokio::runtime::Handle,
 }
 
 fn bad(e: bincode::Error) -> Status {
@@ -43,6 +47,43 @@ impl PeerService {
     fn reply<T: serde::Serialize>(v: &T) -> Result<Response<Payload>, Status> {
         Ok(Response::new(to_payload(v, 0)))
     }
+
+    /// Runs client work on the client runtime and answers with its result.
+    async fn on_client_runtime<T, F>(&self, work: F) -> Result<Response<Payload>, Status>
+    where
+        T: serde::Serialize + Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let r = self
+            .client_work
+            .spawn(work)
+            .await
+            .map_err(|e| Status::internal(format!("peer request failed: {e}")))?;
+        Self::reply(&r)
+    }
+}
+
+/// Checks that an append-entries request's entries directly follow its `prev_log_id` and each
+/// other. openraft 0.9.25 checks this only in debug builds; a release build appends such a request
+/// as it is, leaving a hole in the log that panics the Raft core when it is applied. A replication
+/// task that outlived its leader's term can send one (design/decisions/0009), so every member
+/// refuses them before they reach Raft.
+pub fn check_consecutive(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
+    use openraft::RaftLogId;
+    let mut expected = req.prev_log_id.map_or(0, |p| p.index + 1);
+    for e in &req.entries {
+        let index = e.get_log_id().index;
+        if index != expected {
+            return Err(format!(
+                "append-entries entry {index} does not follow {} (prev_log_id {})",
+                expected as i128 - 1,
+                req.prev_log_id
+                    .map_or("none".to_string(), |p| p.to_string())
+            ));
+        }
+        expected = index + 1;
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -50,6 +91,10 @@ impl Peer for PeerService {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         self.check(request.get_ref())?;
         let req: AppendEntriesRequest<TypeConfig> = from_payload(request.get_ref()).map_err(bad)?;
+        if let Err(e) = check_consecutive(&req) {
+            tracing::warn!(error = %e, vote = %req.vote, "refused an append-entries request");
+            return Err(Status::invalid_argument(e));
+        }
         Self::reply(&self.node.raft.append_entries(req).await)
     }
 
@@ -72,12 +117,16 @@ impl Peer for PeerService {
     async fn forward(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         self.check(request.get_ref())?;
         let cmd: Command = from_payload(request.get_ref()).map_err(bad)?;
-        Self::reply(&self.node.propose_local(cmd).await)
+        let node = self.node.clone();
+        self.on_client_runtime(async move { node.propose_local(cmd).await })
+            .await
     }
 
     async fn read_index(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         self.check(request.get_ref())?;
-        Self::reply(&self.node.read_index_local().await)
+        let node = self.node.clone();
+        self.on_client_runtime(async move { node.read_index_local().await })
+            .await
     }
 
     async fn membership(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
@@ -89,6 +138,8 @@ impl Peer for PeerService {
     async fn lease_query(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         self.check(request.get_ref())?;
         let q: LeaseQuery = from_payload(request.get_ref()).map_err(bad)?;
-        Self::reply(&self.node.lease_query_local(&q))
+        let node = self.node.clone();
+        self.on_client_runtime(async move { node.lease_query_local(&q) })
+            .await
     }
 }

@@ -332,19 +332,28 @@ impl Agent {
     }
 
     async fn keepalive_loop(self: Arc<Self>) -> Result<(), Error> {
+        let mut pace = KeepAlivePace::new(self.cfg.lease_ttl);
+        let mut wait = pace.after_success();
         loop {
-            tokio::time::sleep(self.cfg.lease_ttl / 3).await;
+            tokio::time::sleep(wait).await;
             let lease = self.lease.load(Ordering::SeqCst);
-            match self.client.lease_keep_alive_once(lease).await {
-                Ok(r) if r.ttl > 0 => {}
+            wait = match self.client.lease_keep_alive_once(lease).await {
+                Ok(r) if r.ttl > 0 => pace.after_success(),
                 Ok(_) => {
                     tracing::warn!("the node's lease expired (the cluster did not hear from this agent in time): registering again");
                     match self.register().await {
-                        Err(Error::Client(e)) => tracing::warn!("registering again: {e}"),
-                        other => other?,
+                        Ok(()) => pace.after_success(),
+                        Err(Error::Client(e)) => {
+                            tracing::warn!("registering again: {e}");
+                            pace.after_failure()
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
-                Err(e) => tracing::warn!("keep-alive failed: {e}"),
+                Err(e) => {
+                    tracing::warn!("keep-alive failed: {e}");
+                    pace.after_failure()
+                }
             }
         }
     }
@@ -736,5 +745,39 @@ impl Agent {
             }
         }
         *self.running.lock().unwrap() -= 1;
+    }
+}
+
+/// When an agent sends its next keep-alive. After a success, a third of the lease TTL (as etcd's
+/// clients do); after a failure (a leader change, a busy member), again soon, with exponential
+/// backoff and jitter, so that one lost keep-alive does not cost the lease and a thousand agents
+/// refused together do not come back together.
+#[derive(Debug, Clone)]
+pub struct KeepAlivePace {
+    ttl: Duration,
+    backoff: eden_proto::client::Backoff,
+}
+
+impl KeepAlivePace {
+    pub fn new(ttl: Duration) -> KeepAlivePace {
+        KeepAlivePace {
+            ttl,
+            backoff: Self::fresh(ttl),
+        }
+    }
+
+    fn fresh(ttl: Duration) -> eden_proto::client::Backoff {
+        eden_proto::client::Backoff::new(Duration::from_millis(200), ttl / 6)
+    }
+
+    /// The pause after a keep-alive that worked.
+    pub fn after_success(&mut self) -> Duration {
+        self.backoff = Self::fresh(self.ttl);
+        self.ttl / 3
+    }
+
+    /// The pause after a keep-alive (or a registration) that failed.
+    pub fn after_failure(&mut self) -> Duration {
+        self.backoff.next_delay().max(Duration::from_millis(20))
     }
 }

@@ -120,6 +120,40 @@ fn from_transport(s: &Status) -> bool {
     std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
 }
 
+/// True when a member refused the request because it is saturated (etcd's "too many
+/// requests"): the request was not proposed, so it is safe to send again, after a pause.
+pub fn too_many_requests(s: &Status) -> bool {
+    s.code() == Code::ResourceExhausted && s.message() == "etcdserver: too many requests"
+}
+
+/// Exponential backoff with full jitter: each pause is uniform in [0, min(cap, base * 2^n)), so
+/// clients refused together do not come back together.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    n: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        Backoff { base, cap, n: 0 }
+    }
+
+    /// The next pause.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.n.min(16))
+            .min(self.cap);
+        self.n = self.n.saturating_add(1);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// How long the client keeps retrying a request that a saturated cluster refused.
+const BUSY_RETRY_FOR: Duration = Duration::from_secs(10);
+
 fn retryable(s: &Status, kind: Retry) -> bool {
     match kind {
         // A connection that broke (its member died) is worth another endpoint for a read.
@@ -266,9 +300,13 @@ impl Client {
         let n = self.pool_len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last_err = String::new();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let busy_until = std::time::Instant::now() + BUSY_RETRY_FOR;
         // Two rounds over the endpoints: a member may come back or elect a leader meanwhile.
-        for attempt in 0..2 * n {
+        let mut attempt = 0;
+        while attempt < 2 * n {
             let i = (start + attempt) % n;
+            attempt += 1;
             let ch = match self.pool_channel(i).await {
                 Ok(ch) => ch,
                 Err(e) => {
@@ -281,11 +319,17 @@ impl Client {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(v);
                 }
+                Err(s) if too_many_requests(&s) && std::time::Instant::now() < busy_until => {
+                    // Saturated, not broken: the same round again after a pause.
+                    last_err = format!("{}: {}", self.pool_endpoint(i), s.message());
+                    attempt -= 1;
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
                 Err(s) if retryable(&s, kind) => {
                     last_err = format!("{}: {}", self.pool_endpoint(i), s.message());
                     self.pool_forget(i);
-                    if attempt + 1 >= n {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    if attempt >= n {
+                        tokio::time::sleep(backoff.next_delay() + Duration::from_millis(200)).await;
                     }
                 }
                 Err(s) if s.code() == Code::Unavailable => {

@@ -4,21 +4,29 @@
 //! It measures what N agents cost the store at rest (keep-alive rate and latency, and the servers'
 //! CPU when their pids are given), then the time from `eden run` on all of them to the last
 //! result.
+//!
+//! It never hangs silently: a progress line goes to stderr every 5 s, every request has a 10 s
+//! timeout, registration gives up after `--register-timeout` and the run after `--run-timeout`
+//! with the errors by kind (exit 3). Agents retry registration and keep-alives as a real agent
+//! does (backoff with jitter; a lease that expired is registered again), and every error is
+//! counted by kind. The report also gives each member's Raft term before and after: elections
+//! during the bench.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use eden_agent::agent::KeepAlivePace;
 use eden_agent::keys;
 use eden_agent::kv;
 use eden_agent::model::{now_ms, Alive, Claim, Facts, Status, TaskResult, TaskSpec};
 use eden_agent::tasks::{self, NewTask, Targets};
-use eden_proto::client::Client;
+use eden_proto::client::{Backoff, Client};
 use eden_proto::etcdserverpb::WatchCreateRequest;
 use eden_proto::keys::prefix_end;
 use eden_proto::mvccpb::event::EventType;
 use hdrhistogram::Histogram;
-use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::exit::Failure;
@@ -41,15 +49,58 @@ pub struct AgentsArgs {
     /// Server process ids whose CPU use is measured at rest (repeatable).
     #[arg(long = "server-pid")]
     pub server_pids: Vec<u32>,
+    /// Give up (exit 3, with the errors by kind) when not every agent registered in this time.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub register_timeout: Duration,
+    /// Give up when the task did not finish on every agent in this time.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    pub run_timeout: Duration,
 }
 
+/// A count of errors by kind (the error's text, shortened).
+#[derive(Default)]
+struct ErrorKinds(Mutex<BTreeMap<String, u64>>);
+
+impl ErrorKinds {
+    fn add(&self, kind: &str) {
+        let kind: String = kind.chars().take(160).collect();
+        *self.0.lock().unwrap().entry(kind).or_default() += 1;
+    }
+
+    fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    fn total(&self) -> u64 {
+        self.0.lock().unwrap().values().sum()
+    }
+}
+
+#[derive(Default)]
 struct Stats {
+    registered: AtomicU64,
+    register_retries: AtomicU64,
+    register_errors: ErrorKinds,
     keepalives: AtomicU64,
     keepalive_errors: AtomicU64,
-    /// Keep-alive errors by kind (the error's text, or "lease gone" for a TTL of 0).
-    error_kinds: Mutex<std::collections::BTreeMap<String, u64>>,
-    hist: Mutex<Histogram<u64>>,
+    /// Keep-alive errors by kind ("lease gone" for a TTL of 0, which makes the agent register
+    /// again).
+    keepalive_kinds: ErrorKinds,
+    reregistered: AtomicU64,
+    hist: Mutex<Option<Histogram<u64>>>,
     results: AtomicU64,
+    answer_errors: ErrorKinds,
+}
+
+/// How long one request of a simulated agent may take before it counts as a timeout.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs one request with [`OP_TIMEOUT`]; a timeout is an error of its own kind.
+async fn timed<T>(fut: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timeout ({} s)", OP_TIMEOUT.as_secs())),
+    }
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
@@ -140,9 +191,11 @@ async fn answer(client: &Client, name: &str, id: &str) -> Result<bool, String> {
 async fn sim_agent(
     client: Arc<Client>,
     name: String,
-    lease: i64,
+    mut lease: i64,
     ttl: Duration,
     stats: Arc<Stats>,
+    leases: Arc<Mutex<Vec<i64>>>,
+    slot: usize,
 ) {
     let prefix = keys::assignments(&name);
     let mut w = client.watch(
@@ -153,29 +206,47 @@ async fn sim_agent(
         },
         Duration::from_secs(3600),
     );
-    // Spread the keep-alives over the period.
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + ttl.mul_f64(rand::random::<f64>() / 3.0),
-        ttl / 3,
-    );
+    // Keep-alives paced as a real agent's (eden_agent::agent::KeepAlivePace), the first one
+    // spread over the period so that 10,000 agents do not send theirs together.
+    let mut pace = KeepAlivePace::new(ttl);
+    let mut next = tokio::time::Instant::now() + ttl.mul_f64(rand::random::<f64>() / 3.0);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(next) => {
                 let t = Instant::now();
-                match client.lease_keep_alive_once(lease).await {
+                let r = timed(async { client.lease_keep_alive_once(lease).await.map_err(|e| e.to_string()) }).await;
+                let wait = match r {
                     Ok(r) if r.ttl > 0 => {
                         stats.keepalives.fetch_add(1, Ordering::Relaxed);
-                        let _ = stats.hist.lock().unwrap().record(t.elapsed().as_micros() as u64);
+                        if let Some(h) = stats.hist.lock().unwrap().as_mut() {
+                            let _ = h.record(t.elapsed().as_micros() as u64);
+                        }
+                        pace.after_success()
                     }
-                    other => {
+                    Ok(_) => {
+                        // The lease expired: register again, as an agent does.
                         stats.keepalive_errors.fetch_add(1, Ordering::Relaxed);
-                        let kind = match other {
-                            Ok(_) => "lease gone (TTL 0)".to_string(),
-                            Err(e) => e.to_string(),
-                        };
-                        *stats.error_kinds.lock().unwrap().entry(kind).or_default() += 1;
+                        stats.keepalive_kinds.add("lease gone (TTL 0): registered again");
+                        match timed(register(&client, &name, ttl)).await {
+                            Ok(l) => {
+                                lease = l;
+                                leases.lock().unwrap()[slot] = l;
+                                stats.reregistered.fetch_add(1, Ordering::Relaxed);
+                                pace.after_success()
+                            }
+                            Err(e) => {
+                                stats.keepalive_kinds.add(&format!("registering again: {e}"));
+                                pace.after_failure()
+                            }
+                        }
                     }
-                }
+                    Err(e) => {
+                        stats.keepalive_errors.fetch_add(1, Ordering::Relaxed);
+                        stats.keepalive_kinds.add(&e);
+                        pace.after_failure()
+                    }
+                };
+                next = tokio::time::Instant::now() + wait;
             }
             m = w.recv() => {
                 let Some(Ok(m)) = m else { return };
@@ -185,10 +256,14 @@ async fn sim_agent(
                     if let Some(id) = keys::rest(&kv.key, &prefix) {
                         let (client, name, id, stats) = (client.clone(), name.clone(), id.to_string(), stats.clone());
                         tokio::spawn(async move {
+                            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
                             for _ in 0..20 {
-                                match answer(&client, &name, &id).await {
+                                match timed(answer(&client, &name, &id)).await {
                                     Ok(_) => { stats.results.fetch_add(1, Ordering::Relaxed); return; }
-                                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                                    Err(e) => {
+                                        stats.answer_errors.add(&e);
+                                        tokio::time::sleep(backoff.next_delay()).await;
+                                    }
                                 }
                             }
                         });
@@ -199,78 +274,145 @@ async fn sim_agent(
     }
 }
 
+/// Each member's Raft term, as its Status says (None where it did not answer).
+async fn terms(clients: &[Arc<Client>]) -> Vec<Option<u64>> {
+    let c = &clients[0];
+    let mut out = Vec::new();
+    for i in 0..c.endpoints().len() {
+        let s = tokio::time::timeout(Duration::from_secs(3), c.status_of(i)).await;
+        out.push(match s {
+            Ok(Ok(s)) => Some(s.raft_term),
+            _ => None,
+        });
+    }
+    out
+}
+
+/// Prints a progress line to stderr every few seconds until `stop` (a bench must never look hung).
+fn progress(
+    stats: Arc<Stats>,
+    phase: Arc<Mutex<String>>,
+    count: usize,
+    t0: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let phase = phase.lock().unwrap().clone();
+            eprintln!(
+                "[{:>4.0} s] {phase}: {}/{count} registered ({} retries, {} registration errors), {} keep-alives ({} errors), {} results",
+                t0.elapsed().as_secs_f64(),
+                stats.registered.load(Ordering::Relaxed),
+                stats.register_retries.load(Ordering::Relaxed),
+                stats.register_errors.total(),
+                stats.keepalives.load(Ordering::Relaxed),
+                stats.keepalive_errors.load(Ordering::Relaxed),
+                stats.results.load(Ordering::Relaxed),
+            );
+        }
+    })
+}
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+fn kinds_text(kinds: &BTreeMap<String, u64>) -> String {
+    if kinds.is_empty() {
+        return "none".into();
+    }
+    kinds
+        .iter()
+        .map(|(k, n)| format!("{n} x {k}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(), Failure> {
     let conns = a.count.div_ceil(a.per_conn.max(1)).max(1);
     let clients: Vec<Arc<Client>> = (0..conns)
         .map(|_| Client::new(endpoints).map(Arc::new))
         .collect::<Result<_, _>>()?;
-    let stats = Arc::new(Stats {
-        keepalives: AtomicU64::new(0),
-        keepalive_errors: AtomicU64::new(0),
-        error_kinds: Default::default(),
-        hist: Mutex::new(Histogram::new(3).expect("histogram")),
-        results: AtomicU64::new(0),
-    });
+    let stats = Arc::new(Stats::default());
+    let phase = Arc::new(Mutex::new("registering".to_string()));
+    let t0 = Instant::now();
+    let reporter = progress(stats.clone(), phase.clone(), a.count, t0);
+    let _stop_reporter = AbortOnDrop(reporter);
+    let terms0 = terms(&clients).await;
     let run_id: u32 = rand::random();
     let names: Vec<String> = (0..a.count)
         .map(|i| format!("sim-{run_id:08x}-{i:05}"))
         .collect();
-    // Register, 64 at a time.
-    let bar = ProgressBar::new(a.count as u64);
-    let t0 = Instant::now();
-    let mut leases = vec![0i64; a.count];
+    // Register, 64 at a time, each retried with backoff like a real agent until the deadline;
+    // once registered, the agent keeps its lease alive at once (not after every agent
+    // registered: at 10,000 that takes longer than a TTL).
+    let leases = Arc::new(Mutex::new(vec![0i64; a.count]));
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let register_deadline = tokio::time::Instant::now() + a.register_timeout;
     let mut joins = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let (client, name, sem, ttl, stats) = (
+        let (client, name, sem, ttl, stats, leases) = (
             clients[i % conns].clone(),
             name.clone(),
             sem.clone(),
             a.lease_ttl,
             stats.clone(),
+            leases.clone(),
         );
         joins.push(tokio::spawn(async move {
             let _p = sem.acquire().await;
-            // Like a real agent, registration is retried (a leader change under load is an
-            // answer worth retrying); the retries are counted. Once registered, the agent keeps
-            // its lease alive at once (not after every agent registered: at 10,000 that takes
-            // longer than a TTL).
-            let mut tries = 0;
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
             loop {
-                match register(&client, &name, ttl).await {
+                match timed(register(&client, &name, ttl)).await {
                     Ok(l) => {
-                        tokio::spawn(sim_agent(client, name, l, ttl, stats));
-                        return Ok((l, tries));
+                        leases.lock().unwrap()[i] = l;
+                        stats.registered.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(sim_agent(client, name, l, ttl, stats, leases, i));
+                        return true;
                     }
-                    Err(e) if tries >= 20 => return Err(e),
-                    Err(_) => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    Err(e) => {
+                        stats.register_errors.add(&e);
+                        let pause = backoff.next_delay();
+                        if tokio::time::Instant::now() + pause >= register_deadline {
+                            return false;
+                        }
+                        stats.register_retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(pause).await;
                     }
                 }
             }
         }));
     }
-    let mut retries = 0;
-    for (i, j) in joins.into_iter().enumerate() {
-        let (lease, tries) = j
-            .await
-            .map_err(|e| Failure::usage(e.to_string()))?
-            .map_err(|e| Failure::usage(format!("registering: {e}")))?;
-        leases[i] = lease;
-        retries += tries;
-        bar.inc(1);
+    let mut failed = 0;
+    for j in joins {
+        if !j.await.unwrap_or(false) {
+            failed += 1;
+        }
     }
-    bar.finish_and_clear();
     let registered = t0.elapsed();
+    let retries = stats.register_retries.load(Ordering::Relaxed);
+    let register_kinds = stats.register_errors.take();
+    if failed > 0 {
+        return Err(Failure {
+            code: crate::exit::UNAVAILABLE,
+            message: format!(
+                "{failed} of {} simulated agents could not register within {} s; errors by kind: {}",
+                a.count,
+                a.register_timeout.as_secs(),
+                kinds_text(&register_kinds)
+            ),
+            quiet: false,
+        });
+    }
     // At rest: keep-alives only.
+    *phase.lock().unwrap() = "at rest".into();
     tokio::time::sleep(a.lease_ttl / 3).await;
     let (k0, e0) = (
         stats.keepalives.load(Ordering::Relaxed),
         stats.keepalive_errors.load(Ordering::Relaxed),
     );
-    stats.hist.lock().unwrap().reset();
-    stats.error_kinds.lock().unwrap().clear();
+    *stats.hist.lock().unwrap() = Some(Histogram::new(3).expect("histogram"));
+    let early_kinds = stats.keepalive_kinds.take();
     let cpu0: Vec<Option<u64>> = a.server_pids.iter().map(|p| cpu_ticks(*p)).collect();
     let idle_start = Instant::now();
     tokio::time::sleep(a.idle).await;
@@ -286,62 +428,114 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         .collect();
     let kps = (stats.keepalives.load(Ordering::Relaxed) - k0) as f64 / idle;
     let kerr = stats.keepalive_errors.load(Ordering::Relaxed) - e0;
-    let kinds = std::mem::take(&mut *stats.error_kinds.lock().unwrap());
+    let kinds = stats.keepalive_kinds.take();
     let e1 = stats.keepalive_errors.load(Ordering::Relaxed);
     let (kp50, kp99) = {
         let h = stats.hist.lock().unwrap();
+        let h = h.as_ref().expect("set above");
         (
             h.value_at_quantile(0.5) as f64 / 1000.0,
             h.value_at_quantile(0.99) as f64 / 1000.0,
         )
     };
     // The run: one task on every simulated agent, created and followed as `eden run` does.
+    *phase.lock().unwrap() = "running a task on every agent".into();
     let client = clients[0].clone();
     let t1 = Instant::now();
-    let spec = tasks::create(
-        &client,
-        &NewTask {
-            targets: Targets::Selector("bench=agents".into()),
-            command: vec!["true".into()],
-            script: None,
-            shell: false,
-            env: Default::default(),
-            cwd: None,
-            timeout: Duration::from_secs(60),
-            deadline: Duration::from_secs(120),
-            register: None,
-            retention: Duration::from_secs(3600),
-        },
+    let deadline = Duration::from_secs(120);
+    let spec = tokio::time::timeout(
+        a.run_timeout,
+        tasks::create(
+            &client,
+            &NewTask {
+                targets: Targets::Selector("bench=agents".into()),
+                command: vec!["true".into()],
+                script: None,
+                shell: false,
+                env: Default::default(),
+                cwd: None,
+                timeout: Duration::from_secs(60),
+                deadline,
+                register: None,
+                retention: Duration::from_secs(3600),
+            },
+        ),
     )
-    .await?;
+    .await
+    .map_err(|_| Failure {
+        code: crate::exit::UNAVAILABLE,
+        message: format!(
+            "storing the task took more than {} s",
+            a.run_timeout.as_secs()
+        ),
+        quiet: false,
+    })??;
     let created = t1.elapsed();
-    let st = tasks::follow(&client, &spec.id, |_| {}).await?;
+    let left = a.run_timeout.saturating_sub(created);
+    let st = tokio::time::timeout(left, tasks::follow(&client, &spec.id, |_| {}))
+        .await
+        .map_err(|_| Failure {
+            code: crate::exit::UNAVAILABLE,
+            message: format!(
+                "the task did not finish within {} s: {} of {} results; answer errors by kind: {}",
+                a.run_timeout.as_secs(),
+                stats.results.load(Ordering::Relaxed),
+                spec.targets.len(),
+                kinds_text(&stats.answer_errors.take())
+            ),
+            quiet: false,
+        })??;
     let all = t1.elapsed();
     let run_errors = stats.keepalive_errors.load(Ordering::Relaxed) - e1;
+    let run_kinds = stats.keepalive_kinds.take();
+    let answer_kinds = stats.answer_errors.take();
     let (ok, bad, _, _) = st.counts(now_ms());
-    // Leave: revoke the leases (their keys go with them) and forget the nodes.
-    for (i, name) in names.iter().enumerate() {
-        let c = &clients[i % conns];
-        let _ = c.lease_revoke(leases[i]).await;
-        let _ = kv::txn(
-            c,
-            vec![],
-            vec![kv::delete_prefix(&keys::node_prefix(name))],
-            vec![],
-        )
-        .await;
+    let terms1 = terms(&clients).await;
+    let term_of = |t: &[Option<u64>]| t.iter().flatten().copied().max();
+    let elections = match (term_of(&terms0), term_of(&terms1)) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    // Leave: revoke the leases (their keys go with them) and forget the nodes, 64 at a time.
+    *phase.lock().unwrap() = "cleaning up".into();
+    let leases: Vec<i64> = leases.lock().unwrap().clone();
+    {
+        use futures::StreamExt;
+        futures::stream::iter(names.iter().enumerate())
+            .for_each_concurrent(64, |(i, name)| {
+                let c = clients[i % conns].clone();
+                let lease = leases[i];
+                async move {
+                    let _ = tokio::time::timeout(OP_TIMEOUT, c.lease_revoke(lease)).await;
+                    let _ = tokio::time::timeout(
+                        OP_TIMEOUT,
+                        kv::txn(
+                            &c,
+                            vec![],
+                            vec![kv::delete_prefix(&keys::node_prefix(name))],
+                            vec![],
+                        ),
+                    )
+                    .await;
+                }
+            })
+            .await;
     }
     let v = json!({
         "agents": a.count,
         "connections": conns,
         "register_seconds": registered.as_secs_f64(),
         "register_retries": retries,
+        "register_error_kinds": register_kinds,
+        "keepalive_errors_while_registering": early_kinds,
         "keepalive_per_second": kps,
         "keepalive_p50_ms": kp50,
         "keepalive_p99_ms": kp99,
         "keepalive_errors": kerr,
         "keepalive_error_kinds": kinds,
         "keepalive_errors_during_run": run_errors,
+        "keepalive_error_kinds_during_run": run_kinds,
+        "reregistered": stats.reregistered.load(Ordering::Relaxed),
         "server_cpu_percent": cpu,
         "task": spec.id,
         "targets": spec.targets.len(),
@@ -349,15 +543,26 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         "last_result_seconds": all.as_secs_f64(),
         "ok": ok,
         "not_ok": bad,
+        "answer_error_kinds": answer_kinds,
+        "terms_before": terms0,
+        "terms_after": terms1,
+        "elections": elections,
     });
     if out.format == Format::Json {
         out.json(&v)?;
     } else {
         out.line(&format!(
-            "agents: {} over {conns} connections, registered in {:.2} s ({retries} retries)",
+            "agents: {} over {conns} connections, registered in {:.2} s ({retries} retries; errors: {})",
             a.count,
-            registered.as_secs_f64()
+            registered.as_secs_f64(),
+            kinds_text(&register_kinds)
         ))?;
+        if !early_kinds.is_empty() {
+            out.line(&format!(
+                "  keep-alive errors while registering: {}",
+                kinds_text(&early_kinds)
+            ))?;
+        }
         out.line(&format!(
             "at rest: {kps:.0} keep-alives/s, p50 {kp50:.2} ms, p99 {kp99:.2} ms, {kerr} errors; server CPU: {}",
             if cpu.is_empty() { "not measured (give --server-pid)".to_string() } else { cpu.iter().map(|c| format!("{c:.0}%")).collect::<Vec<_>>().join(" ") }
@@ -366,11 +571,36 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
             out.line(&format!("  {n} keep-alive errors: {kind}"))?;
         }
         out.line(&format!(
-            "run on {} agents: task stored in {:.2} s, last result after {:.2} s ({ok} ok, {bad} not ok; {run_errors} keep-alive errors meanwhile)",
+            "run on {} agents: task stored in {:.2} s, last result after {:.2} s ({ok} ok, {bad} not ok; {run_errors} keep-alive errors meanwhile{})",
             spec.targets.len(),
             created.as_secs_f64(),
-            all.as_secs_f64()
+            all.as_secs_f64(),
+            if run_kinds.is_empty() { String::new() } else { format!(": {}", kinds_text(&run_kinds)) }
+        ))?;
+        if !answer_kinds.is_empty() {
+            out.line(&format!("  answer retries: {}", kinds_text(&answer_kinds)))?;
+        }
+        let show = |t: &[Option<u64>]| {
+            t.iter()
+                .map(|x| x.map_or("?".into(), |v| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        out.line(&format!(
+            "raft terms before {} / after {}: {} elections during the bench",
+            show(&terms0),
+            show(&terms1),
+            elections.map_or("unknown".into(), |e| e.to_string())
         ))?;
     }
     Ok(())
+}
+
+/// Aborts a task when dropped (the progress reporter ends with the bench, also on an error).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -251,6 +251,41 @@ impl Cluster {
         c
     }
 
+    /// A cluster of `n` members of which only those in `running` are started; returns at once,
+    /// without waiting for a leader (there may be none: the others never start).
+    pub fn start_some(n: usize, running: &[usize], extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let specs: Vec<(String, u16, (String, Option<String>))> = (0..n)
+            .map(|i| (format!("m{i}"), free_port(), peer_addrs(None, i)))
+            .collect();
+        let initial: Vec<String> = specs
+            .iter()
+            .map(|(name, _, (pa, _))| format!("{name}={pa}"))
+            .collect();
+        let mut members = Vec::new();
+        for (name, cp, peer) in specs {
+            let mode = ["--initial-cluster".to_string(), initial.join(",")];
+            members.push(Member::new(dir.path(), &name, cp, peer, mode, extra));
+        }
+        for i in running {
+            members[*i].spawn();
+        }
+        Cluster {
+            members,
+            net: None,
+            _dir: dir,
+        }
+    }
+
+    /// The `--initial-cluster` value the members were started with.
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Like [`Cluster::start`], each member's data dir first restored from a backup made by
     /// `eden snapshot save` (with `eden snapshot restore`).
     pub async fn start_restored(n: usize, extra: &[&str], backup: &Path) -> Cluster {
@@ -629,6 +664,7 @@ impl Drop for Cluster {
     }
 }
 pub mod history;
+pub mod load;
 pub mod net;
 
 pub use net::PeerNet;

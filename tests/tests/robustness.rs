@@ -22,6 +22,17 @@
 //! (EDEN_ROBUSTNESS_SEED replays the fault schedule), the schedule and the offending history.
 //!
 //!   EDEN_ROBUSTNESS_SECS=1800 cargo test -p eden-tests --test robustness eden -- --nocapture
+//!
+//! Load under faults (`eden_holds_under_faults_and_load`): the same workload and checks while
+//! simulated agents and writers (`eden_tests::load`) keep the members busier than they can keep
+//! up with (EDEN_LOAD_AGENTS, default 1,000; EDEN_LOAD_WRITERS, default 16). After each fault the
+//! cluster settles, then a quiet phase of 5 s without faults must see no election: every member
+//! keeps the same term and leader. No member's log may show a panic or a stopped Raft core. The
+//! long run, on release binaries:
+//!
+//!   cargo build --release --bin eden
+//!   EDEN_BIN=$HOME/.cache/eden-target/release/eden EDEN_ROBUSTNESS_SECS=1800 \
+//!     EDEN_LOAD_AGENTS=10000 cargo test --workspace --test robustness load -- --nocapture
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +51,7 @@ use eden_tests::history::{
     check_acknowledged, check_linearizable, check_observed, check_watch, resolve_indeterminate,
     AckedWrite, Observed, Op, Record, SeenEvent,
 };
+use eden_tests::load::Load;
 use eden_tests::{wait_for, Cluster};
 use rand::{Rng, SeedableRng};
 
@@ -474,6 +486,35 @@ async fn eden_histories_hold_under_faults() {
     run(c, &faults, seed, secs).await;
 }
 
+/// Load beyond the cluster's capacity while the faults run; no election in the quiet phases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eden_holds_under_faults_and_load() {
+    let (seed, secs) = seed_and_secs();
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (agents, writers) = (env("EDEN_LOAD_AGENTS", 1_000), env("EDEN_LOAD_WRITERS", 16));
+    eprintln!(
+        "robustness (eden, load of {agents} agents and {writers} writers): seed {seed}, {secs} s \
+         (replay with EDEN_ROBUSTNESS_SEED={seed})"
+    );
+    let c = Cluster::start_partitionable(3, &[]).await;
+    use Fault::*;
+    let faults = [
+        KillLeader,
+        KillRandom,
+        Pause,
+        IsolateLeader,
+        IsolateRandom,
+        CutOutgoing,
+    ];
+    let load = Load::start(&c.endpoints(), agents, writers);
+    run_with(c, &faults, seed, secs, Some(load)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_passes_the_same_checks() {
     let (seed, secs) = seed_and_secs();
@@ -574,7 +615,53 @@ async fn inject(c: &mut Cluster, fault: Fault, rng: &mut rand::rngs::StdRng) -> 
     }
 }
 
-async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
+/// Each running member's (term, leader) from its Status; None for a member that did not answer.
+async fn terms(c: &Cluster) -> Vec<Option<(u64, u64)>> {
+    let mut out = Vec::new();
+    for i in 0..c.members.len() {
+        if !c.members[i].is_running() {
+            out.push(None);
+            continue;
+        }
+        let s = tokio::time::timeout(Duration::from_secs(2), c.client_of(i).status_of(0)).await;
+        out.push(match s {
+            Ok(Ok(s)) => Some((s.raft_term, s.leader)),
+            _ => None,
+        });
+    }
+    out
+}
+
+/// Waits (up to 30 s) until every running member answers and all name the same leader in the
+/// same term; returns that (term, leader).
+async fn settled(c: &Cluster) -> Option<(u64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let t = terms(c).await;
+        let running: Vec<Option<(u64, u64)>> = t
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| c.members[*i].is_running())
+            .map(|(_, x)| *x)
+            .collect();
+        if let Some(Some(first)) = running.first() {
+            if first.1 != 0 && running.iter().all(|x| *x == Some(*first)) {
+                return Some(*first);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// How long the cluster is left alone after each fault in the load mode.
+const QUIET: Duration = Duration::from_secs(5);
+
+async fn run(c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
+    run_with(c, faults, seed, secs, None).await
+}
+
+async fn run_with(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64, load: Option<Load>) {
     let report = |schedule: &[String], what: &str, detail: String| -> String {
         format!(
             "{what}\nseed {seed}\nfault schedule:\n  {}\n{detail}",
@@ -623,6 +710,8 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
     // Rounds: clients on the round's keys while faults go on; then the round's KV history is
     // checked. Faults, the watcher and the event-history checks span the whole run.
     let mut schedule: Vec<String> = Vec::new();
+    let mut quiet_failures: Vec<String> = Vec::new();
+    let mut quiet_phases = 0;
     let run_end = Instant::now() + Duration::from_secs(secs);
     let mut operations = 0;
     let mut round = 0;
@@ -649,6 +738,28 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
             let fault = faults[rng.gen_range(0..faults.len())];
             if let Some(done) = inject(&mut c, fault, &mut rng).await {
                 schedule.push(format!("{t} ms: {done}"));
+            }
+            if load.is_some() {
+                // Settle, then a quiet phase: under load, with no fault, no election.
+                let Some(before) = settled(&c).await else {
+                    quiet_failures.push(format!(
+                        "{} ms: no agreed leader 30 s after the fault: {:?}",
+                        rec.base.elapsed().as_millis(),
+                        terms(&c).await
+                    ));
+                    continue;
+                };
+                let q0 = rec.base.elapsed().as_millis();
+                tokio::time::sleep(QUIET).await;
+                let after = settled(&c).await;
+                let q1 = rec.base.elapsed().as_millis();
+                if after != Some(before) {
+                    quiet_failures.push(format!(
+                        "{q0}..{q1} ms: (term, leader) went from {before:?} to {after:?} with no fault"
+                    ));
+                }
+                quiet_phases += 1;
+                schedule.push(format!("{q0}..{q1} ms: quiet, (term, leader) {before:?} -> {after:?}"));
             }
         }
         tokio::time::sleep_until(end.into()).await;
@@ -708,6 +819,41 @@ async fn run(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64) {
         schedule.len(),
         schedule.join("\n  ")
     );
+    if let Some(load) = load {
+        let stats = load.stop().await;
+        eprintln!(
+            "robustness: load: {}; {quiet_phases} quiet phases",
+            stats.summary()
+        );
+        assert!(
+            quiet_failures.is_empty(),
+            "{}",
+            report(
+                &schedule,
+                "an election in a quiet phase under load",
+                quiet_failures.join("\n")
+            )
+        );
+    }
+    // No member's core died on the way (a panic, or a storage error that stopped it).
+    for m in &c.members {
+        let log = m.log_text();
+        for bad in ["panicked at", "the Raft core stopped"] {
+            assert!(
+                !log.contains(bad),
+                "{}",
+                report(
+                    &schedule,
+                    &format!("{}: {bad}", m.name),
+                    log.lines()
+                        .filter(|l| l.contains(bad))
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            );
+        }
+    }
     let client = c.client();
     // Every member at the same revision with the same hash.
     let live: Vec<usize> = (0..c.members.len())

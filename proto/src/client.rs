@@ -1,6 +1,7 @@
 //! A leader-agnostic etcd v3 client over a list of endpoints.
 //!
-//! Any member will do: every eden member forwards writes to the leader itself. When an endpoint
+//! Any member will do: every eden member forwards writes to the leader itself. A client starts on a
+//! random endpoint of its list, so that many clients spread over the members; when an endpoint
 //! cannot be reached, the client moves on to the next. A request is retried on another endpoint only
 //! when it surely did not take effect: the connection could not be made, or the server said it has
 //! no leader. A write whose connection broke mid-way is reported, never silently repeated.
@@ -187,7 +188,9 @@ impl Client {
                 synced: std::time::Instant::now(),
             }),
             endpoints,
-            current: AtomicUsize::new(0),
+            // Each client starts on a random endpoint (etcd's clients balance too): a fleet of
+            // agents given the same list must not all land on its first member.
+            current: AtomicUsize::new(rand::random::<u32>() as usize % n),
             channels: Mutex::new(vec![None; n]),
         })
     }

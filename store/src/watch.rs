@@ -13,11 +13,17 @@
 //! So a slow watcher never blocks writes or other watchers: it falls behind, then catches up from
 //! storage, and can never miss or repeat a revision because it tracks the next revision it needs.
 //! The ring always holds a contiguous run of revisions (every revision has at least one event).
+//!
+//! Watchers that fall behind together (a burst of writes longer than the ring, on a busy member)
+//! share their reads from storage: [`HistoryCache`] reads each chunk of history once, however many
+//! watchers need it, and at most [`HISTORY_READERS`] chunks at a time. Without it, 10,000 agents'
+//! watches each read their own copy of the same 1,000 revisions, and a member grew past 12 GB
+//! (issue 11).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, OnceCell, Semaphore};
 
 use crate::mvcc::RevEvents;
 
@@ -28,6 +34,92 @@ pub struct WatchHub {
     ring: RwLock<VecDeque<Arc<RevEvents>>>,
     latest: watch::Sender<i64>,
     capacity: usize,
+    /// Chunks of history read from storage for watchers behind the ring.
+    pub history: HistoryCache,
+}
+
+/// At most this many chunks of history are read from storage at once.
+pub const HISTORY_READERS: usize = 2;
+/// How many chunks read from storage are kept for other watchers that need the same ones.
+const HISTORY_CHUNKS_KEPT: usize = 16;
+
+/// A chunk of history: consecutive revisions from the one it was asked from.
+pub type HistoryChunk = Arc<Vec<Arc<RevEvents>>>;
+
+type ChunkCell = Arc<OnceCell<Result<Option<HistoryChunk>, String>>>;
+
+/// Single-flight reads of history from storage, shared by every watcher of the member: the first
+/// watcher that needs the chunk starting at revision R reads it; the others wait for that read and
+/// share its result. History below the store's revision never changes, so a chunk stays valid for
+/// anyone who needs revision R next (they continue from its last revision + 1).
+pub struct HistoryCache {
+    /// Recent chunks by their first revision, oldest first.
+    chunks: Mutex<VecDeque<(i64, ChunkCell)>>,
+    readers: Semaphore,
+}
+
+impl Default for HistoryCache {
+    fn default() -> Self {
+        HistoryCache {
+            chunks: Mutex::new(VecDeque::new()),
+            readers: Semaphore::new(HISTORY_READERS),
+        }
+    }
+}
+
+impl HistoryCache {
+    /// The chunk of history that starts at `from`, read with `load` (on a blocking thread) unless
+    /// another watcher read it or is reading it. `Ok(None)`: `from` was compacted. A chunk that is
+    /// empty, compacted or failed is not kept.
+    pub async fn read<F, E>(&self, from: i64, load: F) -> Result<Option<HistoryChunk>, String>
+    where
+        F: FnOnce() -> Result<Option<Vec<RevEvents>>, E> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let cell = {
+            let mut chunks = self.chunks.lock().expect("history lock");
+            match chunks.iter().find(|(f, _)| *f == from) {
+                Some((_, c)) => c.clone(),
+                None => {
+                    let c: ChunkCell = Arc::default();
+                    chunks.push_back((from, c.clone()));
+                    while chunks.len() > HISTORY_CHUNKS_KEPT {
+                        chunks.pop_front();
+                    }
+                    c
+                }
+            }
+        };
+        let r = cell
+            .get_or_init(|| async {
+                let _permit = self.readers.acquire().await.expect("never closed");
+                match tokio::task::spawn_blocking(load).await {
+                    Ok(Ok(Some(revs))) => {
+                        Ok(Some(Arc::new(revs.into_iter().map(Arc::new).collect())))
+                    }
+                    Ok(Ok(None)) => Ok(None),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await
+            .clone();
+        if !matches!(&r, Ok(Some(c)) if !c.is_empty()) {
+            self.forget(from, &cell);
+        }
+        r
+    }
+
+    fn forget(&self, from: i64, cell: &ChunkCell) {
+        self.chunks
+            .lock()
+            .expect("history lock")
+            .retain(|(f, c)| !(*f == from && Arc::ptr_eq(c, cell)));
+    }
+
+    fn clear(&self) {
+        self.chunks.lock().expect("history lock").clear();
+    }
 }
 
 impl WatchHub {
@@ -37,6 +129,7 @@ impl WatchHub {
             ring: RwLock::new(VecDeque::new()),
             latest,
             capacity: capacity.max(1),
+            history: HistoryCache::default(),
         }
     }
 
@@ -61,6 +154,7 @@ impl WatchHub {
     /// from storage.
     pub fn reset(&self, rev: i64) {
         self.ring.write().expect("ring lock").clear();
+        self.history.clear();
         self.latest.send_replace(rev);
     }
 

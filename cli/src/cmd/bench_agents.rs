@@ -147,7 +147,9 @@ async fn register(client: &Client, name: &str, ttl: Duration) -> Result<i64, Str
     Ok(lease)
 }
 
-/// Claims and answers one assignment the way an agent does (claim txn, then result txn).
+/// Claims and answers one assignment the way an agent does (claim txn, then result txn). Safe to
+/// repeat after a timeout: a claim of its own from an earlier attempt is taken up, a result
+/// already there is the answer.
 async fn answer(client: &Client, name: &str, id: &str) -> Result<bool, String> {
     let spec_kv = kv::get_one(client, &keys::assignment(name, id))
         .await
@@ -166,12 +168,24 @@ async fn answer(client: &Client, name: &str, id: &str) -> Result<bool, String> {
             kv::absent(&keys::result(id, name)),
         ],
         vec![kv::put(&keys::claim(id, name), &claim, spec.lease)],
-        vec![],
+        vec![
+            kv::get(&keys::claim(id, name)),
+            kv::get(&keys::result(id, name)),
+        ],
     )
     .await
     .map_err(|e| e.to_string())?;
     if !c.succeeded {
-        return Ok(false);
+        if !kv::txn_kvs(&c, 1).is_empty() {
+            return Ok(true);
+        }
+        let mine = kv::txn_kvs(&c, 0)
+            .first()
+            .and_then(|kv| kv::decode::<Claim>(kv).ok())
+            .is_some_and(|c| c.instance == name);
+        if !mine {
+            return Ok(false);
+        }
     }
     let mut r = TaskResult::without_run(Status::Ok, "simulated");
     r.error = None;
@@ -188,15 +202,28 @@ async fn answer(client: &Client, name: &str, id: &str) -> Result<bool, String> {
     Ok(true)
 }
 
-async fn sim_agent(
+/// One simulated agent and what it shares with the bench.
+struct SimAgent {
     client: Arc<Client>,
     name: String,
-    mut lease: i64,
     ttl: Duration,
     stats: Arc<Stats>,
+    /// Every agent's current lease (for the clean-up), this one's at `slot`.
     leases: Arc<Mutex<Vec<i64>>>,
     slot: usize,
-) {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn sim_agent(a: SimAgent, mut lease: i64) {
+    let SimAgent {
+        client,
+        name,
+        ttl,
+        stats,
+        leases,
+        slot,
+        stop,
+    } = a;
     let prefix = keys::assignments(&name);
     let mut w = client.watch(
         WatchCreateRequest {
@@ -210,7 +237,7 @@ async fn sim_agent(
     // spread over the period so that 10,000 agents do not send theirs together.
     let mut pace = KeepAlivePace::new(ttl);
     let mut next = tokio::time::Instant::now() + ttl.mul_f64(rand::random::<f64>() / 3.0);
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {
                 let t = Instant::now();
@@ -347,17 +374,20 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
     // once registered, the agent keeps its lease alive at once (not after every agent
     // registered: at 10,000 that takes longer than a TTL).
     let leases = Arc::new(Mutex::new(vec![0i64; a.count]));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_agents = StopOnDrop(stop.clone());
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let register_deadline = tokio::time::Instant::now() + a.register_timeout;
     let mut joins = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let (client, name, sem, ttl, stats, leases) = (
+        let (client, name, sem, ttl, stats, leases, stop) = (
             clients[i % conns].clone(),
             name.clone(),
             sem.clone(),
             a.lease_ttl,
             stats.clone(),
             leases.clone(),
+            stop.clone(),
         );
         joins.push(tokio::spawn(async move {
             let _p = sem.acquire().await;
@@ -367,7 +397,16 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
                     Ok(l) => {
                         leases.lock().unwrap()[i] = l;
                         stats.registered.fetch_add(1, Ordering::Relaxed);
-                        tokio::spawn(sim_agent(client, name, l, ttl, stats, leases, i));
+                        let agent = SimAgent {
+                            client,
+                            name,
+                            ttl,
+                            stats,
+                            leases,
+                            slot: i,
+                            stop,
+                        };
+                        tokio::spawn(sim_agent(agent, l));
                         return true;
                     }
                     Err(e) => {
@@ -477,11 +516,12 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         .map_err(|_| Failure {
             code: crate::exit::UNAVAILABLE,
             message: format!(
-                "the task did not finish within {} s: {} of {} results; answer errors by kind: {}",
+                "the task did not finish within {} s: {} of {} agents answered; answer errors by kind: {}; keep-alive errors by kind: {}",
                 a.run_timeout.as_secs(),
                 stats.results.load(Ordering::Relaxed),
                 spec.targets.len(),
-                kinds_text(&stats.answer_errors.take())
+                kinds_text(&stats.answer_errors.take()),
+                kinds_text(&stats.keepalive_kinds.take())
             ),
             quiet: false,
         })??;
@@ -496,7 +536,9 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    // Leave: revoke the leases (their keys go with them) and forget the nodes, 64 at a time.
+    // Leave: the agents stop, then their leases are revoked (their keys go with them) and their
+    // nodes forgotten, 64 at a time.
+    stop.store(true, Ordering::Relaxed);
     *phase.lock().unwrap() = "cleaning up".into();
     let leases: Vec<i64> = leases.lock().unwrap().clone();
     {
@@ -594,6 +636,15 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         ))?;
     }
     Ok(())
+}
+
+/// Tells the simulated agents to stop when dropped (also when the bench gives up).
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Aborts a task when dropped (the progress reporter ends with the bench, also on an error).

@@ -54,12 +54,15 @@ pub async fn serve_client(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let max = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    // hyper's limit of 200 concurrent streams per connection stays: without it a client
-    // multiplexing 10,000 agents made the member grow to 14 GB (bench/agents.sh). Clients that
-    // time out reset their streams; h2's default answers the 21st such reset still waiting to be
-    // accepted with GOAWAY, which fails every request on that connection, not just the slow
-    // ones. A configuration store with thousands of clients per connection tolerates more, and
-    // stays bounded against the rapid-reset attack (CVE-2023-44487).
+    // Streams per connection are not capped (tonic leaves hyper's SETTINGS_MAX_CONCURRENT_STREAMS
+    // unset; etcd does not cap them either): a client multiplexes hundreds of agents, each with a
+    // watch stream that stays open. What they cost is bounded elsewhere (watchers behind the
+    // ring share their reads from storage: watch.rs; client writes by "too many requests":
+    // node.rs). Clients that time out reset their streams; h2's default answers the 21st such
+    // reset still waiting to be accepted with GOAWAY, which fails every request on that
+    // connection, not just the slow ones. A configuration store with thousands of clients per
+    // connection tolerates more, and stays bounded against the rapid-reset attack
+    // (CVE-2023-44487).
     Server::builder()
         .http2_max_pending_accept_reset_streams(Some(CLIENT_MAX_PENDING_RESETS))
         .layer(crate::metrics::RpcTimer)

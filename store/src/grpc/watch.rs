@@ -337,14 +337,17 @@ impl StreamTask {
                         self.set_slow(id, true);
                         let node = self.node.clone();
                         let from = w.next_rev;
-                        let got = tokio::task::spawn_blocking(move || {
-                            node.mvcc().events_between(from, latest, CATCHUP_REVISIONS)
-                        })
-                        .await
-                        .map_err(|e| CatchUpError::Storage(e.to_string()))?
-                        .map_err(|e| CatchUpError::Storage(e.to_string()))?;
+                        let got = self
+                            .node
+                            .hub()
+                            .history
+                            .read(from, move || {
+                                node.mvcc().events_between(from, latest, CATCHUP_REVISIONS)
+                            })
+                            .await
+                            .map_err(CatchUpError::Storage)?;
                         match got {
-                            Some(revs) => revs.into_iter().map(Arc::new).collect(),
+                            Some(chunk) => chunk.iter().cloned().collect(),
                             None => {
                                 // The watcher's next revision was compacted before it got there.
                                 let compact = self.node.mvcc().compact_rev();

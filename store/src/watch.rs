@@ -184,3 +184,87 @@ impl WatchHub {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn revs(from: i64, n: i64) -> Vec<RevEvents> {
+        (from..from + n)
+            .map(|rev| RevEvents {
+                rev,
+                events: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watchers_behind_the_ring_share_one_read_of_each_chunk() {
+        let cache = Arc::new(HistoryCache::default());
+        let loads = Arc::new(AtomicUsize::new(0));
+        let mut readers = Vec::new();
+        for _ in 0..100 {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            readers.push(tokio::spawn(async move {
+                cache
+                    .read(10, move || {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        Ok::<_, String>(Some(revs(10, 5)))
+                    })
+                    .await
+            }));
+        }
+        for r in readers {
+            let chunk = r.await.unwrap().unwrap().unwrap();
+            assert_eq!(
+                chunk.iter().map(|r| r.rev).collect::<Vec<_>>(),
+                vec![10, 11, 12, 13, 14]
+            );
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "one read for 100 watchers");
+        // Another chunk is another read.
+        let other = cache
+            .read(15, || Ok::<_, String>(Some(revs(15, 2))))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(other[0].rev, 15);
+    }
+
+    #[tokio::test]
+    async fn empty_compacted_or_failed_reads_are_not_kept() {
+        let cache = HistoryCache::default();
+        assert!(cache
+            .read(5, || Ok::<_, String>(Some(Vec::new())))
+            .await
+            .unwrap()
+            .unwrap()
+            .is_empty());
+        assert!(cache
+            .read(5, || Ok::<_, String>(None))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(cache
+            .read(5, || Err::<Option<Vec<RevEvents>>, _>("disk"))
+            .await
+            .is_err());
+        // Each of those was read again, and a good read now is what the next reader gets.
+        let chunk = cache
+            .read(5, || Ok::<_, String>(Some(revs(5, 1))))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(chunk[0].rev, 5);
+        let again = cache
+            .read(5, || -> Result<Option<Vec<RevEvents>>, String> {
+                panic!("a kept chunk is not read again")
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(Arc::ptr_eq(&chunk, &again));
+    }
+}

@@ -759,7 +759,9 @@ async fn run_with(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64, load: 
                     ));
                 }
                 quiet_phases += 1;
-                schedule.push(format!("{q0}..{q1} ms: quiet, (term, leader) {before:?} -> {after:?}"));
+                schedule.push(format!(
+                    "{q0}..{q1} ms: quiet, (term, leader) {before:?} -> {after:?}"
+                ));
             }
         }
         tokio::time::sleep_until(end.into()).await;

@@ -126,9 +126,10 @@ async fn grow_to_five_with_join_and_shrink_to_three_under_writes() {
         .revision;
     for &i in &remaining {
         wait_for(
-            "every member at the same revision",
+            "every member at the revision of the last write",
             Duration::from_secs(20),
-            || async { c.local_revision(i).await == Some(rev) },
+            // At least: a reactor runtime taking over from the removed leader's writes its keys.
+            || async { c.local_revision(i).await.is_some_and(|r| r >= rev) },
         )
         .await;
         let r = c

@@ -21,7 +21,7 @@
 //! The default run is short (EDEN_ROBUSTNESS_SECS, default 30). A failure prints the seed
 //! (EDEN_ROBUSTNESS_SEED replays the fault schedule), the schedule and the offending history.
 //!
-//!   EDEN_ROBUSTNESS_SECS=1800 cargo test -p eden-tests --test robustness eden -- --nocapture
+//!   EDEN_ROBUSTNESS_SECS=1800 cargo test --workspace --test robustness eden_histories -- --nocapture
 //!
 //! Load under faults (`eden_holds_under_faults_and_load`): the same workload and checks while
 //! simulated agents and writers (`eden_tests::load`) keep the members busier than they can keep

@@ -155,6 +155,13 @@ impl Backoff {
 /// How long the client keeps retrying a request that a saturated cluster refused.
 const BUSY_RETRY_FOR: Duration = Duration::from_secs(10);
 
+/// True when the member is a learner, which refuses what etcd's learners refuse: it did nothing,
+/// and a voter will answer.
+fn learner_refused(s: &Status) -> bool {
+    s.code() == Code::FailedPrecondition
+        && s.message() == "etcdserver: rpc not supported for learner"
+}
+
 fn retryable(s: &Status, kind: Retry) -> bool {
     match kind {
         // A connection that broke (its member died) is worth another endpoint for a read.
@@ -305,6 +312,7 @@ impl Client {
         let mut last_err = String::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let busy_until = std::time::Instant::now() + BUSY_RETRY_FOR;
+        let mut refused_by_learner: Option<Status> = None;
         // Two rounds over the endpoints: a member may come back or elect a leader meanwhile.
         let mut attempt = 0;
         while attempt < 2 * n {
@@ -328,8 +336,15 @@ impl Client {
                     attempt -= 1;
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
+                Err(s) if learner_refused(&s) => {
+                    // A learner did nothing: another endpoint may be a voter. If none is, the
+                    // learner's answer is the answer.
+                    last_err = format!("{}: {}", self.pool_endpoint(i), s.message());
+                    refused_by_learner = Some(s);
+                }
                 Err(s) if retryable(&s, kind) => {
                     last_err = format!("{}: {}", self.pool_endpoint(i), s.message());
+                    refused_by_learner = None;
                     self.pool_forget(i);
                     if attempt >= n {
                         tokio::time::sleep(backoff.next_delay() + Duration::from_millis(200)).await;
@@ -355,6 +370,9 @@ impl Client {
         }
         // Every endpoint failed: maybe the members changed.
         self.sync_pool(true).await;
+        if let Some(s) = refused_by_learner {
+            return Err(ClientError::Server(s));
+        }
         Err(ClientError::Unavailable(format!(
             "no endpoint available ({last_err})"
         )))

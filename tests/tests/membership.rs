@@ -191,6 +191,8 @@ async fn a_learner_is_not_in_the_quorum_and_refuses_what_etcd_learners_refuse() 
         || async { c.local_get(l, "x").await.as_deref() == Some(&b"1"[..]) },
     )
     .await;
+    // What the learner itself answers (eden's client, given it alone, passes that on; given
+    // voters too, it goes on to them).
     let refused = learner
         .put(PutRequest {
             key: "y".into(),
@@ -202,7 +204,13 @@ async fn a_learner_is_not_in_the_quorum_and_refuses_what_etcd_learners_refuse() 
         refused.to_string(),
         "etcdserver: rpc not supported for learner"
     );
-    let refused = learner
+    let mut raw = eden_proto::etcdserverpb::kv_client::KvClient::connect(format!(
+        "http://{}",
+        c.members[l].endpoint()
+    ))
+    .await
+    .unwrap();
+    let refused = raw
         .range(RangeRequest {
             key: "x".into(),
             ..Default::default()
@@ -210,9 +218,20 @@ async fn a_learner_is_not_in_the_quorum_and_refuses_what_etcd_learners_refuse() 
         .await
         .unwrap_err();
     assert_eq!(
-        refused.to_string(),
+        refused.message(),
         "etcdserver: rpc not supported for learner"
     );
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    // Clients start on a random endpoint: ten of them, so that some start on the learner.
+    for _ in 0..10 {
+        let both = Client::new(&[c.members[l].endpoint(), c.members[0].endpoint()]).unwrap();
+        both.range(RangeRequest {
+            key: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a client given a learner and a voter reads from the voter");
+    }
     assert_eq!(learner.member_list().await.unwrap().members.len(), 2);
     // Not in the quorum: with the learner dead, the single voter still commits.
     c.kill(l);

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # eden bench agents against a three-member eden cluster on 127.0.0.1 (release build, fsync on):
 # N simulated agents registered, kept alive and idle (keep-alive rate and latency, the servers'
-# CPU), then one task run on all of them (time to the last result). Stops what it started.
+# CPU), then one task run on all of them (time to the last result). A fresh cluster for each N;
+# after each run, any member whose log shows a panic or a stopped Raft core is reported. Stops what
+# it started.
 #
-#   bench/agents.sh              # N = 1,000 and N = 10,000
-#   COUNTS="500" bench/agents.sh
+#   bench/agents.sh                       # N = 1,000 and N = 10,000
+#   COUNTS="10000 10000 10000" bench/agents.sh   # repeated runs
+#   EDEN_LOG=debug bench/agents.sh        # the members' log level (default warn)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/setup.sh"
@@ -15,7 +18,10 @@ work="${BENCH_DIR:-$here/bench/run-agents}"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
+run=0
+failed=0
 for n in ${COUNTS:-1000 10000}; do
+  run=$((run + 1))
   rm -rf "$work" && mkdir -p "$work"
   cluster="n1=127.0.0.1:41380,n2=127.0.0.1:42380,n3=127.0.0.1:43380"
   spids=()
@@ -29,9 +35,20 @@ for n in ${COUNTS:-1000 10000}; do
     "$EDEN" --endpoints "$EPS" endpoint health >/dev/null 2>&1 && break
     sleep 0.2
   done
-  echo "== N = $n"
-  "$EDEN" --endpoints "$EPS" bench agents --count "$n" \
-    --server-pid "${spids[0]}" --server-pid "${spids[1]}" --server-pid "${spids[2]}"
+  echo "== run $run: N = $n ($(date -u +%H:%M:%S))"
+  # The bench bounds each phase itself; the outer timeout only guards against a bench bug.
+  status=0
+  timeout 900 "$EDEN" --endpoints "$EPS" bench agents --count "$n" \
+    --server-pid "${spids[0]}" --server-pid "${spids[1]}" --server-pid "${spids[2]}" || status=$?
+  [ "$status" -eq 0 ] || { echo "run $run: the bench failed (exit $status)"; failed=$((failed + 1)); }
+  for i in 1 2 3; do
+    if grep -q "panicked at\|the Raft core stopped" "$work/eden-$i.log"; then
+      echo "run $run: n$i: $(grep -m1 "panicked at\|the Raft core stopped" "$work/eden-$i.log")"
+      failed=$((failed + 1))
+    fi
+  done
   for p in "${spids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait "${spids[@]}" 2>/dev/null || true
 done
+echo "== $run runs, $failed failures"
+[ "$failed" -eq 0 ]

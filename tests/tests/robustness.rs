@@ -632,10 +632,29 @@ async fn terms(c: &Cluster) -> Vec<Option<(u64, u64)>> {
     out
 }
 
-/// Waits (up to 30 s) until every running member answers and all name the same leader in the
-/// same term; returns that (term, leader).
+/// Waits (up to 30 s) until a write commits (so a leader with a quorum exists: right after a
+/// fault every member may still name a leader that no longer leads, such as a restarted one), and
+/// every running member answers and all name the same leader in the same term; returns that
+/// (term, leader).
 async fn settled(c: &Cluster) -> Option<(u64, u64)> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let client = c.client();
+    loop {
+        let put = client.put(PutRequest {
+            key: b"settle".to_vec(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        });
+        if matches!(
+            tokio::time::timeout(Duration::from_secs(5), put).await,
+            Ok(Ok(_))
+        ) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+    }
     while Instant::now() < deadline {
         let t = terms(c).await;
         let running: Vec<Option<(u64, u64)>> = t

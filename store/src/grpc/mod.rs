@@ -30,6 +30,10 @@ use crate::node::Node;
 /// server closes that connection (h2's default is 20).
 pub const CLIENT_MAX_PENDING_RESETS: usize = 1_000;
 
+/// Streams the server may reset itself on one client connection, over its life, before it closes
+/// the connection (hyper's default is 1,024).
+pub const CLIENT_MAX_LOCAL_RESETS: usize = 100_000;
+
 /// gRPC overhead allowed on top of the request size limit (etcd allows the same 512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
@@ -62,9 +66,12 @@ pub async fn serve_client(
     // reset still waiting to be accepted with GOAWAY, which fails every request on that
     // connection, not just the slow ones. A configuration store with thousands of clients per
     // connection tolerates more, and stays bounded against the rapid-reset attack
-    // (CVE-2023-44487).
+    // (CVE-2023-44487). The same for streams the server resets itself because a client sent on a
+    // stream that had just closed (h2 counts those over the connection's whole life, 1,024 by
+    // default: a busy connection of agents that lives for days would reach it).
     Server::builder()
         .http2_max_pending_accept_reset_streams(Some(CLIENT_MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(CLIENT_MAX_LOCAL_RESETS))
         .layer(crate::metrics::RpcTimer)
         .add_service(
             KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max),

@@ -103,6 +103,14 @@ async fn timed<T>(fut: impl std::future::Future<Output = Result<T, String>>) -> 
     }
 }
 
+/// A process's peak resident size in MiB (VmHWM), where /proc has it.
+fn peak_rss_mib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &s[s.rfind(')')? + 2..];
@@ -531,6 +539,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
     let answer_kinds = stats.answer_errors.take();
     let (ok, bad, _, _) = st.counts(now_ms());
     let terms1 = terms(&clients).await;
+    let peak_rss: Vec<Option<u64>> = a.server_pids.iter().map(|p| peak_rss_mib(*p)).collect();
     let term_of = |t: &[Option<u64>]| t.iter().flatten().copied().max();
     let elections = match (term_of(&terms0), term_of(&terms1)) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -589,6 +598,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         "terms_before": terms0,
         "terms_after": terms1,
         "elections": elections,
+        "server_peak_rss_mib": peak_rss,
     });
     if out.format == Format::Json {
         out.json(&v)?;
@@ -634,6 +644,16 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
             show(&terms1),
             elections.map_or("unknown".into(), |e| e.to_string())
         ))?;
+        if !peak_rss.is_empty() {
+            out.line(&format!(
+                "servers' peak resident memory: {} MiB",
+                peak_rss
+                    .iter()
+                    .map(|m| m.map_or("?".into(), |v| v.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ))?;
+        }
     }
     Ok(())
 }

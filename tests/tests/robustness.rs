@@ -632,12 +632,27 @@ async fn terms(c: &Cluster) -> Vec<Option<(u64, u64)>> {
     out
 }
 
-/// Waits (up to 30 s) until a write commits (so a leader with a quorum exists: right after a
-/// fault every member may still name a leader that no longer leads, such as a restarted one), and
-/// every running member answers and all name the same leader in the same term; returns that
-/// (term, leader).
-async fn settled(c: &Cluster) -> Option<(u64, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// How long the cluster may take to settle after a fault. Under a load beyond capacity a write
+/// waits behind the admitted queue (up to 4096 proposals and 5000 unapplied entries) at the
+/// reduced rate of a cluster that is catching a member up, so this is generous.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Why a cluster did not settle.
+#[derive(Debug)]
+enum Unsettled {
+    /// No write committed within [`SETTLE`].
+    NoCommit,
+    /// Writes commit, but the running members do not all name the same leader in the same term.
+    NoAgreement,
+}
+
+/// Waits (up to [`SETTLE`]) until a write commits (so a leader with a quorum exists: right after
+/// a fault every member may still name a leader that no longer leads, such as a restarted one),
+/// and every running member answers and all name the same leader in the same term; returns that
+/// (term, leader). One write waits as long as it takes within the budget: under overload the
+/// client's own retries of "too many requests" and the queue make it slow, not failed.
+async fn settled(c: &Cluster) -> Result<(u64, u64), Unsettled> {
+    let deadline = Instant::now() + SETTLE;
     let client = c.client();
     loop {
         let put = client.put(PutRequest {
@@ -645,15 +660,14 @@ async fn settled(c: &Cluster) -> Option<(u64, u64)> {
             value: b"1".to_vec(),
             ..Default::default()
         });
-        if matches!(
-            tokio::time::timeout(Duration::from_secs(5), put).await,
-            Ok(Ok(_))
-        ) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if matches!(tokio::time::timeout(left, put).await, Ok(Ok(_))) {
             break;
         }
         if Instant::now() >= deadline {
-            return None;
+            return Err(Unsettled::NoCommit);
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     while Instant::now() < deadline {
         let t = terms(c).await;
@@ -665,12 +679,12 @@ async fn settled(c: &Cluster) -> Option<(u64, u64)> {
             .collect();
         if let Some(Some(first)) = running.first() {
             if first.1 != 0 && running.iter().all(|x| *x == Some(*first)) {
-                return Some(*first);
+                return Ok(*first);
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    None
+    Err(Unsettled::NoAgreement)
 }
 
 /// How long the cluster is left alone after each fault in the load mode.
@@ -760,17 +774,21 @@ async fn run_with(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64, load: 
             }
             if load.is_some() {
                 // Settle, then a quiet phase: under load, with no fault, no election.
-                let Some(before) = settled(&c).await else {
-                    quiet_failures.push(format!(
-                        "{} ms: no agreed leader 30 s after the fault: {:?}",
-                        rec.base.elapsed().as_millis(),
-                        terms(&c).await
-                    ));
-                    continue;
+                let before = match settled(&c).await {
+                    Ok(b) => b,
+                    Err(why) => {
+                        quiet_failures.push(format!(
+                            "{} ms: not settled {} s after the fault ({why:?}): {:?}",
+                            rec.base.elapsed().as_millis(),
+                            SETTLE.as_secs(),
+                            terms(&c).await
+                        ));
+                        continue;
+                    }
                 };
                 let q0 = rec.base.elapsed().as_millis();
                 tokio::time::sleep(QUIET).await;
-                let after = settled(&c).await;
+                let after = settled(&c).await.ok();
                 let q1 = rec.base.elapsed().as_millis();
                 if after != Some(before) {
                     quiet_failures.push(format!(

@@ -27,19 +27,19 @@ use std::time::Duration;
 
 use eden_proto::client::Client;
 use eden_proto::etcdserverpb::WatchCreateRequest;
-use eden_proto::keys::prefix_end;
 use eden_proto::mvccpb::event::EventType;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore};
 
+use eden_proto::model::objects::{
+    now_ms, show_time, Alive, Claim, Facts, Status, TaskResult, TaskSpec,
+};
+use eden_proto::model::template::{self, Context, NodeContext};
+use eden_proto::model::watcher::{Change, Watcher};
+use eden_proto::model::{keys, kv, vars, Error};
+
 use crate::exec::{self, Ending, Job};
-use crate::keys;
-use crate::kv;
-use crate::model::{now_ms, show_time, Alive, Claim, Facts, Status, TaskResult, TaskSpec};
-use crate::template::{self, Context, NodeContext};
-use crate::vars;
-use crate::Error;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -52,8 +52,6 @@ pub struct AgentConfig {
     pub facts_interval: Duration,
     /// Stored output per stream, at most.
     pub max_output_bytes: usize,
-    /// Labels to propose for a node that has none yet.
-    pub labels: BTreeMap<String, String>,
 }
 
 impl AgentConfig {
@@ -65,7 +63,6 @@ impl AgentConfig {
             lease_ttl: Duration::from_secs(10),
             facts_interval: Duration::from_secs(60),
             max_output_bytes: 64 * 1024,
-            labels: BTreeMap::new(),
         }
     }
 }
@@ -263,18 +260,6 @@ impl Agent {
             }
         }
         self.lease.store(lease, Ordering::SeqCst);
-        if !self.cfg.labels.is_empty() {
-            let r = kv::txn(
-                &self.client,
-                vec![kv::absent(&keys::labels(name))],
-                vec![kv::put(&keys::labels(name), &self.cfg.labels, 0)],
-                vec![],
-            )
-            .await?;
-            if !r.succeeded {
-                tracing::info!("node {name} has labels already: the proposed ones are ignored");
-            }
-        }
         Ok(())
     }
 
@@ -415,49 +400,42 @@ impl Agent {
         };
         let mut cursor = self.load_cursor().unwrap_or(listed).min(listed);
         self.save_cursor(cursor.max(listed));
+        let mut w = Watcher::from_revision(self.client.clone(), &prefix, cursor + 1)
+            .relist_on_compaction()
+            .give_up_after(Duration::from_secs(24 * 3600));
         loop {
-            let mut w = self.client.watch(
-                WatchCreateRequest {
-                    key: prefix.clone().into(),
-                    range_end: prefix_end(prefix.as_bytes()),
-                    start_revision: cursor + 1,
-                    ..Default::default()
-                },
-                Duration::from_secs(24 * 3600),
-            );
-            while let Some(m) = w.recv().await {
-                let m = match m {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!("watching assignments: {e}");
-                        break;
-                    }
-                };
-                if m.canceled {
+            match w.next().await {
+                Some(Ok(Change::Listed { kvs, revision, .. })) => {
                     tracing::warn!(
-                        compacted = m.compact_revision,
-                        "the assignment history was compacted past the cursor: listing again"
+                        "the assignment history was compacted past the cursor: listed again"
                     );
-                    if let Ok(rev) = self.reconcile().await {
-                        cursor = rev;
-                        self.save_cursor(rev);
-                    }
-                    break;
-                }
-                for e in &m.events {
-                    let Some(kv) = &e.kv else { continue };
-                    if e.r#type == EventType::Put as i32 {
+                    for kv in kvs {
                         if let Some(id) = keys::rest(&kv.key, &prefix) {
                             self.handle(id.to_string()).await;
                         }
                     }
-                    cursor = cursor.max(kv.mod_revision);
-                }
-                if !m.events.is_empty() {
+                    cursor = revision;
                     self.save_cursor(cursor);
                 }
+                Some(Ok(Change::Events(events))) => {
+                    for e in &events {
+                        let Some(kv) = &e.kv else { continue };
+                        if e.r#type == EventType::Put as i32 {
+                            if let Some(id) = keys::rest(&kv.key, &prefix) {
+                                self.handle(id.to_string()).await;
+                            }
+                        }
+                        cursor = cursor.max(kv.mod_revision);
+                    }
+                    self.save_cursor(cursor);
+                }
+                // A relisting watcher does not stop at a compaction.
+                Some(Ok(Change::Compacted { .. })) | None => {}
+                Some(Err(e)) => {
+                    tracing::warn!("watching assignments: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::ffi::CStr;
 
-use crate::model::{now_ms, Facts};
+use eden_proto::model::objects::{now_ms, Facts};
 
 fn uname() -> (String, String) {
     // SAFETY: uname fills a zeroed struct of fixed-size NUL-terminated arrays.

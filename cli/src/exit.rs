@@ -59,9 +59,9 @@ impl From<ClientError> for Failure {
     }
 }
 
-impl From<eden_agent::Error> for Failure {
-    fn from(e: eden_agent::Error) -> Failure {
-        use eden_agent::Error as E;
+impl From<eden_proto::model::Error> for Failure {
+    fn from(e: eden_proto::model::Error) -> Failure {
+        use eden_proto::model::Error as E;
         match e {
             E::Client(c) => c.into(),
             E::Invalid(m) => Failure::usage(m),

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::errors;
 use crate::etcdserverpb::cluster_client::ClusterClient;
 use crate::etcdserverpb::kv_client::KvClient;
 use crate::etcdserverpb::lease_client::LeaseClient;
@@ -56,6 +57,36 @@ impl ClientError {
             ClientError::Server(s) => Some(s.code()),
             _ => None,
         }
+    }
+
+    /// True when a member answered with exactly this etcd error.
+    fn is(&self, message: &str) -> bool {
+        matches!(self, ClientError::Server(s) if s.message() == message)
+    }
+
+    /// The revision asked for was compacted away.
+    pub fn is_compacted(&self) -> bool {
+        self.is(errors::COMPACTED)
+    }
+
+    /// The revision asked for is ahead of the store.
+    pub fn is_future_revision(&self) -> bool {
+        self.is(errors::FUTURE_REV)
+    }
+
+    /// The lease does not exist (expired or revoked).
+    pub fn is_lease_not_found(&self) -> bool {
+        self.is(errors::LEASE_NOT_FOUND)
+    }
+
+    /// The member was saturated and did not propose the request.
+    pub fn is_too_many_requests(&self) -> bool {
+        self.is(errors::TOO_MANY_REQUESTS)
+    }
+
+    /// The space quota is used up (a NOSPACE alarm is raised).
+    pub fn is_no_space(&self) -> bool {
+        self.is(errors::NO_SPACE)
     }
 }
 
@@ -124,7 +155,7 @@ fn from_transport(s: &Status) -> bool {
 /// True when a member refused the request because it is saturated (etcd's "too many
 /// requests"): the request was not proposed, so it is safe to send again, after a pause.
 pub fn too_many_requests(s: &Status) -> bool {
-    s.code() == Code::ResourceExhausted && s.message() == "etcdserver: too many requests"
+    s.code() == Code::ResourceExhausted && s.message() == errors::TOO_MANY_REQUESTS
 }
 
 /// Exponential backoff with full jitter: each pause is uniform in [0, min(cap, base * 2^n)), so
@@ -158,8 +189,7 @@ const BUSY_RETRY_FOR: Duration = Duration::from_secs(10);
 /// True when the member is a learner, which refuses what etcd's learners refuse: it did nothing,
 /// and a voter will answer.
 fn learner_refused(s: &Status) -> bool {
-    s.code() == Code::FailedPrecondition
-        && s.message() == "etcdserver: rpc not supported for learner"
+    s.code() == Code::FailedPrecondition && s.message() == errors::NOT_SUPPORTED_FOR_LEARNER
 }
 
 fn retryable(s: &Status, kind: Retry) -> bool {
@@ -167,7 +197,7 @@ fn retryable(s: &Status, kind: Retry) -> bool {
         // A connection that broke (its member died) is worth another endpoint for a read.
         Retry::Read => s.code() == Code::Unavailable || from_transport(s),
         Retry::Write => {
-            not_sent(s) || (s.code() == Code::Unavailable && s.message() == "etcdserver: no leader")
+            not_sent(s) || (s.code() == Code::Unavailable && s.message() == errors::NO_LEADER)
         }
     }
 }

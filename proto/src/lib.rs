@@ -6,6 +6,10 @@
 //!   queries), as opaque payloads the store encodes.
 //! - [`client`]: a leader-agnostic client over a list of endpoints, used by the CLI, agents and
 //!   reactors. It retries on another member when one is unavailable and resumes watches.
+//! - [`errors`]: etcd's error messages, shared by the server that sends them and the client that
+//!   recognises them.
+//! - [`model`]: eden's keyspace and object shapes (which keys exist under `/eden/`, their values,
+//!   who writes them), with their read and write functions over the client.
 
 pub mod mvccpb {
     #![allow(clippy::all)]
@@ -28,5 +32,7 @@ pub mod peer {
 }
 
 pub mod client;
+pub mod errors;
 pub mod glob;
 pub mod keys;
+pub mod model;

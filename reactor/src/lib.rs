@@ -1,8 +1,8 @@
-//! Events and reactors, as clients of the store. So far: every change to eden's objects presented
-//! as a named event ([`events::derive`]), derived from the watch stream with no extra write, and
-//! the rule engine ([`rules::react`]), pure logic that a runtime will drive.
+//! Reactors, as clients of the store through `eden_proto` only: the rule engine ([`rules`], pure
+//! logic over the events of `eden_proto::model::events`), the runtime that drives it exactly
+//! once per event ([`runtime`]), and the webhook intake that turns HTTP posts into events
+//! ([`webhook`]).
 
-pub mod events;
 pub mod rules;
 pub mod runtime;
 pub mod webhook;

@@ -1,113 +1,11 @@
 //! The rule engine: pure logic, no I/O. `react(state, event) -> firings`; a runtime does the I/O.
-//!
-//! A rule (YAML, `eden reactor apply FILE.yaml`; a file holds one rule or a list):
-//!
-//! ```yaml
-//! name: issue-join-token
-//! on: node/joined/*            # a tag glob
-//! labels: { severity: crit* }  # optional: event labels matching globs
-//! data: { status: ok }         # optional: top-level data fields equal to these
-//! when:                        # optional, like Salt's Thorium: fire on the count-th matching
-//!   count: 3                   #   event within the window, per group
-//!   within: 60s
-//!   group_by: "{{ event.labels.instance }}"
-//!   cooldown: 5m               #   then not again in this group for this long
-//!   debounce: 10s              #   and only once matching events stopped for 10 s
-//! actions:
-//!   - run: { on: "role=issuer", command: [sh, -c, "make-token"], register: token }
-//!   - set_var: { node: cluster, name: last_join, value: "{{ event.tag }}" }
-//!   - emit: { tag: "join/token-requested", data: { node: "{{ event.tag }}" } }
-//!   - post: { url: "http://hooks.example/join", body: "{{ event | tojson }}" }
-//! ```
-//!
-//! Every string in an action is a minijinja template (strict) over `event` (with `event.parts`,
-//! the tag split at `/`: `node/joined/web1` has `event.parts[2] == "web1"`), `vars` (node name
-//! or "cluster" -> name -> value) and `node` (the node an event names, when the runtime knows
-//! it). The state (Thorium counters, cooldowns) is plain data the runtime stores with its cursor,
-//! so a new runtime continues where the last one stopped.
+//! The rules' shape and their state are eden's model (`eden_proto::model::rules`).
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use minijinja::{Environment, UndefinedBehavior};
-use serde::{Deserialize, Serialize};
-
-use crate::events::Event;
 use eden_proto::glob;
-
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    pub name: String,
-    pub on: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub data: BTreeMap<String, serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub when: Option<When>,
-    /// `- run: {...}` maps (not YAML tags).
-    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
-    pub actions: Vec<Action>,
-}
-
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct When {
-    pub count: usize,
-    pub within: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group_by: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cooldown: Option<String>,
-    /// Fire only once matching events stopped for this long (with the last one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub debounce: Option<String>,
-}
-
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Action {
-    /// Run a task: on a selector or a node list (templated), like `eden run`.
-    Run {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        on: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        nodes: Option<String>,
-        command: Vec<String>,
-        #[serde(default)]
-        shell: bool,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        register: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        timeout: Option<String>,
-    },
-    /// Set a variable of a node, or of the cluster (`node: cluster`, the default).
-    SetVar {
-        #[serde(default = "cluster")]
-        node: String,
-        name: String,
-        value: serde_json::Value,
-    },
-    /// Emit an explicit event.
-    Emit {
-        tag: String,
-        #[serde(default)]
-        data: serde_json::Value,
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        labels: BTreeMap<String, String>,
-    },
-    /// POST to a URL (after the reaction committed: at most once).
-    Post {
-        url: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        body: Option<String>,
-    },
-}
-
-fn cluster() -> String {
-    "cluster".into()
-}
+use eden_proto::model::events::Event;
+use eden_proto::model::rules::{duration, Action, Rule, State};
+use eden_proto::model::template::{self, Environment};
+use serde::Serialize;
 
 /// A rule's actions rendered for one event.
 #[derive(Serialize, Clone, Debug, PartialEq)]
@@ -119,148 +17,13 @@ pub struct Firing {
     pub actions: Vec<Action>,
 }
 
-/// Counters and cooldowns, per rule and group.
-#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
-pub struct State {
-    groups: BTreeMap<String, Group>,
-    /// The cluster's members as last seen by the runtime (member id in hex -> name and whether
-    /// a learner); None until first seen. The runtime emits member events from its changes.
-    #[serde(default)]
-    pub members: Option<BTreeMap<String, (String, bool)>>,
-}
-
-#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
-struct Group {
-    /// Times (ms) of matching events within the window.
-    times: Vec<u64>,
-    last_fired: Option<u64>,
-    /// With debounce: the event to fire with, and when.
-    #[serde(default)]
-    pending: Option<(Event, u64)>,
-}
-
-fn duration(what: &str, s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{what} {s:?}: {e}"))
-}
-
-/// Parses a rules file: one rule or a list. Err explains what is wrong, with the rule's name.
-pub fn parse(text: &str) -> Result<Vec<Rule>, String> {
-    let rules: Vec<Rule> = match serde_yaml::from_str::<Vec<Rule>>(text) {
-        Ok(r) => r,
-        Err(list_err) => match serde_yaml::from_str::<Rule>(text) {
-            Ok(r) => vec![r],
-            Err(_) if text.trim_start().starts_with('-') => return Err(list_err.to_string()),
-            Err(e) => return Err(e.to_string()),
-        },
-    };
-    for r in &rules {
-        validate(r).map_err(|e| format!("rule {:?}: {e}", r.name))?;
-    }
-    Ok(rules)
-}
-
-/// Checks what YAML cannot: names, durations, templates, targets.
-pub fn validate(r: &Rule) -> Result<(), String> {
-    eden_agent::keys::check_name("rule name", &r.name)?;
-    if r.on.is_empty() {
-        return Err("`on` (a tag glob) is empty".into());
-    }
-    if let Some(w) = &r.when {
-        if w.count == 0 {
-            return Err("when.count must be at least 1".into());
-        }
-        duration("when.within", &w.within)?;
-        if let Some(c) = &w.cooldown {
-            duration("when.cooldown", c)?;
-        }
-        if let Some(d) = &w.debounce {
-            duration("when.debounce", d)?;
-        }
-    }
-    if r.actions.is_empty() {
-        return Err("no actions".into());
-    }
-    let env = env();
-    let check = |s: &str| {
-        env.template_from_str(s)
-            .map(|_| ())
-            .map_err(|e| format!("template {s:?}: {e}"))
-    };
-    for a in &r.actions {
-        match a {
-            Action::Run {
-                on,
-                nodes,
-                command,
-                timeout,
-                ..
-            } => {
-                if on.is_some() == nodes.is_some() {
-                    return Err("a run action needs exactly one of `on` and `nodes`".into());
-                }
-                if command.is_empty() {
-                    return Err("a run action needs a command".into());
-                }
-                if let Some(t) = timeout {
-                    duration("run.timeout", t)?;
-                }
-                for s in on.iter().chain(nodes.iter()).chain(command.iter()) {
-                    check(s)?;
-                }
-            }
-            Action::SetVar { node, name, .. } => {
-                check(node)?;
-                check(name)?;
-            }
-            Action::Emit { tag, .. } => check(tag)?,
-            Action::Post { url, body } => {
-                check(url)?;
-                if let Some(b) = body {
-                    check(b)?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn env() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env
-}
-
-fn render(env: &Environment, s: &str, ctx: &serde_json::Value) -> Result<String, String> {
-    if !(s.contains("{{") || s.contains("{%")) {
-        return Ok(s.to_string());
-    }
-    env.render_str(s, ctx).map_err(|e| format!("{e:#}"))
-}
-
-fn render_json(
-    env: &Environment,
-    v: &serde_json::Value,
-    ctx: &serde_json::Value,
-) -> Result<serde_json::Value, String> {
-    Ok(match v {
-        serde_json::Value::String(s) => serde_json::Value::String(render(env, s, ctx)?),
-        serde_json::Value::Array(a) => serde_json::Value::Array(
-            a.iter()
-                .map(|x| render_json(env, x, ctx))
-                .collect::<Result<_, _>>()?,
-        ),
-        serde_json::Value::Object(o) => serde_json::Value::Object(
-            o.iter()
-                .map(|(k, x)| Ok((k.clone(), render_json(env, x, ctx)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        other => other.clone(),
-    })
-}
-
 fn render_action(env: &Environment, a: &Action, ctx: &serde_json::Value) -> Result<Action, String> {
-    let r = |s: &String| render(env, s, ctx);
-    let ro = |s: &Option<String>| s.as_ref().map(|s| render(env, s, ctx)).transpose();
+    let r = |s: &String| template::render_str(env, s, ctx);
+    let ro = |s: &Option<String>| {
+        s.as_ref()
+            .map(|s| template::render_str(env, s, ctx))
+            .transpose()
+    };
     Ok(match a {
         Action::Run {
             on,
@@ -280,11 +43,11 @@ fn render_action(env: &Environment, a: &Action, ctx: &serde_json::Value) -> Resu
         Action::SetVar { node, name, value } => Action::SetVar {
             node: r(node)?,
             name: r(name)?,
-            value: render_json(env, value, ctx)?,
+            value: template::render_json(env, value, ctx)?,
         },
         Action::Emit { tag, data, labels } => Action::Emit {
             tag: r(tag)?,
-            data: render_json(env, data, ctx)?,
+            data: template::render_json(env, data, ctx)?,
             labels: labels
                 .iter()
                 .map(|(k, v)| Ok((k.clone(), r(v)?)))
@@ -316,12 +79,16 @@ pub fn react(
     event: &Event,
     extra: &serde_json::Value,
 ) -> (Vec<Firing>, Vec<String>) {
-    let env = env();
+    let env = template::env();
     let ctx = context(extra, event);
     let (mut fired, mut errors) = (Vec::new(), Vec::new());
     for rule in rules.iter().filter(|r| matches(r, event)) {
         if let Some(w) = &rule.when {
-            let group = match w.group_by.as_deref().map(|g| render(&env, g, &ctx)) {
+            let group = match w
+                .group_by
+                .as_deref()
+                .map(|g| template::render_str(&env, g, &ctx))
+            {
                 None => String::new(),
                 Some(Ok(g)) => g,
                 Some(Err(e)) => {
@@ -415,7 +182,7 @@ pub fn tick(
     now: u64,
     extra: &serde_json::Value,
 ) -> (Vec<Firing>, Vec<String>) {
-    let env = env();
+    let env = template::env();
     let (mut fired, mut errors) = (Vec::new(), Vec::new());
     for rule in rules {
         let prefix = format!("{}\u{0}", rule.name);
@@ -448,6 +215,7 @@ pub fn pending(state: &State) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eden_proto::model::rules::parse;
 
     fn event(tag: &str, time: u64, labels: &[(&str, &str)]) -> Event {
         Event {

@@ -28,21 +28,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eden_agent::keys;
-use eden_agent::kv;
-use eden_agent::model::now_ms;
-use eden_agent::tasks::{self, NewTask, Targets};
 use eden_proto::client::{Client, ClientError};
 use eden_proto::etcdserverpb::{RequestOp, WatchCreateRequest};
-use eden_proto::keys::prefix_end;
+use eden_proto::model::events::{self, Event};
+use eden_proto::model::keys::{self, REACTOR_CURSOR as CURSOR, REACTOR_LEADER as LEADER, RULES};
+use eden_proto::model::objects::now_ms;
+use eden_proto::model::rules::{Action, Cursor, Rule, State};
+use eden_proto::model::tasks::{self, NewTask, Targets};
+use eden_proto::model::watcher::{Change, Watcher};
+use eden_proto::model::{kv, vars};
 use serde::{Deserialize, Serialize};
 
-use crate::events::{self, Event, EVENTS};
-use crate::rules::{self, Action, Firing, Rule, State};
-
-pub const LEADER: &str = "/eden/reactor/leader";
-pub const CURSOR: &str = "/eden/reactor/cursor";
-pub const RULES: &str = "/eden/reactors/";
+use crate::rules::{self, Firing};
 /// How often (in 1 s ticks) the active runtime compares the member list with the last one seen.
 const MEMBER_POLL_TICKS: u64 = 5;
 /// How long a changed rules' state may go unwritten (a crash replays it from the cursor).
@@ -50,13 +47,6 @@ const STATE_LAG: Duration = Duration::from_secs(5);
 /// How long the cursor may lag behind revisions that matched no rule. A failover replays them,
 /// which fires nothing; with no rules, a busy cluster pays one cursor write a minute.
 const REVISION_LAG: Duration = Duration::from_secs(60);
-
-/// Where the runtime is: the last revision handled and the rules' state.
-#[derive(Serialize, Deserialize, Default, Clone, Debug)]
-pub struct Cursor {
-    pub revision: i64,
-    pub state: State,
-}
 
 /// The elected runtime's key.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -77,26 +67,13 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// An event key: time-ordered, unique.
-fn event_key() -> String {
-    format!("{EVENTS}{:013}-{:08x}", now_ms(), rand::random::<u32>())
-}
-
 fn event_put(
     tag: String,
     source: &str,
     labels: BTreeMap<String, String>,
     data: serde_json::Value,
 ) -> RequestOp {
-    let ev = Event {
-        tag,
-        revision: 0,
-        time: now_ms(),
-        source: source.to_string(),
-        labels,
-        data,
-    };
-    kv::put(&event_key(), &ev, 0)
+    events::put(&Event::new(tag, source, labels, data))
 }
 
 /// POSTs `body` (JSON) to a plain http:// URL within 10 s; Err says why not.
@@ -282,7 +259,7 @@ impl Runtime {
     async fn load_rules(&self, revision: i64) -> Result<Vec<Rule>, String> {
         let kvs = match kv::get_prefix(&self.client, RULES, revision, false).await {
             Ok((kvs, _)) => kvs,
-            Err(e) if e.to_string().contains("compacted") => {
+            Err(e) if e.is_compacted() => {
                 kv::get_prefix(&self.client, RULES, 0, false)
                     .await
                     .map_err(err)?
@@ -345,7 +322,7 @@ impl Runtime {
                     }
                 }
                 Action::SetVar { node, name, value } => {
-                    match eden_agent::vars::check_scope(node)
+                    match vars::check_scope(node)
                         .map_err(|e| e.to_string())
                         .and_then(|_| keys::check_name("variable name", name))
                     {
@@ -476,174 +453,161 @@ impl Runtime {
         // revisions that matched no rule (written within a minute; replaying them does nothing).
         let mut changed = false;
         let mut behind = false;
+        let mut w = Watcher::from_revision(self.client.clone(), keys::ROOT, cursor.revision + 1)
+            .with_prev_kv()
+            .with_progress_notify();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks = 0u64;
         loop {
-            let mut w = self.client.watch(
-                WatchCreateRequest {
-                    key: b"/eden/".to_vec(),
-                    range_end: prefix_end(b"/eden/"),
-                    start_revision: cursor.revision + 1,
-                    prev_kv: true,
-                    progress_notify: true,
-                    ..Default::default()
-                },
-                Duration::from_secs(60),
-            );
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let mut ticks = 0u64;
-            loop {
-                let m = tokio::select! {
-                    m = w.recv() => m,
-                    _ = tick.tick() => {
-                        if lost.load(Ordering::SeqCst) {
-                            return Err("lost the leader key".into());
-                        }
-                        ticks += 1;
-                        if ticks.is_multiple_of(MEMBER_POLL_TICKS) {
-                            if let Some(ops) = self.member_events(&mut cursor.state).await {
-                                cursor_mod = self.commit(me, cursor_mod, &cursor, ops).await
-                                    .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
-                                (changed, behind) = (false, false);
-                                last_write = Instant::now();
-                            }
-                        }
-                        if rules::pending(&cursor.state) {
-                            let vars = eden_agent::vars::all(&self.client).await.unwrap_or_default();
-                            let (firings, errs) = rules::tick(&rules, &mut cursor.state, now_ms(), &serde_json::json!({"vars": vars}));
-                            for e in errs {
-                                tracing::warn!("{e}");
-                            }
-                            if !firings.is_empty() {
-                                let mut ops = Vec::new();
-                                let mut posts = Vec::new();
-                                for f in &firings {
-                                    let (o, p, _) = self.firing_ops(f).await;
-                                    ops.extend(o);
-                                    posts.extend(p);
-                                }
-                                cursor_mod = self.commit(me, cursor_mod, &cursor, ops).await
-                                    .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
-                                (changed, behind) = (false, false);
-                                last_write = Instant::now();
-                                for (url, body) in posts {
-                                    if let Err(e) = post(&url, &body).await {
-                                        tracing::warn!("post: {e}");
-                                    }
-                                }
-                            }
-                        }
-                        let since = last_write.elapsed();
-                        if (changed && since > STATE_LAG) || (behind && since > REVISION_LAG) {
-                            cursor_mod = self.commit(me, cursor_mod, &cursor, vec![]).await
+            let m = tokio::select! {
+                m = w.next() => m,
+                _ = tick.tick() => {
+                    if lost.load(Ordering::SeqCst) {
+                        return Err("lost the leader key".into());
+                    }
+                    ticks += 1;
+                    if ticks.is_multiple_of(MEMBER_POLL_TICKS) {
+                        if let Some(ops) = self.member_events(&mut cursor.state).await {
+                            cursor_mod = self.commit(me, cursor_mod, &cursor, ops).await
                                 .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
                             (changed, behind) = (false, false);
                             last_write = Instant::now();
                         }
-                        continue;
                     }
-                };
-                let m = match m {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => return Err("the watch ended".into()),
-                };
-                if m.canceled {
-                    if m.compact_revision > 0 {
-                        let missed = (cursor.revision + 1, m.compact_revision - 1);
-                        tracing::error!(from = missed.0, to = missed.1, "the reactor's cursor was compacted away: events in between were not reacted to");
-                        let ev = event_put(
-                            "reactor/compacted".into(),
-                            "reactor",
-                            BTreeMap::new(),
-                            serde_json::json!({"missed_from": missed.0, "missed_to": missed.1}),
-                        );
-                        cursor.revision = m.compact_revision - 1;
-                        cursor_mod = self
-                            .commit(me, cursor_mod, &cursor, vec![ev])
-                            .await
-                            .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
-                        break;
-                    }
-                    return Err(format!("the watch was canceled: {}", m.cancel_reason));
-                }
-                // Events of one revision together (a txn's changes share it).
-                let mut by_rev: BTreeMap<i64, Vec<&eden_proto::mvccpb::Event>> = BTreeMap::new();
-                for e in &m.events {
-                    if let Some(kv) = &e.kv {
-                        by_rev.entry(kv.mod_revision).or_default().push(e);
-                    }
-                }
-                for (rev, evs) in by_rev {
-                    if rev <= cursor.revision {
-                        continue;
-                    }
-                    if lost.load(Ordering::SeqCst) {
-                        return Err("lost the leader key".into());
-                    }
-                    if evs.iter().any(|e| {
-                        e.kv.as_ref()
-                            .is_some_and(|kv| kv.key.starts_with(RULES.as_bytes()))
-                    }) {
-                        rules = self.load_rules(rev).await?;
-                    }
-                    // Only the runtime's own keys changed (its cursor, its election): nothing to
-                    // remember, or the cursor would chase its own writes.
-                    let own = evs.iter().all(|e| {
-                        e.kv.as_ref()
-                            .is_some_and(|kv| kv.key.starts_with(b"/eden/reactor/"))
-                    });
-                    let mut firings = Vec::new();
-                    for e in evs {
-                        let Some(ev) = events::from_watch(e, now_ms()) else {
-                            continue;
-                        };
-                        if ev.tag.starts_with("reactor/")
-                            || !rules.iter().any(|r| rules::matches(r, &ev))
-                        {
-                            continue;
-                        }
-                        changed = true;
-                        let vars = eden_agent::vars::all(&self.client)
-                            .await
-                            .unwrap_or_default();
-                        let (f, errs) = rules::react(
-                            &rules,
-                            &mut cursor.state,
-                            &ev,
-                            &serde_json::json!({"vars": vars}),
-                        );
+                    if rules::pending(&cursor.state) {
+                        let vars = vars::all(&self.client).await.unwrap_or_default();
+                        let (firings, errs) = rules::tick(&rules, &mut cursor.state, now_ms(), &serde_json::json!({"vars": vars}));
                         for e in errs {
-                            tracing::warn!(revision = rev, "{e}");
+                            tracing::warn!("{e}");
                         }
-                        firings.extend(f);
-                    }
-                    cursor.revision = rev;
-                    if firings.is_empty() {
-                        behind |= !own;
-                        continue;
-                    }
-                    let mut ops = Vec::new();
-                    let mut posts = Vec::new();
-                    for f in &firings {
-                        let (o, p, errors) = self.firing_ops(f).await;
-                        for e in errors {
-                            tracing::warn!(rule = %f.rule, "{e}");
+                        if !firings.is_empty() {
+                            let mut ops = Vec::new();
+                            let mut posts = Vec::new();
+                            for f in &firings {
+                                let (o, p, _) = self.firing_ops(f).await;
+                                ops.extend(o);
+                                posts.extend(p);
+                            }
+                            cursor_mod = self.commit(me, cursor_mod, &cursor, ops).await
+                                .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
+                            (changed, behind) = (false, false);
+                            last_write = Instant::now();
+                            for (url, body) in posts {
+                                if let Err(e) = post(&url, &body).await {
+                                    tracing::warn!("post: {e}");
+                                }
+                            }
                         }
-                        ops.extend(o);
-                        posts.extend(p);
                     }
+                    let since = last_write.elapsed();
+                    if (changed && since > STATE_LAG) || (behind && since > REVISION_LAG) {
+                        cursor_mod = self.commit(me, cursor_mod, &cursor, vec![]).await
+                            .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
+                        (changed, behind) = (false, false);
+                        last_write = Instant::now();
+                    }
+                    continue;
+                }
+            };
+            let events = match m {
+                Some(Ok(Change::Events(events))) => events,
+                Some(Ok(Change::Compacted { oldest })) => {
+                    let missed = (cursor.revision + 1, oldest - 1);
+                    tracing::error!(from = missed.0, to = missed.1, "the reactor's cursor was compacted away: events in between were not reacted to");
+                    let ev = event_put(
+                        "reactor/compacted".into(),
+                        "reactor",
+                        BTreeMap::new(),
+                        serde_json::json!({"missed_from": missed.0, "missed_to": missed.1}),
+                    );
+                    cursor.revision = oldest - 1;
                     cursor_mod = self
-                        .commit(me, cursor_mod, &cursor, ops)
+                        .commit(me, cursor_mod, &cursor, vec![ev])
                         .await
                         .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
-                    (changed, behind) = (false, false);
-                    last_write = Instant::now();
-                    for f in &firings {
-                        tracing::info!(rule = %f.rule, tag = %f.tag, revision = f.revision, "fired");
+                    w.resume_at(oldest);
+                    continue;
+                }
+                Some(Ok(Change::Listed { .. })) => continue,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the watch ended".into()),
+            };
+            // Events of one revision together (a txn's changes share it).
+            let mut by_rev: BTreeMap<i64, Vec<&eden_proto::mvccpb::Event>> = BTreeMap::new();
+            for e in &events {
+                if let Some(kv) = &e.kv {
+                    by_rev.entry(kv.mod_revision).or_default().push(e);
+                }
+            }
+            for (rev, evs) in by_rev {
+                if rev <= cursor.revision {
+                    continue;
+                }
+                if lost.load(Ordering::SeqCst) {
+                    return Err("lost the leader key".into());
+                }
+                if evs.iter().any(|e| {
+                    e.kv.as_ref()
+                        .is_some_and(|kv| kv.key.starts_with(RULES.as_bytes()))
+                }) {
+                    rules = self.load_rules(rev).await?;
+                }
+                // Only the runtime's own keys changed (its cursor, its election): nothing to
+                // remember, or the cursor would chase its own writes.
+                let own = evs.iter().all(|e| {
+                    e.kv.as_ref()
+                        .is_some_and(|kv| kv.key.starts_with(keys::REACTOR.as_bytes()))
+                });
+                let mut firings = Vec::new();
+                for e in evs {
+                    let Some(ev) = events::from_watch(e, now_ms()) else {
+                        continue;
+                    };
+                    if ev.tag.starts_with("reactor/")
+                        || !rules.iter().any(|r| rules::matches(r, &ev))
+                    {
+                        continue;
                     }
-                    for (url, body) in posts {
-                        if let Err(e) = post(&url, &body).await {
-                            tracing::warn!("post: {e}");
-                        }
+                    changed = true;
+                    let vars = vars::all(&self.client).await.unwrap_or_default();
+                    let (f, errs) = rules::react(
+                        &rules,
+                        &mut cursor.state,
+                        &ev,
+                        &serde_json::json!({"vars": vars}),
+                    );
+                    for e in errs {
+                        tracing::warn!(revision = rev, "{e}");
+                    }
+                    firings.extend(f);
+                }
+                cursor.revision = rev;
+                if firings.is_empty() {
+                    behind |= !own;
+                    continue;
+                }
+                let mut ops = Vec::new();
+                let mut posts = Vec::new();
+                for f in &firings {
+                    let (o, p, errors) = self.firing_ops(f).await;
+                    for e in errors {
+                        tracing::warn!(rule = %f.rule, "{e}");
+                    }
+                    ops.extend(o);
+                    posts.extend(p);
+                }
+                cursor_mod = self
+                    .commit(me, cursor_mod, &cursor, ops)
+                    .await
+                    .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
+                (changed, behind) = (false, false);
+                last_write = Instant::now();
+                for f in &firings {
+                    tracing::info!(rule = %f.rule, tag = %f.tag, revision = f.revision, "fired");
+                }
+                for (url, body) in posts {
+                    if let Err(e) = post(&url, &body).await {
+                        tracing::warn!("post: {e}");
                     }
                 }
             }

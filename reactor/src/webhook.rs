@@ -19,47 +19,15 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use eden_agent::kv;
-use eden_agent::model::now_ms;
 use eden_proto::client::{Client, ClientError};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-use crate::events::{Event, EVENTS};
-
-pub const HOOKS: &str = "/eden/hooks/";
-
-/// What is stored for a hook.
-#[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct Hook {
-    pub sha256: String,
-    pub created_at: u64,
-}
-
-pub fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A new random token (printed once by `eden hook create`).
-pub fn new_token() -> String {
-    (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
-}
+use eden_proto::model::events::{self, Event};
+use eden_proto::model::{hooks, Error};
 
 /// The events a hook's body stands for.
 pub fn events_of(name: &str, body: &serde_json::Value) -> Vec<Event> {
     let source = format!("hook/{name}");
-    let ev = |tag: String, labels: BTreeMap<String, String>, data: serde_json::Value| Event {
-        tag,
-        revision: 0,
-        time: now_ms(),
-        source: source.clone(),
-        labels,
-        data,
+    let ev = |tag: String, labels: BTreeMap<String, String>, data: serde_json::Value| {
+        Event::new(tag, &source, labels, data)
     };
     let alertmanager = body["version"] == "4" && body["alerts"].is_array();
     if !alertmanager {
@@ -112,11 +80,11 @@ async fn receive(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let stored = match kv::get_one(&st.client, &format!("{HOOKS}{name}")).await {
-        Ok(kv) => kv.and_then(|kv| kv::decode::<Hook>(&kv).ok()),
+    let stored = match hooks::get(&st.client, &name).await {
+        Ok(h) => h,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     };
-    if token.is_empty() || stored.is_none_or(|h| h.sha256 != hash(token)) {
+    if token.is_empty() || stored.is_none_or(|h| h.sha256 != hooks::hash(token)) {
         return (
             StatusCode::UNAUTHORIZED,
             "missing or wrong token for this hook\n".into(),
@@ -131,26 +99,18 @@ async fn receive(
             )
         }
     };
-    let events = events_of(&name, &v);
-    let ops = events
-        .iter()
-        .map(|e| {
-            kv::put(
-                &format!("{EVENTS}{:013}-{:08x}", e.time, rand::random::<u32>()),
-                e,
-                0,
-            )
-        })
-        .collect();
-    match kv::txn(&st.client, vec![], ops, vec![]).await {
-        Ok(r) => (
+    let evs = events_of(&name, &v);
+    match events::emit(&st.client, &evs).await {
+        Ok((revision, _)) => (
             StatusCode::OK,
             format!(
                 "{}\n",
-                serde_json::json!({"events": events.len(), "revision": r.header.map_or(0, |h| h.revision)})
+                serde_json::json!({"events": evs.len(), "revision": revision})
             ),
         ),
-        Err(ClientError::Server(s)) => (StatusCode::FORBIDDEN, format!("{}\n", s.message())),
+        Err(Error::Client(ClientError::Server(s))) => {
+            (StatusCode::FORBIDDEN, format!("{}\n", s.message()))
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }

@@ -23,7 +23,7 @@ use tonic::Status;
 
 use crate::metrics::metrics;
 
-pub const EVENTS_PREFIX: &[u8] = b"/eden/events/";
+pub const EVENTS_PREFIX: &[u8] = eden_proto::model::keys::EVENTS.as_bytes();
 /// Bucket leases are `EVENT_LEASE_BASE + buckets since the Unix epoch`.
 pub const EVENT_LEASE_BASE: i64 = 0x6576_0000_0000_0000;
 

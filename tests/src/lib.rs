@@ -770,7 +770,7 @@ pub struct CliOutput {
 
 impl Cluster {
     /// Starts `eden agent --name NAME` against every member, with its data dir in the cluster's
-    /// temp dir (`extra`: more flags, like `--label role=web`). The lease TTL is 3 s so tests
+    /// temp dir (`extra`: more flags, like `--concurrency 1`). The lease TTL is 3 s so tests
     /// see a dead agent's node go down quickly.
     pub fn agent(&self, name: &str, extra: &[&str]) -> AgentProc {
         self.agent_in(name, name, extra)

@@ -6,17 +6,26 @@ use std::time::Duration;
 use eden_tests::{wait_for, AgentProc, CliOutput, Cluster};
 use serde_json::Value;
 
-/// Three members and agents web1 (role=web), web2 (role=web), db1 (role=db), all up.
+/// Three members and agents web1, web2 and db1, all up, labelled by the operator role=web,
+/// role=web and role=db.
 async fn setup(extra: &[&str]) -> (Cluster, Vec<AgentProc>) {
     let c = Cluster::start(3, &[]).await;
     let mut agents = Vec::new();
-    for (name, role) in [("web1", "web"), ("web2", "web"), ("db1", "db")] {
-        let label = format!("role={role}");
-        let mut args = vec!["--label", label.as_str()];
-        args.extend_from_slice(extra);
-        agents.push(c.agent(name, &args));
+    for name in ["web1", "web2", "db1"] {
+        agents.push(c.agent(name, extra));
     }
     c.wait_nodes(&["web1", "web2", "db1"], true).await;
+    // Agents never write labels: a registered node has none until the operator acts.
+    let all = nodes(&c).await;
+    for n in all.as_array().expect("node list") {
+        assert_eq!(n["labels"], serde_json::json!({}), "{n}");
+    }
+    for (name, role) in [("web1", "web"), ("web2", "web"), ("db1", "db")] {
+        let o = c
+            .eden(&["node", "label", name, &format!("role={role}")])
+            .await;
+        assert_eq!(o.code, Some(0), "{o:?}");
+    }
     (c, agents)
 }
 
@@ -118,7 +127,13 @@ async fn run_on_selectors_and_node_lists() {
         r.get("web2").is_some() && r.get("db1").is_some() && r.get("web1").is_none(),
         "{r}"
     );
-    // ...and a restarted agent does not take them back from its --label.
+    // An agent cannot ask for labels either (it would choose its own role).
+    let o = c
+        .eden(&["agent", "--name", "rogue", "--label", "role=master"])
+        .await;
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stderr.contains("eden node label"), "{}", o.stderr);
+    // ...and a restarted agent leaves them as they are.
     agents[1].stop();
     agents[1].restart();
     c.wait_nodes(&["web2"], true).await;

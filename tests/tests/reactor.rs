@@ -222,8 +222,10 @@ async fn event_tags(c: &Cluster, prefix: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_join_story_end_to_end() {
     let c = Cluster::start(3, &[]).await;
-    let _issuer = c.agent("issuer", &["--label", "role=issuer"]);
+    let _issuer = c.agent("issuer", &[]);
     c.wait_nodes(&["issuer"], true).await;
+    let o = c.eden(&["node", "label", "issuer", "role=issuer"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
     apply(&c, "join", r#"
 - name: issue-token
   on: node/joined/*

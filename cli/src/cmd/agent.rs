@@ -1,7 +1,8 @@
 //! `eden agent`: runs the agent of this machine (see `eden_agent::agent`). Settings come from
 //! flags or a TOML `--config` file (flags win); endpoints from `--endpoints` / EDEN_ENDPOINTS.
+//! Labels are not among them: they are the operator's (`eden node label`), so that a machine
+//! cannot give itself a role (design/decisions/0006).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use crate::exit::Failure;
 
 #[derive(Args, Debug, Default)]
 pub struct AgentArgs {
-    /// A TOML file with any of these settings (and `labels = { role = "web" }`).
+    /// A TOML file with any of these settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// This node's name [default: the hostname].
@@ -36,10 +37,13 @@ pub struct AgentArgs {
     /// Output kept per stream of a task, in bytes [default: 65536].
     #[arg(long)]
     pub max_output_bytes: Option<usize>,
-    /// A label to propose, KEY=VALUE (repeatable); used only if the node has no labels yet.
-    #[arg(long = "label")]
+    /// Refused: labels are the operator's (`eden node label NODE KEY=VALUE`).
+    #[arg(long = "label", hide = true)]
     pub labels: Vec<String>,
 }
+
+/// Why an agent takes no labels, for `--label` and a config file's `labels`.
+const NO_LABELS: &str = "an agent does not set its node's labels (a machine could give itself any role); the operator does: eden node label NODE KEY=VALUE";
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -50,8 +54,8 @@ struct FileConfig {
     lease_ttl: Option<String>,
     facts_interval: Option<String>,
     max_output_bytes: Option<usize>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
+    /// Only to refuse it with the reason.
+    labels: Option<toml::Value>,
 }
 
 fn duration(what: &str, s: Option<String>) -> Result<Option<Duration>, Failure> {
@@ -71,6 +75,14 @@ pub fn resolve(a: &AgentArgs) -> Result<AgentConfig, Failure> {
         }
         None => FileConfig::default(),
     };
+    if !a.labels.is_empty() {
+        return Err(Failure::usage(format!("--label: {NO_LABELS}")));
+    }
+    if file.labels.is_some() {
+        return Err(Failure::usage(format!(
+            "labels in the config file: {NO_LABELS}"
+        )));
+    }
     let name = a
         .name
         .clone()
@@ -96,15 +108,6 @@ pub fn resolve(a: &AgentArgs) -> Result<AgentConfig, Failure> {
     }
     if let Some(v) = a.max_output_bytes.or(file.max_output_bytes) {
         c.max_output_bytes = v;
-    }
-    c.labels = file.labels;
-    for l in &a.labels {
-        match eden_agent::nodes::LabelChange::parse(l)? {
-            eden_agent::nodes::LabelChange::Set(k, v) => {
-                c.labels.insert(k, v);
-            }
-            _ => return Err(Failure::usage(format!("--label {l}: expected KEY=VALUE"))),
-        }
     }
     Ok(c)
 }
@@ -134,23 +137,40 @@ mod tests {
         let file = dir.path().join("agent.toml");
         std::fs::write(
             &file,
-            "name = \"web1\"\nconcurrency = 8\nlease-ttl = \"20s\"\n[labels]\nrole = \"web\"\n",
+            "name = \"web1\"\nconcurrency = 8\nlease-ttl = \"20s\"\n",
         )
         .unwrap();
         let a = AgentArgs {
             config: Some(file.clone()),
             concurrency: Some(2),
-            labels: vec!["dc=fra".into()],
             ..Default::default()
         };
         let c = resolve(&a).unwrap();
         assert_eq!(c.name, "web1");
         assert_eq!(c.concurrency, 2);
         assert_eq!(c.lease_ttl, Duration::from_secs(20));
-        assert_eq!(c.labels.get("role").map(String::as_str), Some("web"));
-        assert_eq!(c.labels.get("dc").map(String::as_str), Some("fra"));
         std::fs::write(&file, "nmae = \"x\"\n").unwrap();
         let e = resolve(&a).unwrap_err();
         assert!(e.message.contains("unknown field"), "{}", e.message);
+    }
+
+    #[test]
+    fn an_agent_takes_no_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "[labels]\nrole = \"master\"\n").unwrap();
+        let a = AgentArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let e = resolve(&a).unwrap_err();
+        assert_eq!(e.code, crate::exit::USAGE_OR_SETUP);
+        assert!(e.message.contains("eden node label"), "{}", e.message);
+        let a = AgentArgs {
+            labels: vec!["role=master".into()],
+            ..Default::default()
+        };
+        let e = resolve(&a).unwrap_err();
+        assert!(e.message.starts_with("--label: "), "{}", e.message);
     }
 }

@@ -1,5 +1,5 @@
 //! `eden bench agents --count N`: N lightweight simulated agents in one process, speaking the real
-//! agent protocol (`eden_agent::keys`): each registers under its own lease, keeps it alive, watches
+//! agent protocol (`eden_proto::model::keys`): each registers under its own lease, keeps it alive, watches
 //! its own assignments, and answers a task with a claim txn and a result txn (running nothing).
 //! It measures what N agents cost the store at rest (keep-alive rate and latency, and the servers'
 //! CPU when their pids are given), then the time from `eden run` on all of them to the last
@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eden_agent::agent::KeepAlivePace;
-use eden_agent::keys;
-use eden_agent::kv;
-use eden_agent::model::{now_ms, Alive, Claim, Facts, Status, TaskResult, TaskSpec};
-use eden_agent::tasks::{self, NewTask, Targets};
 use eden_proto::client::{Backoff, Client};
 use eden_proto::etcdserverpb::WatchCreateRequest;
 use eden_proto::keys::prefix_end;
+use eden_proto::model::keys;
+use eden_proto::model::kv;
+use eden_proto::model::objects::{now_ms, Alive, Claim, Facts, Status, TaskResult, TaskSpec};
+use eden_proto::model::tasks::{self, NewTask, Targets};
 use eden_proto::mvccpb::event::EventType;
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -138,7 +138,6 @@ async fn register(client: &Client, name: &str, ttl: Duration) -> Result<i64, Str
         seen_at: now_ms(),
         ..Default::default()
     };
-    let labels: std::collections::BTreeMap<&str, &str> = [("bench", "agents")].into();
     kv::txn(
         client,
         vec![],
@@ -146,7 +145,6 @@ async fn register(client: &Client, name: &str, ttl: Duration) -> Result<i64, Str
             kv::put(&keys::owner(name), &name, 0),
             kv::put(&keys::alive(name), &alive, lease),
             kv::put(&keys::facts(name), &facts, 0),
-            kv::put(&keys::labels(name), &labels, 0),
         ],
         vec![],
     )
@@ -368,16 +366,26 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
     let clients: Vec<Arc<Client>> = (0..conns)
         .map(|_| Client::new(endpoints).map(Arc::new))
         .collect::<Result<_, _>>()?;
+    let run_id: u32 = rand::random();
+    let names: Vec<String> = (0..a.count)
+        .map(|i| format!("sim-{run_id:08x}-{i:05}"))
+        .collect();
+    // Labels are the operator's (agents never write them): label the nodes-to-be first, as an
+    // operator labels machines from an inventory, 100 to a txn; not part of the figures.
+    let labels: std::collections::BTreeMap<&str, &str> = [("bench", "agents")].into();
+    for chunk in names.chunks(100) {
+        let ops = chunk
+            .iter()
+            .map(|n| kv::put(&keys::labels(n), &labels, 0))
+            .collect();
+        kv::txn(&clients[0], vec![], ops, vec![]).await?;
+    }
     let stats = Arc::new(Stats::default());
     let phase = Arc::new(Mutex::new("registering".to_string()));
     let t0 = Instant::now();
     let reporter = progress(stats.clone(), phase.clone(), a.count, t0);
     let _stop_reporter = AbortOnDrop(reporter);
     let terms0 = terms(&clients).await;
-    let run_id: u32 = rand::random();
-    let names: Vec<String> = (0..a.count)
-        .map(|i| format!("sim-{run_id:08x}-{i:05}"))
-        .collect();
     // Register, 64 at a time, each retried with backoff like a real agent until the deadline;
     // once registered, the agent keeps its lease alive at once (not after every agent
     // registered: at 10,000 that takes longer than a TTL).

@@ -4,16 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Subcommand;
-use eden_agent::kv;
-use eden_agent::model::{now_ms, show_time};
 use eden_proto::client::Client;
-use eden_proto::etcdserverpb::WatchCreateRequest;
 use eden_proto::glob;
-use eden_proto::keys::prefix_end;
-use eden_reactor::events::{self, Event, EVENTS};
+use eden_proto::model::events::{self, Event};
+use eden_proto::model::keys;
+use eden_proto::model::objects::{now_ms, show_time};
+use eden_proto::model::watcher::{Change, Watcher};
 
 use crate::exit::{Failure, REFUSED};
 use crate::printer::{Format, Printer};
@@ -110,19 +108,11 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: EventCmd) -> Result<(),
                     eden_agent::facts::hostname()
                 )
             });
-            let ev = Event {
-                tag,
-                revision: 0,
-                time: now_ms(),
-                source,
-                labels: l,
-                data,
-            };
-            let key = format!("{EVENTS}{:013}-{:08x}", ev.time, rand::random::<u32>());
-            let r = kv::txn(client, vec![], vec![kv::put(&key, &ev, 0)], vec![]).await?;
-            let rev = r.header.map_or(0, |h| h.revision);
+            let (rev, stored) = events::emit(client, &[Event::new(tag, &source, l, data)]).await?;
             match out.format {
-                Format::Json => out.json(&serde_json::json!({"revision": rev, "key": key}))?,
+                Format::Json => {
+                    out.json(&serde_json::json!({"revision": rev, "key": stored[0]}))?
+                }
                 _ => out.line(&rev.to_string())?,
             }
         }
@@ -139,15 +129,7 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: EventCmd) -> Result<(),
                     }
                 },
             };
-            let (kvs, _) = kv::get_prefix(client, EVENTS, 0, false).await?;
-            let mut list: Vec<Event> = kvs
-                .iter()
-                .filter_map(events::explicit)
-                .filter(|e| {
-                    glob::matches(&g, &e.tag) && e.revision >= min_rev && e.time >= min_time
-                })
-                .collect();
-            list.sort_by_key(|e| e.revision);
+            let list = events::list(client, &g, min_rev, min_time).await?;
             match out.format {
                 Format::Json => out.json(&serde_json::to_value(&list).expect("JSON"))?,
                 _ => {
@@ -158,41 +140,34 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: EventCmd) -> Result<(),
             }
         }
         EventCmd::Watch { globs, deny, from } => {
-            let create = WatchCreateRequest {
-                key: b"/eden/".to_vec(),
-                range_end: prefix_end(b"/eden/"),
-                start_revision: from,
-                prev_kv: true,
-                ..Default::default()
-            };
-            let mut rx = client.watch(create, Duration::from_secs(60));
+            let mut w = Watcher::from_revision(client.clone(), keys::ROOT, from).with_prev_kv();
             loop {
-                let m = tokio::select! {
-                    m = rx.recv() => m,
+                let c = tokio::select! {
+                    c = w.next() => c,
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                 };
-                let Some(m) = m else { return Ok(()) };
-                let m = m?;
-                if m.canceled {
-                    return Err(Failure {
-                        code: REFUSED,
-                        message: if m.compact_revision > 0 {
-                            format!(
-                                "revision {from} was compacted (the oldest kept is {}); events before it are gone",
-                                m.compact_revision
-                            )
-                        } else {
-                            format!("watch canceled: {}", m.cancel_reason)
-                        },
-                        quiet: false,
-                    });
-                }
-                for e in &m.events {
-                    if let Some(ev) = events::from_watch(e, now_ms()) {
-                        if globs.iter().any(|g| glob::matches(g, &ev.tag))
-                            && !deny.iter().any(|d| glob::matches(d, &ev.tag))
-                        {
-                            print_event(out, &ev)?;
+                match c {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Change::Compacted { oldest })) => {
+                        return Err(Failure {
+                            code: REFUSED,
+                            message: format!(
+                                "revision {from} was compacted (the oldest kept is {oldest}); events before it are gone"
+                            ),
+                            quiet: false,
+                        })
+                    }
+                    Some(Ok(Change::Listed { .. })) => {}
+                    Some(Ok(Change::Events(evs))) => {
+                        for e in &evs {
+                            if let Some(ev) = events::from_watch(e, now_ms()) {
+                                if globs.iter().any(|g| glob::matches(g, &ev.tag))
+                                    && !deny.iter().any(|d| glob::matches(d, &ev.tag))
+                                {
+                                    print_event(out, &ev)?;
+                                }
+                            }
                         }
                     }
                 }

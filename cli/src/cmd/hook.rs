@@ -5,12 +5,11 @@
 use std::sync::Arc;
 
 use clap::Subcommand;
-use eden_agent::kv;
-use eden_agent::model::{now_ms, show_time};
 use eden_proto::client::Client;
-use eden_reactor::webhook::{self, Hook, HOOKS};
+use eden_proto::model::hooks;
+use eden_proto::model::objects::show_time;
 
-use crate::exit::{Failure, REFUSED};
+use crate::exit::Failure;
 use crate::printer::{Format, Printer};
 
 #[derive(Subcommand)]
@@ -31,40 +30,14 @@ pub enum HookCmd {
 pub async fn run(client: &Arc<Client>, out: &Printer, c: HookCmd) -> Result<(), Failure> {
     match c {
         HookCmd::Create { name, rotate } => {
-            eden_agent::keys::check_name("hook name", &name).map_err(Failure::usage)?;
-            let token = webhook::new_token();
-            let key = format!("{HOOKS}{name}");
-            let hook = Hook {
-                sha256: webhook::hash(&token),
-                created_at: now_ms(),
-            };
-            let compare = if rotate {
-                vec![]
-            } else {
-                vec![kv::absent(&key)]
-            };
-            let r = kv::txn(client, compare, vec![kv::put(&key, &hook, 0)], vec![]).await?;
-            if !r.succeeded {
-                return Err(Failure {
-                    code: REFUSED,
-                    message: format!("hook {name} exists (use --rotate for a new token)"),
-                    quiet: false,
-                });
-            }
+            let token = hooks::create(client, &name, rotate).await?;
             match out.format {
                 Format::Json => out.json(&serde_json::json!({"name": name, "token": token}))?,
                 _ => out.line(&token)?,
             }
         }
         HookCmd::Ls => {
-            let (kvs, _) = kv::get_prefix(client, HOOKS, 0, false).await?;
-            let hooks: Vec<(String, Hook)> = kvs
-                .iter()
-                .filter_map(|kv| {
-                    let name = eden_agent::keys::rest(&kv.key, HOOKS)?.to_string();
-                    Some((name, kv::decode::<Hook>(kv).ok()?))
-                })
-                .collect();
+            let hooks = hooks::list(client).await?;
             match out.format {
                 Format::Json => out.json(&serde_json::json!(hooks
                     .iter()
@@ -80,19 +53,7 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: HookCmd) -> Result<(), 
             }
         }
         HookCmd::Rm { name } => {
-            let r = client
-                .delete_range(eden_proto::etcdserverpb::DeleteRangeRequest {
-                    key: format!("{HOOKS}{name}").into(),
-                    ..Default::default()
-                })
-                .await?;
-            if r.deleted == 0 {
-                return Err(Failure {
-                    code: REFUSED,
-                    message: format!("no hook {name}"),
-                    quiet: false,
-                });
-            }
+            hooks::remove(client, &name).await?;
             out.line(&format!("removed hook {name}"))?;
         }
     }

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use clap::Subcommand;
-use eden_agent::model::{show_time, NodeInfo};
-use eden_agent::nodes::{self, LabelChange};
-use eden_agent::selector::Selector;
 use eden_proto::client::Client;
+use eden_proto::model::nodes::{self, LabelChange};
+use eden_proto::model::objects::{show_time, NodeInfo};
+use eden_proto::model::selector::Selector;
 
 use crate::exit::Failure;
 use crate::printer::{Format, Printer};
@@ -89,7 +89,9 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: NodeCmd) -> Result<(), 
         }
         NodeCmd::Show { name } => {
             let n = nodes::show(client, &name).await?.ok_or_else(|| {
-                Failure::from(eden_agent::Error::NotFound(format!("no node {name}")))
+                Failure::from(eden_proto::model::Error::NotFound(format!(
+                    "no node {name}"
+                )))
             })?;
             match out.format {
                 Format::Json => out.json(&serde_json::to_value(&n).expect("JSON"))?,

@@ -1,21 +1,19 @@
-//! `eden reactor apply|ls|show|rm|test`: reactor rules stored in the cluster
-//! (`/eden/reactors/NAME`), and a dry run of rules against an event. (The runtime that executes
-//! stored rules is not built yet; see the README.)
+//! `eden reactor apply|ls|show|rm|run|log|test`: reactor rules stored in the cluster
+//! (`eden_proto::model::rules`), a runtime that executes them (`eden_reactor::runtime`; `eden
+//! server` runs one too unless told not to), what they did, and a dry run of rules against an
+//! event.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Subcommand;
-use eden_agent::kv;
 use eden_proto::client::Client;
-use eden_reactor::events::Event;
-use eden_reactor::rules::{self, Rule, State};
+use eden_proto::model::events::Event;
+use eden_proto::model::rules::{self, Rule, State};
+use eden_reactor::rules::react;
 
 use crate::exit::{Failure, REFUSED};
 use crate::printer::{Format, Printer};
-
-/// Where rules are kept.
-pub const REACTORS: &str = "/eden/reactors/";
 
 #[derive(Subcommand)]
 pub enum ReactorCmd {
@@ -54,34 +52,17 @@ fn load_rules(path: &PathBuf) -> Result<Vec<Rule>, Failure> {
     rules::parse(&read(path)?).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
 }
 
-async fn stored(client: &Client) -> Result<Vec<Rule>, Failure> {
-    let (kvs, _) = kv::get_prefix(client, REACTORS, 0, false).await?;
-    kvs.iter()
-        .map(|kv| {
-            kv::decode::<Rule>(kv).map_err(|e| Failure {
-                code: REFUSED,
-                message: e,
-                quiet: false,
-            })
-        })
-        .collect()
-}
-
 pub async fn run(client: &Arc<Client>, out: &Printer, c: ReactorCmd) -> Result<(), Failure> {
     match c {
         ReactorCmd::Apply { file } => {
             let rules = load_rules(&file)?;
-            let ops = rules
-                .iter()
-                .map(|r| kv::put(&format!("{REACTORS}{}", r.name), r, 0))
-                .collect();
-            kv::txn(client, vec![], ops, vec![]).await?;
+            rules::apply(client, &rules).await?;
             for r in &rules {
                 out.line(&format!("applied rule {}", r.name))?;
             }
         }
         ReactorCmd::Ls => {
-            let rules = stored(client).await?;
+            let rules = rules::list(client).await?;
             match out.format {
                 Format::Json => out.json(&serde_json::to_value(&rules).expect("JSON"))?,
                 _ => {
@@ -104,7 +85,7 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: ReactorCmd) -> Result<(
             }
         }
         ReactorCmd::Show { name } => {
-            let r = stored(client)
+            let r = rules::list(client)
                 .await?
                 .into_iter()
                 .find(|r| r.name == name)
@@ -122,19 +103,7 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: ReactorCmd) -> Result<(
             }
         }
         ReactorCmd::Rm { name } => {
-            let r = client
-                .delete_range(eden_proto::etcdserverpb::DeleteRangeRequest {
-                    key: format!("{REACTORS}{name}").into(),
-                    ..Default::default()
-                })
-                .await?;
-            if r.deleted == 0 {
-                return Err(Failure {
-                    code: REFUSED,
-                    message: format!("no rule {name}"),
-                    quiet: false,
-                });
-            }
+            rules::remove(client, &name).await?;
             out.line(&format!("removed rule {name}"))?;
         }
         ReactorCmd::Run { name } => {
@@ -170,12 +139,14 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: ReactorCmd) -> Result<(
                 .ok_or_else(|| Failure::usage("the event must be a JSON object"))?;
             o.entry("revision").or_insert(0.into());
             o.entry("time")
-                .or_insert(eden_agent::model::now_ms().into());
+                .or_insert(eden_proto::model::objects::now_ms().into());
             o.entry("source").or_insert("test".into());
             let ev: Event = serde_json::from_value(v)
                 .map_err(|e| Failure::usage(format!("{}: {e}", event.display())))?;
-            let vars = eden_agent::vars::all(client).await.unwrap_or_default();
-            let (fired, errors) = rules::react(
+            let vars = eden_proto::model::vars::all(client)
+                .await
+                .unwrap_or_default();
+            let (fired, errors) = react(
                 &rules,
                 &mut State::default(),
                 &ev,

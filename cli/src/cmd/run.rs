@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use eden_agent::tasks::{self, NewTask, Targets};
 use eden_proto::client::Client;
+use eden_proto::model::tasks::{self, NewTask, Targets};
 
 use crate::exit::Failure;
 use crate::printer::{Format, Printer};

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Subcommand;
-use eden_agent::model::{now_ms, show_time, Status};
-use eden_agent::tasks::{self, NodeState, TaskState};
 use eden_proto::client::Client;
+use eden_proto::model::objects::{now_ms, show_time, Status};
+use eden_proto::model::tasks::{self, NodeState, TaskState};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exit::{Failure, TASK_FAILED, TASK_TIMEOUT, TASK_UNREACHABLE};
@@ -52,7 +52,7 @@ pub fn exit_code(st: &TaskState) -> i32 {
     }
 }
 
-fn duration_text(r: &eden_agent::model::TaskResult) -> String {
+fn duration_text(r: &eden_proto::model::objects::TaskResult) -> String {
     match r.started_at {
         Some(s) => format!("{:.2} s", r.ended_at.saturating_sub(s) as f64 / 1000.0),
         None => "-".into(),

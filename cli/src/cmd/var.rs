@@ -3,14 +3,12 @@
 //! as a string, and strings print bare.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Subcommand;
-use eden_agent::keys;
-use eden_agent::vars::{self, show_value, value_of_text, Var};
 use eden_proto::client::Client;
-use eden_proto::etcdserverpb::WatchCreateRequest;
-use eden_proto::keys::prefix_end;
+use eden_proto::model::keys;
+use eden_proto::model::vars::{self, show_value, value_of_text, Var};
+use eden_proto::model::watcher::{Change, Watcher};
 use eden_proto::mvccpb::event::EventType;
 
 use crate::exit::{Failure, REFUSED};
@@ -146,32 +144,31 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: VarCmd) -> Result<(), F
                 (false, [node, name]) => (keys::var(node, name), true),
                 _ => return Err(Failure::usage("give [NODE [NAME]], or --cluster [NAME]")),
             };
-            let create = WatchCreateRequest {
-                key: prefix.clone().into(),
-                range_end: if exact {
-                    vec![]
-                } else {
-                    prefix_end(prefix.as_bytes())
-                },
-                start_revision: rev,
-                ..Default::default()
-            };
-            let mut rx = client.watch(create, Duration::from_secs(60));
+            let mut w = Watcher::from_revision(client.clone(), &prefix, rev);
+            if exact {
+                w = w.single_key();
+            }
             loop {
-                let m = tokio::select! {
-                    m = rx.recv() => m,
+                let c = tokio::select! {
+                    c = w.next() => c,
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                 };
-                let Some(m) = m else { return Ok(()) };
-                let m = m?;
-                if m.canceled {
-                    return Err(Failure {
-                        code: REFUSED,
-                        message: format!("watch canceled: {}", m.cancel_reason),
-                        quiet: false,
-                    });
-                }
-                for e in &m.events {
+                let events = match c {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Change::Compacted { oldest })) => {
+                        return Err(Failure {
+                            code: REFUSED,
+                            message: format!(
+                                "watch canceled: revision {rev} was compacted (the oldest kept is {oldest})"
+                            ),
+                            quiet: false,
+                        })
+                    }
+                    Some(Ok(Change::Listed { .. })) => continue,
+                    Some(Ok(Change::Events(events))) => events,
+                };
+                for e in &events {
                     let Some(kv) = &e.kv else { continue };
                     let Some((scope, name)) =
                         keys::rest(&kv.key, keys::VARS).and_then(|r| r.split_once('/'))

@@ -18,10 +18,15 @@
 
 use std::collections::BTreeMap;
 
-use eden_agent::keys;
-use eden_proto::mvccpb::event::EventType;
-use eden_proto::mvccpb::KeyValue;
 use serde::{Deserialize, Serialize};
+
+use crate::client::Client;
+use crate::etcdserverpb::RequestOp;
+use crate::glob;
+use crate::model::objects::now_ms;
+use crate::model::{keys, kv, Error};
+use crate::mvccpb::event::EventType;
+use crate::mvccpb::KeyValue;
 
 /// One event.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -43,22 +48,76 @@ fn json_of(kv: &KeyValue) -> serde_json::Value {
     serde_json::from_slice(&kv.value).unwrap_or(serde_json::Value::Null)
 }
 
-/// Where explicit events are stored (`eden event emit`, webhooks, reactors).
-pub const EVENTS: &str = "/eden/events/";
-
 /// The event a watch event on `/eden/` stands for: an explicit event when one was stored, a
 /// derived one when one of eden's objects changed, else None.
-pub fn from_watch(e: &eden_proto::mvccpb::Event, now_ms: u64) -> Option<Event> {
+pub fn from_watch(e: &crate::mvccpb::Event, now_ms: u64) -> Option<Event> {
     let kv = e.kv.as_ref()?;
     let kind = if e.r#type == EventType::Delete as i32 {
         EventType::Delete
     } else {
         EventType::Put
     };
-    if kv.key.starts_with(EVENTS.as_bytes()) {
+    if kv.key.starts_with(keys::EVENTS.as_bytes()) {
         return explicit(kv).filter(|_| kind == EventType::Put && kv.version == 1);
     }
     derive(kind, kv, e.prev_kv.as_ref(), now_ms)
+}
+
+impl Event {
+    /// A new explicit event, now.
+    pub fn new(
+        tag: String,
+        source: &str,
+        labels: BTreeMap<String, String>,
+        data: serde_json::Value,
+    ) -> Event {
+        Event {
+            tag,
+            revision: 0,
+            time: now_ms(),
+            source: source.to_string(),
+            labels,
+            data,
+        }
+    }
+}
+
+/// The write that stores explicit event `ev` (a new key; see [`keys::event`]).
+pub fn put(ev: &Event) -> RequestOp {
+    kv::put(&keys::event(ev.time), ev, 0)
+}
+
+/// Stores explicit events in one txn (the server's event policy may refuse them all); returns
+/// the revision they got and their keys.
+pub async fn emit(client: &Client, evs: &[Event]) -> Result<(i64, Vec<String>), Error> {
+    let keys: Vec<String> = evs.iter().map(|ev| keys::event(ev.time)).collect();
+    let ops = evs
+        .iter()
+        .zip(&keys)
+        .map(|(ev, key)| kv::put(key, ev, 0))
+        .collect();
+    let r = kv::txn(client, vec![], ops, vec![]).await?;
+    Ok((r.header.map_or(0, |h| h.revision), keys))
+}
+
+/// The stored explicit events whose tag matches `tag_glob`, at or after `min_revision` and
+/// `min_time` (ms), oldest first.
+pub async fn list(
+    client: &Client,
+    tag_glob: &str,
+    min_revision: i64,
+    min_time: u64,
+) -> Result<Vec<Event>, Error> {
+    let (kvs, _) = kv::get_prefix(client, keys::EVENTS, 0, false).await?;
+    let mut list: Vec<Event> = kvs
+        .iter()
+        .filter_map(explicit)
+        .filter(|e| {
+            glob::matches(tag_glob, &e.tag) && e.revision >= min_revision && e.time >= min_time
+        })
+        .collect();
+    list.sort_by_key(|e| e.revision);
+    Ok(list)
 }
 
 /// A stored explicit event, with its revision.

@@ -1,32 +1,24 @@
-//! The keyspace of eden's configuration-management objects, and who writes each prefix.
-//!
-//! Everything lives under `/eden/`, beside whatever users keep in the store themselves:
-//!
-//! ```text
-//! /eden/nodes/NODE/facts          agent     facts and agent metadata (JSON), kept after it stops
-//! /eden/nodes/NODE/owner          agent     the agent instance (from its data dir) owning the name
-//! /eden/nodes/NODE/alive          agent     present while the agent lives: under its lease
-//! /eden/nodes/NODE/labels         operator  JSON object; an agent may create it, never change it
-//! /eden/nodes/NODE/tasks/ID       CLI       an assignment: run task ID here (under the task lease)
-//! /eden/tasks/ID                  CLI       the task (JSON), under the task's lease
-//! /eden/runs/ID/cancel            CLI       present once cancel was asked (task lease)
-//! /eden/runs/ID/claims/NODE       agent     NODE's agent took the task (task lease)
-//! /eden/runs/ID/results/NODE      agent     NODE's result (task lease)
-//! /eden/vars/NODE/NAME            agent (register) or operator: a node's variable (JSON)
-//! /eden/vars/cluster/NAME         operator  a cluster-wide variable (JSON)
-//! ```
-//!
-//! A node may only ever need to write its own facts, owner, alive, claims, results and
-//! variables; labels are the operator's. (A later issue enforces this with mTLS identities.)
-//! "cluster" is therefore not a valid node name. Task specs and their progress live under two
-//! prefixes so that listing tasks reads specs only, and following one task is one watch on
-//! `/eden/runs/ID/`. Task IDs sort by creation time.
+//! The keys of eden's objects (the table is in [`crate::model`]). Task specs and their progress
+//! live under two prefixes so that listing tasks reads specs only, and following one task is one
+//! watch on `/eden/runs/ID/`. Task IDs sort by creation time.
 
 pub const ROOT: &str = "/eden/";
 pub const NODES: &str = "/eden/nodes/";
 pub const TASKS: &str = "/eden/tasks/";
 pub const RUNS: &str = "/eden/runs/";
 pub const VARS: &str = "/eden/vars/";
+/// Explicit events (`eden event emit`, webhooks, reactors), kept for the server's retention.
+pub const EVENTS: &str = "/eden/events/";
+/// Webhooks: `/eden/hooks/NAME` holds the hash of its token.
+pub const HOOKS: &str = "/eden/hooks/";
+/// Reactor rules, `/eden/reactors/NAME`.
+pub const RULES: &str = "/eden/reactors/";
+/// The reactor runtimes' own keys (election and cursor).
+pub const REACTOR: &str = "/eden/reactor/";
+/// The active reactor runtime's id, under its lease.
+pub const REACTOR_LEADER: &str = "/eden/reactor/leader";
+/// Where the active reactor runtime is in the log.
+pub const REACTOR_CURSOR: &str = "/eden/reactor/cursor";
 /// The pseudo-node whose variables are cluster-wide.
 pub const CLUSTER: &str = "cluster";
 
@@ -77,6 +69,17 @@ pub fn node_vars(node: &str) -> String {
 }
 pub fn var(node: &str, name: &str) -> String {
     format!("{VARS}{node}/{name}")
+}
+
+/// A new explicit event's key: time-ordered (milliseconds), unique.
+pub fn event(time_ms: u64) -> String {
+    format!("{EVENTS}{time_ms:013}-{:08x}", rand::random::<u32>())
+}
+pub fn hook(name: &str) -> String {
+    format!("{HOOKS}{name}")
+}
+pub fn rule(name: &str) -> String {
+    format!("{RULES}{name}")
 }
 
 /// The part of `key` after `prefix`, as text.

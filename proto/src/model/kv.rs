@@ -1,14 +1,14 @@
 //! Small helpers over the etcd v3 API for the objects under `/eden/`: requests, compares, and
 //! reads of one key or a prefix.
 
-use eden_proto::client::{Client, ClientError};
-use eden_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use eden_proto::etcdserverpb::{
+use crate::client::{Client, ClientError};
+use crate::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::etcdserverpb::{
     request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest, TxnResponse,
 };
-use eden_proto::keys::prefix_end;
-use eden_proto::mvccpb::KeyValue;
+use crate::keys::prefix_end;
+use crate::mvccpb::KeyValue;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -131,6 +131,17 @@ pub async fn get_one(client: &Client, key: &str) -> Result<Option<KeyValue>, Cli
         })
         .await?;
     Ok(r.kvs.into_iter().next())
+}
+
+/// Deletes one key; returns how many were deleted (0 or 1).
+pub async fn delete_one(client: &Client, key: &str) -> Result<i64, ClientError> {
+    let r = client
+        .delete_range(DeleteRangeRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.deleted)
 }
 
 /// Every key under `prefix` (at `revision`, 0: now), and the revision read.

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use eden_proto::client::Client;
+use crate::client::Client;
 
-use crate::keys;
-use crate::kv;
-use crate::model::{now_ms, Alive, Facts, NodeInfo};
-use crate::selector::{check_label_key, check_label_value};
-use crate::Error;
+use crate::model::keys;
+use crate::model::kv;
+use crate::model::objects::{now_ms, Alive, Facts, NodeInfo};
+use crate::model::selector::{check_label_key, check_label_value};
+use crate::model::Error;
 
 /// Every known node (one with facts, labels or a live agent), by name.
 pub async fn list(client: &Client) -> Result<Vec<NodeInfo>, Error> {

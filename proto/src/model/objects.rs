@@ -1,4 +1,4 @@
-//! The objects stored under `/eden/` (see [`crate::keys`]), as JSON. Times are Unix milliseconds.
+//! The objects stored under `/eden/` (see the table in [`crate::model`]), as JSON. Times are Unix milliseconds.
 
 use std::collections::BTreeMap;
 
@@ -48,7 +48,8 @@ pub struct Alive {
     pub since: u64,
 }
 
-/// A task: what to run where (`/eden/tasks/ID/spec`).
+/// A task: what to run where (`/eden/tasks/ID`, and a slim copy in each target's
+/// `/eden/nodes/NODE/tasks/ID`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct TaskSpec {
     pub id: String,
@@ -83,7 +84,7 @@ pub struct TaskSpec {
     pub lease: i64,
 }
 
-/// An agent took a task (`/eden/tasks/ID/claims/NODE`).
+/// An agent took a task (`/eden/runs/ID/claims/NODE`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Claim {
     pub instance: String,
@@ -124,7 +125,7 @@ impl Status {
     }
 }
 
-/// A node's result (`/eden/tasks/ID/results/NODE`).
+/// A node's result (`/eden/runs/ID/results/NODE`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct TaskResult {
     pub status: Status,

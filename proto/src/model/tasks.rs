@@ -12,18 +12,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eden_proto::client::Client;
-use eden_proto::etcdserverpb::WatchCreateRequest;
-use eden_proto::keys::prefix_end;
+use crate::client::Client;
 use rand::Rng;
 use serde::Serialize;
 
-use crate::keys;
-use crate::kv;
-use crate::model::{now_ms, Claim, Status, TaskResult, TaskSpec};
-use crate::nodes;
-use crate::selector::Selector;
-use crate::Error;
+use crate::model::keys;
+use crate::model::kv;
+use crate::model::nodes;
+use crate::model::objects::{now_ms, Claim, Status, TaskResult, TaskSpec};
+use crate::model::selector::Selector;
+use crate::model::watcher::{Change, Watcher};
+use crate::model::Error;
+use crate::mvccpb::event::EventType;
 
 /// etcd's default --max-txn-ops is 128: stay under it.
 pub const MAX_OPS_PER_TXN: usize = 120;
@@ -147,7 +147,7 @@ pub async fn create(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
 pub async fn prepare(
     client: &Client,
     t: &NewTask,
-) -> Result<(TaskSpec, Vec<eden_proto::etcdserverpb::RequestOp>), Error> {
+) -> Result<(TaskSpec, Vec<crate::etcdserverpb::RequestOp>), Error> {
     if t.command.is_empty() && t.script.is_none() {
         return Err(Error::Invalid(
             "nothing to run: give a command after -- or --script FILE".into(),
@@ -337,36 +337,27 @@ pub async fn follow(
     let (mut st, rev) = state(client, id).await?;
     progress(&st);
     let prefix = keys::run_prefix(id);
-    let mut watch = client.watch(
-        WatchCreateRequest {
-            key: prefix.clone().into(),
-            range_end: prefix_end(prefix.as_bytes()),
-            start_revision: rev + 1,
-            ..Default::default()
-        },
-        Duration::from_secs(60),
-    );
+    let mut w = Watcher::from_revision(client.clone(), &prefix, rev + 1);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while !st.finished(now_ms()) {
         tokio::select! {
-            m = watch.recv() => match m {
-                Some(Ok(m)) if m.canceled => {
-                    // Compacted past us: read it all again.
-                    let (fresh, _) = state(client, id).await?;
-                    st = fresh;
-                    if !m.cancel_reason.is_empty() && !st.finished(now_ms()) {
-                        return Err(Error::Refused(format!("following task {id}: {}", m.cancel_reason)));
-                    }
-                }
-                Some(Ok(m)) => {
-                    for e in &m.events {
+            c = w.next() => match c {
+                Some(Ok(Change::Events(events))) => {
+                    for e in &events {
                         if let Some(kv) = &e.kv {
-                            let deleted = e.r#type == eden_proto::mvccpb::event::EventType::Delete as i32;
+                            let deleted = e.r#type == EventType::Delete as i32;
                             st.apply(&kv.key, (!deleted).then_some(&kv.value[..]));
                         }
                     }
                 }
-                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Change::Compacted { .. })) => {
+                    // Compacted past us: read it all again.
+                    let (fresh, rev) = state(client, id).await?;
+                    st = fresh;
+                    w.resume_at(rev + 1);
+                }
+                Some(Ok(Change::Listed { .. })) => {}
+                Some(Err(e)) => return Err(e),
                 None => return Err(Error::Refused(format!("the watch on task {id} ended"))),
             },
             _ = tick.tick() => {}

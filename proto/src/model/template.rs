@@ -1,16 +1,20 @@
-//! Templates in a task's arguments, environment, working directory and script, rendered on the
-//! agent just before it runs (minijinja, strict: an undefined name fails the task, and nothing
-//! runs).
+//! Templates (minijinja, strict: an undefined name is an error), one flavour for every use:
+//! - in a task's arguments, environment, working directory and script, rendered on the agent just
+//!   before it runs (a failing template fails the task, and nothing runs);
+//! - in every string of a reactor rule's actions (see [`crate::model::rules`]).
 //!
-//! In scope: `node.name`, `node.labels.KEY`, `node.facts.*` (the running node), `vars["NODE"].NAME`
+//! A string holds a template when it has `{{`, `{%` or `{#`; any other string is taken as is.
+//!
+//! In a task's scope: `node.name`, `node.labels.KEY`, `node.facts.*` (the running node), `vars["NODE"].NAME`
 //! (any node's variable) and `vars.cluster.NAME` (cluster-wide variables).
 
 use std::collections::BTreeMap;
 
-use minijinja::{Environment, UndefinedBehavior};
+pub use minijinja::Environment;
+use minijinja::UndefinedBehavior;
 use serde::Serialize;
 
-use crate::model::{Facts, TaskSpec};
+use crate::model::objects::{Facts, TaskSpec};
 
 /// What a template sees.
 #[derive(Serialize, Debug, Default, Clone)]
@@ -45,18 +49,50 @@ fn strings(spec: &TaskSpec) -> impl Iterator<Item = &String> {
         .chain(spec.script.iter())
 }
 
-fn render_one(env: &Environment, ctx: &Context, what: &str, s: &str) -> Result<String, String> {
+/// The one template environment: strict about undefined names.
+pub fn env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env
+}
+
+/// `s` rendered over `ctx` if it holds a template, else `s` as is; Err says why it failed.
+pub fn render_str(env: &Environment, s: &str, ctx: &impl Serialize) -> Result<String, String> {
     if !is_template(s) {
         return Ok(s.to_string());
     }
-    env.render_str(s, ctx)
-        .map_err(|e| format!("template in {what}: {e:#}"))
+    env.render_str(s, ctx).map_err(|e| format!("{e:#}"))
+}
+
+/// Every string inside `v` rendered over `ctx`.
+pub fn render_json(
+    env: &Environment,
+    v: &serde_json::Value,
+    ctx: &impl Serialize,
+) -> Result<serde_json::Value, String> {
+    Ok(match v {
+        serde_json::Value::String(s) => serde_json::Value::String(render_str(env, s, ctx)?),
+        serde_json::Value::Array(a) => serde_json::Value::Array(
+            a.iter()
+                .map(|x| render_json(env, x, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        serde_json::Value::Object(o) => serde_json::Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), render_json(env, x, ctx)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn render_one(env: &Environment, ctx: &Context, what: &str, s: &str) -> Result<String, String> {
+    render_str(env, s, ctx).map_err(|e| format!("template in {what}: {e}"))
 }
 
 /// Renders every template of the task; Err says which part failed and why.
 pub fn render(spec: &TaskSpec, ctx: &Context) -> Result<TaskSpec, String> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    let env = env();
     let mut out = spec.clone();
     for (i, a) in out.command.iter_mut().enumerate() {
         *a = render_one(&env, ctx, &format!("argument {}", i + 1), a)?;
@@ -123,5 +159,17 @@ mod tests {
             ..Default::default()
         };
         assert!(render(&spec, &ctx()).is_err());
+    }
+
+    #[test]
+    fn one_flavour_for_tasks_and_rules() {
+        let env = env();
+        let ctx = serde_json::json!({"a": 1});
+        // A comment alone makes a template (it was verbatim in rules before issue 12).
+        assert_eq!(render_str(&env, "x{# note #}y", &ctx).unwrap(), "xy");
+        assert_eq!(render_str(&env, "plain {a}", &ctx).unwrap(), "plain {a}");
+        assert!(render_str(&env, "{{ b }}", &ctx).is_err());
+        let v = render_json(&env, &serde_json::json!({"k": ["{{ a }}", 2]}), &ctx).unwrap();
+        assert_eq!(v, serde_json::json!({"k": ["1", 2]}));
     }
 }

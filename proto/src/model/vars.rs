@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use eden_proto::client::Client;
+use crate::client::Client;
 
-use crate::keys;
-use crate::kv;
-use crate::Error;
+use crate::model::keys;
+use crate::model::kv;
+use crate::model::Error;
 
 /// Where a variable lives: a node's name or [`keys::CLUSTER`].
 pub fn check_scope(scope: &str) -> Result<(), Error> {
@@ -47,7 +47,7 @@ pub async fn get(client: &Client, scope: &str, name: &str, revision: i64) -> Res
     keys::check_name("variable name", name).map_err(Error::Invalid)?;
     let key = keys::var(scope, name);
     let r = client
-        .range(eden_proto::etcdserverpb::RangeRequest {
+        .range(crate::etcdserverpb::RangeRequest {
             key: key.clone().into(),
             revision,
             ..Default::default()
@@ -122,7 +122,7 @@ pub async fn remove(client: &Client, scope: &str, name: &str) -> Result<(), Erro
     check_scope(scope)?;
     keys::check_name("variable name", name).map_err(Error::Invalid)?;
     let r = client
-        .delete_range(eden_proto::etcdserverpb::DeleteRangeRequest {
+        .delete_range(crate::etcdserverpb::DeleteRangeRequest {
             key: keys::var(scope, name).into(),
             ..Default::default()
         })

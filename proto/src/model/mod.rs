@@ -1,0 +1,67 @@
+//! eden's object model: every key eden keeps under `/eden/`, the shape of its value, and who
+//! writes it. This table is the one answer to "which keys exist"; [`keys`] builds them, the
+//! modules below read and write them through the etcd v3 API ([`crate::client`]).
+//!
+//! ```text
+//! key                              value (module)               written by
+//! /eden/nodes/NODE/facts           Facts (objects)              agent NODE; kept after it stops
+//! /eden/nodes/NODE/owner           instance id, text            agent NODE (claims the name once)
+//! /eden/nodes/NODE/alive           Alive (objects)              agent NODE, under its lease
+//! /eden/nodes/NODE/labels          {key: value} (nodes)         operator only (`eden node label`)
+//! /eden/nodes/NODE/tasks/ID        TaskSpec, slim (tasks)       operator or reactor; task lease
+//! /eden/tasks/ID                   TaskSpec (tasks)             operator or reactor; task lease
+//! /eden/runs/ID/cancel             time, ms (tasks)             operator; task lease
+//! /eden/runs/ID/claims/NODE        Claim (objects)              agent NODE; task lease
+//! /eden/runs/ID/results/NODE       TaskResult (objects)         agent NODE; task lease
+//! /eden/vars/NODE/NAME             any JSON (vars)              agent NODE (register), operator,
+//!                                                               reactor
+//! /eden/vars/cluster/NAME          any JSON (vars)              operator, reactor
+//! /eden/events/TIME-RANDOM         Event (events)               operator, webhook intake, reactor;
+//!                                                               the server keeps them a retention
+//! /eden/hooks/NAME                 Hook (hooks)                 operator (`eden hook create`)
+//! /eden/reactors/NAME              Rule (rules)                 operator (`eden reactor apply`)
+//! /eden/reactor/leader             runtime id, text (rules)     the active reactor runtime, lease
+//! /eden/reactor/cursor             Cursor (rules)               the active reactor runtime
+//! ```
+//!
+//! Every change to these keys is also an event ([`events`]): the log is the event bus. A node
+//! only ever needs to write its own facts, owner, alive, claims, results and variables; labels,
+//! tasks, hooks and rules are the operator's. "cluster" is therefore not a valid node name.
+
+pub mod events;
+pub mod hooks;
+pub mod keys;
+pub mod kv;
+pub mod nodes;
+pub mod objects;
+pub mod rules;
+pub mod selector;
+pub mod tasks;
+pub mod template;
+pub mod vars;
+pub mod watcher;
+
+use crate::client::ClientError;
+
+/// What can go wrong; the CLI maps each kind to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The cluster could not be reached or answered with an error.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Bad input (a name, a selector, a flag).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such node, task or variable.
+    #[error("{0}")]
+    NotFound(String),
+    /// A selector or node list matched nothing.
+    #[error("{0}")]
+    NoMatch(String),
+    /// The request conflicts with the cluster's state (a name taken, a node up).
+    #[error("{0}")]
+    Refused(String),
+    /// Something under /eden/ is not what eden wrote.
+    #[error("{0}")]
+    Corrupt(String),
+}

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use eden_proto::etcdserverpb::{request_op, PutRequest, RequestOp};
 use tonic::Status;
 
+use crate::errors;
 use crate::metrics::metrics;
 
 pub const EVENTS_PREFIX: &[u8] = eden_proto::model::keys::EVENTS.as_bytes();
@@ -95,23 +96,17 @@ impl EventGate {
             s
         };
         if value.len() > policy.max_bytes {
-            return Err(refuse(Status::invalid_argument(format!(
-                "etcdserver: event of {} bytes is over the {}-byte limit",
-                value.len(),
-                policy.max_bytes
-            ))));
+            return Err(refuse(errors::event_too_big(value.len(), policy.max_bytes)));
         }
         let v: serde_json::Value = serde_json::from_slice(value).map_err(|e| {
-            refuse(Status::invalid_argument(format!(
-                "etcdserver: an event is a JSON object with a tag ({}: {e})",
+            refuse(errors::event_not_an_event(Some(format!(
+                "{}: {e}",
                 String::from_utf8_lossy(key)
-            )))
+            ))))
         })?;
         let tag = v["tag"].as_str().unwrap_or_default();
         if tag.is_empty() {
-            return Err(refuse(Status::invalid_argument(
-                "etcdserver: an event is a JSON object with a tag",
-            )));
+            return Err(refuse(errors::event_not_an_event(None)));
         }
         let allowed = policy.allow.is_empty()
             || policy
@@ -125,9 +120,7 @@ impl EventGate {
                 .any(|g| eden_proto::glob::matches(g, tag))
         {
             metrics().events_denied.inc();
-            return Err(Status::failed_precondition(format!(
-                "etcdserver: event tag {tag:?} is denied by the server's event policy"
-            )));
+            return Err(errors::event_denied(tag));
         }
         let bucket = policy.bucket().as_secs();
         let n = std::time::SystemTime::now()
@@ -176,10 +169,7 @@ impl EventGate {
             bucket.at = now;
             if bucket.tokens < *n {
                 metrics().events_refused.inc();
-                return Err(format!(
-                    "etcdserver: events from source {source:?} are over {} per second",
-                    policy.rate
-                ));
+                return Err(errors::event_rate_message(source, policy.rate));
             }
         }
         for (source, n) in sources {
@@ -191,39 +181,38 @@ impl EventGate {
     }
 }
 
-impl crate::node::Node {
-    /// Checks every event put in `op` and attaches it to its bucket's lease (granted when needed).
-    pub async fn admit_events(&self, op: &mut RequestOp) -> Result<(), Status> {
+impl EventGate {
+    /// Checks every event put in `op` and attaches it to its bucket's lease, granted with
+    /// `grant(lease, ttl)` the first time this member needs it.
+    pub async fn admit_op<F, Fut>(
+        &self,
+        policy: &EventPolicy,
+        op: &mut RequestOp,
+        grant: F,
+    ) -> Result<(), Status>
+    where
+        F: Fn(i64, i64) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Status>>,
+    {
         let mut need = Vec::new();
         for_each_put(op, &mut |p| {
             if p.key.starts_with(EVENTS_PREFIX) {
-                p.lease = self.events.admit(&self.config.events, &p.key, &p.value)?;
+                p.lease = self.admit(policy, &p.key, &p.value)?;
                 need.push(p.lease);
             }
             Ok(())
         })?;
         for lease in need {
-            if self
-                .events
-                .leases
-                .lock()
-                .expect("leases lock")
-                .contains(&lease)
-            {
+            if self.leases.lock().expect("leases lock").contains(&lease) {
                 continue;
             }
-            let policy = &self.config.events;
             let ttl = (policy.retention + policy.bucket()).as_secs().max(1) as i64;
-            match self.lease_grant(lease, ttl).await {
-                Ok(_) => {}
-                Err(s) if s.message().contains("lease already exists") => {}
+            match grant(lease, ttl).await {
+                Ok(()) => {}
+                Err(s) if s.message() == errors::LEASE_EXIST => {}
                 Err(s) => return Err(s),
             }
-            self.events
-                .leases
-                .lock()
-                .expect("leases lock")
-                .insert(lease);
+            self.leases.lock().expect("leases lock").insert(lease);
         }
         Ok(())
     }

@@ -14,18 +14,25 @@
 //!
 //! New members get a random id from the cluster (as in etcd); a member stores its own id in its
 //! data dir (`META_SELF`), so a restart never re-adds it.
+//!
+//! This module decides ([`plan`], [`outcome`], [`already_done`]): plain functions over a [`View`]
+//! of the cluster. The member (`node.rs`) asks the leader and applies the plan.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
-use tonic::{Code, Status};
+use tonic::Code;
 
-use crate::node::{internal, unavailable, Node, REQUEST_TIMEOUT};
-use crate::raft::network::{from_payload, to_payload};
-use crate::raft::Member;
+use crate::errors::{
+    self, LEARNER_NOT_READY as ERR_LEARNER_NOT_READY,
+    MEMBERSHIP_CHANGE_IN_PROGRESS as ERR_IN_PROGRESS, MEMBER_NOT_FOUND as ERR_NOT_FOUND,
+    MEMBER_NOT_LEARNER as ERR_NOT_LEARNER, NOT_ENOUGH_STARTED_MEMBERS as ERR_NOT_ENOUGH_STARTED,
+    PEER_URL_EXIST as ERR_PEER_EXISTS,
+};
+use crate::raft::{Member, TypeConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MembershipChange {
@@ -52,16 +59,6 @@ fn refuse(code: Code, message: &str) -> MembershipError {
     }
 }
 
-pub const ERR_PEER_EXISTS: &str = "etcdserver: Peer URLs already exists";
-pub const ERR_NOT_FOUND: &str = "etcdserver: member not found";
-pub const ERR_NOT_ENOUGH_STARTED: &str =
-    "etcdserver: re-configuration failed due to not enough started members";
-pub const ERR_NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
-pub const ERR_LEARNER_NOT_READY: &str =
-    "etcdserver: can only promote a learner member which is in sync with leader";
-pub const ERR_LEARNER_RPC: &str = "etcdserver: rpc not supported for learner";
-pub const ERR_IN_PROGRESS: &str = "etcdserver: another membership change is in progress";
-
 /// Strips a URL scheme: members are addressed as HOST:PORT.
 pub fn peer_addr_of(url: &str) -> String {
     url.trim()
@@ -71,307 +68,157 @@ pub fn peer_addr_of(url: &str) -> String {
         .to_string()
 }
 
-impl Node {
-    /// True when this member is a learner (not counted in the quorum).
-    pub fn is_learner(&self) -> bool {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        !m.membership().voter_ids().any(|id| id == self.id)
-    }
+/// The cluster as the leader sees it when it plans a change.
+pub struct View {
+    pub nodes: BTreeMap<u64, Member>,
+    pub voters: BTreeSet<u64>,
+    pub last_log_index: u64,
+    /// Each member's replicated log index, as the leader knows it.
+    pub matched: BTreeMap<u64, u64>,
+}
 
-    /// etcd's learners answer only serializable reads, Status and MemberList.
-    pub fn refuse_learner(&self) -> Result<(), Status> {
-        if self.is_learner() {
-            return Err(Status::failed_precondition(ERR_LEARNER_RPC));
-        }
-        Ok(())
-    }
+/// openraft's change, whether to keep removed voters as learners, and the new member's id.
+pub type Plan = (ChangeMembers<u64, Member>, bool, Option<u64>);
 
-    /// Makes a membership change through the leader; returns the new member's id for an add.
-    ///
-    /// A leader may step down in the middle of a change (removing itself does exactly that), so an
-    /// attempt can take effect without an answer. A retry that then finds its work done (the member
-    /// gone, already a voter, the address already added) reports success.
-    pub async fn change_membership(&self, change: MembershipChange) -> Result<Option<u64>, Status> {
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        // An earlier attempt went out and got no answer (its leader stepped down or vanished).
-        let mut unanswered = false;
-        loop {
-            let mut attempted = false;
-            let outcome = if self.is_leader() {
-                attempted = true;
-                Some(self.change_membership_local(change.clone()).await)
-            } else if let Some(addr) = self.leader_peer_addr() {
-                let mut client = self.peer_client(&addr, crate::node::Lane::Control)?;
-                let left = deadline.saturating_duration_since(Instant::now());
-                attempted = true;
-                match tokio::time::timeout(
-                    left,
-                    client.membership(to_payload(&change, self.cluster_id)),
-                )
-                .await
-                {
-                    Ok(Ok(reply)) => Some(
-                        from_payload::<Result<Option<u64>, MembershipError>>(reply.get_ref())
-                            .map_err(|e| internal(format!("bad membership reply: {e}")))?,
-                    ),
-                    _ => None,
-                }
-            } else {
-                None
+/// Checks a change against the cluster with etcd's rules and plans it, or refuses it with etcd's
+/// message.
+pub fn plan(change: MembershipChange, view: &View) -> Result<Plan, MembershipError> {
+    let (nodes, voters) = (&view.nodes, &view.voters);
+    let addr_taken = |addr: &str, except: Option<u64>| {
+        nodes
+            .iter()
+            .any(|(id, n)| n.peer_addr == addr && Some(*id) != except)
+    };
+    Ok(match change {
+        MembershipChange::Add { peer_addr, learner } => {
+            let peer_addr = peer_addr_of(&peer_addr);
+            if addr_taken(&peer_addr, None) {
+                return Err(refuse(Code::FailedPrecondition, ERR_PEER_EXISTS));
+            }
+            let mut id = rand::random::<u64>() >> 1;
+            while id == 0 || nodes.contains_key(&id) {
+                id = rand::random::<u64>() >> 1;
+            }
+            let node = Member {
+                name: String::new(),
+                peer_addr,
             };
-            match outcome {
-                Some(Ok(id)) => return Ok(id),
-                Some(Err(MembershipError::Refused { code, message })) => {
-                    if unanswered {
-                        if let Some(done) = self.already_done(&change, &message) {
-                            return Ok(done);
-                        }
-                    }
-                    return Err(Status::new(Code::from(code), message));
-                }
-                Some(Err(MembershipError::NotLeader)) | None => unanswered |= attempted,
-            }
-            if Instant::now() >= deadline {
-                return Err(unavailable("etcdserver: request timed out"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// After an attempt without an answer: Some(result) when the change is already in place.
-    fn already_done(&self, change: &MembershipChange, refusal: &str) -> Option<Option<u64>> {
-        match (change, refusal) {
-            (MembershipChange::Remove { .. }, ERR_NOT_FOUND) => Some(None),
-            (MembershipChange::Promote { .. }, ERR_NOT_LEARNER) => Some(None),
-            (MembershipChange::Add { peer_addr, .. }, ERR_PEER_EXISTS) => {
-                let addr = peer_addr_of(peer_addr);
-                let m = self.raft.metrics().borrow().membership_config.clone();
-                let id = m
-                    .membership()
-                    .nodes()
-                    .find(|(_, n)| n.peer_addr == addr)
-                    .map(|(id, _)| *id);
-                id.map(Some)
-            }
-            _ => None,
-        }
-    }
-
-    /// On the leader: checks and makes the change.
-    pub async fn change_membership_local(
-        &self,
-        change: MembershipChange,
-    ) -> Result<Option<u64>, MembershipError> {
-        if !self.is_leader() {
-            return Err(MembershipError::NotLeader);
-        }
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership().clone();
-        let nodes: BTreeMap<u64, Member> =
-            membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let addr_taken = |addr: &str, except: Option<u64>| {
-            nodes
-                .iter()
-                .any(|(id, n)| n.peer_addr == addr && Some(*id) != except)
-        };
-        let (changes, retain, added) = match change {
-            MembershipChange::Add { peer_addr, learner } => {
-                let peer_addr = peer_addr_of(&peer_addr);
-                if addr_taken(&peer_addr, None) {
-                    return Err(refuse(Code::FailedPrecondition, ERR_PEER_EXISTS));
-                }
-                let mut id = rand::random::<u64>() >> 1;
-                while id == 0 || nodes.contains_key(&id) {
-                    id = rand::random::<u64>() >> 1;
-                }
-                let node = Member {
-                    name: String::new(),
-                    peer_addr,
-                };
-                if learner {
-                    (
-                        ChangeMembers::AddNodes(BTreeMap::from([(id, node)])),
-                        true,
-                        Some(id),
-                    )
-                } else {
-                    // The new voter has not started: the others alone must still make a quorum.
-                    let n = voters.len() + 1;
-                    if voters.len() < n / 2 + 1 {
-                        return Err(refuse(Code::FailedPrecondition, ERR_NOT_ENOUGH_STARTED));
-                    }
-                    (
-                        ChangeMembers::AddVoters(BTreeMap::from([(id, node)])),
-                        true,
-                        Some(id),
-                    )
-                }
-            }
-            MembershipChange::Remove { id } => {
-                if !nodes.contains_key(&id) {
-                    return Err(refuse(Code::NotFound, ERR_NOT_FOUND));
-                }
-                if voters.contains(&id) {
-                    if voters.len() == 1 {
-                        return Err(refuse(Code::FailedPrecondition, ERR_NOT_ENOUGH_STARTED));
-                    }
-                    (
-                        ChangeMembers::RemoveVoters(BTreeSet::from([id])),
-                        false,
-                        None,
-                    )
-                } else {
-                    (
-                        ChangeMembers::RemoveNodes(BTreeSet::from([id])),
-                        false,
-                        None,
-                    )
-                }
-            }
-            MembershipChange::Promote { id } => {
-                if !nodes.contains_key(&id) {
-                    return Err(refuse(Code::NotFound, ERR_NOT_FOUND));
-                }
-                if voters.contains(&id) {
-                    return Err(refuse(Code::FailedPrecondition, ERR_NOT_LEARNER));
-                }
-                let last = metrics.last_log_index.unwrap_or(0);
-                let matched = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).cloned().flatten())
-                    .map_or(0, |l| l.index);
-                if matched < last * 9 / 10 || matched == 0 {
-                    return Err(refuse(Code::FailedPrecondition, ERR_LEARNER_NOT_READY));
-                }
-                (ChangeMembers::AddVoterIds(BTreeSet::from([id])), true, None)
-            }
-            MembershipChange::Update { id, peer_addr } => {
-                let peer_addr = peer_addr_of(&peer_addr);
-                let Some(old) = nodes.get(&id) else {
-                    return Err(refuse(Code::NotFound, ERR_NOT_FOUND));
-                };
-                if addr_taken(&peer_addr, Some(id)) {
-                    return Err(refuse(Code::FailedPrecondition, ERR_PEER_EXISTS));
-                }
-                let node = Member {
-                    name: old.name.clone(),
-                    peer_addr,
-                };
+            if learner {
                 (
-                    ChangeMembers::SetNodes(BTreeMap::from([(id, node)])),
+                    ChangeMembers::AddNodes(BTreeMap::from([(id, node)])),
                     true,
+                    Some(id),
+                )
+            } else {
+                // The new voter has not started: the others alone must still make a quorum.
+                let n = voters.len() + 1;
+                if voters.len() < n / 2 + 1 {
+                    return Err(refuse(Code::FailedPrecondition, ERR_NOT_ENOUGH_STARTED));
+                }
+                (
+                    ChangeMembers::AddVoters(BTreeMap::from([(id, node)])),
+                    true,
+                    Some(id),
+                )
+            }
+        }
+        MembershipChange::Remove { id } => {
+            if !nodes.contains_key(&id) {
+                return Err(refuse(Code::NotFound, ERR_NOT_FOUND));
+            }
+            if voters.contains(&id) {
+                if voters.len() == 1 {
+                    return Err(refuse(Code::FailedPrecondition, ERR_NOT_ENOUGH_STARTED));
+                }
+                (
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                    false,
+                    None,
+                )
+            } else {
+                (
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                    false,
                     None,
                 )
             }
-        };
-        match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            self.raft.change_membership(changes, retain),
-        )
-        .await
-        {
-            Err(_) => Err(refuse(Code::Unavailable, "etcdserver: request timed out")),
-            Ok(Ok(_)) => Ok(added),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(MembershipError::NotLeader)
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                ChangeMembershipError::InProgress(_),
-            )))) => Err(refuse(Code::FailedPrecondition, ERR_IN_PROGRESS)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Err(
-                refuse(Code::FailedPrecondition, &format!("etcdserver: {e}")),
-            ),
-            Ok(Err(RaftError::Fatal(e))) => Err(refuse(
-                Code::Unavailable,
-                &format!("etcdserver: server stopped: {e}"),
-            )),
         }
-    }
+        MembershipChange::Promote { id } => {
+            if !nodes.contains_key(&id) {
+                return Err(refuse(Code::NotFound, ERR_NOT_FOUND));
+            }
+            if voters.contains(&id) {
+                return Err(refuse(Code::FailedPrecondition, ERR_NOT_LEARNER));
+            }
+            let last = view.last_log_index;
+            let matched = view.matched.get(&id).copied().unwrap_or(0);
+            if matched < last * 9 / 10 || matched == 0 {
+                return Err(refuse(Code::FailedPrecondition, ERR_LEARNER_NOT_READY));
+            }
+            (ChangeMembers::AddVoterIds(BTreeSet::from([id])), true, None)
+        }
+        MembershipChange::Update { id, peer_addr } => {
+            let peer_addr = peer_addr_of(&peer_addr);
+            let Some(old) = nodes.get(&id) else {
+                return Err(refuse(Code::NotFound, ERR_NOT_FOUND));
+            };
+            if addr_taken(&peer_addr, Some(id)) {
+                return Err(refuse(Code::FailedPrecondition, ERR_PEER_EXISTS));
+            }
+            let node = Member {
+                name: old.name.clone(),
+                peer_addr,
+            };
+            (
+                ChangeMembers::SetNodes(BTreeMap::from([(id, node)])),
+                true,
+                None,
+            )
+        }
+    })
+}
 
-    /// A member that joined as a learner promotes itself once it is in sync.
-    pub(crate) async fn promote_self(self: std::sync::Arc<Self>) {
-        loop {
-            if !self.is_learner() {
-                return;
-            }
-            match self
-                .change_membership(MembershipChange::Promote { id: self.id })
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!("promoted to voter");
-                    return;
-                }
-                Err(e) if e.message() == ERR_NOT_LEARNER => return,
-                Err(e) => tracing::debug!(reason = %e.message(), "not promoted yet"),
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
+/// openraft's answer to a change, or the time it ran out.
+pub type Answer = Result<
+    Result<ClientWriteResponse<TypeConfig>, RaftError<u64, ClientWriteError<u64, Member>>>,
+    tokio::time::error::Elapsed,
+>;
 
-    /// Resolves when this member has been removed from the cluster (it then stops, as etcd does).
-    ///
-    /// A removed follower may never see the configuration that leaves it out (the leader stops
-    /// replicating to it first), so a member that does not lead also asks the others, every few
-    /// seconds, for a linearizable member list: only a member in a working quorum can answer it.
-    pub async fn removed(&self) {
-        let mut metrics = self.raft.metrics();
-        let mut was_member = false;
-        let mut tick = tokio::time::interval(Duration::from_secs(3));
-        loop {
-            let is_member = metrics
-                .borrow()
-                .membership_config
-                .membership()
-                .get_node(&self.id)
-                .is_some();
-            if is_member {
-                was_member = true;
-            } else if was_member {
-                tracing::warn!("this member was removed from the cluster");
-                return;
-            }
-            tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { std::future::pending::<()>().await },
-                _ = tick.tick() => {
-                    if was_member && !self.is_leader() && self.removed_says_cluster().await {
-                        tracing::warn!("the cluster says this member was removed");
-                        return;
-                    }
-                }
-            }
+/// What openraft's answer to a planned change means for the client.
+pub fn outcome(r: Answer, added: Option<u64>) -> Result<Option<u64>, MembershipError> {
+    match r {
+        Err(_) => Err(refuse(Code::Unavailable, errors::TIMEOUT)),
+        Ok(Ok(_)) => Ok(added),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Err(MembershipError::NotLeader)
         }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_),
+        )))) => Err(refuse(Code::FailedPrecondition, ERR_IN_PROGRESS)),
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Err(refuse(
+            Code::FailedPrecondition,
+            &errors::membership_change_refused(e),
+        )),
+        Ok(Err(RaftError::Fatal(e))) => Err(refuse(Code::Unavailable, &errors::stopped_message(e))),
     }
+}
 
-    /// Asks the other members' client ports whether this member is still in the cluster.
-    async fn removed_says_cluster(&self) -> bool {
-        let Ok(attrs) = self.sm.members() else {
-            return false;
-        };
-        let urls: Vec<String> = attrs
-            .iter()
-            .filter(|(id, _)| **id != self.id)
-            .filter_map(|(_, a)| a.client_urls.first().cloned())
-            .collect();
-        if urls.is_empty() {
-            return false;
+/// After an attempt without an answer: Some(result) when the change is already in place.
+pub fn already_done(
+    change: &MembershipChange,
+    refusal: &str,
+    nodes: &BTreeMap<u64, Member>,
+) -> Option<Option<u64>> {
+    match (change, refusal) {
+        (MembershipChange::Remove { .. }, ERR_NOT_FOUND) => Some(None),
+        (MembershipChange::Promote { .. }, ERR_NOT_LEARNER) => Some(None),
+        (MembershipChange::Add { peer_addr, .. }, ERR_PEER_EXISTS) => {
+            let addr = peer_addr_of(peer_addr);
+            nodes
+                .iter()
+                .find(|(_, n)| n.peer_addr == addr)
+                .map(|(id, _)| Some(*id))
         }
-        let Ok(client) = eden_proto::client::Client::new(&urls) else {
-            return false;
-        };
-        let list = client
-            .call(eden_proto::client::Retry::Read, |ch| async move {
-                eden_proto::etcdserverpb::cluster_client::ClusterClient::new(ch)
-                    .member_list(eden_proto::etcdserverpb::MemberListRequest { linearizable: true })
-                    .await
-                    .map(|r| r.into_inner())
-            })
-            .await;
-        match list {
-            Ok(l) => !l.members.is_empty() && !l.members.iter().any(|m| m.id == self.id),
-            Err(_) => false,
-        }
+        _ => None,
     }
 }

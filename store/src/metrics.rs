@@ -1,4 +1,5 @@
-//! Prometheus metrics and the health endpoint, served over HTTP on `--metrics-addr`.
+//! Prometheus metrics: one registry per process that every layer updates where things happen. A
+//! leaf: it knows no other module (the HTTP endpoint above the member, `http.rs`, serves it).
 //!
 //! Names follow etcd's where etcd has the same measure, so existing etcd dashboards and alerts
 //! work: `etcd_server_has_leader`, `etcd_server_leader_changes_seen_total`,
@@ -10,19 +11,12 @@
 //! Counters and histograms are updated where things happen; the gauges that describe state (term,
 //! leader, applied index, db size, keys, leases) are read when Prometheus scrapes.
 
-use std::future::Future;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::sync::OnceLock;
 
-use axum::http::StatusCode;
-use axum::routing::get;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Opts, Registry,
     TextEncoder,
 };
-
-use crate::node::Node;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -151,139 +145,38 @@ impl Metrics {
         }
     }
 
-    /// Reads the state gauges from the member and renders everything in Prometheus text format.
-    pub fn render(&self, node: &Node) -> String {
-        let m = node.raft.metrics().borrow().clone();
-        self.has_leader.set(i64::from(m.current_leader.is_some()));
-        self.term.set(m.current_term as i64);
-        self.applied_index
-            .set(m.last_applied.map_or(0, |l| l.index) as i64);
-        self.db_size.set(node.sm.engine.size_bytes());
-        let all = eden_proto::etcdserverpb::RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            count_only: true,
-            ..Default::default()
-        };
-        if let Ok(r) = node.mvcc().range(&all) {
-            self.keys.set(r.count);
+    /// Sets the state gauges from `g` and renders everything in Prometheus text format.
+    pub fn render(&self, g: &StateGauges) -> String {
+        self.has_leader.set(i64::from(g.has_leader));
+        self.term.set(g.term as i64);
+        self.applied_index.set(g.applied_index as i64);
+        self.db_size.set(g.db_size);
+        if let Some(keys) = g.keys {
+            self.keys.set(keys);
         }
-        self.leases.set(node.sm.leases.ids().len() as i64);
+        self.leases.set(g.leases);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }
 
-/// Serves `/metrics` (Prometheus text) and `/health` (200 when this member's Raft core runs, it
-/// has a leader and no alarm, else 503 with the reason: for load balancers and supervisors) until
-/// `shutdown` resolves.
-pub async fn serve(
-    node: Arc<Node>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let n1 = node.clone();
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let node = n1.clone();
-                async move {
-                    let body = tokio::task::spawn_blocking(move || metrics().render(&node))
-                        .await
-                        .unwrap_or_default();
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        body,
-                    )
-                }
-            }),
-        )
-        .route(
-            "/health",
-            get(move || {
-                let node = node.clone();
-                async move {
-                    let leader = node.leader().is_some();
-                    let alarms = node.alarms();
-                    let core = node.core_failure();
-                    if core.is_none() && leader && alarms.is_empty() {
-                        (StatusCode::OK, "{\"health\":\"true\"}\n".to_string())
-                    } else {
-                        let reason = if let Some(why) = core {
-                            format!("raft core stopped: {why}")
-                        } else if !leader {
-                            "no leader".to_string()
-                        } else {
-                            format!("alarms: {alarms:?}")
-                        };
-                        let reason = serde_json::to_string(&reason).unwrap_or_default();
-                        let reason = reason.trim_matches('"');
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("{{\"health\":\"false\",\"reason\":\"{reason}\"}}\n"),
-                        )
-                    }
-                }
-            }),
-        );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+/// What the HTTP endpoint (`http.rs`) asks a member (etcd's `ServerHealth`).
+pub trait ServerHealth: Send + Sync + 'static {
+    /// None when healthy (its Raft core runs, it has a leader, no alarm is raised); else why not.
+    fn unhealthy(&self) -> Option<String>;
+    /// The state gauges, read at each scrape (may block briefly: called off the async threads).
+    fn gauges(&self) -> StateGauges;
 }
 
-/// A tower layer that times every client RPC into `grpc_server_handling_seconds`.
-#[derive(Clone, Default)]
-pub struct RpcTimer;
-
-impl<S> tower::Layer<S> for RpcTimer {
-    type Service = TimedRpc<S>;
-    fn layer(&self, inner: S) -> TimedRpc<S> {
-        TimedRpc { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct TimedRpc<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for TimedRpc<S>
-where
-    S: tower::Service<http::Request<B>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        // Paths are /etcdserverpb.KV/Range.
-        let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
-        let service = parts
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("etcdserverpb.")
-            .to_string();
-        let method = parts.next().unwrap_or("").to_string();
-        let start = Instant::now();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let r = fut.await;
-            metrics()
-                .grpc
-                .with_label_values(&[&service, &method])
-                .observe(start.elapsed().as_secs_f64());
-            r
-        })
-    }
+/// The gauges that describe a member's state, read when Prometheus scrapes.
+#[derive(Debug, Default, Clone)]
+pub struct StateGauges {
+    pub has_leader: bool,
+    pub term: u64,
+    pub applied_index: u64,
+    pub db_size: i64,
+    /// None when the count could not be read (the gauge keeps its last value).
+    pub keys: Option<i64>,
+    pub leases: i64,
 }

@@ -87,15 +87,15 @@ pub struct RevEvents {
 /// A deterministic refusal of a request (the same on every member); mapped to a gRPC status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ApplyError {
-    #[error("etcdserver: mvcc: required revision has been compacted")]
+    #[error("{}", eden_proto::errors::COMPACTED)]
     Compacted,
-    #[error("etcdserver: mvcc: required revision is a future revision")]
+    #[error("{}", eden_proto::errors::FUTURE_REV)]
     FutureRev,
-    #[error("etcdserver: requested lease not found")]
+    #[error("{}", eden_proto::errors::LEASE_NOT_FOUND)]
     LeaseNotFound,
-    #[error("etcdserver: lease already exists")]
+    #[error("{}", eden_proto::errors::LEASE_EXIST)]
     LeaseExists,
-    #[error("etcdserver: key not found")]
+    #[error("{}", eden_proto::errors::KEY_NOT_FOUND)]
     KeyNotFound,
 }
 

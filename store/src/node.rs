@@ -8,11 +8,13 @@
 //! in etcd, and the client gets "etcdserver: leader changed".
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eden_proto::etcdserverpb::{Member as PbMember, ResponseHeader};
+use eden_proto::etcdserverpb::{Member as PbMember, RequestOp, ResponseHeader};
 use eden_proto::peer::peer_client::PeerClient;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
@@ -21,9 +23,11 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::engine::EngineError;
+use crate::errors::{self, internal, refused, unavailable};
 use crate::keys::{META_ALARMS, META_CLUSTER, META_COMPACT_DONE, META_SELF};
 use crate::lease::{MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
-use crate::mvcc::{ApplyError, Mvcc};
+use crate::membership::{self, MembershipChange, MembershipError};
+use crate::mvcc::Mvcc;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{from_payload, peer_channel, to_payload, PeerNetwork};
 use crate::raft::state_machine::StateMachine;
@@ -35,20 +39,14 @@ pub const DEFAULT_QUOTA_BYTES: i64 = 2 << 30;
 /// etcd's AlarmType numbers.
 pub const ALARM_NOSPACE: i32 = 1;
 
-pub fn nospace() -> Status {
-    Status::resource_exhausted("etcdserver: mvcc: database space exceeded")
-}
-
 /// How long a request waits for a leader and for its write to be applied.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 
-/// etcd's answer to a client when the leader is saturated (its `ErrTooManyRequests`).
-pub const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 /// A leader refuses client writes while its state machine trails its log by more than this many
 /// entries (etcd's maxGapBetweenApplyAndCommitIndex).
 pub const MAX_APPLY_LAG: u64 = 5_000;
 /// At most this many client writes wait in a leader's Raft at once; more are refused with
-/// [`TOO_MANY_REQUESTS`].
+/// "too many requests" (etcd's `ErrTooManyRequests`).
 pub const MAX_PENDING_PROPOSALS: usize = 4_096;
 
 #[derive(Debug, Clone)]
@@ -171,12 +169,20 @@ pub enum LeaseAnswer {
     NotLeader,
 }
 
+/// One attempt of [`Node::at_leader`].
+pub(crate) enum Step<T> {
+    /// An answer (an outcome or a deterministic refusal): no more attempts.
+    Done(Result<T, Status>),
+    /// The member asked does not lead, or did not answer: ask again after a pause.
+    Again,
+}
+
 pub struct Node {
-    pub id: u64,
-    pub cluster_id: u64,
-    pub config: NodeConfig,
-    pub raft: Raft,
-    pub sm: Arc<StateMachine>,
+    id: u64,
+    cluster_id: u64,
+    config: NodeConfig,
+    raft: Raft,
+    sm: Arc<StateMachine>,
     peers: Mutex<BTreeMap<(String, Lane), PeerClient<Channel>>>,
     revoking: Mutex<HashSet<i64>>,
     /// Linearizable reads waiting for a read-index round, and whether a round is running.
@@ -186,34 +192,17 @@ pub struct Node {
     /// Why the Raft core stopped, once it has (a panic or a storage error): set by
     /// [`Node::watch_core`], read by `/health`, Status and `eden server`, which exits.
     core_stopped: tokio::sync::watch::Sender<Option<String>>,
+    /// Set by [`Node::shutdown`]: every loop [`Node::start`] spawned ends.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Permits for client writes in Raft on this member (see [`MAX_PENDING_PROPOSALS`]).
     proposals: Arc<tokio::sync::Semaphore>,
 }
 
 type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, Status>>;
 
-pub fn unavailable(msg: &str) -> Status {
-    Status::unavailable(msg.to_string())
-}
-
-/// Maps a deterministic refusal to etcd's gRPC status.
-pub fn refused(e: &ApplyError) -> Status {
-    let msg = e.to_string();
-    match e {
-        ApplyError::Compacted | ApplyError::FutureRev => Status::out_of_range(msg),
-        ApplyError::LeaseNotFound => Status::not_found(msg),
-        ApplyError::LeaseExists => Status::failed_precondition(msg),
-        ApplyError::KeyNotFound => Status::invalid_argument(msg),
-    }
-}
-
-pub fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("etcdserver: {e}"))
-}
-
 impl Node {
     /// Opens the data dir, starts Raft and this member's background tasks. The caller serves the
-    /// client and peer ports (see [`crate::grpc::serve`]).
+    /// client and peer ports (the grpc module above serves them).
     pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)?;
         let sm = StateMachine::open(&config.data_dir, config.watch_ring_revisions)?;
@@ -295,19 +284,59 @@ impl Node {
             reads: Mutex::new((Vec::new(), false)),
             events: Default::default(),
             core_stopped: tokio::sync::watch::channel(None).0,
+            stopping: tokio::sync::watch::channel(false).0,
             proposals: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_PROPOSALS)),
         });
-        tokio::spawn(node.clone().watch_core());
-        tokio::spawn(node.clone().lease_loop());
-        tokio::spawn(node.clone().compactor_loop());
+        node.spawn_loop(node.clone().watch_core());
+        node.spawn_loop(node.clone().lease_loop());
+        node.spawn_loop(node.clone().compactor_loop());
         if let Some(policy) = node.config.auto_compaction {
-            tokio::spawn(node.clone().auto_compact_loop(policy));
+            node.spawn_loop(node.clone().auto_compact_loop(policy));
         }
-        tokio::spawn(node.clone().publish_self());
+        node.spawn_loop(node.clone().publish_self());
         if joined && !node.config.stay_learner {
-            tokio::spawn(node.clone().promote_self());
+            node.spawn_loop(node.clone().promote_self());
         }
         Ok(node)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The Raft handle, for the peer service (its RPCs) and the maintenance service (its metrics).
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub(crate) fn sm(&self) -> &Arc<StateMachine> {
+        &self.sm
+    }
+
+    /// Runs one of the member's loops until it ends or the member shuts down.
+    fn spawn_loop(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let mut stop = self.stopping.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = work => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
+
+    /// Stops the member's loops and its Raft core (at the end of `eden server`). Each loop drops
+    /// its handle on the member as it ends.
+    pub async fn shutdown(&self) {
+        let _ = self.stopping.send(true);
+        let _ = self.raft.shutdown().await;
     }
 
     pub fn mvcc(&self) -> &Mvcc {
@@ -406,19 +435,54 @@ impl Node {
         Ok(c)
     }
 
-    /// The current leader's peer address, if there is a leader other than this member.
-    pub(crate) fn leader_peer_addr(&self) -> Option<String> {
-        self.leader()
-            .filter(|l| *l != self.id)
-            .and_then(|l| self.leader_addr(Some(l)))
-    }
-
     fn leader_addr(&self, leader: Option<u64>) -> Option<String> {
         let leader = leader?;
         let m = self.raft.metrics().borrow().membership_config.clone();
         m.membership()
             .get_node(&leader)
             .map(|n| n.peer_addr.clone())
+    }
+
+    /// The one "ask the leader" loop: until [`REQUEST_TIMEOUT`], `local()` when this member
+    /// leads, else `remote(client, time left)` on the leader's peer port (on `lane`); after
+    /// [`Step::Again`] (not the leader, no answer) it pauses and asks whoever leads then. At the
+    /// deadline: "no leader" when there is none, else "request timed out".
+    pub(crate) async fn at_leader<T, L, LF, R, RF>(
+        &self,
+        lane: Lane,
+        mut local: L,
+        mut remote: R,
+    ) -> Result<T, Status>
+    where
+        L: FnMut() -> LF,
+        LF: Future<Output = Step<T>>,
+        R: FnMut(PeerClient<Channel>, Duration) -> RF,
+        RF: Future<Output = Step<T>>,
+    {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let step = match self.leader() {
+                Some(l) if l == self.id => local().await,
+                leader => match self.leader_addr(leader) {
+                    Some(addr) => {
+                        let client = self.peer_client(&addr, lane)?;
+                        remote(client, deadline.saturating_duration_since(Instant::now())).await
+                    }
+                    None => Step::Again,
+                },
+            };
+            if let Step::Done(r) = step {
+                return r;
+            }
+            if Instant::now() >= deadline {
+                return Err(unavailable(if self.leader().is_none() {
+                    errors::NO_LEADER
+                } else {
+                    errors::TIMEOUT
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Proposes a command through Raft from any member and waits until it is applied here or on
@@ -434,49 +498,38 @@ impl Node {
     }
 
     async fn propose_inner(&self, cmd: Command) -> Result<Response, Status> {
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            let leader = match self.propose_local(cmd.clone()).await {
-                Ok(r) => return Ok(r),
-                Err(ForwardError::Failed(e)) => return Err(unavailable(&e)),
-                Err(ForwardError::Exhausted(e)) => return Err(Status::resource_exhausted(e)),
-                Err(ForwardError::NotLeader) => self.leader(),
-            };
-            if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {
-                let mut client = self.peer_client(&addr, Lane::Writes)?;
-                let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, client.forward(to_payload(&cmd, self.cluster_id)))
-                    .await
-                {
-                    Err(_) => return Err(unavailable("etcdserver: request timed out")),
-                    Ok(Ok(reply)) => {
-                        let r: Result<Response, ForwardError> = from_payload(reply.get_ref())
-                            .map_err(|e| internal(format!("bad forward reply: {e}")))?;
-                        match r {
-                            Ok(r) => return Ok(r),
-                            Err(ForwardError::Failed(e)) => return Err(unavailable(&e)),
-                            Err(ForwardError::Exhausted(e)) => {
-                                return Err(Status::resource_exhausted(e))
-                            }
-                            Err(ForwardError::NotLeader) => {}
+        let done = |r: Result<Response, ForwardError>| match r {
+            Ok(r) => Step::Done(Ok(r)),
+            Err(ForwardError::Failed(e)) => Step::Done(Err(unavailable(&e))),
+            Err(ForwardError::Exhausted(e)) => Step::Done(Err(Status::resource_exhausted(e))),
+            Err(ForwardError::NotLeader) => Step::Again,
+        };
+        let cluster = self.cluster_id;
+        self.at_leader(
+            Lane::Writes,
+            || {
+                let cmd = cmd.clone();
+                async move { done(self.propose_local(cmd).await) }
+            },
+            |mut client, left| {
+                let payload = to_payload(&cmd, cluster);
+                async move {
+                    match tokio::time::timeout(left, client.forward(payload)).await {
+                        Err(_) => Step::Done(Err(unavailable(errors::TIMEOUT))),
+                        Ok(Ok(reply)) => match from_payload(reply.get_ref()) {
+                            Ok(r) => done(r),
+                            Err(e) => Step::Done(Err(internal(format!("bad forward reply: {e}")))),
+                        },
+                        Ok(Err(status)) if is_connect_error(&status) => Step::Again,
+                        Ok(Err(status)) => {
+                            tracing::warn!(code = ?status.code(), "forwarding a write failed: {}", status.message());
+                            Step::Done(Err(unavailable(errors::LEADER_CHANGED)))
                         }
                     }
-                    Ok(Err(status)) if is_connect_error(&status) => {}
-                    Ok(Err(status)) => {
-                        tracing::warn!(leader = %addr, code = ?status.code(), "forwarding a write failed: {}", status.message());
-                        return Err(unavailable("etcdserver: leader changed"));
-                    }
                 }
-            }
-            if Instant::now() >= deadline {
-                return Err(unavailable(if self.leader().is_none() {
-                    "etcdserver: no leader"
-                } else {
-                    "etcdserver: request timed out"
-                }));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            },
+        )
+        .await
     }
 
     /// Proposes on this member only; `NotLeader` when it does not lead (and the write surely was
@@ -505,30 +558,28 @@ impl Node {
             };
             if lag > MAX_APPLY_LAG {
                 crate::metrics::metrics().proposals_refused.inc();
-                return Err(ForwardError::Exhausted(TOO_MANY_REQUESTS.into()));
+                return Err(ForwardError::Exhausted(errors::TOO_MANY_REQUESTS.into()));
             }
             match self.proposals.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
                     crate::metrics::metrics().proposals_refused.inc();
-                    return Err(ForwardError::Exhausted(TOO_MANY_REQUESTS.into()));
+                    return Err(ForwardError::Exhausted(errors::TOO_MANY_REQUESTS.into()));
                 }
             }
         } else {
             None
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.client_write(cmd)).await {
-            Err(_) => Err(ForwardError::Failed("etcdserver: request timed out".into())),
+            Err(_) => Err(ForwardError::Failed(errors::TIMEOUT.into())),
             Ok(Ok(resp)) => Ok(resp.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(ForwardError::NotLeader)
             }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(ForwardError::Failed(format!("etcdserver: {e}")))
+                Err(ForwardError::Failed(errors::membership_change_refused(e)))
             }
-            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Failed(format!(
-                "etcdserver: server stopped: {e}"
-            ))),
+            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Failed(errors::stopped_message(e))),
         }
     }
 
@@ -549,9 +600,7 @@ impl Node {
         if start {
             tokio::spawn(self.clone().read_rounds());
         }
-        let index = rx
-            .await
-            .unwrap_or_else(|_| Err(unavailable("etcdserver: request timed out")))?;
+        let index = rx.await.unwrap_or_else(|_| Err(errors::timeout()))?;
         self.wait_applied(index, deadline).await
     }
 
@@ -575,40 +624,41 @@ impl Node {
 
     /// One read-index round: from the leader's quorum, here or over the peer port.
     async fn read_index_round(&self) -> Result<u64, Status> {
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            let leader = match self.read_index_local().await {
-                Ok(index) => return Ok(index),
-                Err(ForwardError::Failed(e) | ForwardError::Exhausted(e)) => {
-                    return Err(unavailable(&e))
-                }
-                Err(ForwardError::NotLeader) => self.leader(),
-            };
-            if let Some(addr) = self.leader_addr(leader).filter(|_| leader != Some(self.id)) {
-                let mut client = self.peer_client(&addr, Lane::Control)?;
-                let left = deadline.saturating_duration_since(Instant::now());
-                if let Ok(Ok(reply)) =
-                    tokio::time::timeout(left, client.read_index(to_payload(&(), self.cluster_id)))
-                        .await
-                {
-                    let r: Result<u64, ForwardError> = from_payload(reply.get_ref())
-                        .map_err(|e| internal(format!("bad read index reply: {e}")))?;
-                    if let Ok(index) = r {
-                        return Ok(index);
+        let cluster = self.cluster_id;
+        self.at_leader(
+            Lane::Control,
+            || async move {
+                match self.read_index_local().await {
+                    Ok(index) => Step::Done(Ok(index)),
+                    Err(ForwardError::Failed(e) | ForwardError::Exhausted(e)) => {
+                        Step::Done(Err(unavailable(&e)))
                     }
+                    Err(ForwardError::NotLeader) => Step::Again,
                 }
-            }
-            if Instant::now() >= deadline {
-                return Err(unavailable("etcdserver: request timed out"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            },
+            |mut client, left| async move {
+                let asked = client.read_index(to_payload(&(), cluster));
+                match tokio::time::timeout(left, asked).await {
+                    Ok(Ok(reply)) => {
+                        match from_payload::<Result<u64, ForwardError>>(reply.get_ref()) {
+                            Ok(Ok(index)) => Step::Done(Ok(index)),
+                            Ok(Err(_)) => Step::Again,
+                            Err(e) => {
+                                Step::Done(Err(internal(format!("bad read index reply: {e}"))))
+                            }
+                        }
+                    }
+                    _ => Step::Again,
+                }
+            },
+        )
+        .await
     }
 
     /// On the leader: confirms leadership with a quorum and returns the read index.
     pub async fn read_index_local(&self) -> Result<u64, ForwardError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.get_read_log_id()).await {
-            Err(_) => Err(ForwardError::Failed("etcdserver: request timed out".into())),
+            Err(_) => Err(ForwardError::Failed(errors::TIMEOUT.into())),
             Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
                 Err(ForwardError::NotLeader)
@@ -616,9 +666,7 @@ impl Node {
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
                 Err(ForwardError::NotLeader)
             }
-            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Failed(format!(
-                "etcdserver: server stopped: {e}"
-            ))),
+            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Failed(errors::stopped_message(e))),
         }
     }
 
@@ -629,7 +677,7 @@ impl Node {
             .applied_index_at_least(Some(index), "read index")
             .await
             .map(|_| ())
-            .map_err(|_| unavailable("etcdserver: request timed out"))
+            .map_err(|_| errors::timeout())
     }
 
     /// The active alarms, as (member id, alarm type).
@@ -649,7 +697,7 @@ impl Node {
     /// Deletes, compaction and disarming are never refused.
     pub async fn check_quota(&self) -> Result<(), Status> {
         if self.alarms().iter().any(|(_, a)| *a == ALARM_NOSPACE) {
-            return Err(nospace());
+            return Err(errors::no_space());
         }
         if self.config.quota_bytes > 0 && self.sm.engine.size_bytes() > self.config.quota_bytes {
             tracing::warn!(
@@ -663,7 +711,7 @@ impl Node {
                 alarm: ALARM_NOSPACE,
             })
             .await?;
-            return Err(nospace());
+            return Err(errors::no_space());
         }
         Ok(())
     }
@@ -672,7 +720,7 @@ impl Node {
     pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64, i64), Status> {
         self.check_quota().await?;
         if ttl > MAX_LEASE_TTL_SECS {
-            return Err(Status::out_of_range("etcdserver: too large lease TTL"));
+            return Err(errors::lease_ttl_too_large());
         }
         let ttl = ttl.max(MIN_LEASE_TTL_SECS);
         let id = if id == 0 {
@@ -688,34 +736,243 @@ impl Node {
         }
     }
 
-    /// Answers a lease question here if this member leads, else asks the leader.
-    pub async fn lease_query(&self, q: LeaseQuery) -> Result<LeaseAnswer, Status> {
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            let leader = self.leader();
-            if leader == Some(self.id) {
-                return Ok(self.lease_query_local(&q));
+    /// True when this member is a learner (not counted in the quorum).
+    pub fn is_learner(&self) -> bool {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        !m.membership().voter_ids().any(|id| id == self.id)
+    }
+
+    /// etcd's learners answer only serializable reads, Status and MemberList.
+    pub fn refuse_learner(&self) -> Result<(), Status> {
+        if self.is_learner() {
+            return Err(errors::learner_refused());
+        }
+        Ok(())
+    }
+
+    /// Makes a membership change through the leader; returns the new member's id for an add.
+    ///
+    /// A leader may step down in the middle of a change (removing itself does exactly that), so an
+    /// attempt can take effect without an answer. A retry that then finds its work done (the member
+    /// gone, already a voter, the address already added) reports success.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<Option<u64>, Status> {
+        // An earlier attempt went out and got no answer (its leader stepped down or vanished).
+        let unanswered = std::sync::atomic::AtomicBool::new(false);
+        let unanswered = &unanswered;
+        let outcome = |r: Result<Option<u64>, MembershipError>| match r {
+            Ok(id) => Step::Done(Ok(id)),
+            Err(MembershipError::Refused { code, message }) => {
+                if unanswered.load(Ordering::Relaxed) {
+                    if let Some(done) =
+                        membership::already_done(&change, &message, &self.membership_nodes())
+                    {
+                        return Step::Done(Ok(done));
+                    }
+                }
+                Step::Done(Err(Status::new(tonic::Code::from(code), message)))
             }
-            if let Some(addr) = self.leader_addr(leader) {
-                let mut client = self.peer_client(&addr, Lane::Control)?;
-                if let Ok(Ok(reply)) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    client.lease_query(to_payload(&q, self.cluster_id)),
-                )
+            Err(MembershipError::NotLeader) => {
+                unanswered.store(true, Ordering::Relaxed);
+                Step::Again
+            }
+        };
+        let cluster = self.cluster_id;
+        self.at_leader(
+            Lane::Control,
+            || {
+                let change = change.clone();
+                async move { outcome(self.change_membership_local(change).await) }
+            },
+            |mut client, left| {
+                let payload = to_payload(&change, cluster);
+                async move {
+                    let asked = client.membership(payload);
+                    match tokio::time::timeout(left, asked).await {
+                        Ok(Ok(reply)) => {
+                            match from_payload::<Result<Option<u64>, MembershipError>>(
+                                reply.get_ref(),
+                            ) {
+                                Ok(r) => outcome(r),
+                                Err(e) => {
+                                    Step::Done(Err(internal(format!("bad membership reply: {e}"))))
+                                }
+                            }
+                        }
+                        _ => {
+                            unanswered.store(true, Ordering::Relaxed);
+                            Step::Again
+                        }
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// On the leader: checks and makes the change (see [`crate::membership`]).
+    pub async fn change_membership_local(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Option<u64>, MembershipError> {
+        if !self.is_leader() {
+            return Err(MembershipError::NotLeader);
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let m = metrics.membership_config.membership();
+        let view = membership::View {
+            nodes: m.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            voters: m.voter_ids().collect(),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            matched: metrics
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .map(|(id, l)| (*id, l.as_ref().map_or(0, |l| l.index)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let (changes, retain, added) = membership::plan(change, &view)?;
+        let r = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.raft.change_membership(changes, retain),
+        )
+        .await;
+        membership::outcome(r, added)
+    }
+
+    /// The members (voters and learners) with their peer addresses.
+    fn membership_nodes(&self) -> BTreeMap<u64, Member> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    }
+
+    /// A member that joined as a learner promotes itself once it is in sync.
+    pub(crate) async fn promote_self(self: std::sync::Arc<Self>) {
+        loop {
+            if !self.is_learner() {
+                return;
+            }
+            match self
+                .change_membership(MembershipChange::Promote { id: self.id })
                 .await
-                {
-                    let a: LeaseAnswer = from_payload(reply.get_ref())
-                        .map_err(|e| internal(format!("bad lease reply: {e}")))?;
-                    if !matches!(a, LeaseAnswer::NotLeader) {
-                        return Ok(a);
+            {
+                Ok(_) => {
+                    tracing::info!("promoted to voter");
+                    return;
+                }
+                Err(e) if e.message() == errors::MEMBER_NOT_LEARNER => return,
+                Err(e) => tracing::debug!(reason = %e.message(), "not promoted yet"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Resolves when this member has been removed from the cluster (it then stops, as etcd does).
+    ///
+    /// A removed follower may never see the configuration that leaves it out (the leader stops
+    /// replicating to it first), so a member that does not lead also asks the others, every few
+    /// seconds, for a linearizable member list: only a member in a working quorum can answer it.
+    pub async fn removed(&self) {
+        let mut metrics = self.raft.metrics();
+        let mut was_member = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(3));
+        loop {
+            let is_member = metrics
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&self.id)
+                .is_some();
+            if is_member {
+                was_member = true;
+            } else if was_member {
+                tracing::warn!("this member was removed from the cluster");
+                return;
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                _ = tick.tick() => {
+                    if was_member && !self.is_leader() && self.removed_says_cluster().await {
+                        tracing::warn!("the cluster says this member was removed");
+                        return;
                     }
                 }
             }
-            if Instant::now() >= deadline {
-                return Err(unavailable("etcdserver: no leader"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Asks the other members' client ports whether this member is still in the cluster.
+    async fn removed_says_cluster(&self) -> bool {
+        let Ok(attrs) = self.sm.members() else {
+            return false;
+        };
+        let urls: Vec<String> = attrs
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .filter_map(|(_, a)| a.client_urls.first().cloned())
+            .collect();
+        if urls.is_empty() {
+            return false;
+        }
+        let Ok(client) = eden_proto::client::Client::new(&urls) else {
+            return false;
+        };
+        let list = client
+            .call(eden_proto::client::Retry::Read, |ch| async move {
+                eden_proto::etcdserverpb::cluster_client::ClusterClient::new(ch)
+                    .member_list(eden_proto::etcdserverpb::MemberListRequest { linearizable: true })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await;
+        match list {
+            Ok(l) => !l.members.is_empty() && !l.members.iter().any(|m| m.id == self.id),
+            Err(_) => false,
+        }
+    }
+    /// Checks every event put in `op` against the event policy and attaches it to its bucket's
+    /// lease (see [`crate::events`]).
+    pub async fn admit_events(&self, op: &mut RequestOp) -> Result<(), Status> {
+        self.events
+            .admit_op(&self.config.events, op, |lease, ttl| async move {
+                self.lease_grant(lease, ttl).await.map(|_| ())
+            })
+            .await
+    }
+
+    /// Answers a lease question here if this member leads, else asks the leader.
+    pub async fn lease_query(&self, q: LeaseQuery) -> Result<LeaseAnswer, Status> {
+        let cluster = self.cluster_id;
+        let answered = |a: LeaseAnswer| match a {
+            LeaseAnswer::NotLeader => Step::Again,
+            a => Step::Done(Ok(a)),
+        };
+        self.at_leader(
+            Lane::Control,
+            || {
+                let a = self.lease_query_local(&q);
+                async move { answered(a) }
+            },
+            |mut client, left| {
+                let payload = to_payload(&q, cluster);
+                async move {
+                    let asked = client.lease_query(payload);
+                    match tokio::time::timeout(left.min(Duration::from_secs(2)), asked).await {
+                        Ok(Ok(reply)) => match from_payload(reply.get_ref()) {
+                            Ok(a) => answered(a),
+                            Err(e) => Step::Done(Err(internal(format!("bad lease reply: {e}")))),
+                        },
+                        _ => Step::Again,
+                    }
+                }
+            },
+        )
+        .await
     }
 
     pub fn lease_query_local(&self, q: &LeaseQuery) -> LeaseAnswer {
@@ -900,6 +1157,40 @@ impl Node {
 
 /// Asks a running cluster (through any of `endpoints`) to add this member as a learner; returns
 /// the id the cluster gave it and the cluster id.
+impl crate::metrics::ServerHealth for Node {
+    fn unhealthy(&self) -> Option<String> {
+        if let Some(why) = self.core_failure() {
+            return Some(format!("raft core stopped: {why}"));
+        }
+        if self.leader().is_none() {
+            return Some("no leader".into());
+        }
+        let alarms = self.alarms();
+        if !alarms.is_empty() {
+            return Some(format!("alarms: {alarms:?}"));
+        }
+        None
+    }
+
+    fn gauges(&self) -> crate::metrics::StateGauges {
+        let m = self.raft.metrics().borrow().clone();
+        let all = eden_proto::etcdserverpb::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            count_only: true,
+            ..Default::default()
+        };
+        crate::metrics::StateGauges {
+            has_leader: m.current_leader.is_some(),
+            term: m.current_term,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            db_size: self.sm.engine.size_bytes(),
+            keys: self.mvcc().range(&all).ok().map(|r| r.count),
+            leases: self.sm.leases.ids().len() as i64,
+        }
+    }
+}
+
 async fn join_cluster(endpoints: &[String], peer_addr: &str) -> anyhow::Result<(u64, u64)> {
     use eden_proto::etcdserverpb::cluster_client::ClusterClient;
     use eden_proto::etcdserverpb::MemberAddRequest;
@@ -924,7 +1215,7 @@ async fn join_cluster(endpoints: &[String], peer_addr: &str) -> anyhow::Result<(
             .await;
         match r {
             Err(eden_proto::client::ClientError::Server(s))
-                if s.message() == crate::membership::ERR_IN_PROGRESS
+                if s.message() == errors::MEMBERSHIP_CHANGE_IN_PROGRESS
                     && std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -936,7 +1227,7 @@ async fn join_cluster(endpoints: &[String], peer_addr: &str) -> anyhow::Result<(
         Ok(r) => r,
         // Added beforehand with `eden member add`: take over that (unstarted) entry.
         Err(eden_proto::client::ClientError::Server(s))
-            if s.message() == crate::membership::ERR_PEER_EXISTS =>
+            if s.message() == errors::PEER_URL_EXIST =>
         {
             let list = client.member_list().await?;
             let url = format!("http://{peer_addr}");

@@ -455,18 +455,18 @@ async fn serve(
     if let Some(l) = metrics_listener {
         let (node, stop) = (node.clone(), stopped(stop_rx.clone()));
         tokio::spawn(async move {
-            if let Err(e) = eden_store::metrics::serve(node, l, stop).await {
+            if let Err(e) = eden_store::http::serve(node, l, stop).await {
                 tracing::error!(error = %e, "metrics server failed");
             }
         });
     }
     let own_client = Arc::new(eden_proto::client::Client::new(std::slice::from_ref(
-        &node.config.client_addr,
+        &node.config().client_addr,
     ))?);
     let reactor = extras.reactor.then(|| {
         let rt = Arc::new(eden_reactor::runtime::Runtime::new(
             own_client.clone(),
-            &node.config.name,
+            &node.config().name,
         ));
         (rt.clone(), tokio::spawn(rt.run()))
     });
@@ -482,7 +482,7 @@ async fn serve(
             }
         });
     }
-    tracing::info!(id = format!("{:x}", node.id), "eden server ready");
+    tracing::info!(id = format!("{:x}", node.id()), "eden server ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
@@ -514,7 +514,7 @@ async fn serve(
         rt.resign().await;
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), node.raft.shutdown()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), node.shutdown()).await;
     tracing::info!("eden server stopped");
     Ok(())
 }

@@ -11,8 +11,9 @@ use eden_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::errors::{self, internal};
 use crate::membership::{peer_addr_of, MembershipChange};
-use crate::node::{internal, Node};
+use crate::node::Node;
 
 pub struct ClusterService {
     pub node: Arc<Node>,
@@ -21,9 +22,7 @@ pub struct ClusterService {
 fn one_peer_url(urls: &[String]) -> Result<String, Status> {
     match urls {
         [one] if !one.trim().is_empty() => Ok(peer_addr_of(one)),
-        _ => Err(Status::invalid_argument(
-            "etcdserver: eden members have exactly one peer URL",
-        )),
+        _ => Err(errors::one_peer_url()),
     }
 }
 

@@ -13,9 +13,10 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::validate;
+use crate::errors::{internal, refused};
 use crate::keys::META_COMPACT_DONE;
 use crate::mvcc::MvccError;
-use crate::node::{internal, refused, Node};
+use crate::node::Node;
 use crate::raft::{Command, Reply};
 
 pub struct KvService {
@@ -83,7 +84,7 @@ impl Kv for KvService {
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
-        validate::size(&req, self.node.config.max_request_bytes)?;
+        validate::size(&req, self.node.config().max_request_bytes)?;
         validate::range(&req)?;
         if !req.serializable {
             self.node.refuse_learner()?;
@@ -96,7 +97,7 @@ impl Kv for KvService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
-        validate::size(&req, self.node.config.max_request_bytes)?;
+        validate::size(&req, self.node.config().max_request_bytes)?;
         validate::put(&req)?;
         self.node.refuse_learner()?;
         self.node.check_quota().await?;
@@ -115,7 +116,7 @@ impl Kv for KvService {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
-        validate::size(&req, self.node.config.max_request_bytes)?;
+        validate::size(&req, self.node.config().max_request_bytes)?;
         validate::delete(&req)?;
         self.node.refuse_learner()?;
         match self
@@ -132,8 +133,8 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
-        validate::size(&req, self.node.config.max_request_bytes)?;
-        validate::txn(&req, self.node.config.max_txn_ops)?;
+        validate::size(&req, self.node.config().max_request_bytes)?;
+        validate::txn(&req, self.node.config().max_txn_ops)?;
         self.node.refuse_learner()?;
         if validate::has_puts(&req) {
             self.node.check_quota().await?;
@@ -186,7 +187,7 @@ impl Kv for KvService {
             for _ in 0..600 {
                 let done: i64 = self
                     .node
-                    .sm
+                    .sm()
                     .engine
                     .get_meta(META_COMPACT_DONE)
                     .map_err(internal)?

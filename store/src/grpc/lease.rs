@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::node::{internal, refused, LeaseAnswer, LeaseQuery, Node};
+use crate::errors::{internal, refused};
+use crate::node::{LeaseAnswer, LeaseQuery, Node};
 use crate::raft::{Command, Reply};
 
 pub struct LeaseService {

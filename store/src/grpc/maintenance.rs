@@ -15,6 +15,7 @@ use eden_proto::etcdserverpb::{
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::errors;
 use crate::node::Node;
 use crate::raft::{Command, Reply};
 
@@ -56,7 +57,7 @@ impl Maintenance for MaintenanceService {
             ),
             Ok(action) => {
                 if req.alarm == AlarmType::None as i32 {
-                    return Err(Status::invalid_argument("etcdserver: no alarm type given"));
+                    return Err(errors::invalid(errors::NO_ALARM_TYPE));
                 }
                 let activate = action == AlarmAction::Activate;
                 let r = self
@@ -69,12 +70,10 @@ impl Maintenance for MaintenanceService {
                     .await?;
                 match r.result {
                     Reply::Alarms(changed) => to_pb(changed),
-                    other => {
-                        return Err(crate::node::internal(format!("unexpected reply {other:?}")))
-                    }
+                    other => return Err(errors::internal(format!("unexpected reply {other:?}"))),
                 }
             }
-            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+            Err(_) => return Err(errors::invalid(errors::UNKNOWN_ALARM_ACTION)),
         };
         Ok(Response::new(AlarmResponse {
             header: Some(self.node.header()),
@@ -86,13 +85,13 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let m = self.node.raft.metrics().borrow().clone();
-        let size = self.node.sm.engine.size_bytes();
+        let m = self.node.raft().metrics().borrow().clone();
+        let size = self.node.sm().engine.size_bytes();
         let is_learner = !m
             .membership_config
             .membership()
             .voter_ids()
-            .any(|id| id == self.node.id);
+            .any(|id| id == self.node.id());
         Ok(Response::new(StatusResponse {
             header: Some(self.node.header()),
             version: ETCD_API_VERSION.into(),
@@ -116,7 +115,7 @@ impl Maintenance for MaintenanceService {
             db_size_in_use: size,
             is_learner,
             storage_version: ETCD_API_VERSION.into(),
-            db_size_quota: self.node.config.quota_bytes,
+            db_size_quota: self.node.config().quota_bytes,
         }))
     }
 
@@ -125,9 +124,9 @@ impl Maintenance for MaintenanceService {
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         let node = self.node.clone();
-        tokio::task::spawn_blocking(move || node.sm.engine.defragment())
+        tokio::task::spawn_blocking(move || node.sm().engine.defragment())
             .await
-            .map_err(crate::node::internal)?;
+            .map_err(errors::internal)?;
         Ok(Response::new(DefragmentResponse {
             header: Some(self.node.header()),
         }))
@@ -146,7 +145,7 @@ impl Maintenance for MaintenanceService {
         let (hash, compact_revision, hash_revision) =
             tokio::task::spawn_blocking(move || node.mvcc().hash_kv(rev))
                 .await
-                .map_err(crate::node::internal)?
+                .map_err(errors::internal)?
                 .map_err(crate::grpc::kv::mvcc_status)?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.node.header()),
@@ -163,10 +162,10 @@ impl Maintenance for MaintenanceService {
         _r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let node = self.node.clone();
-        let (backup, rev) = tokio::task::spawn_blocking(move || node.sm.backup())
+        let (backup, rev) = tokio::task::spawn_blocking(move || node.sm().backup())
             .await
-            .map_err(crate::node::internal)?
-            .map_err(crate::node::internal)?;
+            .map_err(errors::internal)?
+            .map_err(errors::internal)?;
         let header = self.node.header_at(rev);
         let total = backup.len();
         let chunks: Vec<Result<SnapshotResponse, Status>> = backup

@@ -12,6 +12,8 @@ pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use eden_proto::etcdserverpb::cluster_server::ClusterServer;
 use eden_proto::etcdserverpb::kv_server::KvServer;
@@ -57,7 +59,7 @@ pub async fn serve_client(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let max = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let max = node.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     // Streams per connection are not capped (tonic leaves hyper's SETTINGS_MAX_CONCURRENT_STREAMS
     // unset; etcd does not cap them either): a client multiplexes hundreds of agents, each with a
     // watch stream that stays open. What they cost is bounded elsewhere (watchers behind the
@@ -72,7 +74,7 @@ pub async fn serve_client(
     Server::builder()
         .http2_max_pending_accept_reset_streams(Some(CLIENT_MAX_PENDING_RESETS))
         .http2_max_local_error_reset_streams(Some(CLIENT_MAX_LOCAL_RESETS))
-        .layer(crate::metrics::RpcTimer)
+        .layer(RpcTimer)
         .add_service(
             KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max),
         )
@@ -116,4 +118,73 @@ pub async fn serve_peer(
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
+}
+
+/// A tower layer that times every client RPC into `grpc_server_handling_seconds`.
+#[derive(Clone, Default)]
+pub struct RpcTimer;
+
+impl<S> tower::Layer<S> for RpcTimer {
+    type Service = TimedRpc<S>;
+    fn layer(&self, inner: S) -> TimedRpc<S> {
+        TimedRpc { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct TimedRpc<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for TimedRpc<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // Paths are /etcdserverpb.KV/Range.
+        let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
+        let service = parts
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("etcdserverpb.")
+            .to_string();
+        let method = parts.next().unwrap_or("").to_string();
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            crate::metrics::metrics()
+                .grpc
+                .with_label_values(&[&service, &method])
+                .observe(start.elapsed().as_secs_f64());
+            r
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_tcp_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = Box::pin(incoming(listener));
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let conn = accepted.next().await.unwrap().unwrap();
+        assert!(
+            conn.nodelay().unwrap(),
+            "TCP_NODELAY is off on an accepted connection"
+        );
+    }
 }

@@ -28,7 +28,7 @@ impl PeerService {
     /// Refuses a request from another cluster, or a Raft message meant for another member (a
     /// stopped member's address taken over by another one). 0 on either side is not checked.
     fn check(&self, p: &Payload) -> Result<(), Status> {
-        let (mine, me) = (self.node.cluster_id, self.node.id);
+        let (mine, me) = (self.node.cluster_id(), self.node.id());
         if p.cluster_id != 0 && mine != 0 && p.cluster_id != mine {
             return Err(Status::failed_precondition(format!(
                 "a request from cluster {:x} reached a member of cluster {mine:x}",
@@ -95,13 +95,13 @@ impl Peer for PeerService {
             tracing::warn!(error = %e, vote = %req.vote, "refused an append-entries request");
             return Err(Status::invalid_argument(e));
         }
-        Self::reply(&self.node.raft.append_entries(req).await)
+        Self::reply(&self.node.raft().append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         self.check(request.get_ref())?;
         let req: VoteRequest<u64> = from_payload(request.get_ref()).map_err(bad)?;
-        Self::reply(&self.node.raft.vote(req).await)
+        Self::reply(&self.node.raft().vote(req).await)
     }
 
     async fn install_snapshot(
@@ -111,7 +111,7 @@ impl Peer for PeerService {
         self.check(request.get_ref())?;
         let req: InstallSnapshotRequest<TypeConfig> =
             from_payload(request.get_ref()).map_err(bad)?;
-        Self::reply(&self.node.raft.install_snapshot(req).await)
+        Self::reply(&self.node.raft().install_snapshot(req).await)
     }
 
     async fn forward(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

@@ -7,14 +7,15 @@ use eden_proto::etcdserverpb::{
 use prost::Message;
 use tonic::Status;
 
+use crate::errors;
 use crate::keys::KeyRange;
 
 pub fn empty_key() -> Status {
-    Status::invalid_argument("etcdserver: key is not provided")
+    errors::invalid(errors::EMPTY_KEY)
 }
 
 pub fn too_large() -> Status {
-    Status::invalid_argument("etcdserver: request is too large")
+    errors::invalid(errors::REQUEST_TOO_LARGE)
 }
 
 pub fn size(msg: &impl Message, max: usize) -> Result<(), Status> {
@@ -31,7 +32,7 @@ pub fn range(r: &RangeRequest) -> Result<(), Status> {
     if range_request::SortOrder::try_from(r.sort_order).is_err()
         || range_request::SortTarget::try_from(r.sort_target).is_err()
     {
-        return Err(Status::invalid_argument("etcdserver: invalid sort option"));
+        return Err(errors::invalid(errors::INVALID_SORT_OPTION));
     }
     Ok(())
 }
@@ -41,10 +42,10 @@ pub fn put(p: &PutRequest) -> Result<(), Status> {
         return Err(empty_key());
     }
     if p.ignore_value && !p.value.is_empty() {
-        return Err(Status::invalid_argument("etcdserver: value is provided"));
+        return Err(errors::invalid(errors::VALUE_PROVIDED));
     }
     if p.ignore_lease && p.lease != 0 {
-        return Err(Status::invalid_argument("etcdserver: lease is provided"));
+        return Err(errors::invalid(errors::LEASE_PROVIDED));
     }
     Ok(())
 }
@@ -59,9 +60,7 @@ pub fn delete(d: &DeleteRangeRequest) -> Result<(), Status> {
 /// Checks a txn and its nested txns: op count, each op, and that no key is written twice.
 pub fn txn(t: &TxnRequest, max_ops: usize) -> Result<(), Status> {
     if t.compare.len() > max_ops || t.success.len() > max_ops || t.failure.len() > max_ops {
-        return Err(Status::invalid_argument(
-            "etcdserver: too many operations in txn request",
-        ));
+        return Err(errors::invalid(errors::TOO_MANY_OPS));
     }
     for c in &t.compare {
         if c.key.is_empty() {
@@ -86,7 +85,7 @@ pub fn txn(t: &TxnRequest, max_ops: usize) -> Result<(), Status> {
 }
 
 fn dup() -> Status {
-    Status::invalid_argument("etcdserver: duplicate key given in txn request")
+    errors::invalid(errors::DUPLICATE_KEY)
 }
 
 /// Collects the keys a branch puts and the ranges it deletes; a key put twice, or put and deleted,

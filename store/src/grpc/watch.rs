@@ -25,10 +25,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::errors::{self, internal};
 use crate::keys::KeyRange;
 use crate::metrics::metrics;
 use crate::mvcc::RevEvents;
-use crate::node::{internal, Node};
+use crate::node::Node;
 
 /// Revisions per storage read while a watcher catches up.
 const CATCHUP_REVISIONS: usize = 1000;
@@ -116,7 +117,7 @@ impl Watch for WatchService {
             .get("hasleader")
             .is_some_and(|v| v == "true");
         if wants_leader && self.node.leader().is_none() {
-            return Err(Status::unavailable("etcdserver: no leader"));
+            return Err(errors::no_leader());
         }
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
@@ -197,7 +198,7 @@ impl StreamTask {
 
     async fn run(&mut self, mut inbound: Streaming<WatchRequest>) -> Result<(), Status> {
         let mut latest_rx = self.node.hub().subscribe();
-        let mut progress = tokio::time::interval(self.node.config.progress_notify_interval);
+        let mut progress = tokio::time::interval(self.node.config().progress_notify_interval);
         progress.tick().await;
         loop {
             tokio::select! {
@@ -264,7 +265,7 @@ impl StreamTask {
                         watch_id: c.watch_id,
                         created: true,
                         canceled: true,
-                        cancel_reason: "etcdserver: duplicate watch ID".into(),
+                        cancel_reason: errors::WATCH_DUPLICATE_ID.into(),
                         ..Default::default()
                     })
                     .await;

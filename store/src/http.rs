@@ -1,0 +1,71 @@
+//! The member's HTTP endpoint on `--metrics-addr`: `/metrics` (Prometheus text) and `/health`
+//! (200 when the member is healthy, else 503 with the reason: for load balancers and
+//! supervisors). It reads the member through [`ServerHealth`] (which the member implements), as
+//! etcd's health handler does, so neither it nor the metrics registry knows a member.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+
+use crate::metrics::{metrics, ServerHealth};
+
+/// Serves `/metrics` and `/health` until `shutdown` resolves.
+pub async fn serve(
+    server: Arc<dyn ServerHealth>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let s1 = server.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let server = s1.clone();
+                async move {
+                    let body =
+                        tokio::task::spawn_blocking(move || metrics().render(&server.gauges()))
+                            .await
+                            .unwrap_or_default();
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let server = server.clone();
+                async move {
+                    match server.unhealthy() {
+                        None => (StatusCode::OK, "{\"health\":\"true\"}\n".to_string()),
+                        Some(reason) => {
+                            let reason = serde_json::to_string(&reason).unwrap_or_default();
+                            let reason = reason.trim_matches('"');
+                            (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("{{\"health\":\"false\",\"reason\":\"{reason}\"}}\n"),
+                            )
+                        }
+                    }
+                }
+            }),
+        );
+    // TCP_NODELAY on every accepted connection, as on the gRPC ports (grpc::incoming).
+    let listener = listener.tap_io(|s| {
+        if let Err(e) = s.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY on an accepted connection");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

@@ -39,6 +39,7 @@ use eden_proto::model::template::{self, Context, NodeContext};
 use eden_proto::model::watcher::{Change, Watcher};
 use eden_proto::model::{keys, kv, vars, Error};
 
+use crate::decide::{decide, Decision, Seen};
 use crate::exec::{self, Ending, Job};
 
 #[derive(Debug, Clone)]
@@ -476,42 +477,39 @@ impl Agent {
         )
         .await?;
         // The assignment carries the spec (without the targets).
-        let Some(spec_kv) = kv::txn_kvs(&r, 0).first() else {
-            return Ok(()); // past its retention, or the node was forgotten
+        let spec = match kv::txn_kvs(&r, 0).first() {
+            Some(kv) => Some(kv::decode::<TaskSpec>(kv).map_err(Error::Corrupt)?),
+            None => None,
         };
-        let spec: TaskSpec = kv::decode(spec_kv).map_err(Error::Corrupt)?;
-        if !kv::txn_kvs(&r, 2).is_empty() {
-            return Ok(()); // done
-        }
-        if let Some(claim_kv) = kv::txn_kvs(&r, 1).first() {
-            let claim: Claim = kv::decode(claim_kv).map_err(Error::Corrupt)?;
-            if claim.run == self.run {
-                // Ours: maybe a claim txn whose answer was lost (the member died after
-                // committing it). Run it unless this run already does.
+        let claim = match kv::txn_kvs(&r, 1).first() {
+            Some(kv) => Some(kv::decode::<Claim>(kv).map_err(Error::Corrupt)?),
+            None => None,
+        };
+        let seen = Seen {
+            spec,
+            claim,
+            has_result: !kv::txn_kvs(&r, 2).is_empty(),
+            canceled: !kv::txn_kvs(&r, 3).is_empty(),
+        };
+        let decision = decide(&seen, &self.run, now_ms());
+        let Some(spec) = seen.spec else {
+            return Ok(());
+        };
+        let status = match decision {
+            Decision::Nothing => return Ok(()),
+            Decision::Resume => {
                 self.start_execution(spec);
                 return Ok(());
             }
-            let lost = TaskResult::without_run(
-                Status::Lost,
-                format!(
-                    "the agent run that started it at {} ended before reporting a result (killed?); eden does not run it again",
-                    show_time(claim.started_at)
-                ),
-            );
-            return self.write_result(&spec, lost, None).await;
-        }
-        if !kv::txn_kvs(&r, 3).is_empty() {
-            let r = TaskResult::without_run(Status::Canceled, "canceled before it started");
-            return self.write_result(&spec, r, None).await;
-        }
-        if now_ms() > spec.deadline {
-            let r = TaskResult::without_run(
-                Status::Unreachable,
-                format!(
-                    "the agent got the task after its deadline ({})",
-                    show_time(spec.deadline)
-                ),
-            );
+            Decision::Lost(why) => Some(TaskResult::without_run(Status::Lost, why)),
+            Decision::Canceled => Some(TaskResult::without_run(
+                Status::Canceled,
+                "canceled before it started",
+            )),
+            Decision::Unreachable(why) => Some(TaskResult::without_run(Status::Unreachable, why)),
+            Decision::Claim => None,
+        };
+        if let Some(r) = status {
             return self.write_result(&spec, r, None).await;
         }
         let claim = Claim {

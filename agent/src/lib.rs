@@ -4,6 +4,7 @@
 //! (`eden_proto::client`); nothing here links RocksDB or openraft. See design/agents.md.
 
 pub mod agent;
+pub mod decide;
 pub mod exec;
 pub mod facts;
 

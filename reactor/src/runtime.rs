@@ -33,13 +33,14 @@ use eden_proto::etcdserverpb::{RequestOp, WatchCreateRequest};
 use eden_proto::model::events::{self, Event};
 use eden_proto::model::keys::{self, REACTOR_CURSOR as CURSOR, REACTOR_LEADER as LEADER, RULES};
 use eden_proto::model::objects::now_ms;
-use eden_proto::model::rules::{Action, Cursor, Rule, State};
-use eden_proto::model::tasks::{self, NewTask, Targets};
+use eden_proto::model::rules::{Cursor, Rule, State};
+use eden_proto::model::tasks;
 use eden_proto::model::watcher::{Change, Watcher};
 use eden_proto::model::{kv, vars};
 use serde::{Deserialize, Serialize};
 
-use crate::rules::{self, Firing};
+use crate::rules;
+use crate::step::{self, Planned, Write};
 /// How often (in 1 s ticks) the active runtime compares the member list with the last one seen.
 const MEMBER_POLL_TICKS: u64 = 5;
 /// How long a changed rules' state may go unwritten (a crash replays it from the cursor).
@@ -273,77 +274,29 @@ impl Runtime {
             .collect())
     }
 
-    /// The writes of one firing, and its post actions (for after the commit).
-    async fn firing_ops(&self, f: &Firing) -> (Vec<RequestOp>, Vec<(String, String)>, Vec<String>) {
-        let (mut ops, mut posts, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-        let source = format!("reactor/{}", f.rule);
-        let mut tasks_made = Vec::new();
-        for a in &f.actions {
-            match a {
-                Action::Run {
-                    on,
-                    nodes,
-                    command,
-                    shell,
-                    register,
-                    timeout,
-                } => {
-                    let targets = match (on, nodes) {
-                        (Some(s), _) => Targets::Selector(s.clone()),
-                        (None, Some(n)) => Targets::Nodes(
-                            n.split(',')
-                                .map(|s| s.trim().to_string())
-                                .filter(|s| !s.is_empty())
-                                .collect(),
-                        ),
-                        (None, None) => continue,
-                    };
-                    let t = NewTask {
-                        targets,
-                        command: command.clone(),
-                        script: None,
-                        shell: *shell,
-                        env: BTreeMap::new(),
-                        cwd: None,
-                        timeout: timeout
-                            .as_deref()
-                            .and_then(|t| humantime::parse_duration(t).ok())
-                            .unwrap_or(Duration::from_secs(600)),
-                        deadline: Duration::from_secs(300),
-                        register: register.clone(),
-                        retention: Duration::from_secs(7 * 24 * 3600),
-                    };
-                    match tasks::prepare(&self.client, &t).await {
-                        Ok((spec, o)) => {
-                            tasks_made.push(spec.id.clone());
-                            ops.extend(o);
-                        }
-                        Err(e) => errors.push(format!("run: {e}")),
+    /// The txn operations of one planned firing (a task's targets are resolved now), with the
+    /// `reactor/fired/RULE` event that records it.
+    async fn firing_ops(&self, p: &Planned) -> Vec<RequestOp> {
+        let f = &p.firing;
+        let mut errors = p.errors.clone();
+        let (mut ops, mut tasks_made) = (Vec::new(), Vec::new());
+        for w in &p.writes {
+            match w {
+                Write::Task(t) => match tasks::prepare(&self.client, t).await {
+                    Ok((spec, o)) => {
+                        tasks_made.push(spec.id.clone());
+                        ops.extend(o);
                     }
+                    Err(e) => errors.push(format!("run: {e}")),
+                },
+                Write::Var { node, name, value } => {
+                    ops.push(kv::put(&keys::var(node, name), value, 0))
                 }
-                Action::SetVar { node, name, value } => {
-                    match vars::check_scope(node)
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| keys::check_name("variable name", name))
-                    {
-                        Ok(()) => ops.push(kv::put(&keys::var(node, name), value, 0)),
-                        Err(e) => errors.push(format!("set_var: {e}")),
-                    }
-                }
-                Action::Emit { tag, data, labels } => ops.push(event_put(
-                    tag.clone(),
-                    &source,
-                    labels.clone(),
-                    data.clone(),
-                )),
-                Action::Post { url, body } => posts.push((
-                    url.clone(),
-                    body.clone().unwrap_or_else(|| {
-                        serde_json::json!({"rule": f.rule, "tag": f.tag, "revision": f.revision})
-                            .to_string()
-                    }),
-                )),
+                Write::Event(ev) => ops.push(events::put(ev)),
             }
+        }
+        for e in &errors {
+            tracing::warn!(rule = %f.rule, "{e}");
         }
         ops.push(event_put(
             format!("reactor/fired/{}", f.rule),
@@ -355,7 +308,7 @@ impl Runtime {
                 "errors": errors,
             }),
         ));
-        (ops, posts, errors)
+        ops
     }
 
     /// Commits `ops` with the cursor, guarded by the leader key and the cursor's last revision.
@@ -476,17 +429,16 @@ impl Runtime {
                     }
                     if rules::pending(&cursor.state) {
                         let vars = vars::all(&self.client).await.unwrap_or_default();
-                        let (firings, errs) = rules::tick(&rules, &mut cursor.state, now_ms(), &serde_json::json!({"vars": vars}));
-                        for e in errs {
+                        let st = step::tick(&rules, &mut cursor.state, now_ms(), &serde_json::json!({"vars": vars}));
+                        for e in &st.errors {
                             tracing::warn!("{e}");
                         }
-                        if !firings.is_empty() {
+                        if !st.planned.is_empty() {
                             let mut ops = Vec::new();
                             let mut posts = Vec::new();
-                            for f in &firings {
-                                let (o, p, _) = self.firing_ops(f).await;
-                                ops.extend(o);
-                                posts.extend(p);
+                            for p in &st.planned {
+                                ops.extend(self.firing_ops(p).await);
+                                posts.extend(p.posts.iter().cloned());
                             }
                             cursor_mod = self.commit(me, cursor_mod, &cursor, ops).await
                                 .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
@@ -558,43 +510,38 @@ impl Runtime {
                     e.kv.as_ref()
                         .is_some_and(|kv| kv.key.starts_with(keys::REACTOR.as_bytes()))
                 });
-                let mut firings = Vec::new();
-                for e in evs {
-                    let Some(ev) = events::from_watch(e, now_ms()) else {
-                        continue;
-                    };
-                    if ev.tag.starts_with("reactor/")
-                        || !rules.iter().any(|r| rules::matches(r, &ev))
-                    {
-                        continue;
-                    }
-                    changed = true;
-                    let vars = vars::all(&self.client).await.unwrap_or_default();
-                    let (f, errs) = rules::react(
-                        &rules,
-                        &mut cursor.state,
-                        &ev,
-                        &serde_json::json!({"vars": vars}),
-                    );
-                    for e in errs {
-                        tracing::warn!(revision = rev, "{e}");
-                    }
-                    firings.extend(f);
+                let evs: Vec<Event> = evs
+                    .into_iter()
+                    .filter_map(|e| events::from_watch(e, now_ms()))
+                    .collect();
+                let vars = if evs
+                    .iter()
+                    .any(|e| rules.iter().any(|r| rules::matches(r, e)))
+                {
+                    vars::all(&self.client).await.unwrap_or_default()
+                } else {
+                    Default::default()
+                };
+                let st = step::step(
+                    &rules,
+                    &mut cursor.state,
+                    &evs,
+                    &serde_json::json!({"vars": vars}),
+                );
+                for e in &st.errors {
+                    tracing::warn!(revision = rev, "{e}");
                 }
+                changed |= st.matched;
                 cursor.revision = rev;
-                if firings.is_empty() {
+                if st.planned.is_empty() {
                     behind |= !own;
                     continue;
                 }
                 let mut ops = Vec::new();
                 let mut posts = Vec::new();
-                for f in &firings {
-                    let (o, p, errors) = self.firing_ops(f).await;
-                    for e in errors {
-                        tracing::warn!(rule = %f.rule, "{e}");
-                    }
-                    ops.extend(o);
-                    posts.extend(p);
+                for p in &st.planned {
+                    ops.extend(self.firing_ops(p).await);
+                    posts.extend(p.posts.iter().cloned());
                 }
                 cursor_mod = self
                     .commit(me, cursor_mod, &cursor, ops)
@@ -602,7 +549,8 @@ impl Runtime {
                     .map_err(|e| e.unwrap_or_else(|| "deposed".into()))?;
                 (changed, behind) = (false, false);
                 last_write = Instant::now();
-                for f in &firings {
+                for p in &st.planned {
+                    let f = &p.firing;
                     tracing::info!(rule = %f.rule, tag = %f.tag, revision = f.revision, "fired");
                 }
                 for (url, body) in posts {

@@ -19,6 +19,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use eden_proto::client::{Client, ClientError};
 use eden_proto::model::events::{self, Event};
 use eden_proto::model::{hooks, Error};
@@ -126,6 +127,12 @@ pub async fn serve(
         .route("/hooks/{name}", post(receive))
         .layer(DefaultBodyLimit::max(max_bytes))
         .with_state(Arc::new(Intake { client }));
+    // TCP_NODELAY on every accepted connection: small answers are not held back.
+    let listener = listener.tap_io(|s| {
+        if let Err(e) = s.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY on an accepted connection");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -35,14 +35,10 @@ struct Cli {
     endpoints: Vec<String>,
 
     /// Output format.
-    #[arg(
-        short = 'w',
-        long = "write-out",
-        global = true,
-        value_enum,
-        default_value = "simple"
-    )]
-    write_out: Format,
+    /// Output format [default: simple; listing commands print a table unless `-w simple` is
+    /// given, which makes every command print plain lines].
+    #[arg(short = 'w', long = "write-out", global = true, value_enum)]
+    write_out: Option<Format>,
 
     /// Log format for `eden server` (logs go to stderr; RUST_LOG sets the level).
     #[arg(long, global = true, value_enum, default_value = "text")]

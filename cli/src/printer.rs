@@ -1,5 +1,7 @@
 //! Output in three formats, like etcdctl: `simple` (keys and values on their own lines), `json`
-//! (etcd's JSON shape, bytes in base64, one object per response) and `table`.
+//! (etcd's JSON shape, bytes in base64, one object per response) and `table`. Without `-w`,
+//! listing commands (`node ls`, `task ls`, ...) print a table; `-w simple` makes them print one
+//! plain line per row, cells separated by ", ", as `etcdctl member list` does.
 
 use std::io::Write;
 
@@ -17,6 +19,8 @@ pub enum Format {
 
 pub struct Printer {
     pub format: Format,
+    /// `-w` was given (a listing prints plain lines for an explicit `simple`).
+    explicit: bool,
 }
 
 pub fn b64(bytes: &[u8]) -> String {
@@ -43,8 +47,11 @@ pub fn kv_json(kv: &KeyValue) -> Value {
 }
 
 impl Printer {
-    pub fn new(format: Format) -> Printer {
-        Printer { format }
+    pub fn new(format: Option<Format>) -> Printer {
+        Printer {
+            format: format.unwrap_or(Format::Simple),
+            explicit: format.is_some(),
+        }
     }
 
     pub fn line(&self, s: &str) -> std::io::Result<()> {
@@ -65,8 +72,15 @@ impl Printer {
         self.line(&v.to_string())
     }
 
-    /// A table with a header row, columns padded to their widest cell.
+    /// A table with a header row, columns padded to their widest cell; with an explicit
+    /// `-w simple`, one plain line per row (no header), cells separated by ", ".
     pub fn table(&self, head: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+        if self.explicit && self.format == Format::Simple {
+            for r in rows {
+                self.line(&r.join(", "))?;
+            }
+            return Ok(());
+        }
         let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
         for r in rows {
             for (i, c) in r.iter().enumerate() {

@@ -347,7 +347,7 @@ impl Cluster {
         let r = self
             .client()
             .range(eden_proto::etcdserverpb::RangeRequest {
-                key: b"/eden/reactor/leader".to_vec(),
+                key: eden_proto::model::keys::REACTOR_LEADER.as_bytes().to_vec(),
                 ..Default::default()
             })
             .await
@@ -366,7 +366,7 @@ impl Cluster {
                 let cursor = self
                     .client()
                     .range(eden_proto::etcdserverpb::RangeRequest {
-                        key: b"/eden/reactor/cursor".to_vec(),
+                        key: eden_proto::model::keys::REACTOR_CURSOR.as_bytes().to_vec(),
                         count_only: true,
                         ..Default::default()
                     })

@@ -44,6 +44,17 @@ fn results(o: &CliOutput) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_on_selectors_and_node_lists() {
     let (c, mut agents) = setup(&[]).await;
+    // `-w simple` is plain lines for a listing too; without `-w` it is a table.
+    let o = c
+        .eden(&["node", "ls", "-l", "role=db", "-w", "simple"])
+        .await;
+    assert!(o.stdout.starts_with("db1, up, role=db, "), "{o:?}");
+    assert_eq!(o.stdout.lines().count(), 1, "{o:?}");
+    let o = c.eden(&["node", "ls", "-l", "role=db"]).await;
+    assert!(
+        o.stdout.starts_with("+-") && o.stdout.contains("| NAME "),
+        "{o:?}"
+    );
     // A selector: both web nodes, each with its own output.
     let o = c
         .eden(&[
@@ -251,7 +262,9 @@ async fn a_registered_variable_feeds_a_template_on_another_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_task_reports_it_lost_and_nothing_runs_twice() {
-    let (c, mut agents) = setup(&[]).await;
+    // One task at a time per agent: a run a restarted agent would start again while it
+    // reconciles is done before the next task it is given.
+    let (c, mut agents) = setup(&["--concurrency", "1"]).await;
     let counter = c.dir().join("runs");
     let cmd = format!("echo run >> {}; sleep 30", counter.display());
     let o = c
@@ -291,11 +304,24 @@ async fn an_agent_killed_mid_task_reports_it_lost_and_nothing_runs_twice() {
     agents[1].kill();
     agents[1].restart();
     c.wait_nodes(&["web1", "web2"], true).await;
-    // Let the restarted agents reconcile, then count: 1 lost run + 2 runs.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A new task on both: each restarted agent reconciles its old assignments before it watches
+    // for new ones, so once this ran, anything reconciling would have run is done too.
+    let o = c
+        .eden(&[
+            "run",
+            "--on",
+            "role=web",
+            "--shell",
+            "--",
+            &format!("echo marker >> {}", counter.display()),
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let lines = std::fs::read_to_string(&counter).unwrap();
     assert_eq!(
-        std::fs::read_to_string(&counter).unwrap().lines().count(),
-        3
+        lines.lines().filter(|l| *l != "marker").collect::<Vec<_>>(),
+        ["run", "again", "again"],
+        "1 lost run and 2 runs, none again: {lines:?}"
     );
 }
 
@@ -357,7 +383,30 @@ async fn a_dead_agent_shows_down_and_offline_targets_wait_for_the_deadline() {
         ])
         .await;
     let id = o.stdout.trim().to_string();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A task with a short deadline, given at the same time, passes its deadline first: then the
+    // first one is still pending, waiting for its own.
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "web2",
+            "--deadline",
+            "1s",
+            "--async",
+            "--",
+            "true",
+        ])
+        .await;
+    let short = o.stdout.trim().to_string();
+    wait_for(
+        "the short deadline to pass",
+        Duration::from_secs(20),
+        || async {
+            let o = c.eden(&["task", "show", &short, "-w", "json"]).await;
+            results(&o)["web2"]["status"] == "unreachable"
+        },
+    )
+    .await;
     let o = c.eden(&["task", "show", &id, "-w", "json"]).await;
     assert_eq!(results(&o)["web2"]["state"], "pending", "{o:?}");
     agents[1].restart();
@@ -563,7 +612,7 @@ async fn scripts_variable_watches_and_forgetting_nodes() {
             .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 1))
     })
     .await;
-    let (kvs, _) = eden_agent_keys_under(&c, "/eden/runs/").await;
+    let (kvs, _) = eden_agent_keys_under(&c, eden_proto::model::keys::RUNS).await;
     assert_eq!(kvs, 2, "only the first task's claim and result are left");
 }
 

@@ -185,39 +185,51 @@ async fn etcdctl_watch_and_lease() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    ok(&eps[1..], &["put", "w/1", "a"]);
-    ok(&eps[1..], &["put", "w/1", "b"]);
-    ok(&eps[1..], &["del", "w/1"]);
-    let out_path = std::env::temp_dir().join(format!("eden-watch-{}", std::process::id()));
+    // Read etcdctl's output as it comes.
     let mut stdout = watch.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    std::thread::spawn(move || {
         use std::io::Read;
         let mut buf = [0u8; 4096];
-        let mut all = Vec::new();
         while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-            if all.ends_with(b"DELETE\nw/1\nb\nw/1\n\n") {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
                 break;
             }
         }
-        all
     });
+    let mut got = String::new();
+    // The watch is subscribed once a probe written through another member comes out of it.
+    let mut probe = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !got.contains("w/probe") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watch never started: {got:?}"
+        );
+        probe += 1;
+        ok(&eps[1..], &["put", &format!("w/probe{probe}"), "p"]);
+        if let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            got.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+    ok(&eps[1..], &["put", "w/1", "a"]);
+    ok(&eps[1..], &["put", "w/1", "b"]);
+    ok(&eps[1..], &["del", "w/1"]);
+    let end = "DELETE\nw/1\nb\nw/1\n\n";
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !reader.is_finished() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    while !got.ends_with(end) && std::time::Instant::now() < deadline {
+        if let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+            got.push_str(&String::from_utf8_lossy(&b));
+        }
     }
     let _ = watch.kill();
     let _ = watch.wait();
-    let got = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
-    std::fs::remove_file(out_path).ok();
-    // With --prev-kv etcdctl prints the previous key-value before the new one.
+    // What follows the probes (no probe event has a key w/1): with --prev-kv etcdctl prints the
+    // previous key-value before the new one.
+    let after_probes = got.find("PUT\nw/1\n").map_or("", |i| &got[i..]);
     assert_eq!(
-        got,
-        "PUT\nw/1\na\nPUT\nw/1\na\nw/1\nb\nDELETE\nw/1\nb\nw/1\n\n"
+        after_probes, "PUT\nw/1\na\nPUT\nw/1\na\nw/1\nb\nDELETE\nw/1\nb\nw/1\n\n",
+        "{got:?}"
     );
 
     // Leases: grant, attach, time-to-live with keys, keep-alive once, revoke deletes the key.

@@ -55,7 +55,17 @@ async fn a_backup_saved_during_writes_restores_exactly_its_revision() {
     })
     .await;
     let (backup, rev) = client.snapshot().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await; // more writes after the backup
+    wait_for(
+        "more writes after the backup",
+        Duration::from_secs(20),
+        || async {
+            client
+                .range(all_keys(0))
+                .await
+                .is_ok_and(|r| r.header.is_some_and(|h| h.revision >= rev + 10))
+        },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     let expected = client.range(all_keys(rev)).await.unwrap().kvs;

@@ -205,8 +205,8 @@ async fn event_tags(c: &Cluster, prefix: &str) -> Vec<String> {
     let r = c
         .client()
         .range(eden_proto::etcdserverpb::RangeRequest {
-            key: b"/eden/events/".to_vec(),
-            range_end: eden_proto::keys::prefix_end(b"/eden/events/"),
+            key: eden_proto::model::keys::EVENTS.as_bytes().to_vec(),
+            range_end: eden_proto::keys::prefix_end(eden_proto::model::keys::EVENTS.as_bytes()),
             ..Default::default()
         })
         .await
@@ -269,7 +269,7 @@ async fn killing_the_active_reactor_mid_burst_fires_every_event_exactly_once() {
         for i in 0..n {
             let ev = serde_json::json!({"tag": format!("burst/{i}"), "time": 0, "source": "test"});
             let put = eden_proto::etcdserverpb::PutRequest {
-                key: format!("/eden/events/burst-{i:05}").into(),
+                key: format!("{}burst-{i:05}", eden_proto::model::keys::EVENTS).into(),
                 value: ev.to_string().into(),
                 ..Default::default()
             };
@@ -488,7 +488,7 @@ async fn membership_changes_become_member_events() {
         || async {
             c.client()
                 .range(eden_proto::etcdserverpb::RangeRequest {
-                    key: b"/eden/reactor/cursor".to_vec(),
+                    key: eden_proto::model::keys::REACTOR_CURSOR.as_bytes().to_vec(),
                     ..Default::default()
                 })
                 .await
@@ -665,7 +665,7 @@ async fn an_event_source_gets_its_rate_across_the_cluster() {
         match c
             .put(
                 i % 3,
-                &format!("/eden/events/flood-{i:03}"),
+                &format!("{}flood-{i:03}", eden_proto::model::keys::EVENTS),
                 &ev("flood", "flooder"),
             )
             .await
@@ -688,7 +688,11 @@ async fn an_event_source_gets_its_rate_across_the_cluster() {
     );
     // Another source is not held back by this one.
     assert!(c
-        .put(1, "/eden/events/other", &ev("calm", "other"))
+        .put(
+            1,
+            &format!("{}other", eden_proto::model::keys::EVENTS),
+            &ev("calm", "other")
+        )
         .await
         .is_ok());
 }

@@ -11,9 +11,9 @@ use eden_proto::glob;
 use eden_proto::model::events::{self, Event};
 use eden_proto::model::keys;
 use eden_proto::model::objects::{now_ms, show_time};
-use eden_proto::model::watcher::{Change, Watcher};
+use eden_proto::model::watcher::Watcher;
 
-use crate::exit::{Failure, REFUSED};
+use crate::exit::Failure;
 use crate::printer::{Format, Printer};
 
 #[derive(Subcommand)]
@@ -141,33 +141,16 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: EventCmd) -> Result<(),
         }
         EventCmd::Watch { globs, deny, from } => {
             let mut w = Watcher::from_revision(client.clone(), keys::ROOT, from).with_prev_kv();
-            loop {
-                let c = tokio::select! {
-                    c = w.next() => c,
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
-                };
-                match c {
-                    None => return Ok(()),
-                    Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(Change::Compacted { oldest })) => {
-                        return Err(Failure {
-                            code: REFUSED,
-                            message: format!(
-                                "revision {from} was compacted (the oldest kept is {oldest}); events before it are gone"
-                            ),
-                            quiet: false,
-                        })
-                    }
-                    Some(Ok(Change::Listed { .. })) => {}
-                    Some(Ok(Change::Events(evs))) => {
-                        for e in &evs {
-                            if let Some(ev) = events::from_watch(e, now_ms()) {
-                                if globs.iter().any(|g| glob::matches(g, &ev.tag))
-                                    && !deny.iter().any(|d| glob::matches(d, &ev.tag))
-                                {
-                                    print_event(out, &ev)?;
-                                }
-                            }
+            let compacted = |oldest| {
+                format!("revision {from} was compacted (the oldest kept is {oldest}); events before it are gone")
+            };
+            while let Some(evs) = super::next_events(&mut w, compacted).await? {
+                for e in &evs {
+                    if let Some(ev) = events::from_watch(e, now_ms()) {
+                        if globs.iter().any(|g| glob::matches(g, &ev.tag))
+                            && !deny.iter().any(|d| glob::matches(d, &ev.tag))
+                        {
+                            print_event(out, &ev)?;
                         }
                     }
                 }

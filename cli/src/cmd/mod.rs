@@ -23,3 +23,33 @@ pub mod task;
 pub mod txn;
 pub mod var;
 pub mod watch;
+
+use eden_proto::model::watcher::{Change, Watcher};
+use eden_proto::mvccpb::Event;
+
+use crate::exit::{Failure, REFUSED};
+
+/// The next changes a watching command prints; None once Ctrl-C is pressed (or the watch ends).
+/// A compacted start is the one-line error `compacted(oldest)` words.
+async fn next_events(
+    w: &mut Watcher,
+    compacted: impl Fn(i64) -> String,
+) -> Result<Option<Vec<Event>>, Failure> {
+    loop {
+        let c = tokio::select! {
+            c = w.next() => c,
+            _ = tokio::signal::ctrl_c() => return Ok(None),
+        };
+        return match c {
+            None => Ok(None),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(Change::Compacted { oldest })) => Err(Failure {
+                code: REFUSED,
+                message: compacted(oldest),
+                quiet: false,
+            }),
+            Some(Ok(Change::Listed { .. })) => continue,
+            Some(Ok(Change::Events(events))) => Ok(Some(events)),
+        };
+    }
+}

@@ -8,10 +8,10 @@ use clap::Subcommand;
 use eden_proto::client::Client;
 use eden_proto::model::keys;
 use eden_proto::model::vars::{self, show_value, value_of_text, Var};
-use eden_proto::model::watcher::{Change, Watcher};
+use eden_proto::model::watcher::Watcher;
 use eden_proto::mvccpb::event::EventType;
 
-use crate::exit::{Failure, REFUSED};
+use crate::exit::Failure;
 use crate::printer::{Format, Printer};
 
 #[derive(Subcommand)]
@@ -148,26 +148,12 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: VarCmd) -> Result<(), F
             if exact {
                 w = w.single_key();
             }
-            loop {
-                let c = tokio::select! {
-                    c = w.next() => c,
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
-                };
-                let events = match c {
-                    None => return Ok(()),
-                    Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(Change::Compacted { oldest })) => {
-                        return Err(Failure {
-                            code: REFUSED,
-                            message: format!(
-                                "watch canceled: revision {rev} was compacted (the oldest kept is {oldest})"
-                            ),
-                            quiet: false,
-                        })
-                    }
-                    Some(Ok(Change::Listed { .. })) => continue,
-                    Some(Ok(Change::Events(events))) => events,
-                };
+            let compacted = |oldest| {
+                format!(
+                    "watch canceled: revision {rev} was compacted (the oldest kept is {oldest})"
+                )
+            };
+            while let Some(events) = super::next_events(&mut w, compacted).await? {
                 for e in &events {
                     let Some(kv) = &e.kv else { continue };
                     let Some((scope, name)) =

@@ -8,6 +8,7 @@
 //!   reactors. It retries on another member when one is unavailable and resumes watches.
 //! - [`errors`]: etcd's error messages, shared by the server that sends them and the client that
 //!   recognises them.
+//! - [`pki`]: the cluster's certificate authority and the certificates that name identities.
 //! - [`model`]: eden's keyspace and object shapes (which keys exist under `/eden/`, their values,
 //!   who writes them), with their read and write functions over the client.
 
@@ -36,3 +37,4 @@ pub mod errors;
 pub mod glob;
 pub mod keys;
 pub mod model;
+pub mod pki;

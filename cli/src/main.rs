@@ -34,11 +34,21 @@ struct Cli {
     )]
     endpoints: Vec<String>,
 
-    /// Output format.
     /// Output format [default: simple; listing commands print a table unless `-w simple` is
     /// given, which makes every command print plain lines].
     #[arg(short = 'w', long = "write-out", global = true, value_enum)]
     write_out: Option<Format>,
+
+    /// The CA the members' certificates come from (PEM), for a cluster that speaks TLS (with
+    /// --cert and --key).
+    #[arg(long = "cacert", id = "tls_cacert", global = true, env = "EDEN_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), from the cluster's CA.
+    #[arg(long = "cert", id = "tls_cert", global = true, env = "EDEN_CERT")]
+    cert: Option<std::path::PathBuf>,
+    /// This client's key (PEM).
+    #[arg(long = "key", id = "tls_key", global = true, env = "EDEN_KEY")]
+    key: Option<std::path::PathBuf>,
 
     /// Log format for `eden server` (logs go to stderr; RUST_LOG sets the level).
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -52,6 +62,9 @@ struct Cli {
 enum Command {
     /// Run a member of an eden cluster.
     Server(Box<cmd::server::ServerArgs>),
+    /// The cluster's certificates: `pki init DIR` makes a CA and the first certificates.
+    #[command(subcommand)]
+    Pki(cmd::pki::PkiCmd),
     /// Get a key or a range of keys.
     Get(cmd::get::GetArgs),
     /// Put a key.
@@ -133,6 +146,16 @@ fn main() {
         };
         std::process::exit(code);
     }
+    if let Command::Pki(c) = cli.command {
+        let code = match cmd::pki::run(&printer::Printer::new(cli.write_out), c) {
+            Ok(()) => 0,
+            Err(f) => {
+                eprintln!("Error: {}", f.message);
+                f.code
+            }
+        };
+        std::process::exit(code);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -152,10 +175,22 @@ fn main() {
 }
 
 async fn run_client(cli: Cli) -> Result<(), Failure> {
-    let client = Arc::new(eden_proto::client::Client::new(&cli.endpoints).map_err(Failure::from)?);
+    let tls = match (&cli.cacert, &cli.cert, &cli.key) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(eden_proto::client::Tls::from_files(ca, cert, key).map_err(Failure::usage)?)
+        }
+        _ => {
+            return Err(Failure::usage(
+                "TLS needs all of --cacert, --cert and --key",
+            ))
+        }
+    };
+    let client =
+        Arc::new(eden_proto::client::Client::with_tls(&cli.endpoints, tls).map_err(Failure::from)?);
     let out = printer::Printer::new(cli.write_out);
     match cli.command {
-        Command::Server(_) => unreachable!("handled in main"),
+        Command::Server(_) | Command::Pki(_) => unreachable!("handled in main"),
         Command::Get(a) => cmd::get::run(&client, &out, a).await,
         Command::Put(a) => cmd::put::run(&client, &out, a).await,
         Command::Del(a) => cmd::del::run(&client, &out, a).await,

@@ -109,6 +109,8 @@ pub struct Client {
     /// cluster. `current` indexes it.
     pool: Mutex<Pool>,
     current: AtomicUsize,
+    /// Mutual TLS, when the cluster speaks it.
+    tls: Option<Tls>,
 }
 
 /// How often a client in use refreshes its members.
@@ -120,10 +122,51 @@ struct Pool {
     synced: std::time::Instant,
 }
 
-async fn connect(ep: &str) -> std::result::Result<Channel, String> {
-    Endpoint::from_shared(ep.to_string())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
+/// The certificates a client presents and trusts (PEM): mutual TLS with the cluster's CA.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// The CA the servers' certificates must come from.
+    pub ca_pem: String,
+    /// This client's certificate and key.
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Tls {
+    /// Reads the three PEM files.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> std::result::Result<Tls, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        Ok(Tls {
+            ca_pem: read(ca)?,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        })
+    }
+
+    fn config(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
+    }
+}
+
+async fn connect(ep: &str, tls: Option<&Tls>) -> std::result::Result<Channel, String> {
+    let mut e = Endpoint::from_shared(ep.to_string()).map_err(|e| e.to_string())?;
+    if let Some(tls) = tls {
+        e = e
+            .tls_config(tls.config())
+            .map_err(|e| format!("{ep}: {e}"))?;
+    }
+    e.connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .tcp_nodelay(true)
         .connect()
@@ -131,12 +174,18 @@ async fn connect(ep: &str) -> std::result::Result<Channel, String> {
         .map_err(|e| format!("{ep}: {e}"))
 }
 
-fn normalize(ep: &str) -> String {
+/// An endpoint as a URL: `https://` when the client speaks TLS (a member's advertised
+/// `http://` URL included), else `http://` for a bare `host:port`.
+fn normalize(ep: &str, tls: bool) -> String {
     let ep = ep.trim();
-    if ep.starts_with("http://") || ep.starts_with("https://") {
-        ep.to_string()
-    } else {
-        format!("http://{ep}")
+    let bare = ep
+        .strip_prefix("http://")
+        .or_else(|| ep.strip_prefix("https://"));
+    match (bare, tls) {
+        (Some(b), true) => format!("https://{b}"),
+        (None, true) => format!("https://{ep}"),
+        (Some(_), false) => ep.to_string(),
+        (None, false) => format!("http://{ep}"),
     }
 }
 
@@ -205,10 +254,16 @@ fn retryable(s: &Status, kind: Retry) -> bool {
 impl Client {
     /// A client for these endpoints (`host:port` or URLs). Nothing is dialed until the first request.
     pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Client> {
+        Client::with_tls(endpoints, None)
+    }
+
+    /// A client that speaks mutual TLS to these endpoints when `tls` is given.
+    pub fn with_tls<S: AsRef<str>>(endpoints: &[S], tls: Option<Tls>) -> Result<Client> {
+        let secure = tls.is_some();
         let endpoints: Vec<String> = endpoints
             .iter()
-            .map(|e| normalize(e.as_ref()))
-            .filter(|e| e.len() > 7)
+            .map(|e| normalize(e.as_ref(), secure))
+            .filter(|e| e != "http://" && e != "https://")
             .collect();
         if endpoints.is_empty() {
             return Err(ClientError::InvalidEndpoint("no endpoints given".into()));
@@ -229,6 +284,7 @@ impl Client {
             // agents given the same list must not all land on its first member.
             current: AtomicUsize::new(rand::random::<u32>() as usize % n),
             channels: Mutex::new(vec![None; n]),
+            tls,
         })
     }
 
@@ -251,7 +307,7 @@ impl Client {
         if let Some(ch) = self.pool.lock().expect("pool lock").channels.get(&ep) {
             return Ok(ch.clone());
         }
-        let ch = connect(&ep).await?;
+        let ch = connect(&ep, self.tls.as_ref()).await?;
         self.pool
             .lock()
             .expect("pool lock")
@@ -297,7 +353,7 @@ impl Client {
             let mut next = self.endpoints.clone();
             for m in list.into_inner().members.iter().filter(|m| !m.is_learner) {
                 for u in &m.client_ur_ls {
-                    let u = normalize(u);
+                    let u = normalize(u, self.tls.is_some());
                     if !next.contains(&u) && Endpoint::from_shared(u.clone()).is_ok() {
                         next.push(u);
                     }
@@ -321,7 +377,7 @@ impl Client {
         if let Some(ch) = self.channels.lock().expect("channel lock")[i].clone() {
             return Ok(ch);
         }
-        let ch = connect(&self.endpoints[i]).await?;
+        let ch = connect(&self.endpoints[i], self.tls.as_ref()).await?;
         self.channels.lock().expect("channel lock")[i] = Some(ch.clone());
         Ok(ch)
     }

@@ -80,6 +80,10 @@ pub struct NodeConfig {
     pub quota_bytes: i64,
     /// Automatic history compaction, if any.
     pub auto_compaction: Option<AutoCompaction>,
+    /// Mutual TLS on the client port (this member's certificate and key, and the CA clients'
+    /// certificates must come from); the member presents the same certificate to other members'
+    /// client ports. None: plaintext.
+    pub tls: Option<eden_proto::client::Tls>,
     /// What explicit events may be stored (see [`crate::events`]).
     pub events: crate::events::EventPolicy,
 }
@@ -115,6 +119,7 @@ impl NodeConfig {
             stay_learner: false,
             quota_bytes: DEFAULT_QUOTA_BYTES,
             auto_compaction: None,
+            tls: None,
             events: Default::default(),
         }
     }
@@ -919,7 +924,8 @@ impl Node {
         if urls.is_empty() {
             return false;
         }
-        let Ok(client) = eden_proto::client::Client::new(&urls) else {
+        let Ok(client) = eden_proto::client::Client::with_tls(&urls, self.config.tls.clone())
+        else {
             return false;
         };
         let list = client

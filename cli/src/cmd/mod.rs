@@ -13,6 +13,7 @@ pub mod hook;
 pub mod lease;
 pub mod member;
 pub mod node;
+pub mod pki;
 pub mod put;
 pub mod reactor;
 pub mod run;

@@ -120,6 +120,17 @@ pub struct ServerArgs {
     /// Largest webhook body in bytes; larger ones get 413 [default: 1048576].
     #[arg(long)]
     pub webhook_max_bytes: Option<usize>,
+    /// Serve the client port over TLS with this certificate (PEM; with --key-file and
+    /// --trusted-ca-file): clients must then present a certificate from that CA (mutual TLS).
+    /// The member also presents it to other members' client ports.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// The key of --cert-file (PEM).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// The CA clients' certificates must come from (PEM).
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
 }
 
 /// The same settings as read from a `--config` file.
@@ -154,6 +165,9 @@ struct FileConfig {
     reactor: Option<bool>,
     webhook_addr: Option<String>,
     webhook_max_bytes: Option<usize>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    trusted_ca_file: Option<PathBuf>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -336,6 +350,19 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
     if let Some(v) = args.event_rate.or(file.event_rate) {
         c.events.rate = v.max(1);
     }
+    let tls_files = (
+        args.cert_file.clone().or(file.cert_file),
+        args.key_file.clone().or(file.key_file),
+        args.trusted_ca_file.clone().or(file.trusted_ca_file),
+    );
+    c.tls = match tls_files {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(ca)) => Some(
+            eden_proto::client::Tls::from_files(&ca, &cert, &key)
+                .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        _ => anyhow::bail!("TLS needs all of --cert-file, --key-file and --trusted-ca-file"),
+    };
     let extras = Extras {
         metrics_addr: args.metrics_addr.clone().or(file.metrics_addr),
         reactor: !args.no_reactor && file.reactor.unwrap_or(true),
@@ -460,9 +487,10 @@ async fn serve(
             }
         });
     }
-    let own_client = Arc::new(eden_proto::client::Client::new(std::slice::from_ref(
-        &node.config().client_addr,
-    ))?);
+    let own_client = Arc::new(eden_proto::client::Client::with_tls(
+        std::slice::from_ref(&node.config().client_addr),
+        node.config().tls.clone(),
+    )?);
     let reactor = extras.reactor.then(|| {
         let rt = Arc::new(eden_reactor::runtime::Runtime::new(
             own_client.clone(),

@@ -24,7 +24,7 @@ use eden_proto::peer::peer_server::PeerServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::node::Node;
 
@@ -71,7 +71,16 @@ pub async fn serve_client(
     // (CVE-2023-44487). The same for streams the server resets itself because a client sent on a
     // stream that had just closed (h2 counts those over the connection's whole life, 1,024 by
     // default: a busy connection of agents that lives for days would reach it).
-    Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = &node.config().tls {
+        // Mutual TLS: tonic requires a client certificate from the CA once a root is given.
+        server = server.tls_config(
+            ServerTlsConfig::new()
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                .client_ca_root(Certificate::from_pem(&tls.ca_pem)),
+        )?;
+    }
+    server
         .http2_max_pending_accept_reset_streams(Some(CLIENT_MAX_PENDING_RESETS))
         .http2_max_local_error_reset_streams(Some(CLIENT_MAX_LOCAL_RESETS))
         .layer(RpcTimer)

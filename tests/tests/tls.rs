@@ -1,0 +1,160 @@
+//! Mutual TLS on the client port (the first part of issue 13): a member given a certificate from
+//! the cluster's CA (`eden pki init`) serves only clients that present a certificate from the
+//! same CA; the eden CLI and etcdctl get through with theirs.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use eden_tests::{eden_bin, free_port, wait_for};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn eden(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(eden_bin()).args(args).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_port_speaks_mutual_tls_with_the_clusters_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let p = |f: &str| pki.join(f).display().to_string();
+    let (code, out, err) = eden(&["pki", "init", &p(""), "--member", "m1=127.0.0.1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("admin:admin") && out.contains("CA pin: sha256:"),
+        "{out}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(pki.join("admin.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // A second init does not replace the CA.
+    assert_eq!(eden(&["pki", "init", &p("")]).0, 2);
+    // Another CA, for a client the cluster must not trust.
+    let other = dir.path().join("other");
+    assert_eq!(eden(&["pki", "init", &other.display().to_string()]).0, 0);
+
+    let (client, peer) = (free_port(), free_port());
+    let ep = format!("127.0.0.1:{client}");
+    let _server = Killed(
+        Command::new(eden_bin())
+            .args([
+                "server",
+                "--name",
+                "m1",
+                "--data-dir",
+                &dir.path().join("data").display().to_string(),
+                "--client-addr",
+                &ep,
+                "--peer-addr",
+                &format!("127.0.0.1:{peer}"),
+                "--cert-file",
+                &p("member-m1.crt"),
+                "--key-file",
+                &p("member-m1.key"),
+                "--trusted-ca-file",
+                &p("ca.crt"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let admin = [
+        "--endpoints",
+        ep.as_str(),
+        "--cacert",
+        &p("ca.crt"),
+        "--cert",
+        &p("admin.crt"),
+        "--key",
+        &p("admin.key"),
+    ]
+    .map(String::from);
+    let with = |extra: &[&str]| {
+        let mut a: Vec<String> = admin.to_vec();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    wait_for(
+        "the TLS member to answer",
+        Duration::from_secs(30),
+        || async {
+            let a = with(&["put", "greeting", "hello"]);
+            eden(&a.iter().map(String::as_str).collect::<Vec<_>>()).0 == 0
+        },
+    )
+    .await;
+    let a = with(&["get", "greeting"]);
+    let (code, out, _) = eden(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!((code, out.as_str()), (0, "greeting\nhello\n"));
+
+    // Plaintext, no client certificate, or one from another CA: refused (exit 3, unreachable).
+    let o = eden(&["--endpoints", &ep, "get", "greeting"]);
+    assert_eq!(o.0, 3, "plaintext got through: {o:?}");
+    let o = eden(&[
+        "--endpoints",
+        &ep,
+        "--cacert",
+        &p("ca.crt"),
+        "--cert",
+        &other.join("admin.crt").display().to_string(),
+        "--key",
+        &other.join("admin.key").display().to_string(),
+        "get",
+        "greeting",
+    ]);
+    assert_eq!(o.0, 3, "a certificate from another CA got through: {o:?}");
+    // Half the flags is a usage error.
+    let o = eden(&[
+        "--endpoints",
+        &ep,
+        "--cacert",
+        &p("ca.crt"),
+        "get",
+        "greeting",
+    ]);
+    assert_eq!(o.0, 2, "{o:?}");
+    assert!(o.2.contains("--cacert, --cert and --key"), "{o:?}");
+
+    // etcdctl with etcd's flags.
+    let etcdctl = |args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &ep, "--dial-timeout", "3s"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = etcdctl(&[
+        "--cacert",
+        &p("ca.crt"),
+        "--cert",
+        &p("admin.crt"),
+        "--key",
+        &p("admin.key"),
+        "get",
+        "greeting",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "greeting\nhello\n");
+    let o = etcdctl(&["--cacert", &p("ca.crt"), "get", "greeting"]);
+    assert!(
+        !o.status.success(),
+        "etcdctl without a certificate got through: {o:?}"
+    );
+}

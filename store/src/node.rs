@@ -80,9 +80,9 @@ pub struct NodeConfig {
     pub quota_bytes: i64,
     /// Automatic history compaction, if any.
     pub auto_compaction: Option<AutoCompaction>,
-    /// Mutual TLS on the client port (this member's certificate and key, and the CA clients'
-    /// certificates must come from); the member presents the same certificate to other members'
-    /// client ports. None: plaintext.
+    /// Mutual TLS on the client and peer ports (this member's certificate and key, and the CA
+    /// every client's and member's certificate must come from); the member presents the same
+    /// certificate when it connects to other members. None: plaintext.
     pub tls: Option<eden_proto::client::Tls>,
     /// What explicit events may be stored (see [`crate::events`]).
     pub events: crate::events::EventPolicy,
@@ -218,7 +218,9 @@ impl Node {
         let joined = joining || stored.as_ref().is_some_and(|c| c.joined);
         let (id, cluster_id) = match (stored_id, &config.join) {
             (Some(id), _) => (id, stored.map_or(0, |c| c.cluster_id)),
-            (None, Some(endpoints)) => join_cluster(endpoints, &config.peer_addr).await?,
+            (None, Some(endpoints)) => {
+                join_cluster(endpoints, &config.peer_addr, config.tls.clone()).await?
+            }
             (None, None) => {
                 let mut names: Vec<String> = config
                     .initial_cluster
@@ -250,7 +252,7 @@ impl Node {
         let raft = Raft::new(
             id,
             Arc::new(raft_config),
-            PeerNetwork::new(&config.listen_peer_addr, cluster_id),
+            PeerNetwork::new(&config.listen_peer_addr, cluster_id, config.tls.clone()),
             LogStore::new(engine.clone()),
             sm.clone(),
         )
@@ -430,8 +432,8 @@ impl Node {
         if let Some(c) = peers.get(&(addr.to_string(), lane)) {
             return Ok(c.clone());
         }
-        let local = PeerNetwork::new(&self.config.listen_peer_addr, 0).local_ip;
-        let ch = peer_channel(addr, local)
+        let local = PeerNetwork::new(&self.config.listen_peer_addr, 0, None).local_ip;
+        let ch = peer_channel(addr, local, self.config.tls.as_ref())
             .map_err(|e| internal(format!("bad peer address {addr}: {e}")))?;
         let c = PeerClient::new(ch)
             .max_decoding_message_size(64 << 20)
@@ -1197,10 +1199,14 @@ impl crate::metrics::ServerHealth for Node {
     }
 }
 
-async fn join_cluster(endpoints: &[String], peer_addr: &str) -> anyhow::Result<(u64, u64)> {
+async fn join_cluster(
+    endpoints: &[String],
+    peer_addr: &str,
+    tls: Option<eden_proto::client::Tls>,
+) -> anyhow::Result<(u64, u64)> {
     use eden_proto::etcdserverpb::cluster_client::ClusterClient;
     use eden_proto::etcdserverpb::MemberAddRequest;
-    let client = eden_proto::client::Client::new(endpoints)?;
+    let client = eden_proto::client::Client::with_tls(endpoints, tls)?;
     let req = MemberAddRequest {
         peer_ur_ls: vec![format!("http://{peer_addr}")],
         is_learner: true,

@@ -1,6 +1,7 @@
-//! Mutual TLS on the client port (the first part of issue 13): a member given a certificate from
-//! the cluster's CA (`eden pki init`) serves only clients that present a certificate from the
-//! same CA; the eden CLI and etcdctl get through with theirs.
+//! Mutual TLS on the client and peer ports (the first part of issue 13): members given
+//! certificates from the cluster's CA (`eden pki init`) serve only clients and members that
+//! present a certificate from the same CA; the eden CLI and etcdctl get through with theirs, and
+//! the members replicate to each other over TLS.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -26,11 +27,21 @@ fn eden(args: &[&str]) -> (i32, String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_client_port_speaks_mutual_tls_with_the_clusters_ca() {
+async fn clients_and_members_speak_mutual_tls_with_the_clusters_ca() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     let p = |f: &str| pki.join(f).display().to_string();
-    let (code, out, err) = eden(&["pki", "init", &p(""), "--member", "m1=127.0.0.1"]);
+    let (code, out, err) = eden(&[
+        "pki",
+        "init",
+        &p(""),
+        "--member",
+        "m1=127.0.0.1",
+        "--member",
+        "m2=127.0.0.1",
+        "--member",
+        "m3=127.0.0.1",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("admin:admin") && out.contains("CA pin: sha256:"),
@@ -48,32 +59,44 @@ async fn the_client_port_speaks_mutual_tls_with_the_clusters_ca() {
     let other = dir.path().join("other");
     assert_eq!(eden(&["pki", "init", &other.display().to_string()]).0, 0);
 
-    let (client, peer) = (free_port(), free_port());
-    let ep = format!("127.0.0.1:{client}");
-    let _server = Killed(
-        Command::new(eden_bin())
-            .args([
-                "server",
-                "--name",
-                "m1",
-                "--data-dir",
-                &dir.path().join("data").display().to_string(),
-                "--client-addr",
-                &ep,
-                "--peer-addr",
-                &format!("127.0.0.1:{peer}"),
-                "--cert-file",
-                &p("member-m1.crt"),
-                "--key-file",
-                &p("member-m1.key"),
-                "--trusted-ca-file",
-                &p("ca.crt"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let cluster: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{}=127.0.0.1:{peer}", i + 1))
+        .collect();
+    let mut servers = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let name = format!("m{}", i + 1);
+        servers.push(Killed(
+            Command::new(eden_bin())
+                .args([
+                    "server",
+                    "--name",
+                    &name,
+                    "--data-dir",
+                    &dir.path().join(&name).display().to_string(),
+                    "--client-addr",
+                    &format!("127.0.0.1:{client}"),
+                    "--peer-addr",
+                    &format!("127.0.0.1:{peer}"),
+                    "--initial-cluster",
+                    &cluster.join(","),
+                    "--cert-file",
+                    &p(&format!("member-{name}.crt")),
+                    "--key-file",
+                    &p(&format!("member-{name}.key")),
+                    "--trusted-ca-file",
+                    &p("ca.crt"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    let ep = format!("127.0.0.1:{}", ports[0].0);
+    let ep3 = format!("127.0.0.1:{}", ports[2].0);
     let admin = [
         "--endpoints",
         ep.as_str(),
@@ -99,9 +122,30 @@ async fn the_client_port_speaks_mutual_tls_with_the_clusters_ca() {
         },
     )
     .await;
-    let a = with(&["get", "greeting"]);
-    let (code, out, _) = eden(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!((code, out.as_str()), (0, "greeting\nhello\n"));
+    // Written through m1, read (linearizably) through m3: replicated over the peer port's TLS.
+    let a = with(&["--endpoints", &ep3, "get", "greeting"]);
+    let (code, out, err) = eden(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!((code, out.as_str()), (0, "greeting\nhello\n"), "{err}");
+
+    // The peer port refuses a plaintext caller.
+    let peer_ep = format!("http://127.0.0.1:{}", ports[0].1);
+    let plain = tonic::transport::Endpoint::from_shared(peer_ep)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        let mut pc = eden_proto::peer::peer_client::PeerClient::new(ch);
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            pc.read_index(eden_proto::peer::Payload::default()),
+        )
+        .await;
+        assert!(
+            !matches!(r, Ok(Ok(_))),
+            "a plaintext peer call was answered"
+        );
+    }
 
     // Plaintext, no client certificate, or one from another CA: refused (exit 3, unreachable).
     let o = eden(&["--endpoints", &ep, "get", "greeting"]);

@@ -120,9 +120,9 @@ pub struct ServerArgs {
     /// Largest webhook body in bytes; larger ones get 413 [default: 1048576].
     #[arg(long)]
     pub webhook_max_bytes: Option<usize>,
-    /// Serve the client port over TLS with this certificate (PEM; with --key-file and
-    /// --trusted-ca-file): clients must then present a certificate from that CA (mutual TLS).
-    /// The member also presents it to other members' client ports.
+    /// Serve the client and peer ports over TLS with this certificate (PEM; with --key-file and
+    /// --trusted-ca-file): clients and members must then present a certificate from that CA
+    /// (mutual TLS). The member presents it when it connects to other members.
     #[arg(long)]
     pub cert_file: Option<PathBuf>,
     /// The key of --cert-file (PEM).

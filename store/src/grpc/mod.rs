@@ -53,6 +53,21 @@ pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<Tcp
     })
 }
 
+/// A server, with mutual TLS when the member has certificates: its own certificate, and the CA
+/// every client's and member's certificate must come from (tonic requires a client certificate
+/// once a root is given).
+fn builder(node: &Node) -> anyhow::Result<Server> {
+    let server = Server::builder();
+    Ok(match &node.config().tls {
+        Some(tls) => server.tls_config(
+            ServerTlsConfig::new()
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                .client_ca_root(Certificate::from_pem(&tls.ca_pem)),
+        )?,
+        None => server,
+    })
+}
+
 /// Serves the client port until `shutdown` resolves.
 pub async fn serve_client(
     node: Arc<Node>,
@@ -71,16 +86,7 @@ pub async fn serve_client(
     // (CVE-2023-44487). The same for streams the server resets itself because a client sent on a
     // stream that had just closed (h2 counts those over the connection's whole life, 1,024 by
     // default: a busy connection of agents that lives for days would reach it).
-    let mut server = Server::builder();
-    if let Some(tls) = &node.config().tls {
-        // Mutual TLS: tonic requires a client certificate from the CA once a root is given.
-        server = server.tls_config(
-            ServerTlsConfig::new()
-                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                .client_ca_root(Certificate::from_pem(&tls.ca_pem)),
-        )?;
-    }
-    server
+    builder(&node)?
         .http2_max_pending_accept_reset_streams(Some(CLIENT_MAX_PENDING_RESETS))
         .http2_max_local_error_reset_streams(Some(CLIENT_MAX_LOCAL_RESETS))
         .layer(RpcTimer)
@@ -117,7 +123,7 @@ pub async fn serve_peer(
     // Peers are trusted: a follower whose forwarded writes time out while queued resets many
     // streams before they are accepted, which h2 would otherwise answer with GOAWAY
     // (ENHANCE_YOUR_CALM), failing every request on the connection.
-    Server::builder()
+    builder(&node)?
         .http2_max_pending_accept_reset_streams(Some(100_000))
         .add_service(
             PeerServer::new(peer::PeerService { node, client_work })

@@ -3,8 +3,10 @@
 //! Messages are openraft's own serde types, bincode-encoded into an opaque payload; the reply
 //! carries `Result<response, RaftError>` the same way, so a remote Raft error comes back as one.
 
+use eden_proto::client::Tls;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use eden_proto::peer::peer_client::PeerClient;
 use eden_proto::peer::Payload;
@@ -24,10 +26,23 @@ use super::{Member, NodeId, TypeConfig};
 
 /// Makes a lazily connecting gRPC channel to a member's peer address; with `local`, connections
 /// leave from that IP (the one this member's peer port listens on).
-pub fn peer_channel(addr: &str, local: Option<IpAddr>) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .local_address(local)
-        .connect_timeout(Duration::from_secs(1))
+/// A lazy connection to a member's peer port: mutual TLS when `tls` is given (this member's
+/// certificate, the cluster's CA), else plaintext.
+pub fn peer_channel(
+    addr: &str,
+    local: Option<IpAddr>,
+    tls: Option<&Tls>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut e = match tls {
+        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+        )?,
+        None => Endpoint::from_shared(format!("http://{addr}"))?,
+    };
+    e = e.local_address(local);
+    Ok(e.connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
@@ -53,12 +68,13 @@ pub fn from_payload<T: DeserializeOwned>(p: &Payload) -> Result<T, bincode::Erro
 pub struct PeerNetwork {
     pub local_ip: Option<IpAddr>,
     pub cluster_id: u64,
+    pub tls: Option<Tls>,
 }
 
 impl PeerNetwork {
     /// Connections leave from the IP of `listen_addr` when it is a specific address (not
     /// 0.0.0.0 or ::), so peers and firewalls see this member's own address.
-    pub fn new(listen_addr: &str, cluster_id: u64) -> PeerNetwork {
+    pub fn new(listen_addr: &str, cluster_id: u64, tls: Option<Tls>) -> PeerNetwork {
         PeerNetwork {
             local_ip: listen_addr
                 .parse::<SocketAddr>()
@@ -66,6 +82,7 @@ impl PeerNetwork {
                 .map(|a| a.ip())
                 .filter(|ip| !ip.is_unspecified()),
             cluster_id,
+            tls,
         }
     }
 }
@@ -77,7 +94,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerConn {
             target,
             cluster_id: self.cluster_id,
-            client: peer_channel(&node.peer_addr, self.local_ip)
+            client: peer_channel(&node.peer_addr, self.local_ip, self.tls.as_ref())
                 .ok()
                 .map(PeerClient::new),
             addr: node.peer_addr.clone(),

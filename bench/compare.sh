@@ -9,11 +9,6 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/setup.sh"
-if ! command -v etcd >/dev/null 2>&1; then
-  echo "installing etcd-server (Debian's etcd 3.4)"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server >/dev/null
-fi
 export CARGO_TARGET_DIR="${BENCH_TARGET_DIR:-$HOME/.cache/eden-target-release}"
 cargo build --release --bin eden --manifest-path "$here/Cargo.toml" >&2
 EDEN="$CARGO_TARGET_DIR/release/eden"

@@ -68,26 +68,6 @@ impl ClientError {
     pub fn is_compacted(&self) -> bool {
         self.is(errors::COMPACTED)
     }
-
-    /// The revision asked for is ahead of the store.
-    pub fn is_future_revision(&self) -> bool {
-        self.is(errors::FUTURE_REV)
-    }
-
-    /// The lease does not exist (expired or revoked).
-    pub fn is_lease_not_found(&self) -> bool {
-        self.is(errors::LEASE_NOT_FOUND)
-    }
-
-    /// The member was saturated and did not propose the request.
-    pub fn is_too_many_requests(&self) -> bool {
-        self.is(errors::TOO_MANY_REQUESTS)
-    }
-
-    /// The space quota is used up (a NOSPACE alarm is raised).
-    pub fn is_no_space(&self) -> bool {
-        self.is(errors::NO_SPACE)
-    }
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;

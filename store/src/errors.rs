@@ -4,7 +4,7 @@
 //! worded the same way.
 
 use eden_proto::errors as msg;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::mvcc::ApplyError;
 
@@ -52,10 +52,6 @@ pub fn no_space() -> Status {
     Status::resource_exhausted(msg::NO_SPACE)
 }
 
-pub fn too_many_requests() -> Status {
-    Status::resource_exhausted(msg::TOO_MANY_REQUESTS)
-}
-
 pub fn lease_ttl_too_large() -> Status {
     Status::out_of_range(msg::LEASE_TTL_TOO_LARGE)
 }
@@ -63,16 +59,6 @@ pub fn lease_ttl_too_large() -> Status {
 /// A request etcd's checks refuse (`message`: one of etcd's).
 pub fn invalid(message: &str) -> Status {
     Status::invalid_argument(message.to_string())
-}
-
-/// A membership refusal, with etcd's code for its message.
-pub fn membership(message: &str) -> Status {
-    let code = match message {
-        msg::MEMBER_NOT_FOUND => Code::NotFound,
-        msg::TIMEOUT | msg::NO_LEADER => Code::Unavailable,
-        _ => Code::FailedPrecondition,
-    };
-    Status::new(code, message.to_string())
 }
 
 /// eden's members have one peer URL each (etcd allows several).

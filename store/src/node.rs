@@ -482,11 +482,11 @@ impl Node {
                 return r;
             }
             if Instant::now() >= deadline {
-                return Err(unavailable(if self.leader().is_none() {
-                    errors::NO_LEADER
+                return Err(if self.leader().is_none() {
+                    errors::no_leader()
                 } else {
-                    errors::TIMEOUT
-                }));
+                    errors::timeout()
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -522,7 +522,7 @@ impl Node {
                 let payload = to_payload(&cmd, cluster);
                 async move {
                     match tokio::time::timeout(left, client.forward(payload)).await {
-                        Err(_) => Step::Done(Err(unavailable(errors::TIMEOUT))),
+                        Err(_) => Step::Done(Err(errors::timeout())),
                         Ok(Ok(reply)) => match from_payload(reply.get_ref()) {
                             Ok(r) => done(r),
                             Err(e) => Step::Done(Err(internal(format!("bad forward reply: {e}")))),
@@ -530,7 +530,7 @@ impl Node {
                         Ok(Err(status)) if is_connect_error(&status) => Step::Again,
                         Ok(Err(status)) => {
                             tracing::warn!(code = ?status.code(), "forwarding a write failed: {}", status.message());
-                            Step::Done(Err(unavailable(errors::LEADER_CHANGED)))
+                            Step::Done(Err(errors::leader_changed()))
                         }
                     }
                 }

@@ -29,6 +29,14 @@ async fn setup(extra: &[&str]) -> (Cluster, Vec<AgentProc>) {
     (c, agents)
 }
 
+/// `eden run --on role=web --shell -- CMD`, which must succeed.
+async fn run_on_web(c: &Cluster, cmd: &str) {
+    let o = c
+        .eden(&["run", "--on", "role=web", "--shell", "--", cmd])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+}
+
 async fn nodes(c: &Cluster) -> Value {
     let o = c.eden(&["node", "ls", "-w", "json"]).await;
     serde_json::from_str(&o.stdout).unwrap_or(Value::Null)
@@ -288,17 +296,7 @@ async fn an_agent_killed_mid_task_reports_it_lost_and_nothing_runs_twice() {
         "it ran again"
     );
     // A finished task is not run again by a restarted agent either (clean stop, then start).
-    let o = c
-        .eden(&[
-            "run",
-            "--on",
-            "role=web",
-            "--shell",
-            "--",
-            &format!("echo again >> {}", counter.display()),
-        ])
-        .await;
-    assert_eq!(o.code, Some(0), "{o:?}");
+    run_on_web(&c, &format!("echo again >> {}", counter.display())).await;
     assert_eq!(agents[0].stop(), Some(0));
     agents[0].restart();
     agents[1].kill();
@@ -306,17 +304,7 @@ async fn an_agent_killed_mid_task_reports_it_lost_and_nothing_runs_twice() {
     c.wait_nodes(&["web1", "web2"], true).await;
     // A new task on both: each restarted agent reconciles its old assignments before it watches
     // for new ones, so once this ran, anything reconciling would have run is done too.
-    let o = c
-        .eden(&[
-            "run",
-            "--on",
-            "role=web",
-            "--shell",
-            "--",
-            &format!("echo marker >> {}", counter.display()),
-        ])
-        .await;
-    assert_eq!(o.code, Some(0), "{o:?}");
+    run_on_web(&c, &format!("echo marker >> {}", counter.display())).await;
     let lines = std::fs::read_to_string(&counter).unwrap();
     assert_eq!(
         lines.lines().filter(|l| *l != "marker").collect::<Vec<_>>(),

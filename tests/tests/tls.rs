@@ -97,9 +97,8 @@ async fn clients_and_members_speak_mutual_tls_with_the_clusters_ca() {
     }
     let ep = format!("127.0.0.1:{}", ports[0].0);
     let ep3 = format!("127.0.0.1:{}", ports[2].0);
-    let admin = [
-        "--endpoints",
-        ep.as_str(),
+    // The admin's certificate flags: the eden CLI and etcdctl take the same ones.
+    let certs = [
         "--cacert",
         &p("ca.crt"),
         "--cert",
@@ -108,6 +107,10 @@ async fn clients_and_members_speak_mutual_tls_with_the_clusters_ca() {
         &p("admin.key"),
     ]
     .map(String::from);
+    let admin: Vec<String> = ["--endpoints".to_string(), ep.clone()]
+        .into_iter()
+        .chain(certs.iter().cloned())
+        .collect();
     let with = |extra: &[&str]| {
         let mut a: Vec<String> = admin.to_vec();
         a.extend(extra.iter().map(|s| s.to_string()));
@@ -184,16 +187,9 @@ async fn clients_and_members_speak_mutual_tls_with_the_clusters_ca() {
             .output()
             .unwrap()
     };
-    let o = etcdctl(&[
-        "--cacert",
-        &p("ca.crt"),
-        "--cert",
-        &p("admin.crt"),
-        "--key",
-        &p("admin.key"),
-        "get",
-        "greeting",
-    ]);
+    let mut get: Vec<&str> = certs.iter().map(String::as_str).collect();
+    get.extend(["get", "greeting"]);
+    let o = etcdctl(&get);
     assert!(o.status.success(), "{o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "greeting\nhello\n");
     let o = etcdctl(&["--cacert", &p("ca.crt"), "get", "greeting"]);

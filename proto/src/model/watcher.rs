@@ -2,12 +2,12 @@
 //! consumer that must not miss a change (the agent's assignments, the reactor runtime, `eden run`
 //! following a task, `eden var|event watch`).
 //!
-//! A [`Watcher`] starts either with a list of the prefix ([`Watcher::list_then_watch`]) or at a
-//! revision ([`Watcher::from_revision`]) and then yields each watch response's events in
-//! revision order. The watch survives members coming and going (the client resumes it on another
-//! endpoint). When the history it needs was compacted away it says so: a listing watcher lists
-//! again ([`Change::Listed`] with `relisted`), any other yields [`Change::Compacted`] and stops
-//! until [`Watcher::resume_at`].
+//! A [`Watcher`] starts at a revision ([`Watcher::from_revision`], typically one after a list
+//! the caller made) and then yields each watch response's events in revision order. The watch
+//! survives members coming and going (the client resumes it on another endpoint). When the
+//! history it needs was compacted away it says so: a watcher told to relist lists the prefix
+//! again ([`Change::Listed`]), any other yields [`Change::Compacted`] and stops until
+//! [`Watcher::resume_at`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,13 +23,9 @@ use crate::mvccpb::{Event, KeyValue};
 /// What a watcher saw.
 #[derive(Debug)]
 pub enum Change {
-    /// Every key under the prefix at `revision`. `relisted`: the history between the last
-    /// change seen and this list was compacted away, so this list is the whole truth.
-    Listed {
-        kvs: Vec<KeyValue>,
-        revision: i64,
-        relisted: bool,
-    },
+    /// Every key under the prefix at `revision`, listed because the history between the last
+    /// change seen and now was compacted away: this list is the whole truth.
+    Listed { kvs: Vec<KeyValue>, revision: i64 },
     /// Changes after the last ones yielded, in revision order.
     Events(Vec<Event>),
     /// (A watcher that does not list.) The history after the last change seen is gone: the
@@ -46,7 +42,6 @@ pub struct Watcher {
     give_up: Duration,
     relist: bool,
     need_list: bool,
-    listed_once: bool,
     stopped: bool,
     /// The next revision wanted; 0: from now.
     next: i64,
@@ -64,20 +59,9 @@ impl Watcher {
             give_up: Duration::from_secs(60),
             relist: false,
             need_list: false,
-            listed_once: false,
             stopped: false,
             next: 0,
             rx: None,
-        }
-    }
-
-    /// Lists `prefix`, then watches it from the revision after the list; lists again when the
-    /// history was compacted past it.
-    pub fn list_then_watch(client: Arc<Client>, prefix: &str) -> Watcher {
-        Watcher {
-            relist: true,
-            need_list: true,
-            ..Watcher::new(client, prefix)
         }
     }
 
@@ -89,11 +73,10 @@ impl Watcher {
         }
     }
 
-    /// On compaction, list the prefix again (as [`Watcher::list_then_watch`] does) instead of
-    /// yielding [`Change::Compacted`].
+    /// On compaction, list the prefix again (yielding [`Change::Listed`]) instead of yielding
+    /// [`Change::Compacted`].
     pub fn relist_on_compaction(mut self) -> Watcher {
         self.relist = true;
-        self.listed_once = true;
         self
     }
 
@@ -141,12 +124,7 @@ impl Watcher {
                         Ok((kvs, revision)) => {
                             self.need_list = false;
                             self.next = revision + 1;
-                            let relisted = std::mem::replace(&mut self.listed_once, true);
-                            Ok(Change::Listed {
-                                kvs,
-                                revision,
-                                relisted,
-                            })
+                            Ok(Change::Listed { kvs, revision })
                         }
                         Err(e) => Err(e.into()),
                     },

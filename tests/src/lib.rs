@@ -33,14 +33,37 @@ pub fn free_port() -> u16 {
     free_port_on([127, 0, 0, 1].into())
 }
 
-/// A port free on this IP now (a port free on 127.0.0.1 may be held on 127.0.0.2 by a socket
-/// in TIME_WAIT).
+/// A port free on this IP now, taken from below the kernel's ephemeral range.
+///
+/// A port the kernel hands out for `bind(0)` comes from the ephemeral range, the same range it
+/// takes the local port of every outgoing connection from: between picking a port and a member
+/// binding it, another member's connection could take it ("Address already in use"). Ports below
+/// that range are never handed out on their own, and each is picked once per test process (a
+/// counter from an offset drawn from the process id), so only a bound listener can hold one, which
+/// the bind here checks. A port free on 127.0.0.1 may be held on 127.0.0.2, hence the IP.
 pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
-    TcpListener::bind(SocketAddr::new(ip, 0))
-        .expect("bind port 0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = ephemeral_low().clamp(LOW + 1_000, 32_768);
+    let span = high - LOW;
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free test port left in {LOW}..{high}");
+        let port = (LOW + (offset + n) % span) as u16;
+        if TcpListener::bind(SocketAddr::new(ip, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when it cannot be read).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eden_proto::client::Client;
-use eden_proto::etcdserverpb::WatchCreateRequest;
+use eden_proto::etcdserverpb::{RangeRequest, WatchCreateRequest};
 use eden_proto::mvccpb::event::EventType;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -552,7 +552,7 @@ impl Agent {
         let node = self.cfg.name.as_str();
         let mut ops = vec![kv::put(&keys::result(&spec.id, node), &result, spec.lease)];
         if let (Some(name), Some(value)) = (&spec.register, register) {
-            ops.push(kv::put(&keys::var(node, name), &value, 0));
+            ops.extend(vars::writes(node, name, &value, &spec.readers));
         }
         kv::txn(
             &self.client,
@@ -564,16 +564,11 @@ impl Agent {
         Ok(())
     }
 
-    /// The template context for this node.
-    async fn context(&self, spec: &TaskSpec) -> Result<Context, Error> {
+    /// The template context for this node, without variables (loaded by name when rendering).
+    async fn context(&self) -> Result<Context, Error> {
         let labels = match kv::get_one(&self.client, &keys::labels(&self.cfg.name)).await? {
             Some(kv) => kv::decode(&kv).map_err(Error::Corrupt)?,
             None => BTreeMap::new(),
-        };
-        let vars = if template::uses_vars(spec) {
-            vars::all(&self.client).await?
-        } else {
-            BTreeMap::new()
         };
         Ok(Context {
             node: NodeContext {
@@ -581,14 +576,42 @@ impl Agent {
                 labels,
                 facts: self.facts.lock().unwrap().clone(),
             },
-            vars,
+            vars: Default::default(),
         })
+    }
+
+    /// Renders the task's templates, loading each variable they name (a variable this node may
+    /// not read fails the task here, before anything runs).
+    async fn render(&self, spec: &TaskSpec) -> Result<TaskSpec, String> {
+        let ctx = self.context().await.map_err(|e| e.to_string())?;
+        loop {
+            let failed = match template::render(spec, &ctx) {
+                Ok(spec) => return Ok(spec),
+                Err(e) => e,
+            };
+            let missing = ctx.vars.missing();
+            if missing.is_empty() {
+                return Err(failed);
+            }
+            for (scope, name) in missing {
+                match vars::get(&self.client, &scope, &name, 0).await {
+                    Ok(v) => ctx.vars.insert(&scope, &name, v.value),
+                    Err(Error::NotFound(_) | Error::Invalid(_)) => ctx.vars.absent(&scope, &name),
+                    Err(Error::Client(e)) if e.is_permission_denied() => {
+                        return Err(format!(
+                            "the template names variable {name} of {scope}, which this node may \
+                             not read (its readers do not include it)"
+                        ))
+                    }
+                    Err(e) => return Err(format!("reading variable {name} of {scope}: {e}")),
+                }
+            }
+        }
     }
 
     /// Renders the task and turns it into a job; Err is why it cannot run.
     async fn prepare(&self, spec: &TaskSpec) -> Result<Job, String> {
-        let ctx = self.context(spec).await.map_err(|e| e.to_string())?;
-        let spec = template::render(spec, &ctx)?;
+        let spec = self.render(spec).await?;
         let (program, args) = if let Some(script) = &spec.script {
             let path = self.cfg.data_dir.join("scripts").join(&spec.id);
             std::fs::write(&path, script)
@@ -627,9 +650,17 @@ impl Agent {
     async fn canceled(&self, id: &str) {
         let shutdown = self.shutdown.subscribe();
         let key = keys::cancel(id);
-        let from = match kv::get_prefix(&self.client, &key, 0, true).await {
-            Ok((kvs, _)) if kvs.iter().any(|kv| kv.key == key.as_bytes()) => return,
-            Ok((_, rev)) => rev + 1,
+        // One key (a node may read its task's cancel mark, not a range around it).
+        let from = match self
+            .client
+            .range(RangeRequest {
+                key: key.clone().into(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) if !r.kvs.is_empty() => return,
+            Ok(r) => r.header.map_or(0, |h| h.revision) + 1,
             Err(_) => 0,
         };
         let mut w = self.client.watch(

@@ -17,6 +17,9 @@ pub const TASK_UNREACHABLE: i32 = 6;
 /// `eden server`: the member's Raft core stopped at run time (a storage failure or a bug); the
 /// process exits so that its supervisor restarts it.
 pub const MEMBER_FAILED: i32 = 7;
+/// The cluster's authorizer refused the request: this identity may not do it ("etcdserver:
+/// permission denied"; the member's log says which rule).
+pub const PERMISSION_DENIED: i32 = 8;
 
 #[derive(Debug)]
 pub struct Failure {
@@ -48,6 +51,7 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         let code = match &e {
             ClientError::Unavailable(_) => UNAVAILABLE,
+            e if e.is_permission_denied() => PERMISSION_DENIED,
             ClientError::Server(_) => REFUSED,
             ClientError::InvalidEndpoint(_) => USAGE_OR_SETUP,
         };

@@ -68,6 +68,11 @@ impl ClientError {
     pub fn is_compacted(&self) -> bool {
         self.is(errors::COMPACTED)
     }
+
+    /// The authorizer refused the request.
+    pub fn is_permission_denied(&self) -> bool {
+        self.code() == Some(Code::PermissionDenied)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;

@@ -35,4 +35,8 @@ pub const NOT_SUPPORTED_FOR_LEARNER: &str = "etcdserver: rpc not supported for l
 pub const NO_ALARM_TYPE: &str = "etcdserver: no alarm type given";
 pub const UNKNOWN_ALARM_ACTION: &str = "etcdserver: unknown alarm action";
 /// The start of "server stopped: WHY" (a member whose Raft core stopped).
+pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
+/// What a TLS member answers a request without a client certificate (its TLS handshake requires
+/// one, so this is only seen past a proxy that terminated TLS).
+pub const NO_CLIENT_CERT: &str = "eden: a client certificate is required";
 pub const STOPPED: &str = "etcdserver: server stopped";

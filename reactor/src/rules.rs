@@ -31,6 +31,7 @@ fn render_action(env: &Environment, a: &Action, ctx: &serde_json::Value) -> Resu
             command,
             shell,
             register,
+            readers,
             timeout,
         } => Action::Run {
             on: ro(on)?,
@@ -38,6 +39,7 @@ fn render_action(env: &Environment, a: &Action, ctx: &serde_json::Value) -> Resu
             command: command.iter().map(r).collect::<Result<_, _>>()?,
             shell: *shell,
             register: ro(register)?,
+            readers: readers.iter().map(r).collect::<Result<_, _>>()?,
             timeout: timeout.clone(),
         },
         Action::SetVar { node, name, value } => Action::SetVar {

@@ -290,7 +290,7 @@ impl Runtime {
                     Err(e) => errors.push(format!("run: {e}")),
                 },
                 Write::Var { node, name, value } => {
-                    ops.push(kv::put(&keys::var(node, name), value, 0))
+                    ops.extend(vars::writes(node, name, value, &Default::default()))
                 }
                 Write::Event(ev) => ops.push(events::put(ev)),
             }

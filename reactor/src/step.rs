@@ -93,6 +93,7 @@ pub fn plan(f: Firing) -> Planned {
                 command,
                 shell,
                 register,
+                readers,
                 timeout,
             } => {
                 let targets = match (on, nodes) {
@@ -118,6 +119,7 @@ pub fn plan(f: Firing) -> Planned {
                         .unwrap_or(Duration::from_secs(600)),
                     deadline: Duration::from_secs(300),
                     register: register.clone(),
+                    readers: readers.clone(),
                     retention: Duration::from_secs(7 * 24 * 3600),
                 }));
             }

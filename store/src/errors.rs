@@ -97,3 +97,12 @@ pub fn event_denied(tag: &str) -> Status {
 pub fn event_rate_message(source: &str, rate: impl std::fmt::Display) -> String {
     format!("etcdserver: events from source {source:?} are over {rate} per second")
 }
+
+/// A request the authorizer refused: etcd's message (clients match on it); why is logged.
+pub fn permission_denied() -> Status {
+    Status::permission_denied(eden_proto::errors::PERMISSION_DENIED)
+}
+
+pub fn no_client_cert(why: impl std::fmt::Display) -> Status {
+    Status::unauthenticated(format!("{}: {why}", eden_proto::errors::NO_CLIENT_CERT))
+}

@@ -167,6 +167,15 @@ impl KeyRange {
         }
     }
 
+    /// The range's end in etcd's encoding again (empty: one key; `"\0"`: no end).
+    pub fn range_end(&self) -> Vec<u8> {
+        match (&self.end, self.single) {
+            (_, true) => Vec::new(),
+            (None, false) => vec![0],
+            (Some(e), false) => e.clone(),
+        }
+    }
+
     pub fn contains(&self, k: &[u8]) -> bool {
         if self.single {
             return k == self.start.as_slice();

@@ -4,10 +4,13 @@
 //! grpc services and the HTTP endpoint are the top):
 //!
 //! ```text
-//!   grpc/      etcd v3 services (KV, Watch, Lease, Cluster, Maintenance) and the peer service
+//!   grpc/      etcd v3 services (KV, Watch, Lease, Cluster, Maintenance) and the peer service;
+//!              every client RPC asks the authorizer first
 //!   http       /metrics and /health, through the ServerHealth trait the member implements
 //!   node       one member: the one ask-the-leader loop (propose, read index, lease questions,
 //!              membership changes), lease deadlines, compactor; its loops stop on shutdown
+//!   auth       the authorizer: who may read, write or call what (rules over the keyspace and
+//!              the facts in the store: labels, readers, assignments)
 //!   membership etcd's membership rules as plain decisions (plan, outcome, already done)
 //!   raft/      the seam: openraft log store, state machine, network
 //!   events     the event policy and gate (size, tag globs, rate, retention buckets)
@@ -20,6 +23,7 @@
 //!   keys       key encoding
 //! ```
 
+pub mod auth;
 pub mod engine;
 pub mod errors;
 pub mod events;

@@ -66,6 +66,19 @@ fn ephemeral_low() -> u32 {
         .unwrap_or(32_768)
 }
 
+/// Runs `eden ARGS` and panics with its stderr unless it succeeds.
+pub fn run_eden_ok(args: &[String]) {
+    let o = Command::new(eden_bin())
+        .args(args)
+        .output()
+        .expect("run eden");
+    assert!(
+        o.status.success(),
+        "eden {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
 where
@@ -232,19 +245,29 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// With [`Cluster::start_partitionable`]: the proxies on the peer links.
     pub net: Option<Arc<PeerNet>>,
+    /// With [`Cluster::start_tls`]: the cluster's CA and certificates (`eden pki init`): the
+    /// members serve mutual TLS, and the harness's clients and commands use `admin.crt`, agents
+    /// `node-NAME.crt` (issued when the agent is first started).
+    pub pki: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts `n` members with extra `eden server` flags, and waits for a leader.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
-        Self::start_inner(n, extra, None, None).await
+        Self::start_inner(n, extra, None, None, false).await
+    }
+
+    /// Like [`Cluster::start`], every member with a certificate from the cluster's own CA: mutual
+    /// TLS on the client and peer ports, and the authorizer deciding who may do what.
+    pub async fn start_tls(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_inner(n, extra, None, None, true).await
     }
 
     /// Like [`Cluster::start`], with every peer link through a proxy that can cut it
     /// ([`Cluster::net`], see [`PeerNet`]).
     pub async fn start_partitionable(n: usize, extra: &[&str]) -> Cluster {
-        Self::start_inner(n, extra, None, Some(Arc::new(PeerNet::default()))).await
+        Self::start_inner(n, extra, None, Some(Arc::new(PeerNet::default())), false).await
     }
 
     /// A cluster of `n` etcd members (etcd from PATH, installed by scripts/setup.sh), to run
@@ -268,6 +291,7 @@ impl Cluster {
         let c = Cluster {
             members,
             net: None,
+            pki: None,
             _dir: dir,
         };
         c.wait_leader().await;
@@ -296,6 +320,7 @@ impl Cluster {
         Cluster {
             members,
             net: None,
+            pki: None,
             _dir: dir,
         }
     }
@@ -312,7 +337,7 @@ impl Cluster {
     /// Like [`Cluster::start`], each member's data dir first restored from a backup made by
     /// `eden snapshot save` (with `eden snapshot restore`).
     pub async fn start_restored(n: usize, extra: &[&str], backup: &Path) -> Cluster {
-        Self::start_inner(n, extra, Some(backup), None).await
+        Self::start_inner(n, extra, Some(backup), None, false).await
     }
 
     async fn start_inner(
@@ -320,6 +345,7 @@ impl Cluster {
         extra: &[&str],
         backup: Option<&Path>,
         net: Option<Arc<PeerNet>>,
+        tls: bool,
     ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let specs: Vec<(String, u16, (String, Option<String>))> = (0..n)
@@ -329,10 +355,32 @@ impl Cluster {
             .iter()
             .map(|(name, _, (pa, _))| format!("{name}={pa}"))
             .collect();
+        let pki = tls.then(|| {
+            let pki = dir.path().join("pki");
+            let mut args = vec!["pki".to_string(), "init".into(), pki.display().to_string()];
+            for (name, _, _) in &specs {
+                args.extend(["--member".to_string(), format!("{name}=127.0.0.1")]);
+            }
+            run_eden_ok(&args);
+            pki
+        });
         let mut members = Vec::new();
         for (name, cp, peer) in specs {
             let mode = ["--initial-cluster".to_string(), initial.join(",")];
-            members.push(Member::new(dir.path(), &name, cp, peer, mode, extra));
+            let mut flags: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            if let Some(pki) = &pki {
+                let f = |file: String| pki.join(file).display().to_string();
+                flags.extend([
+                    "--cert-file".to_string(),
+                    f(format!("member-{name}.crt")),
+                    "--key-file".into(),
+                    f(format!("member-{name}.key")),
+                    "--trusted-ca-file".into(),
+                    f("ca.crt".into()),
+                ]);
+            }
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            members.push(Member::new(dir.path(), &name, cp, peer, mode, &flags));
         }
         for m in &mut members {
             if let Some(file) = backup {
@@ -354,6 +402,7 @@ impl Cluster {
         let c = Cluster {
             members,
             net,
+            pki,
             _dir: dir,
         };
         c.wait_leader().await;
@@ -405,14 +454,71 @@ impl Cluster {
         self.members.iter().map(|m| m.endpoint()).collect()
     }
 
-    /// A client over every member.
+    /// A client over every member (the admin's, on a TLS cluster).
     pub fn client(&self) -> Arc<Client> {
-        Arc::new(Client::new(&self.endpoints()).expect("client"))
+        self.client_as("admin")
+    }
+
+    /// A client over every member with the certificate `WHO.crt` of a TLS cluster (`admin`,
+    /// `node-NAME`: issued if it was not yet).
+    pub fn client_as(&self, who: &str) -> Arc<Client> {
+        Arc::new(Client::with_tls(&self.endpoints(), self.tls_of(who)).expect("client"))
     }
 
     /// A client that talks to one member only.
     pub fn client_of(&self, i: usize) -> Arc<Client> {
-        Arc::new(Client::new(&[self.members[i].endpoint()]).expect("client"))
+        Arc::new(
+            Client::with_tls(&[self.members[i].endpoint()], self.tls_of("admin")).expect("client"),
+        )
+    }
+
+    /// The certificate `WHO.crt` and key of a TLS cluster, issued from its CA if missing
+    /// (`node-NAME`, `admin-NAME`); None on a plaintext cluster.
+    pub fn tls_of(&self, who: &str) -> Option<eden_proto::client::Tls> {
+        let pki = self.pki.as_ref()?;
+        self.ensure_cert(who);
+        Some(
+            eden_proto::client::Tls::from_files(
+                &pki.join("ca.crt"),
+                &pki.join(format!("{who}.crt")),
+                &pki.join(format!("{who}.key")),
+            )
+            .expect("read test certificates"),
+        )
+    }
+
+    /// The `--cacert --cert --key` flags for `WHO.crt` on a TLS cluster (none on plaintext).
+    pub fn tls_flags(&self, who: &str) -> Vec<String> {
+        let Some(pki) = &self.pki else {
+            return Vec::new();
+        };
+        self.ensure_cert(who);
+        let f = |file: String| pki.join(file).display().to_string();
+        vec![
+            "--cacert".into(),
+            f("ca.crt".into()),
+            "--cert".into(),
+            f(format!("{who}.crt")),
+            "--key".into(),
+            f(format!("{who}.key")),
+        ]
+    }
+
+    fn ensure_cert(&self, who: &str) {
+        let Some(pki) = &self.pki else { return };
+        if pki.join(format!("{who}.crt")).exists() {
+            return;
+        }
+        let (kind, name) = who
+            .split_once('-')
+            .expect("WHO is admin, node-NAME or admin-NAME");
+        run_eden_ok(&[
+            "pki".to_string(),
+            "issue".into(),
+            pki.display().to_string(),
+            format!("--{kind}"),
+            name.to_string(),
+        ]);
     }
 
     /// The index of the member that leads, as the running members agree on it.
@@ -421,7 +527,7 @@ impl Cluster {
             if !m.is_running() {
                 continue;
             }
-            let c = Client::new(&[m.endpoint()]).expect("client");
+            let c = Client::with_tls(&[m.endpoint()], self.tls_of("admin")).expect("client");
             if let Ok(s) = tokio::time::timeout(Duration::from_secs(1), c.status_of(0))
                 .await
                 .unwrap_or_else(|_| {
@@ -804,7 +910,8 @@ impl Cluster {
     pub fn agent_in(&self, name: &str, dir_name: &str, extra: &[&str]) -> AgentProc {
         let dir = self.dir();
         let data_dir = dir.join(format!("agent-{dir_name}"));
-        let mut args = vec![
+        let mut args = self.tls_flags(&format!("node-{name}"));
+        args.extend([
             "--endpoints".to_string(),
             self.endpoints().join(","),
             "agent".into(),
@@ -814,7 +921,7 @@ impl Cluster {
             data_dir.display().to_string(),
             "--lease-ttl".into(),
             "3s".into(),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut a = AgentProc {
             name: name.to_string(),
@@ -835,14 +942,18 @@ impl Cluster {
             name: name.to_string(),
             log: dir.join(format!("reactor-{name}.log")),
             data_dir: dir.join(format!("reactor-{name}")),
-            args: vec![
-                "--endpoints".to_string(),
-                self.endpoints().join(","),
-                "reactor".into(),
-                "run".into(),
-                "--name".into(),
-                name.into(),
-            ],
+            args: self
+                .tls_flags("admin")
+                .into_iter()
+                .chain([
+                    "--endpoints".to_string(),
+                    self.endpoints().join(","),
+                    "reactor".into(),
+                    "run".into(),
+                    "--name".into(),
+                    name.into(),
+                ])
+                .collect(),
             child: None,
         };
         a.spawn();
@@ -869,9 +980,16 @@ impl Cluster {
         .await;
     }
 
-    /// Runs `eden --endpoints <every member> ARGS...` and returns what it printed.
+    /// Runs `eden --endpoints <every member> ARGS...` and returns what it printed (as the
+    /// admin, on a TLS cluster).
     pub async fn eden(&self, args: &[&str]) -> CliOutput {
+        self.eden_as("admin", args).await
+    }
+
+    /// Runs `eden` with the certificate `WHO.crt` of a TLS cluster (see [`Cluster::tls_of`]).
+    pub async fn eden_as(&self, who: &str, args: &[&str]) -> CliOutput {
         let run = tokio::process::Command::new(eden_bin())
+            .args(self.tls_flags(who))
             .arg("--endpoints")
             .arg(self.endpoints().join(","))
             .args(args)

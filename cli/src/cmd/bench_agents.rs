@@ -512,6 +512,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
                 timeout: Duration::from_secs(60),
                 deadline,
                 register: None,
+                readers: vec![],
                 retention: Duration::from_secs(3600),
             },
         ),

@@ -27,6 +27,10 @@ pub struct RunArgs {
     /// node, when its run succeeds.
     #[arg(long)]
     pub register: Option<String>,
+    /// Who besides each node may read the variable it registers: `node:NAME` or a label
+    /// selector (repeatable; default: the node itself and admins).
+    #[arg(long = "readers", requires = "register")]
+    pub readers: Vec<String>,
     /// The run's time limit on each node; past it the process group is killed.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -95,6 +99,7 @@ pub async fn run(client: &Arc<Client>, out: &Printer, a: RunArgs) -> Result<(), 
             timeout: a.timeout,
             deadline: a.deadline,
             register: a.register.clone(),
+            readers: a.readers.clone(),
             retention: a.retention,
         },
     )

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::Subcommand;
 use eden_proto::client::Client;
 use eden_proto::model::keys;
+use eden_proto::model::readers::Readers;
 use eden_proto::model::vars::{self, show_value, value_of_text, Var};
 use eden_proto::model::watcher::Watcher;
 use eden_proto::mvccpb::event::EventType;
@@ -36,6 +37,10 @@ pub enum VarCmd {
     Set {
         #[arg(long)]
         cluster: bool,
+        /// Who besides the node (and admins) may read it: `node:NAME` or a label selector
+        /// (repeatable). Replaces the readers it had.
+        #[arg(long = "readers")]
+        readers: Vec<String>,
         #[arg(num_args = 2..=3)]
         args: Vec<String>,
     },
@@ -122,9 +127,15 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: VarCmd) -> Result<(), F
             };
             print_vars(out, &vars::list(client, scope.as_deref()).await?)?;
         }
-        VarCmd::Set { cluster, args } => {
+        VarCmd::Set {
+            cluster,
+            readers,
+            args,
+        } => {
             let (scope, rest) = scoped(cluster, &args, 2)?;
-            let rev = vars::set(client, &scope, &rest[0], &value_of_text(&rest[1])).await?;
+            let readers = Readers::parse(&readers).map_err(Failure::usage)?;
+            let rev =
+                vars::set(client, &scope, &rest[0], &value_of_text(&rest[1]), &readers).await?;
             match out.format {
                 Format::Json => out.json(&serde_json::json!({"revision": rev}))?,
                 _ => out.line("OK")?,

@@ -19,6 +19,10 @@ pub const REACTOR: &str = "/eden/reactor/";
 pub const REACTOR_LEADER: &str = "/eden/reactor/leader";
 /// Where the active reactor runtime is in the log.
 pub const REACTOR_CURSOR: &str = "/eden/reactor/cursor";
+/// Who may read what (variables today): `/eden/readers/vars/SCOPE/NAME`.
+pub const READERS: &str = "/eden/readers/";
+/// The readers of variables.
+pub const VAR_READERS: &str = "/eden/readers/vars/";
 /// The pseudo-node whose variables are cluster-wide.
 pub const CLUSTER: &str = "cluster";
 
@@ -69,6 +73,12 @@ pub fn node_vars(node: &str) -> String {
 }
 pub fn var(node: &str, name: &str) -> String {
     format!("{VARS}{node}/{name}")
+}
+pub fn var_readers(scope: &str, name: &str) -> String {
+    format!("{VAR_READERS}{scope}/{name}")
+}
+pub fn node_var_readers(scope: &str) -> String {
+    format!("{VAR_READERS}{scope}/")
 }
 
 /// A new explicit event's key: time-ordered (milliseconds), unique.

@@ -16,6 +16,7 @@
 //! /eden/vars/NODE/NAME             any JSON (vars)              agent NODE (register), operator,
 //!                                                               reactor
 //! /eden/vars/cluster/NAME          any JSON (vars)              operator, reactor
+//! /eden/readers/vars/SCOPE/NAME    Readers (readers)            whoever writes the variable
 //! /eden/events/TIME-RANDOM         Event (events)               operator, webhook intake, reactor;
 //!                                                               the server keeps them a retention
 //! /eden/hooks/NAME                 Hook (hooks)                 operator (`eden hook create`)
@@ -34,6 +35,7 @@ pub mod keys;
 pub mod kv;
 pub mod nodes;
 pub mod objects;
+pub mod readers;
 pub mod rules;
 pub mod selector;
 pub mod tasks;

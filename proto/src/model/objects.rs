@@ -1,5 +1,6 @@
 //! The objects stored under `/eden/` (see the table in [`crate::model`]), as JSON. Times are Unix milliseconds.
 
+use crate::model::readers::Readers;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,9 @@ pub struct TaskSpec {
     /// Store each node's stdout as this variable of that node when the run succeeds.
     #[serde(default)]
     pub register: Option<String>,
+    /// Who besides the node itself may read the registered variable.
+    #[serde(default, skip_serializing_if = "Readers::is_empty")]
+    pub readers: Readers,
     /// Resolved when the task was created (empty in an assignment's copy of the spec).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,

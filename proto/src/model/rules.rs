@@ -80,6 +80,9 @@ pub enum Action {
         shell: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         register: Option<String>,
+        /// Who besides each node may read the registered variable (`node:NAME`, selectors).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        readers: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout: Option<String>,
     },

@@ -20,6 +20,7 @@ use crate::model::keys;
 use crate::model::kv;
 use crate::model::nodes;
 use crate::model::objects::{now_ms, Claim, Status, TaskResult, TaskSpec};
+use crate::model::readers::Readers;
 use crate::model::selector::Selector;
 use crate::model::watcher::{Change, Watcher};
 use crate::model::Error;
@@ -54,6 +55,8 @@ pub struct NewTask {
     /// How long offline targets may take to start it.
     pub deadline: Duration,
     pub register: Option<String>,
+    /// Who besides each node may read the variable it registers: `node:NAME` or selectors.
+    pub readers: Vec<String>,
     pub retention: Duration,
 }
 
@@ -156,6 +159,10 @@ pub async fn prepare(
     if let Some(r) = &t.register {
         keys::check_name("variable name", r).map_err(Error::Invalid)?;
     }
+    if !t.readers.is_empty() && t.register.is_none() {
+        return Err(Error::Invalid("--readers needs --register".into()));
+    }
+    let readers = Readers::parse(&t.readers).map_err(Error::Invalid)?;
     let targets = resolve(client, &t.targets).await?;
     let ttl = t.retention.as_secs().max(1) as i64;
     let lease = client.lease_grant(ttl, 0).await?.id;
@@ -170,6 +177,7 @@ pub async fn prepare(
         timeout_ms: t.timeout.as_millis() as u64,
         deadline: now + t.deadline.as_millis() as u64,
         register: t.register.clone(),
+        readers,
         targets: targets.clone(),
         selector: match &t.targets {
             Targets::Selector(s) => s.clone(),

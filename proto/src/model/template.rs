@@ -6,10 +6,14 @@
 //! A string holds a template when it has `{{`, `{%` or `{#`; any other string is taken as is.
 //!
 //! In a task's scope: `node.name`, `node.labels.KEY`, `node.facts.*` (the running node), `vars["NODE"].NAME`
-//! (any node's variable) and `vars.cluster.NAME` (cluster-wide variables).
+//! (any node's variable) and `vars.cluster.NAME` (cluster-wide variables). Variables are looked
+//! up by name ([`Vars`]): the agent loads only those a template names, each with its own read,
+//! which the server allows only when the variable's readers include the node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
+use minijinja::value::{Object, Value};
 pub use minijinja::Environment;
 use minijinja::UndefinedBehavior;
 use serde::Serialize;
@@ -20,8 +24,94 @@ use crate::model::objects::{Facts, TaskSpec};
 #[derive(Serialize, Debug, Default, Clone)]
 pub struct Context {
     pub node: NodeContext,
-    /// node name (or "cluster") -> variable name -> value.
-    pub vars: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    pub vars: Vars,
+}
+
+/// The variables a task's templates read, loaded by name: a template that names a variable not
+/// loaded yet fails, and the variable is recorded as asked for ([`Vars::missing`]); the caller
+/// loads it (or learns it may not) and renders again.
+#[derive(Debug, Default, Clone)]
+pub struct Vars(Arc<VarsState>);
+
+#[derive(Debug, Default)]
+struct VarsState {
+    /// scope (node name or "cluster") -> name -> value.
+    known: Mutex<BTreeMap<String, BTreeMap<String, serde_json::Value>>>,
+    /// Looked up and found missing: not asked for again.
+    absent: Mutex<BTreeSet<(String, String)>>,
+    asked: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl Vars {
+    pub fn insert(&self, scope: &str, name: &str, value: serde_json::Value) {
+        self.0
+            .known
+            .lock()
+            .unwrap()
+            .entry(scope.into())
+            .or_default()
+            .insert(name.into(), value);
+    }
+
+    /// Records that a variable does not exist (a template naming it fails as undefined).
+    pub fn absent(&self, scope: &str, name: &str) {
+        self.0
+            .absent
+            .lock()
+            .unwrap()
+            .insert((scope.into(), name.into()));
+    }
+
+    /// Variables a template asked for that are neither loaded nor known to be absent.
+    pub fn missing(&self) -> Vec<(String, String)> {
+        let known = self.0.known.lock().unwrap();
+        let absent = self.0.absent.lock().unwrap();
+        self.0
+            .asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, n)| !absent.contains(&(s.clone(), n.clone())))
+            .filter(|(s, n)| !known.get(s).is_some_and(|m| m.contains_key(n)))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Serialize for Vars {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Value::from_dyn_object(Arc::new(self.clone())).serialize(s)
+    }
+}
+
+impl Object for Vars {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        Some(Value::from_object(Scope {
+            vars: (**self).clone(),
+            scope: key.as_str()?.to_string(),
+        }))
+    }
+}
+
+/// One scope's variables (`vars["NODE"]` or `vars.cluster`).
+#[derive(Debug)]
+struct Scope {
+    vars: Vars,
+    scope: String,
+}
+
+impl Object for Scope {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let name = key.as_str()?;
+        let state = &self.vars.0;
+        state
+            .asked
+            .lock()
+            .unwrap()
+            .insert((self.scope.clone(), name.to_string()));
+        let known = state.known.lock().unwrap();
+        known.get(&self.scope)?.get(name).map(Value::from_serialize)
+    }
 }
 
 #[derive(Serialize, Debug, Default, Clone)]
@@ -118,14 +208,9 @@ mod tests {
         c.node.name = "web1".into();
         c.node.labels.insert("role".into(), "web".into());
         c.node.facts.hostname = "web1.example".into();
+        c.vars.insert("db1", "token", serde_json::json!("s3cret"));
         c.vars
-            .entry("db1".into())
-            .or_default()
-            .insert("token".into(), serde_json::json!("s3cret"));
-        c.vars
-            .entry("cluster".into())
-            .or_default()
-            .insert("dc".into(), serde_json::json!({"name": "fra"}));
+            .insert("cluster", "dc", serde_json::json!({"name": "fra"}));
         c
     }
 
@@ -151,9 +236,17 @@ mod tests {
             command: vec!["echo".into(), "{{ vars[\"db2\"].token }}".into()],
             ..Default::default()
         };
-        let e = render(&spec, &ctx()).unwrap_err();
+        let c = ctx();
+        let e = render(&spec, &c).unwrap_err();
         assert!(e.contains("argument 2"), "{e}");
         assert!(e.contains("undefined"), "{e}");
+        // The variable it named is recorded, to be loaded; once known absent, it is not asked again.
+        assert_eq!(
+            c.vars.missing(),
+            vec![("db2".to_string(), "token".to_string())]
+        );
+        c.vars.absent("db2", "token");
+        assert!(c.vars.missing().is_empty());
         let spec = TaskSpec {
             command: vec!["echo".into(), "{{ node.labels.missing }}".into()],
             ..Default::default()

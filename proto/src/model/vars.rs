@@ -8,6 +8,7 @@ use crate::client::Client;
 
 use crate::model::keys;
 use crate::model::kv;
+use crate::model::readers::Readers;
 use crate::model::Error;
 
 /// Where a variable lives: a node's name or [`keys::CLUSTER`].
@@ -99,21 +100,33 @@ pub async fn all(
     Ok(out)
 }
 
+/// The writes that set a variable and its readers (none: only the owner and admins read it).
+pub fn writes(
+    scope: &str,
+    name: &str,
+    value: &serde_json::Value,
+    readers: &Readers,
+) -> Vec<crate::etcdserverpb::RequestOp> {
+    vec![
+        kv::put(&keys::var(scope, name), value, 0),
+        if readers.is_empty() {
+            kv::delete(&keys::var_readers(scope, name))
+        } else {
+            kv::put(&keys::var_readers(scope, name), readers, 0)
+        },
+    ]
+}
+
 pub async fn set(
     client: &Client,
     scope: &str,
     name: &str,
     value: &serde_json::Value,
+    readers: &Readers,
 ) -> Result<i64, Error> {
     check_scope(scope)?;
     keys::check_name("variable name", name).map_err(Error::Invalid)?;
-    let r = kv::txn(
-        client,
-        vec![],
-        vec![kv::put(&keys::var(scope, name), value, 0)],
-        vec![],
-    )
-    .await?;
+    let r = kv::txn(client, vec![], writes(scope, name, value, readers), vec![]).await?;
     Ok(r.header.map_or(0, |h| h.revision))
 }
 
@@ -121,13 +134,21 @@ pub async fn set(
 pub async fn remove(client: &Client, scope: &str, name: &str) -> Result<(), Error> {
     check_scope(scope)?;
     keys::check_name("variable name", name).map_err(Error::Invalid)?;
-    let r = client
-        .delete_range(crate::etcdserverpb::DeleteRangeRequest {
-            key: keys::var(scope, name).into(),
-            ..Default::default()
-        })
-        .await?;
-    if r.deleted == 0 {
+    let r = kv::txn(
+        client,
+        vec![],
+        vec![
+            kv::delete(&keys::var(scope, name)),
+            kv::delete(&keys::var_readers(scope, name)),
+        ],
+        vec![],
+    )
+    .await?;
+    let deleted = match r.responses.first().and_then(|r| r.response.as_ref()) {
+        Some(crate::etcdserverpb::response_op::Response::ResponseDeleteRange(d)) => d.deleted,
+        _ => 0,
+    };
+    if deleted == 0 {
         return Err(Error::NotFound(format!("no variable {name} on {scope}")));
     }
     Ok(())

@@ -11,7 +11,9 @@ use eden_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::auth;
 use crate::errors::{self, internal};
+use crate::grpc::authz;
 use crate::membership::{peer_addr_of, MembershipChange};
 use crate::node::Node;
 
@@ -38,6 +40,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
         let req = request.into_inner();
         let peer_addr = one_peer_url(&req.peer_ur_ls)?;
         let id = self
@@ -67,6 +70,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
         let id = request.into_inner().id;
         self.node
             .change_membership(MembershipChange::Remove { id })
@@ -81,6 +85,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
         let req = request.into_inner();
         let peer_addr = one_peer_url(&req.peer_ur_ls)?;
         self.node
@@ -99,6 +104,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::MemberList)?;
         if request.get_ref().linearizable {
             self.node.refuse_learner()?;
             self.node.read_barrier().await?;
@@ -113,6 +119,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
         let id = request.into_inner().id;
         self.node
             .change_membership(MembershipChange::Promote { id })

@@ -12,7 +12,8 @@ use eden_proto::etcdserverpb::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::validate;
+use super::{authz, validate};
+use crate::auth;
 use crate::errors::{internal, refused};
 use crate::keys::META_COMPACT_DONE;
 use crate::mvcc::MvccError;
@@ -83,6 +84,7 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let caller = authz::caller(&self.node, &request)?;
         let req = request.into_inner();
         validate::size(&req, self.node.config().max_request_bytes)?;
         validate::range(&req)?;
@@ -90,15 +92,23 @@ impl Kv for KvService {
             self.node.refuse_learner()?;
             self.node.read_barrier().await?;
         }
+        // After the barrier: the rights are those of the state the read sees.
+        authz::allow(&self.node, &caller, |f| {
+            auth::check_read(&caller, &req.key, &req.range_end, f)
+        })?;
         let mut resp = self.node.mvcc().range(&req).map_err(mvcc_status)?;
         resp.header = Some(self.node.header_at(resp.header.map_or(0, |h| h.revision)));
         Ok(Response::new(resp))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = authz::caller(&self.node, &request)?;
         let req = request.into_inner();
         validate::size(&req, self.node.config().max_request_bytes)?;
         validate::put(&req)?;
+        authz::allow(&self.node, &caller, |f| {
+            auth::check_write(&caller, &req.key, &[], f)
+        })?;
         self.node.refuse_learner()?;
         self.node.check_quota().await?;
         let mut op = RequestOp {
@@ -115,9 +125,13 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = authz::caller(&self.node, &request)?;
         let req = request.into_inner();
         validate::size(&req, self.node.config().max_request_bytes)?;
         validate::delete(&req)?;
+        authz::allow(&self.node, &caller, |f| {
+            auth::check_write(&caller, &req.key, &req.range_end, f)
+        })?;
         self.node.refuse_learner()?;
         match self
             .write(RequestOp {
@@ -132,9 +146,11 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = authz::caller(&self.node, &request)?;
         let req = request.into_inner();
         validate::size(&req, self.node.config().max_request_bytes)?;
         validate::txn(&req, self.node.config().max_txn_ops)?;
+        authz::allow(&self.node, &caller, |f| auth::check_txn(&caller, &req, f))?;
         self.node.refuse_learner()?;
         if validate::has_puts(&req) {
             self.node.check_quota().await?;
@@ -171,6 +187,8 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let caller = authz::caller(&self.node, &request)?;
+        authz::allow_rpc(&caller, auth::Rpc::Admin)?;
         let req = request.into_inner();
         self.node.refuse_learner()?;
         let r = self

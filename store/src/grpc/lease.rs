@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{self, Caller, StoreFacts};
 use crate::errors::{internal, refused};
+use crate::grpc::authz;
 use crate::node::{LeaseAnswer, LeaseQuery, Node};
 use crate::raft::{Command, Reply};
 
@@ -31,6 +33,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::LeaseGrant)?;
         self.node.refuse_learner()?;
         let req = request.into_inner();
         let (id, ttl, rev) = self.node.lease_grant(req.id, req.ttl).await?;
@@ -46,8 +49,10 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = authz::caller(&self.node, &request)?;
         self.node.refuse_learner()?;
         let req = request.into_inner();
+        allow_lease(&self.node, &caller, req.id)?;
         let r = self
             .node
             .propose(Command::LeaseRevoke { id: req.id })
@@ -66,12 +71,17 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let caller = authz::caller(&self.node, &request)?;
         self.node.refuse_learner()?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
         tokio::spawn(async move {
             while let Ok(Some(req)) = inbound.message().await {
+                if let Err(denied) = allow_lease(&node, &caller, req.id) {
+                    let _ = tx.send(Err(denied)).await;
+                    return;
+                }
                 let resp = match node.lease_query(LeaseQuery::KeepAlive(req.id)).await {
                     Ok(LeaseAnswer::Ttl(ttl)) => Ok(LeaseKeepAliveResponse {
                         header: Some(node.header()),
@@ -94,6 +104,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let caller = authz::caller(&self.node, &request)?;
         self.node.refuse_learner()?;
         let req = request.into_inner();
         let header = Some(self.node.header());
@@ -104,7 +115,13 @@ impl Lease for LeaseService {
         {
             LeaseAnswer::Remaining(Some((ttl, granted))) => {
                 let keys = if req.keys {
-                    self.node.mvcc().lease_keys(req.id).map_err(internal)?
+                    // Only the keys the caller may read.
+                    let mut keys = self.node.mvcc().lease_keys(req.id).map_err(internal)?;
+                    if !caller.is_root() {
+                        let facts = StoreFacts(self.node.mvcc());
+                        keys.retain(|k| auth::may_read_key(&caller, k, &facts));
+                    }
+                    keys
                 } else {
                     Vec::new()
                 };
@@ -128,8 +145,9 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<LeaseLeasesRequest>,
+        request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::LeaseList)?;
         self.node.refuse_learner()?;
         let leases = self.node.mvcc().leases().map_err(internal)?;
         Ok(Response::new(LeaseLeasesResponse {
@@ -140,4 +158,13 @@ impl Lease for LeaseService {
                 .collect(),
         }))
     }
+}
+
+/// Keeping a lease alive or revoking it needs the right to write every key attached to it.
+fn allow_lease(node: &Node, caller: &Caller, id: i64) -> Result<(), Status> {
+    if caller.is_root() {
+        return Ok(());
+    }
+    let attached = node.mvcc().lease_keys(id).map_err(internal)?;
+    authz::allow(node, caller, |f| auth::check_lease(caller, &attached, f))
 }

@@ -15,7 +15,9 @@ use eden_proto::etcdserverpb::{
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::auth;
 use crate::errors;
+use crate::grpc::authz;
 use crate::node::Node;
 use crate::raft::{Command, Reply};
 
@@ -41,6 +43,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
         let req = request.into_inner();
         let to_pb = |list: Vec<(u64, i32)>| -> Vec<AlarmMember> {
             list.into_iter()
@@ -83,8 +86,9 @@ impl Maintenance for MaintenanceService {
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Status)?;
         let m = self.node.raft().metrics().borrow().clone();
         let size = self.node.sm().engine.size_bytes();
         let is_learner = !m
@@ -121,8 +125,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _r: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
         let node = self.node.clone();
         tokio::task::spawn_blocking(move || node.sm().engine.defragment())
             .await
@@ -132,7 +137,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
         Err(not_yet("hash"))
     }
 
@@ -140,6 +146,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
         let rev = request.get_ref().revision;
         let node = self.node.clone();
         let (hash, compact_revision, hash_revision) =
@@ -159,8 +166,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _r: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
         let node = self.node.clone();
         let (backup, rev) = tokio::task::spawn_blocking(move || node.sm().backup())
             .await
@@ -185,15 +193,17 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _r: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
         Err(not_yet("move leader"))
     }
 
     async fn downgrade(
         &self,
-        _r: Request<DowngradeRequest>,
+        request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
+        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
         Err(not_yet("downgrade"))
     }
 }

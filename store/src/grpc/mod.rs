@@ -2,6 +2,7 @@
 //!
 //! [`serve`] takes already bound listeners and a shutdown future, so tests can bind port 0.
 
+pub mod authz;
 pub mod cluster;
 pub mod kv;
 pub mod lease;

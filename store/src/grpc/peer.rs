@@ -7,6 +7,7 @@ use eden_proto::peer::Payload;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
+use crate::grpc::authz;
 use crate::membership::MembershipChange;
 use crate::node::{LeaseQuery, Node};
 use crate::raft::network::{from_payload, to_payload};
@@ -89,6 +90,7 @@ pub fn check_consecutive(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), S
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        authz::require_member(&self.node, &request)?;
         self.check(request.get_ref())?;
         let req: AppendEntriesRequest<TypeConfig> = from_payload(request.get_ref()).map_err(bad)?;
         if let Err(e) = check_consecutive(&req) {
@@ -99,6 +101,7 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        authz::require_member(&self.node, &request)?;
         self.check(request.get_ref())?;
         let req: VoteRequest<u64> = from_payload(request.get_ref()).map_err(bad)?;
         Self::reply(&self.node.raft().vote(req).await)
@@ -108,6 +111,7 @@ impl Peer for PeerService {
         &self,
         request: Request<Payload>,
     ) -> Result<Response<Payload>, Status> {
+        authz::require_member(&self.node, &request)?;
         self.check(request.get_ref())?;
         let req: InstallSnapshotRequest<TypeConfig> =
             from_payload(request.get_ref()).map_err(bad)?;
@@ -115,6 +119,7 @@ impl Peer for PeerService {
     }
 
     async fn forward(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        authz::require_member(&self.node, &request)?;
         self.check(request.get_ref())?;
         let cmd: Command = from_payload(request.get_ref()).map_err(bad)?;
         let node = self.node.clone();
@@ -123,6 +128,7 @@ impl Peer for PeerService {
     }
 
     async fn read_index(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        authz::require_member(&self.node, &request)?;
         self.check(request.get_ref())?;
         let node = self.node.clone();
         self.on_client_runtime(async move { node.read_index_local().await })
@@ -130,12 +136,14 @@ impl Peer for PeerService {
     }
 
     async fn membership(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        authz::require_member(&self.node, &request)?;
         self.check(request.get_ref())?;
         let change: MembershipChange = from_payload(request.get_ref()).map_err(bad)?;
         Self::reply(&self.node.change_membership_local(change).await)
     }
 
     async fn lease_query(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        authz::require_member(&self.node, &request)?;
         self.check(request.get_ref())?;
         let q: LeaseQuery = from_payload(request.get_ref()).map_err(bad)?;
         let node = self.node.clone();

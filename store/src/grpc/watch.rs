@@ -25,7 +25,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{self, Caller, StoreFacts};
 use crate::errors::{self, internal};
+use crate::grpc::authz;
 use crate::keys::KeyRange;
 use crate::metrics::metrics;
 use crate::mvcc::RevEvents;
@@ -119,11 +121,12 @@ impl Watch for WatchService {
         if wants_leader && self.node.leader().is_none() {
             return Err(errors::no_leader());
         }
+        let caller = authz::caller(&self.node, &request)?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let node = self.node.clone();
         tokio::spawn(async move {
-            let mut s = StreamTask::new(node, tx.clone());
+            let mut s = StreamTask::new(node, caller, tx.clone());
             if let Err(status) = s.run(inbound).await {
                 let _ = tx.send(Err(status)).await;
             }
@@ -134,16 +137,24 @@ impl Watch for WatchService {
 
 struct StreamTask {
     node: Arc<Node>,
+    /// Who opened the stream: every watch on it is checked for them, at creation and again
+    /// after each change to their rights.
+    caller: Caller,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
 }
 
 impl StreamTask {
-    fn new(node: Arc<Node>, tx: mpsc::Sender<Result<WatchResponse, Status>>) -> StreamTask {
+    fn new(
+        node: Arc<Node>,
+        caller: Caller,
+        tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    ) -> StreamTask {
         metrics().watch_streams.inc();
         StreamTask {
             node,
+            caller,
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
@@ -278,6 +289,20 @@ impl StreamTask {
             self.next_id
         };
         let w = Watcher::from_request(id, &c, current);
+        if let Err(status) = authz::allow(&self.node, &self.caller, |f| {
+            auth::check_read(&self.caller, &c.key, &c.range_end, f)
+        }) {
+            return self
+                .send(WatchResponse {
+                    header,
+                    watch_id: id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: status.message().into(),
+                    ..Default::default()
+                })
+                .await;
+        }
         self.send(WatchResponse {
             header,
             watch_id: id,
@@ -377,7 +402,14 @@ impl StreamTask {
                 };
                 let mut events = Vec::new();
                 let mut sent_to = w.next_rev - 1;
+                let mut denied = None;
                 for r in &revs {
+                    if self.rights_changed(r) {
+                        if let Err(why) = self.still_allowed(&w) {
+                            denied = Some(why);
+                            break;
+                        }
+                    }
                     let mut selected = w.select(r);
                     if !events.is_empty() && events.len() + selected.len() > MAX_EVENTS_PER_RESPONSE
                     {
@@ -386,6 +418,22 @@ impl StreamTask {
                     }
                     events.append(&mut selected);
                     sent_to = r.rev;
+                }
+                if let Some(why) = denied {
+                    // What it could read until its rights changed, then the reason it stops.
+                    if !events.is_empty() {
+                        self.send_events(id, sent_to, events).await?;
+                    }
+                    self.remove(id);
+                    self.send(WatchResponse {
+                        header: Some(self.node.header_at(sent_to)),
+                        watch_id: id,
+                        canceled: true,
+                        cancel_reason: format!("{}: {why}", errors::PERMISSION_DENIED),
+                        ..Default::default()
+                    })
+                    .await?;
+                    break;
                 }
                 if !events.is_empty() {
                     self.send_events(id, last, events).await?;
@@ -396,6 +444,25 @@ impl StreamTask {
             }
         }
         Ok(latest)
+    }
+
+    /// Whether revision `r` changed what this stream's caller may read.
+    fn rights_changed(&self, r: &RevEvents) -> bool {
+        !self.caller.is_root()
+            && r.events.iter().any(|e| {
+                e.kv.as_ref()
+                    .is_some_and(|kv| auth::affects(&self.caller, &kv.key))
+            })
+    }
+
+    /// Checks a watch again against the rights as they are now.
+    fn still_allowed(&self, w: &Watcher) -> Result<(), auth::Denied> {
+        auth::check_read(
+            &self.caller,
+            &w.range.start,
+            &w.range.range_end(),
+            &StoreFacts(self.node.mvcc()),
+        )
     }
 
     async fn send_events(&self, id: i64, rev: i64, events: Vec<Event>) -> Result<(), CatchUpError> {

@@ -1,0 +1,352 @@
+//! The authorizer: the one place that decides whether a caller may make a request.
+//!
+//! Every client RPC is normalized into the keys it reads and writes and the operation it is, and
+//! checked here before anything runs. Deny by default: only what a rule below allows is allowed.
+//!
+//! ```text
+//! caller            may read                                  may write
+//! admin:*, member:* everything, every RPC                     everything, every RPC
+//! node:N            /eden/nodes/N/**                          /eden/nodes/N/{facts,owner,alive}
+//!                   /eden/tasks/T, /eden/runs/T/cancel,       /eden/runs/T/{claims,results}/N
+//!                   /eden/runs/T/{claims,results}/N             while /eden/nodes/N/tasks/T exists
+//!                     while /eden/nodes/N/tasks/T exists
+//!                   /eden/vars/N/**, /eden/readers/vars/N/**  /eden/vars/N/**, /eden/readers/vars/N/**
+//!                   /eden/vars/S/V when its readers allow N
+//!                     (evaluated against N's labels now)
+//!                   Status, MemberList, LeaseGrant; LeaseKeepAlive/Revoke when it may write every
+//!                   key attached; LeaseTimeToLive (only the keys it may read are listed)
+//! ```
+//!
+//! A node never writes labels, tasks, rules, hooks, events or anything outside `/eden/`, and never
+//! calls Maintenance (but Status), Compact or Cluster changes. A range or watch is allowed only if
+//! every key it could ever cover is readable: a multi-key range must lie inside one prefix the
+//! caller may read whole (nothing is filtered after the fact). A txn is checked compare by compare
+//! and op by op, nested txns included.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use eden_proto::etcdserverpb::{request_op, Compare, RangeRequest, RequestOp, TxnRequest};
+use eden_proto::model::keys;
+use eden_proto::model::readers::Readers;
+use eden_proto::pki;
+
+use crate::mvcc::Mvcc;
+
+/// Who is asking, as the authorizer sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Caller {
+    /// An admin or a member (or anyone, on an insecure member): every right.
+    Root(String),
+    /// A managed machine's agent, by name.
+    Node(String),
+}
+
+impl Caller {
+    pub fn of(identity: &pki::Identity) -> Caller {
+        match identity {
+            pki::Identity::Admin(_) | pki::Identity::Member(_) => {
+                Caller::Root(identity.to_string())
+            }
+            pki::Identity::Node(n) => Caller::Node(n.clone()),
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        matches!(self, Caller::Root(_))
+    }
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Root(who) => f.write_str(who),
+            Caller::Node(n) => write!(f, "node:{n}"),
+        }
+    }
+}
+
+/// Why a request was refused (for the log and the audit trail; the client gets etcd's
+/// "permission denied").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied(pub String);
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the authorizer needs to know about the cluster's state, read at the time of the request.
+pub trait Facts {
+    /// A node's labels (none when it has none).
+    fn labels(&self, node: &str) -> BTreeMap<String, String>;
+    /// The readers of a variable, when any were set.
+    fn var_readers(&self, scope: &str, name: &str) -> Option<Readers>;
+    /// Whether task `task` is assigned to `node` now.
+    fn assigned(&self, node: &str, task: &str) -> bool;
+}
+
+/// RPCs that name no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    Status,
+    MemberList,
+    LeaseGrant,
+    /// Leases listed (LeaseLeases).
+    LeaseList,
+    /// Every other Maintenance, Cluster and Compact call.
+    Admin,
+}
+
+/// Checks an RPC that names no key.
+pub fn check_rpc(caller: &Caller, rpc: Rpc) -> Result<(), Denied> {
+    match (caller, rpc) {
+        (Caller::Root(_), _) => Ok(()),
+        (Caller::Node(_), Rpc::Status | Rpc::MemberList | Rpc::LeaseGrant) => Ok(()),
+        (Caller::Node(_), _) => Err(Denied(format!("{caller} may not call {rpc:?} RPCs"))),
+    }
+}
+
+/// Checks a read of `[key, range_end)` (etcd's encoding: empty end for one key, `"\0"` for "to
+/// the end").
+pub fn check_read(
+    caller: &Caller,
+    key: &[u8],
+    range_end: &[u8],
+    facts: &dyn Facts,
+) -> Result<(), Denied> {
+    check(caller, key, range_end, false, facts)
+}
+
+/// Checks a write (put, or delete of a range).
+pub fn check_write(
+    caller: &Caller,
+    key: &[u8],
+    range_end: &[u8],
+    facts: &dyn Facts,
+) -> Result<(), Denied> {
+    check(caller, key, range_end, true, facts)
+}
+
+/// Checks one request op, nested txns included.
+pub fn check_op(caller: &Caller, op: &RequestOp, facts: &dyn Facts) -> Result<(), Denied> {
+    match &op.request {
+        Some(request_op::Request::RequestRange(r)) => {
+            check_read(caller, &r.key, &r.range_end, facts)
+        }
+        Some(request_op::Request::RequestPut(p)) => check_write(caller, &p.key, &[], facts),
+        Some(request_op::Request::RequestDeleteRange(d)) => {
+            check_write(caller, &d.key, &d.range_end, facts)
+        }
+        Some(request_op::Request::RequestTxn(t)) => check_txn(caller, t, facts),
+        None => Ok(()),
+    }
+}
+
+/// Checks a txn: every compare is a read, every op of both branches is checked (whichever runs).
+pub fn check_txn(caller: &Caller, txn: &TxnRequest, facts: &dyn Facts) -> Result<(), Denied> {
+    if caller.is_root() {
+        return Ok(());
+    }
+    for c in &txn.compare {
+        check_compare(caller, c, facts)?;
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        check_op(caller, op, facts)?;
+    }
+    Ok(())
+}
+
+/// A compare reads its key (or range): its version, revisions, value or lease.
+fn check_compare(caller: &Caller, c: &Compare, facts: &dyn Facts) -> Result<(), Denied> {
+    check_read(caller, &c.key, &c.range_end, facts)
+}
+
+/// Whether a lease may be kept alive or revoked: the caller may write every key attached to it.
+pub fn check_lease(caller: &Caller, attached: &[Vec<u8>], facts: &dyn Facts) -> Result<(), Denied> {
+    for k in attached {
+        check_write(caller, k, &[], facts).map_err(|_| {
+            Denied(format!(
+                "{caller} may not touch a lease that holds {}",
+                show(k)
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether one key may be read (to filter a lease's key list, which is not a range read).
+pub fn may_read_key(caller: &Caller, key: &[u8], facts: &dyn Facts) -> bool {
+    check_read(caller, key, &[], facts).is_ok()
+}
+
+/// Whether a change to `key` may change what `caller` may read or write (its labels, its
+/// assignments, a variable's readers): its watches are checked again after such a change.
+pub fn affects(caller: &Caller, key: &[u8]) -> bool {
+    let node = match caller {
+        Caller::Root(_) => return false,
+        Caller::Node(n) => n,
+    };
+    if key.starts_with(keys::READERS.as_bytes()) {
+        return true;
+    }
+    match keys::rest(key, &keys::node_prefix(node)) {
+        Some(leaf) => leaf == "labels" || leaf.starts_with("tasks/"),
+        None => false,
+    }
+}
+
+fn show(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+fn check(
+    caller: &Caller,
+    key: &[u8],
+    range_end: &[u8],
+    write: bool,
+    facts: &dyn Facts,
+) -> Result<(), Denied> {
+    let node = match caller {
+        Caller::Root(_) => return Ok(()),
+        Caller::Node(n) => n.as_str(),
+    };
+    let verb = if write { "write" } else { "read" };
+    let single = range_end.is_empty() || is_key_plus_zero(key, range_end);
+    let ok = if single {
+        key_allowed(node, key, write, facts)
+    } else {
+        whole_prefixes(node, write)
+            .iter()
+            .any(|p| inside(key, range_end, p.as_bytes()))
+    };
+    if ok {
+        Ok(())
+    } else if single {
+        Err(Denied(format!("{caller} may not {verb} {}", show(key))))
+    } else {
+        Err(Denied(format!(
+            "{caller} may not {verb} the range [{}, {})",
+            show(key),
+            show(range_end)
+        )))
+    }
+}
+
+/// `end` is `key` followed by one zero byte: the range holds `key` alone.
+fn is_key_plus_zero(key: &[u8], end: &[u8]) -> bool {
+    end.len() == key.len() + 1 && end.starts_with(key) && end[key.len()] == 0
+}
+
+/// Whether `[key, end)` (end not empty) lies inside the keys that start with `prefix`.
+fn inside(key: &[u8], end: &[u8], prefix: &[u8]) -> bool {
+    if end == [0] || !key.starts_with(prefix) {
+        return false;
+    }
+    let prefix_end = eden_proto::keys::prefix_end(prefix);
+    // Every key k with key <= k < end starts with the prefix iff end <= prefix_end.
+    end <= prefix_end.as_slice()
+}
+
+/// The prefixes node `node` may read (or write) whole.
+fn whole_prefixes(node: &str, write: bool) -> Vec<String> {
+    let mut p = vec![keys::node_vars(node), keys::node_var_readers(node)];
+    if !write {
+        p.push(keys::node_prefix(node));
+    }
+    p
+}
+
+/// One name: what `keys::check_name` accepts (so no '/' and nothing odd).
+fn name(s: &str) -> Option<&str> {
+    keys::check_name("name", s).ok().map(|_| s)
+}
+
+/// Whether node `node` may read (or write) the single key `key`.
+fn key_allowed(node: &str, key: &[u8], write: bool, facts: &dyn Facts) -> bool {
+    // Its own registration keys (and, to read, everything under its node prefix).
+    if let Some(leaf) = keys::rest(key, &keys::node_prefix(node)) {
+        return !write || matches!(leaf, "facts" | "owner" | "alive");
+    }
+    // Its own variables and their readers.
+    if key.starts_with(keys::node_vars(node).as_bytes())
+        || key.starts_with(keys::node_var_readers(node).as_bytes())
+    {
+        return true;
+    }
+    // A task assigned to it: the spec and the cancel mark to read, its own claim and result.
+    if let Some(task) = keys::rest(key, keys::TASKS).and_then(name) {
+        return !write && facts.assigned(node, task);
+    }
+    if let Some(rest) = keys::rest(key, keys::RUNS) {
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (task, mine) = match parts.as_slice() {
+            [task, "cancel"] => (*task, !write),
+            [task, "claims" | "results", who] => (*task, *who == node),
+            _ => return false,
+        };
+        return mine && name(task).is_some() && facts.assigned(node, task);
+    }
+    // Another scope's variable, when its readers allow this node now.
+    if !write {
+        if let Some((scope, var)) = keys::rest(key, keys::VARS).and_then(|r| r.split_once('/')) {
+            if name(scope).is_some() && name(var).is_some() {
+                return facts
+                    .var_readers(scope, var)
+                    .is_some_and(|r| r.allows(node, &facts.labels(node)));
+            }
+        }
+    }
+    false
+}
+
+/// The facts as this member's store holds them now.
+pub struct StoreFacts<'a>(pub &'a Mvcc);
+
+impl StoreFacts<'_> {
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let r = self
+            .0
+            .range(&RangeRequest {
+                key: key.into(),
+                ..Default::default()
+            })
+            .ok()?;
+        serde_json::from_slice(&r.kvs.first()?.value).ok()
+    }
+}
+
+impl Facts for StoreFacts<'_> {
+    fn labels(&self, node: &str) -> BTreeMap<String, String> {
+        self.get(&keys::labels(node)).unwrap_or_default()
+    }
+
+    fn var_readers(&self, scope: &str, name: &str) -> Option<Readers> {
+        self.get(&keys::var_readers(scope, name))
+    }
+
+    fn assigned(&self, node: &str, task: &str) -> bool {
+        self.0
+            .range(&RangeRequest {
+                key: keys::assignment(node, task).into(),
+                count_only: true,
+                ..Default::default()
+            })
+            .is_ok_and(|r| r.count > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_a_prefix_means_every_key_of_the_range_has_it() {
+        assert!(inside(b"/a/", b"/a0", b"/a/"));
+        assert!(inside(b"/a/x", b"/a/y", b"/a/"));
+        assert!(!inside(b"/a/", b"/a1", b"/a/"));
+        assert!(!inside(b"/a/", b"\0", b"/a/"));
+        assert!(!inside(b"/a", b"/a/z", b"/a/"));
+    }
+}

@@ -1,0 +1,325 @@
+//! The authorizer with real processes and TLS on (issue 13): each agent's certificate names its
+//! node, and the server lets it read and write only what the rules say (store/src/auth.rs).
+//!
+//! The seed's first story as access control: a token registered on `a` is readable by the nodes
+//! labelled `role=master` only; `c` is refused by get, prefix range, watch, txn and through a task
+//! template until it is labelled, and loses its open watch and its reads when the label goes.
+
+use std::time::Duration;
+
+use eden_proto::client::{Client, ClientError};
+use eden_proto::etcdserverpb::{
+    compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest,
+};
+use eden_tests::{wait_for, Cluster};
+
+fn range(key: &str) -> RangeRequest {
+    RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+fn prefix(p: &str) -> RangeRequest {
+    RangeRequest {
+        key: p.into(),
+        range_end: eden_proto::keys::prefix_end(p.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+fn denied<T: std::fmt::Debug>(r: Result<T, ClientError>, what: &str) {
+    match r {
+        Err(e) if e.is_permission_denied() => {}
+        other => panic!("{what}: expected permission denied, got {other:?}"),
+    }
+}
+
+async fn value(c: &Client, key: &str) -> Result<Option<String>, ClientError> {
+    Ok(c.range(range(key))
+        .await?
+        .kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+}
+
+/// A watch of `key` by `client`: the first response (created, or created and canceled).
+async fn watch(
+    client: &std::sync::Arc<Client>,
+    key: &str,
+) -> tokio::sync::mpsc::Receiver<Result<eden_proto::etcdserverpb::WatchResponse, ClientError>> {
+    client.watch(
+        WatchCreateRequest {
+            key: key.into(),
+            ..Default::default()
+        },
+        Duration::from_secs(30),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_token_is_read_by_the_nodes_its_readers_allow_and_by_no_other() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let _agents: Vec<_> = ["a", "b", "c"].iter().map(|n| c.agent(n, &[])).collect();
+    c.wait_nodes(&["a", "b", "c"], true).await;
+    for n in ["a", "b"] {
+        let o = c.eden(&["node", "label", n, "role=master"]).await;
+        assert_eq!(o.code, Some(0), "{o:?}");
+    }
+    // The token is made on a, for the masters.
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "a",
+            "--register",
+            "token",
+            "--readers",
+            "role=master",
+            "--",
+            "echo",
+            "s3cret",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let token = "/eden/vars/a/token";
+    let (a, b, cc) = (
+        c.client_as("node-a"),
+        c.client_as("node-b"),
+        c.client_as("node-c"),
+    );
+    assert_eq!(
+        value(&a, token).await.unwrap().as_deref(),
+        Some("\"s3cret\"")
+    );
+    assert_eq!(
+        value(&b, token).await.unwrap().as_deref(),
+        Some("\"s3cret\"")
+    );
+
+    // c: refused by get, prefix range, a range to the end, watch and txn (compare or range).
+    denied(cc.range(range(token)).await, "get");
+    denied(cc.range(prefix("/eden/vars/a/")).await, "prefix");
+    denied(
+        cc.range(RangeRequest {
+            key: "/eden/vars/".into(),
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await,
+        "range to the end",
+    );
+    // b may read the token, but not the range around it (nothing is filtered after the fact).
+    denied(b.range(prefix("/eden/vars/a/")).await, "b's prefix");
+    let first = watch(&cc, token).await.recv().await.unwrap().unwrap();
+    assert!(
+        first.canceled && first.cancel_reason.contains("permission denied"),
+        "{first:?}"
+    );
+    let read_in_txn = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestRange(range(token))),
+        }],
+        ..Default::default()
+    };
+    denied(cc.txn(read_in_txn).await, "txn range");
+    let compare_in_txn = TxnRequest {
+        compare: vec![Compare {
+            key: token.into(),
+            target: compare::CompareTarget::Value as i32,
+            result: compare::CompareResult::Equal as i32,
+            target_union: Some(compare::TargetUnion::Value(b"\"s3cret\"".to_vec())),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    denied(cc.txn(compare_in_txn).await, "txn compare");
+
+    // Through a task template: b's run renders it, c's fails before running anything.
+    let tmpl = r#"{{ vars["a"].token }}"#;
+    let o = c.eden(&["run", "--nodes", "b", "--", "echo", tmpl]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("s3cret"), "{o:?}");
+    let o = c.eden(&["run", "--nodes", "c", "--", "echo", tmpl]).await;
+    assert_eq!(o.code, Some(4), "{o:?}");
+    assert!(
+        o.stdout.contains("may not read") && !o.stdout.contains("s3cret"),
+        "{o:?}"
+    );
+
+    // Labelled a master, c reads it and may watch it...
+    let o = c.eden(&["node", "label", "c", "role=master"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(
+        value(&cc, token).await.unwrap().as_deref(),
+        Some("\"s3cret\"")
+    );
+    let mut w = watch(&cc, token).await;
+    let created = w.recv().await.unwrap().unwrap();
+    assert!(created.created && !created.canceled, "{created:?}");
+    // ...until the label goes: its open watch is canceled with the reason, its reads refused.
+    let o = c.eden(&["node", "label", "c", "role-"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), w.recv())
+        .await
+        .expect("the watch was not canceled after the label went")
+        .unwrap()
+        .unwrap();
+    assert!(
+        ended.canceled && ended.cancel_reason.contains("permission denied"),
+        "{ended:?}"
+    );
+    denied(cc.range(range(token)).await, "get after unlabel");
+    // The eden CLI says so with its own exit code.
+    let o = c.eden_as("node-c", &["var", "get", "a", "token"]).await;
+    assert_eq!(o.code, Some(8), "{o:?}");
+    assert!(o.stderr.contains("permission denied"), "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_may_not_label_itself_write_for_another_node_or_run_the_cluster() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let _agents: Vec<_> = ["a", "c"].iter().map(|n| c.agent(n, &[])).collect();
+    c.wait_nodes(&["a", "c"], true).await;
+    let o = c
+        .eden(&["run", "--nodes", "a", "--async", "--", "sleep", "30"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let task = o.stdout.trim().to_string();
+    let cc = c.client_as("node-c");
+    let a = c.client_as("node-a");
+    // Its own registration keys: yes. Its labels, another node's keys, tasks: no.
+    cc.put(put("/eden/nodes/c/facts", "{}")).await.unwrap();
+    denied(
+        cc.put(put("/eden/nodes/c/labels", r#"{"role":"master"}"#))
+            .await,
+        "own labels",
+    );
+    denied(cc.put(put("/eden/nodes/a/facts", "{}")).await, "a's facts");
+    denied(
+        cc.put(put("/eden/vars/a/token", "\"x\"")).await,
+        "a's variable",
+    );
+    denied(
+        cc.put(put(&format!("/eden/runs/{task}/results/a"), "{}"))
+            .await,
+        "a's result",
+    );
+    denied(
+        cc.put(put(&format!("/eden/runs/{task}/claims/c"), "{}"))
+            .await,
+        "a claim on a task not assigned to it",
+    );
+    denied(cc.put(put("/eden/tasks/x", "{}")).await, "a task");
+    denied(cc.put(put("/eden/reactors/r", "{}")).await, "a rule");
+    denied(cc.put(put("plain", "x")).await, "a key outside /eden/");
+    denied(
+        cc.range(range(&format!("/eden/tasks/{task}"))).await,
+        "a's task spec",
+    );
+    // The node it runs on may read its task and its cancel mark.
+    a.range(range(&format!("/eden/tasks/{task}")))
+        .await
+        .unwrap();
+    // A forbidden write hidden in a nested txn's failure branch.
+    let nested = TxnRequest {
+        failure: vec![RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(put(
+                        "/eden/nodes/c/labels",
+                        "{}",
+                    ))),
+                }],
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    denied(cc.txn(nested).await, "nested txn");
+    // Through the CLI too: `eden node label` as node c is refused with exit 8.
+    let o = c
+        .eden_as("node-c", &["node", "label", "c", "role=master"])
+        .await;
+    assert_eq!(o.code, Some(8), "{o:?}");
+
+    // Cluster-wide calls: a node gets status and the member list, nothing else.
+    cc.status_of(0).await.unwrap();
+    cc.member_list().await.unwrap();
+    denied(cc.snapshot().await, "snapshot");
+    denied(cc.defragment_of(0).await, "defragment");
+    denied(cc.hash_kv_of(0, 0).await, "hash kv");
+    denied(
+        cc.compact(eden_proto::etcdserverpb::CompactionRequest {
+            revision: 1,
+            ..Default::default()
+        })
+        .await,
+        "compact",
+    );
+    denied(cc.lease_leases().await, "lease list");
+    let o = c
+        .eden_as(
+            "node-c",
+            &["member", "add", "x", "--peer-addr", "127.0.0.1:1"],
+        )
+        .await;
+    assert_eq!(o.code, Some(8), "{o:?}");
+
+    // Leases: another node's lease may not be kept alive or revoked; its TTL lists no key.
+    let alive = c
+        .client()
+        .range(range("/eden/nodes/a/alive"))
+        .await
+        .unwrap();
+    let lease = alive.kvs[0].lease;
+    denied(
+        cc.lease_keep_alive_once(lease).await,
+        "keep-alive of a's lease",
+    );
+    denied(cc.lease_revoke(lease).await, "revoke of a's lease");
+    let ttl = cc.lease_time_to_live(lease, true).await.unwrap();
+    assert!(ttl.keys.is_empty(), "{ttl:?}");
+    let ttl = c.client().lease_time_to_live(lease, true).await.unwrap();
+    assert_eq!(ttl.keys, vec![b"/eden/nodes/a/alive".to_vec()]);
+    // a's agent still keeps it alive (its own lease).
+    wait_for("a to stay up", Duration::from_secs(10), || async {
+        a.lease_keep_alive_once(lease).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_answers_members_only() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let tls = c.tls_of("node-c").unwrap();
+    let config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &tls.cert_pem,
+            &tls.key_pem,
+        ))
+        .domain_name("127.0.0.1");
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", c.members[0].peer_addr))
+        .unwrap()
+        .tls_config(config)
+        .unwrap()
+        .connect()
+        .await
+        .expect("a node's certificate passes the TLS handshake");
+    let mut pc = eden_proto::peer::peer_client::PeerClient::new(ch);
+    let r = pc.read_index(eden_proto::peer::Payload::default()).await;
+    assert_eq!(
+        r.expect_err("a node's peer call was answered").code(),
+        tonic::Code::PermissionDenied
+    );
+}

@@ -26,7 +26,7 @@ for n in ${COUNTS:-1000 10000}; do
   cluster="n1=127.0.0.1:41380,n2=127.0.0.1:42380,n3=127.0.0.1:43380"
   spids=()
   for i in 1 2 3; do
-    RUST_LOG="${EDEN_LOG:-warn}" "$EDEN" server --name "n$i" --data-dir "$work/eden-$i" --client-addr "127.0.0.1:4${i}379" \
+    RUST_LOG="${EDEN_LOG:-warn}" "$EDEN" server --insecure --name "n$i" --data-dir "$work/eden-$i" --client-addr "127.0.0.1:4${i}379" \
       --peer-addr "127.0.0.1:4${i}380" --initial-cluster "$cluster" > "$work/eden-$i.log" 2>&1 &
     pids+=($!); spids+=($!)
   done

@@ -34,7 +34,7 @@ for i in 1 2 3; do
 done
 eden_cluster="n1=127.0.0.1:31380,n2=127.0.0.1:32380,n3=127.0.0.1:33380"
 for i in 1 2 3; do
-  RUST_LOG=warn "$EDEN" server --name "n$i" --data-dir "$work/eden-$i" --client-addr "127.0.0.1:3${i}379" \
+  RUST_LOG=warn "$EDEN" server --insecure --name "n$i" --data-dir "$work/eden-$i" --client-addr "127.0.0.1:3${i}379" \
     --peer-addr "127.0.0.1:3${i}380" --initial-cluster "$eden_cluster" > "$work/eden-$i.log" 2>&1 &
   pids+=($!)
   eval "eden_pid_$i=$!"

@@ -34,7 +34,7 @@ etcd --name e1 --data-dir "$work/etcd" \
   --listen-peer-urls http://127.0.0.1:25380 --initial-advertise-peer-urls http://127.0.0.1:25380 \
   --initial-cluster e1=http://127.0.0.1:25380 --log-level error > "$work/etcd.log" 2>&1 &
 pids+=($!)
-RUST_LOG=warn "$EDEN" server --name n1 --data-dir "$work/eden" --client-addr 127.0.0.1:35379 \
+RUST_LOG=warn "$EDEN" server --insecure --name n1 --data-dir "$work/eden" --client-addr 127.0.0.1:35379 \
   --peer-addr 127.0.0.1:35380 > "$work/eden.log" 2>&1 &
 pids+=($!)
 for ep in 127.0.0.1:25379 127.0.0.1:35379; do

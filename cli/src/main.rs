@@ -7,6 +7,7 @@
 //! failed, 5 a target timed out, 6 a target was unreachable or lost. Errors are one line on stderr.
 
 mod cmd;
+mod config;
 mod exit;
 mod printer;
 
@@ -24,15 +25,11 @@ use crate::printer::Format;
     about = "Configuration management with automatic clustering and events"
 )]
 struct Cli {
-    /// Members to talk to (any member will do), comma separated.
-    #[arg(
-        long,
-        global = true,
-        env = "EDEN_ENDPOINTS",
-        default_value = "127.0.0.1:2379",
-        value_delimiter = ','
-    )]
-    endpoints: Vec<String>,
+    /// Members to talk to (any member will do), comma separated [default: the config file's
+    /// cluster (~/.config/eden/config.toml, written by a new secure cluster's first member), else
+    /// 127.0.0.1:2379].
+    #[arg(long, global = true, env = "EDEN_ENDPOINTS", value_delimiter = ',')]
+    endpoints: Option<Vec<String>>,
 
     /// Output format [default: simple; listing commands print a table unless `-w simple` is
     /// given, which makes every command print plain lines].
@@ -174,11 +171,27 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn run_client(cli: Cli) -> Result<(), Failure> {
-    let tls = match (&cli.cacert, &cli.cert, &cli.key) {
+/// Where a command connects and with which certificates: the flags (or their environment
+/// variables); with no `--endpoints`, the config file's cluster (see [`config`]); else
+/// 127.0.0.1:2379.
+fn target(cli: &Cli) -> Result<(Vec<String>, Option<eden_proto::client::Tls>), Failure> {
+    let mut files = (cli.cacert.clone(), cli.cert.clone(), cli.key.clone());
+    let endpoints = match &cli.endpoints {
+        Some(e) => e.clone(),
+        None => match config::load().map_err(Failure::usage)? {
+            Some(c) => {
+                if files == (None, None, None) {
+                    files = (c.cacert, c.cert, c.key);
+                }
+                c.endpoints
+            }
+            None => vec!["127.0.0.1:2379".to_string()],
+        },
+    };
+    let tls = match files {
         (None, None, None) => None,
         (Some(ca), Some(cert), Some(key)) => {
-            Some(eden_proto::client::Tls::from_files(ca, cert, key).map_err(Failure::usage)?)
+            Some(eden_proto::client::Tls::from_files(&ca, &cert, &key).map_err(Failure::usage)?)
         }
         _ => {
             return Err(Failure::usage(
@@ -186,8 +199,13 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
             ))
         }
     };
+    Ok((endpoints, tls))
+}
+
+async fn run_client(cli: Cli) -> Result<(), Failure> {
+    let (endpoints, tls) = target(&cli)?;
     let client =
-        Arc::new(eden_proto::client::Client::with_tls(&cli.endpoints, tls).map_err(Failure::from)?);
+        Arc::new(eden_proto::client::Client::with_tls(&endpoints, tls).map_err(Failure::from)?);
     let out = printer::Printer::new(cli.write_out);
     match cli.command {
         Command::Server(_) | Command::Pki(_) => unreachable!("handled in main"),

@@ -1206,6 +1206,7 @@ async fn join_cluster(
 ) -> anyhow::Result<(u64, u64)> {
     use eden_proto::etcdserverpb::cluster_client::ClusterClient;
     use eden_proto::etcdserverpb::MemberAddRequest;
+    let secure = tls.is_some();
     let client = eden_proto::client::Client::with_tls(endpoints, tls)?;
     let req = MemberAddRequest {
         peer_ur_ls: vec![format!("http://{peer_addr}")],
@@ -1256,6 +1257,12 @@ async fn join_cluster(
                 members: list.members,
             }
         }
+        Err(e @ eden_proto::client::ClientError::Unavailable(_)) => anyhow::bail!(
+            "joining through {}: {e} (is it {} cluster? a member started with --insecure \
+             cannot join a secure cluster, nor a secure member an insecure one)",
+            endpoints.join(","),
+            if secure { "a secure" } else { "an insecure" }
+        ),
         Err(e) => anyhow::bail!("joining through {}: {e}", endpoints.join(",")),
     };
     let member = resp

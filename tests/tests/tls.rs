@@ -198,3 +198,168 @@ async fn clients_and_members_speak_mutual_tls_with_the_clusters_ca() {
         "etcdctl without a certificate got through: {o:?}"
     );
 }
+
+/// `eden` with HOME (and so the CLI's config file) in `home`.
+fn eden_at_home(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(eden_bin())
+        .args(args)
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("EDEN_CONFIG")
+        .env_remove("EDEN_ENDPOINTS")
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_is_secure_by_default_and_its_user_needs_no_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&home).unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let ep = format!("127.0.0.1:{client}");
+    let log = dir.path().join("server.log");
+    let server_args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "server",
+            "--data-dir",
+            &data.display().to_string(),
+            "--client-addr",
+            &ep,
+            "--peer-addr",
+            &format!("127.0.0.1:{peer}"),
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let spawn = |extra: &[&str]| {
+        Command::new(eden_bin())
+            .args(server_args(extra))
+            .env("HOME", &home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("EDEN_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut server = Killed(spawn(&[]));
+    // The same user, no flags: the config file the first member wrote says where and with what.
+    wait_for(
+        "the secure server to answer its user",
+        Duration::from_secs(30),
+        || async { eden_at_home(&home, &["put", "greeting", "hello"]).0 == 0 },
+    )
+    .await;
+    let (code, out, err) = eden_at_home(&home, &["get", "greeting"]);
+    assert_eq!((code, out.as_str()), (0, "greeting\nhello\n"), "{err}");
+    let pki = data.join("pki");
+    for f in [
+        "ca.crt",
+        "ca.key",
+        "member.crt",
+        "member.key",
+        "admin.crt",
+        "admin.key",
+    ] {
+        assert!(pki.join(f).exists(), "{f} is missing");
+    }
+    for f in ["ca.key", "member.key", "admin.key"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(pki.join(f)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let config = std::fs::read_to_string(home.join(".config/eden/config.toml")).unwrap();
+    assert!(config.contains("admin.crt"), "{config}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("admin.crt"),
+        "the log does not say where: {logged}"
+    );
+
+    // Plaintext is refused; another user (no config file) gets nowhere without certificates.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let (code, _, _) = eden_at_home(&elsewhere, &["--endpoints", &ep, "get", "greeting"]);
+    assert_eq!(code, 3);
+    // etcdctl with the admin's certificate.
+    let p = |f: &str| pki.join(f).display().to_string();
+    let o = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &ep, "--dial-timeout", "3s"])
+        .args(["--cacert", &p("ca.crt"), "--cert", &p("admin.crt")])
+        .args(["--key", &p("admin.key"), "get", "greeting"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+
+    // An insecure member cannot join it.
+    let (jc, jp) = (free_port(), free_port());
+    let joiner = Command::new(eden_bin())
+        .args(["server", "--insecure", "--name", "j", "--data-dir"])
+        .arg(dir.path().join("j"))
+        .args(["--client-addr", &format!("127.0.0.1:{jc}")])
+        .args(["--peer-addr", &format!("127.0.0.1:{jp}"), "--join", &ep])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&joiner.stderr);
+    assert!(
+        !joiner.status.success(),
+        "an insecure member joined: {said}"
+    );
+    assert!(said.contains("--insecure"), "{said}");
+
+    // Its data is never served insecurely.
+    drop(server);
+    let o = Command::new(eden_bin())
+        .args(server_args(&["--insecure"]))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("belongs to a secure cluster"),
+        "{o:?}"
+    );
+    // Started again as it was, it keeps its CA and serves what it had.
+    server = Killed(spawn(&[]));
+    wait_for("the restarted server", Duration::from_secs(30), || async {
+        eden_at_home(&home, &["get", "greeting"]).1 == "greeting\nhello\n"
+    })
+    .await;
+    drop(server);
+
+    // A new cluster of several members without certificates, or a secure joiner without any:
+    // refused at once, with what to do.
+    let o = Command::new(eden_bin())
+        .args(["server", "--name", "a", "--data-dir"])
+        .arg(dir.path().join("multi"))
+        .args(["--peer-addr", "127.0.0.1:1", "--initial-cluster"])
+        .args(["a=127.0.0.1:1,b=127.0.0.1:2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("eden pki init"),
+        "{o:?}"
+    );
+    let o = Command::new(eden_bin())
+        .args(["server", "--name", "k", "--data-dir"])
+        .arg(dir.path().join("k"))
+        .args(["--join", &ep])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("eden pki issue"),
+        "{o:?}"
+    );
+}

@@ -10,8 +10,12 @@
 //! (`eden agent --cacert ca.crt --cert node-NAME.crt --key node-NAME.key`), valid 30 days.
 
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use eden_proto::client::Tls;
+use eden_store::node::NodeConfig;
 
 use clap::Subcommand;
 use eden_proto::pki::{Ca, Identity, ADMIN_VALIDITY, NODE_VALIDITY};
@@ -170,4 +174,129 @@ pub fn run(out: &Printer, c: PkiCmd) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// A member's certificates when no certificate flags were given: those in DATA_DIR/pki from an
+/// earlier start, or, for a new single-member cluster, a new CA with this member's certificate
+/// and an admin's (`ca.crt`, `ca.key`, `member.crt`, `member.key`, `admin.crt`, `admin.key`; keys
+/// mode 0600), and a CLI config file for the user who started it when that user has none
+/// (decision 0012).
+pub fn member_tls(config: &NodeConfig) -> anyhow::Result<Tls> {
+    let dir = config.data_dir.join("pki");
+    let (ca, cert, key) = (
+        dir.join("ca.crt"),
+        dir.join("member.crt"),
+        dir.join("member.key"),
+    );
+    if cert.exists() {
+        return Tls::from_files(&ca, &cert, &key).map_err(|e| anyhow::anyhow!(e));
+    }
+    if has_data(&config.data_dir) {
+        bail!(
+            "{} holds the data of an insecure member (it has no pki/): start it with --insecure \
+             as before",
+            config.data_dir.display()
+        );
+    }
+    if config.join.is_some() {
+        bail!(
+            "joining a secure cluster needs this member's certificates: make them with `eden pki \
+             issue CA_DIR --member {}=HOST` and give --cert-file, --key-file and \
+             --trusted-ca-file (or --insecure, to join an insecure cluster)",
+            config.name
+        );
+    }
+    if config.initial_cluster.len() > 1 {
+        bail!(
+            "a new cluster of {} members needs certificates from one CA: run `eden pki init DIR \
+             --member NAME=HOST ...` and give each member --cert-file, --key-file and \
+             --trusted-ca-file (or --insecure)",
+            config.initial_cluster.len()
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let authority = Ca::generate("eden").map_err(|e| anyhow::anyhow!(e))?;
+    let mut hosts: Vec<String> = [
+        &config.client_addr,
+        &config.peer_addr,
+        &config.listen_peer_addr,
+    ]
+    .iter()
+    .filter_map(|a| host_of(a))
+    .chain(["127.0.0.1".to_string(), "localhost".to_string()])
+    .collect();
+    hosts.sort();
+    hosts.dedup();
+    let member =
+        Identity::parse(&format!("member:{}", config.name)).map_err(|e| anyhow::anyhow!(e))?;
+    let m = authority
+        .issue(&member, &hosts, ADMIN_VALIDITY)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let admin = Identity::Admin("admin".into());
+    let a = authority
+        .issue(&admin, &[], ADMIN_VALIDITY)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let files = [
+        ("ca.crt", authority.cert_pem().to_string(), false),
+        ("ca.key", authority.key_pem(), true),
+        ("admin.crt", a.cert_pem.clone(), false),
+        ("admin.key", a.key_pem.clone().unwrap_or_default(), true),
+        // The member's own last: its presence says the directory is complete.
+        ("member.key", m.key_pem.clone().unwrap_or_default(), true),
+        ("member.crt", m.cert_pem.clone(), false),
+    ];
+    for (name, text, secret) in &files {
+        write(&dir.join(name), text, *secret).map_err(|f| anyhow::anyhow!(f.message))?;
+    }
+    let abs = std::fs::canonicalize(&dir)?;
+    tracing::info!(
+        ca_pin = %authority.pin(),
+        "made the cluster's CA and an admin certificate: {}/admin.crt and admin.key (eden and \
+         etcdctl take them with --cacert {0}/ca.crt --cert {0}/admin.crt --key {0}/admin.key)",
+        abs.display()
+    );
+    let cli = crate::config::CliConfig {
+        endpoints: vec![config.client_addr.clone()],
+        cacert: Some(abs.join("ca.crt")),
+        cert: Some(abs.join("admin.crt")),
+        key: Some(abs.join("admin.key")),
+    };
+    match crate::config::write_if_absent(&cli) {
+        Ok(Some(p)) => tracing::info!(
+            "wrote {}: this user's eden commands use this cluster and the admin certificate",
+            p.display()
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("could not write the CLI's config file: {e}"),
+    }
+    Tls::from_files(&ca, &cert, &key).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Refuses to serve a secure member's data insecurely.
+pub fn check_data_dir_mode(data_dir: &Path, insecure: bool) -> anyhow::Result<()> {
+    if insecure && data_dir.join("pki").join("member.crt").exists() {
+        bail!(
+            "{} belongs to a secure cluster (it has pki/member.crt): --insecure would serve its \
+             data to anyone; start it without --insecure",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether a data dir already holds a member's data (anything but pki/).
+fn has_data(data_dir: &Path) -> bool {
+    std::fs::read_dir(data_dir).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.file_name() != "pki")
+    })
+}
+
+/// The host of HOST:PORT (None for a wildcard address, which no certificate can name).
+fn host_of(addr: &str) -> Option<String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && host != "0.0.0.0" && host != "::").then(|| host.to_string())
 }

@@ -131,6 +131,12 @@ pub struct ServerArgs {
     /// The CA clients' certificates must come from (PEM).
     #[arg(long)]
     pub trusted_ca_file: Option<PathBuf>,
+    /// Plaintext ports and no authorization: anyone who reaches the client port may do
+    /// anything. For a trial, or a benchmark beside a plaintext etcd. Without it (and without
+    /// certificate flags) a new single-member cluster makes its own CA and certificates in
+    /// DATA_DIR/pki.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// The same settings as read from a `--config` file.
@@ -168,6 +174,7 @@ struct FileConfig {
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
+    insecure: Option<bool>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -355,6 +362,10 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
         args.key_file.clone().or(file.key_file),
         args.trusted_ca_file.clone().or(file.trusted_ca_file),
     );
+    let insecure = args.insecure || file.insecure.unwrap_or(false);
+    if insecure && tls_files != (None, None, None) {
+        bail!("give --insecure or the certificate flags, not both");
+    }
     c.tls = match tls_files {
         (None, None, None) => None,
         (Some(cert), Some(key), Some(ca)) => Some(
@@ -364,6 +375,7 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
         _ => anyhow::bail!("TLS needs all of --cert-file, --key-file and --trusted-ca-file"),
     };
     let extras = Extras {
+        insecure,
         metrics_addr: args.metrics_addr.clone().or(file.metrics_addr),
         reactor: !args.no_reactor && file.reactor.unwrap_or(true),
         webhook_addr: args.webhook_addr.clone().or(file.webhook_addr),
@@ -397,7 +409,17 @@ fn lower_thread_priority() {
 /// that sends or answers it (issue 11: 10,000 agents on one runtime starved the Raft core into
 /// elections).
 pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
-    let (config, extras) = resolve(args)?;
+    let (mut config, extras) = resolve(args)?;
+    if extras.insecure {
+        tracing::warn!(
+            "--insecure: plaintext ports and no authorization; anyone who reaches {} may read \
+             and change everything and run commands on every agent",
+            config.client_addr
+        );
+    } else if config.tls.is_none() {
+        config.tls = Some(crate::cmd::pki::member_tls(&config)?);
+    }
+    crate::cmd::pki::check_data_dir_mode(&config.data_dir, extras.insecure)?;
     let raft_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("eden-raft")
@@ -426,6 +448,8 @@ pub const CORE_STOPPED_GRACE: Duration = Duration::from_secs(5);
 pub struct CoreStopped(pub String);
 
 struct Extras {
+    /// Plaintext and no authorization (`--insecure`).
+    insecure: bool,
     metrics_addr: Option<String>,
     reactor: bool,
     webhook_addr: Option<String>,

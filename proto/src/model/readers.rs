@@ -69,6 +69,6 @@ mod tests {
         assert!(!r.allows("c", &none));
         assert!(Readers::parse(&["".into()]).is_err());
         assert!(Readers::parse(&["node:a/b".into()]).is_err());
-        assert!(Readers::parse(&["role=".into()]).is_err());
+        assert!(Readers::parse(&["role in (".into()]).is_err());
     }
 }

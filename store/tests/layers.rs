@@ -8,6 +8,7 @@ const LAYERS: &[&str] = &[
     "grpc",
     "http",
     "node",
+    "auth",
     "membership",
     "raft",
     "events",

@@ -1,4 +1,4 @@
-//! Generates the etcd v3 API (packages etcdserverpb, mvccpb, authpb) and eden's peer protocol.
+//! Generates the etcd v3 API (packages etcdserverpb, mvccpb, authpb) eden's peer protocol and its join call.
 //! protoc comes from protoc-bin-vendored, so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/etcd/kv.proto",
                 "proto/etcd/auth.proto",
                 "proto/eden/peer.proto",
+                "proto/eden/join.proto",
             ],
             &["proto"],
         )?;

@@ -115,6 +115,9 @@ enum Command {
     /// Webhooks for `eden server --webhook-addr`: create (prints the token once), list, remove.
     #[command(subcommand)]
     Hook(cmd::hook::HookCmd),
+    /// Join tokens: create (prints the token and the CA's pin once), list, remove.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCmd),
     /// Reactor rules: store them, list them, try them against an event.
     #[command(subcommand)]
     Reactor(cmd::reactor::ReactorCmd),
@@ -203,7 +206,15 @@ fn target(cli: &Cli) -> Result<(Vec<String>, Option<eden_proto::client::Tls>), F
 }
 
 async fn run_client(cli: Cli) -> Result<(), Failure> {
-    let (endpoints, tls) = target(&cli)?;
+    let (endpoints, mut tls) = target(&cli)?;
+    // An agent presents its own certificate (from its data dir, or a join) unless flags name one.
+    if let Command::Agent(a) = &cli.command {
+        if (&cli.cacert, &cli.cert, &cli.key) == (&None, &None, &None) {
+            if let Some(own) = cmd::agent::own_tls(a, &endpoints).await? {
+                tls = Some(own);
+            }
+        }
+    }
     let client =
         Arc::new(eden_proto::client::Client::with_tls(&endpoints, tls).map_err(Failure::from)?);
     let out = printer::Printer::new(cli.write_out);
@@ -230,6 +241,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Reactor(c) => cmd::reactor::run(&client, &out, c).await,
         Command::Event(c) => cmd::event::run(&client, &out, c).await,
         Command::Hook(c) => cmd::hook::run(&client, &out, c).await,
+        Command::Token(c) => cmd::token::run(&client, &out, c).await,
         Command::Defrag => {
             for (i, ep) in client.endpoints().iter().enumerate() {
                 client.defragment_of(i).await?;

@@ -548,6 +548,17 @@ impl Client {
         .await
     }
 
+    /// The cluster's CA certificate (PEM), as the join call hands it out.
+    pub async fn ca_pem(&self) -> Result<String> {
+        self.call(Retry::Read, |ch| async move {
+            crate::join::join_client::JoinClient::new(ch)
+                .ca(crate::join::CaRequest {})
+                .await
+                .map(|r| r.into_inner().ca_pem)
+        })
+        .await
+    }
+
     pub async fn member_list(&self) -> Result<MemberListResponse> {
         self.call(Retry::Read, |ch| async move {
             ClusterClient::new(ch)

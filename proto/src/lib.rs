@@ -31,10 +31,15 @@ pub mod peer {
     #![allow(clippy::all)]
     tonic::include_proto!("eden.peer");
 }
+pub mod join {
+    #![allow(clippy::all)]
+    tonic::include_proto!("eden.join");
+}
 
 pub mod client;
 pub mod errors;
 pub mod glob;
+pub mod joining;
 pub mod keys;
 pub mod model;
 pub mod pki;

@@ -382,6 +382,9 @@ impl Cluster {
                     f(format!("member-{name}.key")),
                     "--trusted-ca-file".into(),
                     f("ca.crt".into()),
+                    // So that the cluster can issue certificates for join tokens.
+                    "--ca-key-file".into(),
+                    f("ca.key".into()),
                 ]);
             }
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -913,9 +916,29 @@ impl Cluster {
     /// Like [`Cluster::agent`], with the data dir (and log) named `dir_name` instead: a second
     /// agent instance that claims the same node name.
     pub fn agent_in(&self, name: &str, dir_name: &str, extra: &[&str]) -> AgentProc {
+        self.agent_proc(
+            name,
+            dir_name,
+            self.tls_flags(&format!("node-{name}")),
+            extra,
+        )
+    }
+
+    /// An agent started with no certificate flags (it joins with `--join-token` in `extra`, or
+    /// uses what an earlier join left in its data dir).
+    pub fn agent_without_cert(&self, name: &str, dir_name: &str, extra: &[&str]) -> AgentProc {
+        self.agent_proc(name, dir_name, Vec::new(), extra)
+    }
+
+    fn agent_proc(
+        &self,
+        name: &str,
+        dir_name: &str,
+        mut args: Vec<String>,
+        extra: &[&str],
+    ) -> AgentProc {
         let dir = self.dir();
         let data_dir = dir.join(format!("agent-{dir_name}"));
-        let mut args = self.tls_flags(&format!("node-{name}"));
         args.extend([
             "--endpoints".to_string(),
             self.endpoints().join(","),

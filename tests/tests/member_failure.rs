@@ -144,7 +144,7 @@ async fn a_member_whose_raft_core_stopped_says_so_and_exits() {
     // A small tmpfs for the data dir, in a user and mount namespace of its own (no root needed
     // where unprivileged user namespaces are allowed).
     let script = format!(
-        "mount -t tmpfs -o size=16m tmpfs '{data}' && exec '{eden}' server --name m0 --data-dir '{data}/m0' \
+        "mount -t tmpfs -o size=16m tmpfs '{data}' && exec '{eden}' server --insecure --name m0 --data-dir '{data}/m0' \
          --client-addr {client_addr} --peer-addr {peer_addr} --metrics-addr {metrics_addr} \
          --no-reactor --quota-bytes 100000000000",
         data = data.display(),

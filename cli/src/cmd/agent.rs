@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use clap::Args;
 use eden_agent::agent::{Agent, AgentConfig};
-use eden_proto::client::Client;
+use eden_proto::client::{Client, Tls};
 use serde::Deserialize;
+use std::os::unix::fs::PermissionsExt;
 
 use crate::exit::Failure;
 
@@ -37,6 +38,14 @@ pub struct AgentArgs {
     /// Output kept per stream of a task, in bytes [default: 65536].
     #[arg(long)]
     pub max_output_bytes: Option<usize>,
+    /// Join the cluster with this token (`eden token create --node NAME`) when the data dir has
+    /// no certificate yet: the agent makes its key, checks the cluster against --ca-pin, and
+    /// keeps the certificate it gets in DATA_DIR/pki (ca.crt, node.crt, node.key).
+    #[arg(long, requires = "ca_pin")]
+    pub join_token: Option<String>,
+    /// The CA's pin `eden token create` printed (sha256:HEX).
+    #[arg(long)]
+    pub ca_pin: Option<String>,
     /// Refused: labels are the operator's (`eden node label NODE KEY=VALUE`).
     #[arg(long = "label", hide = true)]
     pub labels: Vec<String>,
@@ -110,6 +119,73 @@ pub fn resolve(a: &AgentArgs) -> Result<AgentConfig, Failure> {
         c.max_output_bytes = v;
     }
     Ok(c)
+}
+
+/// The agent's own certificate: DATA_DIR/pki/node.crt from an earlier join, or a new one from
+/// `--join-token`; None when it has neither (the command's flags or config file decide).
+pub async fn own_tls(a: &AgentArgs, endpoints: &[String]) -> Result<Option<Tls>, Failure> {
+    let cfg = resolve(a)?;
+    let pki = cfg.data_dir.join("pki");
+    let (ca, cert, key) = (
+        pki.join("ca.crt"),
+        pki.join("node.crt"),
+        pki.join("node.key"),
+    );
+    if cert.exists() {
+        return Tls::from_files(&ca, &cert, &key)
+            .map(Some)
+            .map_err(Failure::usage);
+    }
+    let (Some(token), Some(pin)) = (&a.join_token, &a.ca_pin) else {
+        return Ok(None);
+    };
+    let who = eden_proto::pki::Identity::Node(cfg.name.clone());
+    let mut why = String::from("no endpoint");
+    for ep in endpoints {
+        match eden_proto::joining::join(ep, token, pin, &who).await {
+            Ok(j) => {
+                std::fs::create_dir_all(&pki)
+                    .and_then(|_| {
+                        std::fs::set_permissions(&pki, std::fs::Permissions::from_mode(0o700))
+                    })
+                    .map_err(|e| Failure::usage(format!("{}: {e}", pki.display())))?;
+                write_new(&ca, &j.ca_pem, 0o644)?;
+                write_new(&key, &j.key_pem, 0o600)?;
+                write_new(&cert, &j.cert_pem, 0o644)?;
+                tracing::info!(identity = %who, "joined: certificate in {}", cert.display());
+                return Tls::from_files(&ca, &cert, &key)
+                    .map(Some)
+                    .map_err(Failure::usage);
+            }
+            // A refusal is the cluster's answer; only an unreachable endpoint is worth the next.
+            Err(e) if !e.starts_with("connecting to") && !e.starts_with("asking") => {
+                return Err(Failure {
+                    code: crate::exit::REFUSED,
+                    message: format!("joining as {who}: {e}"),
+                    quiet: false,
+                })
+            }
+            Err(e) => why = e,
+        }
+    }
+    Err(Failure {
+        code: crate::exit::UNAVAILABLE,
+        message: format!("joining as {who}: {why}"),
+        quiet: false,
+    })
+}
+
+fn write_new(path: &std::path::Path, text: &str, mode: u32) -> Result<(), Failure> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()))
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
 }
 
 pub async fn run(client: &Arc<Client>, a: AgentArgs) -> Result<(), Failure> {

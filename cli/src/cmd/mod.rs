@@ -21,6 +21,7 @@ pub mod server;
 pub mod snapshot;
 pub mod status;
 pub mod task;
+pub mod token;
 pub mod txn;
 pub mod var;
 pub mod watch;

@@ -13,8 +13,13 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::{bail, Context};
-use eden_proto::client::Tls;
+use eden_proto::client::{Backoff, Client, Tls};
+use eden_proto::model::tokens::CaKeys;
+use eden_proto::model::{keys, kv};
 use eden_store::node::NodeConfig;
 
 use clap::Subcommand;
@@ -193,8 +198,9 @@ pub fn member_tls(config: &NodeConfig) -> anyhow::Result<Tls> {
     }
     if has_data(&config.data_dir) {
         bail!(
-            "{} holds the data of an insecure member (it has no pki/): start it with --insecure \
-             as before",
+            "{} holds data but no pki/ (an insecure member's, or a restored backup): start it \
+             with --insecure, or give it its certificates (--cert-file, --key-file, \
+             --trusted-ca-file)",
             config.data_dir.display()
         );
     }
@@ -299,4 +305,31 @@ fn host_of(addr: &str) -> Option<String> {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     (!host.is_empty() && host != "0.0.0.0" && host != "::").then(|| host.to_string())
+}
+
+/// Hands the CA to the cluster (`/eden/pki/ca`, which only members may read) unless it has one,
+/// retrying until the cluster answers: every member can then issue certificates for join tokens.
+pub async fn publish_ca(client: Arc<Client>, ca: CaKeys) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let r = kv::txn(
+            &client,
+            vec![kv::absent(keys::PKI_CA)],
+            vec![kv::put(keys::PKI_CA, &ca, 0)],
+            vec![],
+        )
+        .await;
+        match r {
+            Ok(r) => {
+                if r.succeeded {
+                    tracing::info!("handed the CA to the cluster: every member can issue certificates for join tokens");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("handing the CA to the cluster: {e}; trying again");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
 }

@@ -137,6 +137,11 @@ pub struct ServerArgs {
     /// DATA_DIR/pki.
     #[arg(long)]
     pub insecure: bool,
+    /// The CA's key (PEM, of --trusted-ca-file's CA): this member hands it to the cluster, kept
+    /// where only members may read it, so that every member can issue certificates for join
+    /// tokens. A member that made its CA itself does so with DATA_DIR/pki/ca.key.
+    #[arg(long)]
+    pub ca_key_file: Option<PathBuf>,
 }
 
 /// The same settings as read from a `--config` file.
@@ -175,6 +180,7 @@ struct FileConfig {
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
     insecure: Option<bool>,
+    ca_key_file: Option<PathBuf>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -376,6 +382,7 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
     };
     let extras = Extras {
         insecure,
+        ca_key_file: args.ca_key_file.clone().or(file.ca_key_file),
         metrics_addr: args.metrics_addr.clone().or(file.metrics_addr),
         reactor: !args.no_reactor && file.reactor.unwrap_or(true),
         webhook_addr: args.webhook_addr.clone().or(file.webhook_addr),
@@ -385,6 +392,33 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
             .unwrap_or(1 << 20),
     };
     Ok((c, extras))
+}
+
+/// The CA (certificate and key) this member hands to the cluster: `--ca-key-file`, or the key of
+/// the CA it made itself; checked against the CA it trusts.
+fn ca_keys(
+    node: &Node,
+    extras: &Extras,
+) -> anyhow::Result<Option<eden_proto::model::tokens::CaKeys>> {
+    let Some(tls) = &node.config().tls else {
+        return Ok(None);
+    };
+    let own = node.config().data_dir.join("pki").join("ca.key");
+    let path = match &extras.ca_key_file {
+        Some(p) => p.clone(),
+        None if own.exists() => own,
+        None => return Ok(None),
+    };
+    let key_pem =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    // from_pem refuses a key that does not go with the CA (it would issue certificates nobody
+    // trusts).
+    eden_proto::pki::Ca::from_pem(&tls.ca_pem, &key_pem)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(Some(eden_proto::model::tokens::CaKeys {
+        cert_pem: tls.ca_pem.clone(),
+        key_pem,
+    }))
 }
 
 /// The nice value of the threads that serve clients: above the Raft threads' 0, so that on a
@@ -450,6 +484,8 @@ pub struct CoreStopped(pub String);
 struct Extras {
     /// Plaintext and no authorization (`--insecure`).
     insecure: bool,
+    /// The CA's key to hand to the cluster.
+    ca_key_file: Option<PathBuf>,
     metrics_addr: Option<String>,
     reactor: bool,
     webhook_addr: Option<String>,
@@ -533,6 +569,9 @@ async fn serve(
                 tracing::error!(error = %e, "webhook intake failed");
             }
         });
+    }
+    if let Some(keys) = ca_keys(&node, &extras)? {
+        tokio::spawn(crate::cmd::pki::publish_ca(own_client.clone(), keys));
     }
     tracing::info!(id = format!("{:x}", node.id()), "eden server ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -23,6 +23,11 @@ pub const REACTOR_CURSOR: &str = "/eden/reactor/cursor";
 pub const READERS: &str = "/eden/readers/";
 /// The readers of variables.
 pub const VAR_READERS: &str = "/eden/readers/vars/";
+/// Join tokens: `/eden/tokens/ID` holds a Token (its secret's hash, the name it is for).
+pub const TOKENS: &str = "/eden/tokens/";
+/// What only members may read: the cluster's CA (`/eden/pki/ca`, certificate and key).
+pub const PKI: &str = "/eden/pki/";
+pub const PKI_CA: &str = "/eden/pki/ca";
 /// The pseudo-node whose variables are cluster-wide.
 pub const CLUSTER: &str = "cluster";
 
@@ -84,6 +89,9 @@ pub fn node_var_readers(scope: &str) -> String {
 /// A new explicit event's key: time-ordered (milliseconds), unique.
 pub fn event(time_ms: u64) -> String {
     format!("{EVENTS}{time_ms:013}-{:08x}", rand::random::<u32>())
+}
+pub fn token(id: &str) -> String {
+    format!("{TOKENS}{id}")
 }
 pub fn hook(name: &str) -> String {
     format!("{HOOKS}{name}")

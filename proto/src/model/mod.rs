@@ -19,6 +19,10 @@
 //! /eden/readers/vars/SCOPE/NAME    Readers (readers)            whoever writes the variable
 //! /eden/events/TIME-RANDOM         Event (events)               operator, webhook intake, reactor;
 //!                                                               the server keeps them a retention
+//! /eden/tokens/ID                 Token (tokens)               operator (`eden token create`);
+//!                                                               the join call uses it up
+//! /eden/pki/ca                     CaKeys (tokens), secret       the member that made the CA;
+//!                                                               members only may read it
 //! /eden/hooks/NAME                 Hook (hooks)                 operator (`eden hook create`)
 //! /eden/reactors/NAME              Rule (rules)                 operator (`eden reactor apply`)
 //! /eden/reactor/leader             runtime id, text (rules)     the active reactor runtime, lease
@@ -40,6 +44,7 @@ pub mod rules;
 pub mod selector;
 pub mod tasks;
 pub mod template;
+pub mod tokens;
 pub mod vars;
 pub mod watcher;
 

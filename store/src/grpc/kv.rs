@@ -58,23 +58,26 @@ fn set_headers(resp: &mut ResponseOp, h: &ResponseHeader) {
 }
 
 impl KvService {
-    /// Proposes a KV write and returns the applied response with full headers.
     async fn write(&self, op: RequestOp) -> Result<ResponseOp, Status> {
-        let r = self
-            .node
-            .propose(Command::Kv {
-                op: op.encode_to_vec(),
-            })
-            .await?;
-        match r.result {
-            Reply::Kv(raw) => {
-                let mut resp = ResponseOp::decode(raw.as_slice()).map_err(internal)?;
-                set_headers(&mut resp, &self.node.header_at(r.revision));
-                Ok(resp)
-            }
-            Reply::Refused(e) => Err(refused(&e)),
-            other => Err(internal(format!("unexpected reply {other:?}"))),
+        write_op(&self.node, op).await
+    }
+}
+
+/// Proposes a KV write and returns the applied response with full headers.
+pub async fn write_op(node: &Node, op: RequestOp) -> Result<ResponseOp, Status> {
+    let r = node
+        .propose(Command::Kv {
+            op: op.encode_to_vec(),
+        })
+        .await?;
+    match r.result {
+        Reply::Kv(raw) => {
+            let mut resp = ResponseOp::decode(raw.as_slice()).map_err(internal)?;
+            set_headers(&mut resp, &node.header_at(r.revision));
+            Ok(resp)
         }
+        Reply::Refused(e) => Err(refused(&e)),
+        other => Err(internal(format!("unexpected reply {other:?}"))),
     }
 }
 

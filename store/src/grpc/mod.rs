@@ -4,6 +4,7 @@
 
 pub mod authz;
 pub mod cluster;
+pub mod join;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -21,6 +22,7 @@ use eden_proto::etcdserverpb::kv_server::KvServer;
 use eden_proto::etcdserverpb::lease_server::LeaseServer;
 use eden_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use eden_proto::etcdserverpb::watch_server::WatchServer;
+use eden_proto::join::join_server::JoinServer;
 use eden_proto::peer::peer_server::PeerServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -55,15 +57,17 @@ pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<Tcp
 }
 
 /// A server, with mutual TLS when the member has certificates: its own certificate, and the CA
-/// every client's and member's certificate must come from (tonic requires a client certificate
-/// once a root is given).
-fn builder(node: &Node) -> anyhow::Result<Server> {
+/// every client's and member's certificate must come from. On the client port a caller may come
+/// without one (`optional_client_cert`), for the join call: every other service refuses it
+/// ([`authz::caller`]); the peer port requires one in the handshake.
+fn builder(node: &Node, optional_client_cert: bool) -> anyhow::Result<Server> {
     let server = Server::builder();
     Ok(match &node.config().tls {
         Some(tls) => server.tls_config(
             ServerTlsConfig::new()
                 .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                .client_ca_root(Certificate::from_pem(&tls.ca_pem)),
+                .client_ca_root(Certificate::from_pem(&tls.ca_pem))
+                .client_auth_optional(optional_client_cert),
         )?,
         None => server,
     })
@@ -87,7 +91,7 @@ pub async fn serve_client(
     // (CVE-2023-44487). The same for streams the server resets itself because a client sent on a
     // stream that had just closed (h2 counts those over the connection's whole life, 1,024 by
     // default: a busy connection of agents that lives for days would reach it).
-    builder(&node)?
+    builder(&node, true)?
         .http2_max_pending_accept_reset_streams(Some(CLIENT_MAX_PENDING_RESETS))
         .http2_max_local_error_reset_streams(Some(CLIENT_MAX_LOCAL_RESETS))
         .layer(RpcTimer)
@@ -108,6 +112,7 @@ pub async fn serve_client(
         .add_service(MaintenanceServer::new(maintenance::MaintenanceService {
             node: node.clone(),
         }))
+        .add_service(JoinServer::new(join::JoinService::new(node.clone())))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
@@ -124,7 +129,7 @@ pub async fn serve_peer(
     // Peers are trusted: a follower whose forwarded writes time out while queued resets many
     // streams before they are accepted, which h2 would otherwise answer with GOAWAY
     // (ENHANCE_YOUR_CALM), failing every request on the connection.
-    builder(&node)?
+    builder(&node, false)?
         .http2_max_pending_accept_reset_streams(Some(100_000))
         .add_service(
             PeerServer::new(peer::PeerService { node, client_work })

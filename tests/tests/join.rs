@@ -1,0 +1,193 @@
+//! Joining with a token (issue 13): `eden token create --node NAME` prints a token and the CA's
+//! pin; `eden agent --join-token T --ca-pin P` makes its key, checks the cluster against the pin
+//! and gets a certificate for exactly that node, once, before the token expires. A caller
+//! without a certificate may make the join call and nothing else; bad tokens are rate-limited.
+
+use std::time::Duration;
+
+use eden_proto::etcdserverpb::kv_client::KvClient;
+use eden_proto::etcdserverpb::RangeRequest;
+use eden_proto::model::objects::now_ms;
+use eden_tests::{wait_for, AgentProc, Cluster};
+
+struct Made {
+    token: String,
+    pin: String,
+    expires_at: u64,
+}
+
+async fn token(c: &Cluster, args: &[&str]) -> Made {
+    let mut a = vec!["token", "create", "-w", "json"];
+    a.extend(args);
+    let o = c.eden(&a).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    Made {
+        token: v["token"].as_str().unwrap().into(),
+        pin: v["ca_pin"].as_str().unwrap().into(),
+        expires_at: v["expires_at"].as_u64().unwrap(),
+    }
+}
+
+fn joining(c: &Cluster, name: &str, dir: &str, token: &str, pin: &str) -> AgentProc {
+    c.agent_without_cert(name, dir, &["--join-token", token, "--ca-pin", pin])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joins_with_a_token_bound_to_its_name_used_once_and_expiring() {
+    let c = Cluster::start_tls(1, &[]).await;
+
+    // Only an admin makes tokens; a node may not.
+    let o = c
+        .eden_as("node-x", &["token", "create", "--node", "web9"])
+        .await;
+    assert_eq!(o.code, Some(8), "{o:?}");
+
+    let t = token(&c, &["--node", "web1"]).await;
+    assert!(t.pin.starts_with("sha256:"), "{}", t.pin);
+    let (id, secret) = t.token.split_once('.').unwrap();
+    assert_eq!((id.len(), secret.len()), (6, 16), "{}", t.token);
+    // Only the hash is stored: the secret appears nowhere in the store.
+    let all = c
+        .client()
+        .range(RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(all
+        .kvs
+        .iter()
+        .all(|kv| !String::from_utf8_lossy(&kv.value).contains(secret)));
+
+    // A wrong pin: refused before the token is sent (it still works afterwards).
+    let wrong_pin = format!("sha256:{}", "0".repeat(64));
+    let mut a = joining(&c, "web1", "web1-wrongpin", &t.token, &wrong_pin);
+    assert_eq!(a.wait_exit(Duration::from_secs(30)).await, Some(1));
+    assert!(a.log_text().contains("not the pinned"), "{}", a.log_text());
+
+    // The right pin: it joins, keeps its key to itself, and works.
+    let web1 = joining(&c, "web1", "web1", &t.token, &t.pin);
+    c.wait_nodes(&["web1"], true).await;
+    let key = web1.data_dir.join("pki/node.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let o = c
+        .eden(&["run", "--nodes", "web1", "--", "echo", "joined"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("joined"), "{o:?}");
+    // What it got is a node's certificate: it may not do an admin's work.
+    let cert_flags = |dir: &std::path::Path| {
+        [
+            "--cacert".to_string(),
+            dir.join("pki/ca.crt").display().to_string(),
+            "--cert".into(),
+            dir.join("pki/node.crt").display().to_string(),
+            "--key".into(),
+            dir.join("pki/node.key").display().to_string(),
+        ]
+    };
+    let mut args: Vec<String> = cert_flags(&web1.data_dir).to_vec();
+    args.extend(["--endpoints".into(), c.endpoints().join(","), "node".into()]);
+    args.extend(["label".into(), "web1".into(), "role=master".into()]);
+    let o = std::process::Command::new(eden_tests::eden_bin())
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(8), "{o:?}");
+
+    // Used once: a second machine with the same token is refused.
+    let mut again = joining(&c, "web1", "web1-again", &t.token, &t.pin);
+    assert_eq!(again.wait_exit(Duration::from_secs(30)).await, Some(1));
+    assert!(
+        again.log_text().contains("unknown, used or expired"),
+        "{}",
+        again.log_text()
+    );
+
+    // Bound to its name: a token for web2 gets nothing for web3, and still works for web2.
+    let t2 = token(&c, &["--node", "web2"]).await;
+    let mut web3 = joining(&c, "web3", "web3", &t2.token, &t2.pin);
+    assert_eq!(web3.wait_exit(Duration::from_secs(30)).await, Some(1));
+    assert!(
+        web3.log_text().contains("is for node:web2"),
+        "{}",
+        web3.log_text()
+    );
+    let _web2 = joining(&c, "web2", "web2", &t2.token, &t2.pin);
+    c.wait_nodes(&["web2"], true).await;
+
+    // Expiring: a token past its time is refused.
+    let t3 = token(&c, &["--node", "web4", "--ttl", "1s"]).await;
+    wait_for("the token to expire", Duration::from_secs(10), || async {
+        now_ms() > t3.expires_at
+    })
+    .await;
+    let mut late = joining(&c, "web4", "web4", &t3.token, &t3.pin);
+    assert_eq!(late.wait_exit(Duration::from_secs(30)).await, Some(1));
+    assert!(
+        late.log_text().contains("unknown, used or expired"),
+        "{}",
+        late.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_certificate_only_the_join_call_answers_and_bad_tokens_are_limited() {
+    let c = Cluster::start_tls(1, &[]).await;
+    // TLS that trusts the cluster's CA, with no client certificate.
+    let ca = std::fs::read_to_string(c.pki.as_ref().unwrap().join("ca.crt")).unwrap();
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("https://{}", c.members[0].endpoint()))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&ca)),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let r = KvClient::new(ch.clone())
+        .range(RangeRequest {
+            key: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(r.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let mut join = eden_proto::join::join_client::JoinClient::new(ch);
+    let got = join
+        .ca(eden_proto::join::CaRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.ca_pem, ca);
+
+    // Guessing: after ten bad tokens a member refuses every join for a while, good ones too.
+    let good = token(&c, &["--node", "n1"]).await;
+    let (csr, _) = eden_proto::pki::new_csr(&eden_proto::pki::Identity::Node("n1".into())).unwrap();
+    for i in 0..10 {
+        let r = join
+            .join(eden_proto::join::JoinRequest {
+                token: format!("aaaaaa.{:016}", i),
+                csr_pem: csr.clone(),
+                identity: "node:n1".into(),
+            })
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::PermissionDenied);
+    }
+    let r = join
+        .join(eden_proto::join::JoinRequest {
+            token: good.token.clone(),
+            csr_pem: csr.clone(),
+            identity: "node:n1".into(),
+        })
+        .await;
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("too many bad join tokens"), "{e:?}");
+}

@@ -115,6 +115,9 @@ enum Command {
     /// Webhooks for `eden server --webhook-addr`: create (prints the token once), list, remove.
     #[command(subcommand)]
     Hook(cmd::hook::HookCmd),
+    /// Certificates the cluster issued: list them, revoke one or an identity's.
+    #[command(subcommand)]
+    Cert(cmd::cert::CertCmd),
     /// Join tokens: create (prints the token and the CA's pin once), list, remove.
     #[command(subcommand)]
     Token(cmd::token::TokenCmd),
@@ -179,12 +182,14 @@ fn main() {
 /// 127.0.0.1:2379.
 fn target(cli: &Cli) -> Result<(Vec<String>, Option<eden_proto::client::Tls>), Failure> {
     let mut files = (cli.cacert.clone(), cli.cert.clone(), cli.key.clone());
+    let mut from_config = None;
     let endpoints = match &cli.endpoints {
         Some(e) => e.clone(),
         None => match config::load().map_err(Failure::usage)? {
             Some(c) => {
                 if files == (None, None, None) {
                     files = (c.cacert, c.cert, c.key);
+                    from_config = config::path();
                 }
                 c.endpoints
             }
@@ -193,9 +198,14 @@ fn target(cli: &Cli) -> Result<(Vec<String>, Option<eden_proto::client::Tls>), F
     };
     let tls = match files {
         (None, None, None) => None,
-        (Some(ca), Some(cert), Some(key)) => {
-            Some(eden_proto::client::Tls::from_files(&ca, &cert, &key).map_err(Failure::usage)?)
-        }
+        (Some(ca), Some(cert), Some(key)) => Some(
+            eden_proto::client::Tls::from_files(&ca, &cert, &key).map_err(
+                |e| match &from_config {
+                    Some(p) => Failure::usage(format!("{e} (named by {})", p.display())),
+                    None => Failure::usage(e),
+                },
+            )?,
+        ),
         _ => {
             return Err(Failure::usage(
                 "TLS needs all of --cacert, --cert and --key",
@@ -206,12 +216,23 @@ fn target(cli: &Cli) -> Result<(Vec<String>, Option<eden_proto::client::Tls>), F
 }
 
 async fn run_client(cli: Cli) -> Result<(), Failure> {
-    let (endpoints, mut tls) = target(&cli)?;
+    // Restoring a backup is local: no cluster, so no config file or certificates to read.
+    let offline = matches!(
+        cli.command,
+        Command::Snapshot(cmd::snapshot::SnapshotCmd::Restore { .. })
+    );
+    let (endpoints, mut tls) = if offline {
+        (vec!["127.0.0.1:2379".to_string()], None)
+    } else {
+        target(&cli)?
+    };
     // An agent presents its own certificate (from its data dir, or a join) unless flags name one.
+    let mut own_cert = false;
     if let Command::Agent(a) = &cli.command {
         if (&cli.cacert, &cli.cert, &cli.key) == (&None, &None, &None) {
             if let Some(own) = cmd::agent::own_tls(a, &endpoints).await? {
                 tls = Some(own);
+                own_cert = true;
             }
         }
     }
@@ -233,7 +254,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Snapshot(c) => cmd::snapshot::run(&client, &out, c).await,
         Command::Alarm(c) => cmd::alarm::run(&client, &out, c).await,
         Command::Bench(c) => cmd::bench::run(client.endpoints(), &out, c).await,
-        Command::Agent(a) => cmd::agent::run(&client, *a).await,
+        Command::Agent(a) => cmd::agent::run(&client, *a, own_cert).await,
         Command::Node(c) => cmd::node::run(&client, &out, c).await,
         Command::Run(a) => cmd::run::run(&client, &out, *a).await,
         Command::Task(c) => cmd::task::run(&client, &out, c).await,
@@ -242,6 +263,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Event(c) => cmd::event::run(&client, &out, c).await,
         Command::Hook(c) => cmd::hook::run(&client, &out, c).await,
         Command::Token(c) => cmd::token::run(&client, &out, c).await,
+        Command::Cert(c) => cmd::cert::run(&client, &out, c).await,
         Command::Defrag => {
             for (i, ep) in client.endpoints().iter().enumerate() {
                 client.defragment_of(i).await?;

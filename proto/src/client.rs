@@ -94,8 +94,9 @@ pub struct Client {
     /// cluster. `current` indexes it.
     pool: Mutex<Pool>,
     current: AtomicUsize,
-    /// Mutual TLS, when the cluster speaks it.
-    tls: Option<Tls>,
+    /// Mutual TLS, when the cluster speaks it (replaced when a certificate is renewed).
+    tls: Mutex<Option<Tls>>,
+    secure: bool,
 }
 
 /// How often a client in use refreshes its members.
@@ -269,8 +270,25 @@ impl Client {
             // agents given the same list must not all land on its first member.
             current: AtomicUsize::new(rand::random::<u32>() as usize % n),
             channels: Mutex::new(vec![None; n]),
-            tls,
+            tls: Mutex::new(tls),
+            secure,
         })
+    }
+
+    fn tls(&self) -> Option<Tls> {
+        self.tls.lock().expect("tls lock").clone()
+    }
+
+    /// Presents `tls` from now on (a renewed certificate): new connections use it; requests on
+    /// the old ones finish, and every later request dials again.
+    pub fn replace_tls(&self, tls: Tls) {
+        *self.tls.lock().expect("tls lock") = Some(tls);
+        self.channels
+            .lock()
+            .expect("channel lock")
+            .iter_mut()
+            .for_each(|c| *c = None);
+        self.pool.lock().expect("pool lock").channels.clear();
     }
 
     /// Where requests go now: the given endpoints and the members learned since.
@@ -292,7 +310,7 @@ impl Client {
         if let Some(ch) = self.pool.lock().expect("pool lock").channels.get(&ep) {
             return Ok(ch.clone());
         }
-        let ch = connect(&ep, self.tls.as_ref()).await?;
+        let ch = connect(&ep, self.tls().as_ref()).await?;
         self.pool
             .lock()
             .expect("pool lock")
@@ -338,7 +356,7 @@ impl Client {
             let mut next = self.endpoints.clone();
             for m in list.into_inner().members.iter().filter(|m| !m.is_learner) {
                 for u in &m.client_ur_ls {
-                    let u = normalize(u, self.tls.is_some());
+                    let u = normalize(u, self.secure);
                     if !next.contains(&u) && Endpoint::from_shared(u.clone()).is_ok() {
                         next.push(u);
                     }
@@ -362,7 +380,7 @@ impl Client {
         if let Some(ch) = self.channels.lock().expect("channel lock")[i].clone() {
             return Ok(ch);
         }
-        let ch = connect(&self.endpoints[i], self.tls.as_ref()).await?;
+        let ch = connect(&self.endpoints[i], self.tls().as_ref()).await?;
         self.channels.lock().expect("channel lock")[i] = Some(ch.clone());
         Ok(ch)
     }
@@ -544,6 +562,19 @@ impl Client {
                 Some(r) => Ok(r),
                 None => Err(Status::unavailable("keep-alive stream closed")),
             }
+        })
+        .await
+    }
+
+    /// A new certificate for this client's own identity, for the public key of `csr_pem` (PEM).
+    pub async fn renew(&self, csr_pem: &str) -> Result<String> {
+        self.call(Retry::Write, |ch| async move {
+            crate::join::join_client::JoinClient::new(ch)
+                .renew(crate::join::RenewRequest {
+                    csr_pem: csr_pem.to_string(),
+                })
+                .await
+                .map(|r| r.into_inner().cert_pem)
         })
         .await
     }

@@ -282,6 +282,32 @@ pub fn pin_of(ca_cert_pem: &str) -> Result<String, String> {
     Ok(pin_of_spki(&spki_of_pem(ca_cert_pem)?))
 }
 
+/// What the cluster needs to know of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub identity: Identity,
+    /// Hex, as `eden cert ls` shows it.
+    pub serial: String,
+    /// When it was issued (Unix seconds; its not-before is set this much earlier, for clocks
+    /// that disagree).
+    pub issued_at: i64,
+    pub not_after: i64,
+}
+
+/// A certificate's identity, serial, issue time and expiry. The chain is not checked here: TLS
+/// checked it when the connection was made.
+pub fn cert_info(cert_der: &[u8]) -> Result<CertInfo, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let (identity, serial, not_after) = identity_of(cert_der)?;
+    Ok(CertInfo {
+        identity,
+        serial,
+        issued_at: cert.validity().not_before.timestamp() + BACKDATE.as_secs() as i64,
+        not_after,
+    })
+}
+
 /// What a certificate (DER) says about its holder: its identity, serial (hex) and expiry (Unix
 /// seconds). The chain is not checked here: TLS checked it when the connection was made.
 pub fn identity_of(cert_der: &[u8]) -> Result<(Identity, String, i64), String> {

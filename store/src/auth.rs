@@ -317,6 +317,18 @@ impl StoreFacts<'_> {
     }
 }
 
+impl StoreFacts<'_> {
+    /// Whether a certificate was revoked (by serial, or with every certificate of its identity
+    /// issued before the revocation).
+    pub fn revoked(&self, info: &pki::CertInfo) -> bool {
+        use eden_proto::model::certs;
+        let by_serial: Option<certs::Revoked> = self.get(&certs::revoked_serial(&info.serial));
+        let by_identity: Option<certs::Revoked> =
+            self.get(&certs::revoked_identity(&info.identity));
+        certs::is_revoked(info, by_serial.as_ref(), by_identity.as_ref())
+    }
+}
+
 impl Facts for StoreFacts<'_> {
     fn labels(&self, node: &str) -> BTreeMap<String, String> {
         self.get(&keys::labels(node)).unwrap_or_default()

@@ -191,3 +191,122 @@ async fn without_a_certificate_only_the_join_call_answers_and_bad_tokens_are_lim
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("too many bad join tokens"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_at_once_and_its_streams_end() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let mut agents = Vec::new();
+    for n in ["r1", "r2"] {
+        let t = token(&c, &["--node", n]).await;
+        agents.push(joining(&c, n, n, &t.token, &t.pin));
+    }
+    c.wait_nodes(&["r1", "r2"], true).await;
+    let o = c.eden(&["cert", "ls", "-w", "json"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let list: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let serial = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["identity"] == "node:r1" && x["how"] == "join")
+        .expect("r1's certificate is listed")["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // r1's certificate, used from here: a watch on its own keys.
+    let pki = agents[0].data_dir.join("pki");
+    let tls = eden_proto::client::Tls::from_files(
+        &pki.join("ca.crt"),
+        &pki.join("node.crt"),
+        &pki.join("node.key"),
+    )
+    .unwrap();
+    let r1 = std::sync::Arc::new(
+        eden_proto::client::Client::with_tls(&c.endpoints(), Some(tls)).unwrap(),
+    );
+    let mut w = r1.watch(
+        eden_proto::etcdserverpb::WatchCreateRequest {
+            key: b"/eden/nodes/r1/".to_vec(),
+            range_end: b"/eden/nodes/r10".to_vec(),
+            ..Default::default()
+        },
+        Duration::from_secs(2),
+    );
+    let created = w.recv().await.unwrap().unwrap();
+    assert!(created.created && !created.canceled, "{created:?}");
+
+    let o = c.eden(&["cert", "revoke", &serial]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    // Its open watch ends (the stream is closed and every reconnect refused)...
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match w.recv().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) if m.canceled => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked certificate's watch went on");
+    // ...its requests are refused, and its agent's keep-alives too: the node goes down.
+    let r = r1
+        .range(RangeRequest {
+            key: b"/eden/nodes/r1/facts".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    c.wait_nodes(&["r1"], false).await;
+    let o = c.eden(&["cert", "ls", "-w", "json"]).await;
+    assert!(o.stdout.contains("\"revoked\":true"), "{o:?}");
+
+    // `eden node rm` revokes the node's certificates: r2's agent is cut off too.
+    let o = c.eden(&["node", "rm", "r2", "--force"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    wait_for(
+        "r2's agent to be refused",
+        Duration::from_secs(20),
+        || async { agents[1].log_text().contains("revoked") },
+    )
+    .await;
+}
+
+fn cert_of(dir: &std::path::Path) -> eden_proto::pki::CertInfo {
+    let pem = std::fs::read_to_string(dir.join("pki/node.crt")).unwrap();
+    eden_proto::pki::cert_info(&eden_proto::pki::der_of_pem(&pem).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_keeps_an_agent_working_across_its_first_certificates_expiry() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let t = token(&c, &["--node", "ren", "--cert-validity", "20s"]).await;
+    let a = joining(&c, "ren", "ren", &t.token, &t.pin);
+    c.wait_nodes(&["ren"], true).await;
+    let first = cert_of(&a.data_dir);
+    assert_eq!(first.not_after - first.issued_at, 20);
+    wait_for(
+        "the first certificate to expire",
+        Duration::from_secs(60),
+        || async { (now_ms() / 1000) as i64 > first.not_after + 1 },
+    )
+    .await;
+    let o = c
+        .eden(&["run", "--nodes", "ren", "--", "echo", "still"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}\n{}", a.log_text());
+    assert!(o.stdout.contains("still"), "{o:?}");
+    let now = cert_of(&a.data_dir);
+    assert_ne!(now.serial, first.serial);
+    assert!(now.not_after > first.not_after);
+    let o = c.eden(&["cert", "ls", "-w", "json"]).await;
+    assert!(
+        o.stdout.contains(&now.serial) && o.stdout.contains("\"how\":\"renewal\""),
+        "{o:?}"
+    );
+    assert!(
+        a.log_text().contains("renewed the agent's certificate"),
+        "{}",
+        a.log_text()
+    );
+}

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod alarm;
 pub mod bench;
 pub mod bench_agents;
+pub mod cert;
 pub mod compact;
 pub mod del;
 pub mod endpoint;

@@ -27,6 +27,10 @@ pub enum TokenCmd {
         /// How long the token may be used (at most 7 days).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// How long the certificate it gets is valid, and each renewal [default: 30 days for a
+        /// node, a year for a member; at least 10 seconds].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        cert_validity: Option<Duration>,
     },
     /// The tokens not used yet (IDs, names, expiry; never secrets).
     Ls,
@@ -36,7 +40,12 @@ pub enum TokenCmd {
 
 pub async fn run(client: &Arc<Client>, out: &Printer, c: TokenCmd) -> Result<(), Failure> {
     match c {
-        TokenCmd::Create { node, member, ttl } => {
+        TokenCmd::Create {
+            node,
+            member,
+            ttl,
+            cert_validity,
+        } => {
             let (role, name, addrs) = match (node, member) {
                 (Some(n), _) => (Role::Node, n, vec![]),
                 (_, Some(m)) => {
@@ -49,7 +58,8 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: TokenCmd) -> Result<(),
                 _ => return Err(Failure::usage("give --node NAME or --member NAME=ADDR")),
             };
             let pin = eden_proto::pki::pin_of(&client.ca_pem().await?).map_err(Failure::usage)?;
-            let (token, t) = tokens::create(client, role, &name, &addrs, ttl).await?;
+            let (token, t) =
+                tokens::create(client, role, &name, &addrs, ttl, cert_validity).await?;
             match out.format {
                 Format::Json => out.json(&serde_json::json!({
                     "token": token,

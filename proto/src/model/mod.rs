@@ -23,6 +23,9 @@
 //!                                                               the join call uses it up
 //! /eden/pki/ca                     CaKeys (tokens), secret       the member that made the CA;
 //!                                                               members only may read it
+//! /eden/certs/SERIAL               Issued (certs)               the member that signed it
+//! /eden/revoked/...                Revoked (certs)              operator (`eden cert revoke`,
+//!                                                               `eden node rm`)
 //! /eden/hooks/NAME                 Hook (hooks)                 operator (`eden hook create`)
 //! /eden/reactors/NAME              Rule (rules)                 operator (`eden reactor apply`)
 //! /eden/reactor/leader             runtime id, text (rules)     the active reactor runtime, lease
@@ -33,6 +36,7 @@
 //! only ever needs to write its own facts, owner, alive, claims, results and variables; labels,
 //! tasks, hooks and rules are the operator's. "cluster" is therefore not a valid node name.
 
+pub mod certs;
 pub mod events;
 pub mod hooks;
 pub mod keys;

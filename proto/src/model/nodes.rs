@@ -136,6 +136,9 @@ pub async fn remove(client: &Client, node: &str, force: bool) -> Result<(), Erro
         vec![
             kv::delete_prefix(&keys::node_prefix(node)),
             kv::delete_prefix(&keys::node_vars(node)),
+            kv::delete_prefix(&keys::node_var_readers(node)),
+            // Its certificates stop working on every member at once.
+            crate::model::certs::revoke_identity(&crate::pki::Identity::Node(node.into())),
         ],
         vec![],
     )

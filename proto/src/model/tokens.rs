@@ -36,6 +36,10 @@ pub struct Token {
     pub name: String,
     /// Hex SHA-256 of the secret.
     pub secret_sha256: String,
+    /// How long the certificate is valid (seconds; 0: the default, 30 days for a node); its
+    /// renewals get as long.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cert_validity: u64,
     /// A member's addresses (IPs or DNS names) its certificate is valid for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addrs: Vec<String>,
@@ -58,6 +62,10 @@ impl Token {
 pub struct CaKeys {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn random(n: usize) -> String {
@@ -107,6 +115,7 @@ pub async fn create(
     name: &str,
     addrs: &[String],
     ttl: Duration,
+    cert_validity: Option<Duration>,
 ) -> Result<(String, Token), Error> {
     keys::check_node_name(name).map_err(Error::Invalid)?;
     if ttl.is_zero() || ttl > MAX_TTL {
@@ -121,6 +130,7 @@ pub async fn create(
         role,
         name: name.to_string(),
         secret_sha256: hash(&secret),
+        cert_validity: cert_validity.map_or(0, |d| d.as_secs().max(10)),
         addrs: addrs.to_vec(),
         created_at: now,
         expires_at: now + ttl.as_millis() as u64,

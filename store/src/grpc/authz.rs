@@ -15,39 +15,71 @@ use crate::node::Node;
 /// request would cost more than the request.
 const CACHED_IDENTITIES: usize = 100_000;
 
-fn cache() -> &'static Mutex<HashMap<Vec<u8>, pki::Identity>> {
-    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, pki::Identity>>> = OnceLock::new();
+fn cache() -> &'static Mutex<HashMap<Vec<u8>, pki::CertInfo>> {
+    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, pki::CertInfo>>> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
-/// The identity of a client certificate (DER).
-pub fn identity_of_cert(der: &[u8]) -> Result<pki::Identity, String> {
-    if let Some(id) = cache().lock().unwrap().get(der) {
-        return Ok(id.clone());
+/// What a client certificate (DER) says: identity, serial, issue time, expiry.
+pub fn cert_info(der: &[u8]) -> Result<pki::CertInfo, String> {
+    if let Some(info) = cache().lock().unwrap().get(der) {
+        return Ok(info.clone());
     }
-    let (id, _, _) = pki::identity_of(der)?;
+    let info = pki::cert_info(der)?;
     let mut c = cache().lock().unwrap();
     if c.len() >= CACHED_IDENTITIES {
         c.clear();
     }
-    c.insert(der.to_vec(), id.clone());
-    Ok(id)
+    c.insert(der.to_vec(), info.clone());
+    Ok(info)
 }
 
-/// The caller of a request: the identity its client certificate names (TLS already checked the
-/// certificate against the cluster's CA), or root on an insecure member (no TLS, no authorization).
-pub fn caller<T>(node: &Node, req: &Request<T>) -> Result<Caller, Status> {
-    if node.config().tls.is_none() {
-        return Ok(Caller::Root("insecure".into()));
-    }
-    let certs = req
+/// The certificate of a request's connection (TLS already checked it against the cluster's CA).
+fn peer_cert<T>(req: &Request<T>) -> Result<pki::CertInfo, Status> {
+    let der = req
         .peer_certs()
+        .and_then(|c| c.first().cloned())
         .ok_or_else(|| errors::no_client_cert("the connection has none"))?;
-    let der = certs
-        .first()
-        .ok_or_else(|| errors::no_client_cert("the connection has none"))?;
-    let id = identity_of_cert(der).map_err(errors::no_client_cert)?;
-    Ok(Caller::of(&id))
+    cert_info(&der).map_err(errors::no_client_cert)
+}
+
+/// Refuses a certificate that was revoked or has expired since its connection was made (TLS
+/// checks expiry only when a connection starts).
+pub fn still_valid(node: &Node, info: &pki::CertInfo) -> Result<(), Status> {
+    let now = (eden_proto::model::objects::now_ms() / 1000) as i64;
+    if info.not_after < now {
+        return Err(Status::unauthenticated(format!(
+            "eden: the certificate of {} (serial {}) has expired",
+            info.identity, info.serial
+        )));
+    }
+    if StoreFacts(node.mvcc()).revoked(info) {
+        tracing::warn!(caller = %info.identity, serial = %info.serial, "refused a revoked certificate");
+        return Err(Status::unauthenticated(format!(
+            "eden: the certificate of {} (serial {}) was revoked",
+            info.identity, info.serial
+        )));
+    }
+    Ok(())
+}
+
+/// The caller of a request: the identity its client certificate names, if that certificate is
+/// still valid; root on an insecure member (no TLS, no authorization).
+pub fn caller<T>(node: &Node, req: &Request<T>) -> Result<Caller, Status> {
+    caller_and_cert(node, req).map(|(c, _)| c)
+}
+
+/// Like [`caller`], with the certificate, for streams that check it again while they last.
+pub fn caller_and_cert<T>(
+    node: &Node,
+    req: &Request<T>,
+) -> Result<(Caller, Option<pki::CertInfo>), Status> {
+    if node.config().tls.is_none() {
+        return Ok((Caller::Root("insecure".into()), None));
+    }
+    let info = peer_cert(req)?;
+    still_valid(node, &info)?;
+    Ok((Caller::of(&info.identity), Some(info)))
 }
 
 /// Refuses a peer-port call from anyone but a member of the cluster (an agent's certificate comes
@@ -56,11 +88,9 @@ pub fn require_member<T>(node: &Node, req: &Request<T>) -> Result<(), Status> {
     if node.config().tls.is_none() {
         return Ok(());
     }
-    let der = req
-        .peer_certs()
-        .and_then(|c| c.first().cloned())
-        .ok_or_else(|| errors::no_client_cert("the connection has none"))?;
-    match identity_of_cert(&der).map_err(errors::no_client_cert)? {
+    let info = peer_cert(req)?;
+    still_valid(node, &info)?;
+    match info.identity {
         pki::Identity::Member(_) => Ok(()),
         other => {
             tracing::warn!(caller = %other, "refused: only members may use the peer port");

@@ -11,14 +11,15 @@ use eden_proto::etcdserverpb::{
     TxnRequest,
 };
 use eden_proto::join::join_server::Join;
-use eden_proto::join::{CaRequest, CaResponse, JoinRequest, JoinResponse};
-use eden_proto::model::keys;
+use eden_proto::join::{CaRequest, CaResponse, JoinRequest, JoinResponse, RenewRequest};
 use eden_proto::model::objects::now_ms;
 use eden_proto::model::tokens::{self, CaKeys, Token};
+use eden_proto::model::{certs, keys};
 use eden_proto::pki::{self, Ca};
 use tonic::{Request, Response, Status};
 
 use crate::errors;
+use crate::grpc::authz;
 use crate::grpc::kv::write_op;
 use crate::node::Node;
 
@@ -123,9 +124,10 @@ impl Join for JoinService {
                 "eden: this cluster cannot issue certificates: no member gave it the CA's key",
             )
         })?;
-        let validity = match who {
-            pki::Identity::Node(_) => pki::NODE_VALIDITY,
-            _ => pki::ADMIN_VALIDITY,
+        let validity = match (token.cert_validity, &who) {
+            (0, pki::Identity::Node(_)) => pki::NODE_VALIDITY,
+            (0, _) => pki::ADMIN_VALIDITY,
+            (s, _) => Duration::from_secs(s),
         };
         let authority = Ca::from_pem(&ca.cert_pem, &ca.key_pem).map_err(errors::internal)?;
         // Signed before the token is used up, so a bad request does not waste it.
@@ -142,14 +144,23 @@ impl Join for JoinService {
                     target_union: Some(compare::TargetUnion::ModRevision(rev)),
                     ..Default::default()
                 }],
-                success: vec![RequestOp {
-                    request: Some(request_op::Request::RequestDeleteRange(
-                        DeleteRangeRequest {
-                            key: keys::token(id).into(),
-                            ..Default::default()
-                        },
-                    )),
-                }],
+                success: vec![
+                    RequestOp {
+                        request: Some(request_op::Request::RequestDeleteRange(
+                            DeleteRangeRequest {
+                                key: keys::token(id).into(),
+                                ..Default::default()
+                            },
+                        )),
+                    },
+                    certs::register(&certs::Issued {
+                        identity: who.to_string(),
+                        serial: issued.serial.clone(),
+                        not_after: issued.not_after,
+                        issued_at: now_ms(),
+                        how: "join".into(),
+                    }),
+                ],
                 failure: vec![],
             })),
         };
@@ -158,6 +169,55 @@ impl Join for JoinService {
             _ => return Err(self.bad_token(id)),
         }
         tracing::info!(token = %id, identity = %who, serial = %issued.serial, "issued a certificate for a join token");
+        Ok(Response::new(JoinResponse {
+            cert_pem: issued.cert_pem,
+            ca_pem: ca.cert_pem,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<JoinResponse>, Status> {
+        let (_, cert) = authz::caller_and_cert(&self.node, &request)?;
+        let info = cert.ok_or_else(|| {
+            Status::failed_precondition("eden: this member is insecure (no certificates)")
+        })?;
+        if !matches!(info.identity, pki::Identity::Node(_)) {
+            return Err(Status::permission_denied(
+                "eden: agents renew here; admins' and members' certificates come from eden pki",
+            ));
+        }
+        let (ca, _) = self.read::<CaKeys>(keys::PKI_CA)?.ok_or_else(|| {
+            Status::failed_precondition(
+                "eden: this cluster cannot issue certificates: no member gave it the CA's key",
+            )
+        })?;
+        // As long-lived as the certificate it replaces (which the cluster issued), never more
+        // than the default.
+        let lifetime =
+            (info.not_after - info.issued_at).clamp(10, pki::NODE_VALIDITY.as_secs() as i64);
+        let authority = Ca::from_pem(&ca.cert_pem, &ca.key_pem).map_err(errors::internal)?;
+        let issued = authority
+            .sign_csr(
+                &request.get_ref().csr_pem,
+                &info.identity,
+                &[],
+                Duration::from_secs(lifetime as u64),
+            )
+            .map_err(|e| Status::invalid_argument(format!("eden: {e}")))?;
+        write_op(
+            &self.node,
+            certs::register(&certs::Issued {
+                identity: info.identity.to_string(),
+                serial: issued.serial.clone(),
+                not_after: issued.not_after,
+                issued_at: now_ms(),
+                how: "renewal".into(),
+            }),
+        )
+        .await?;
+        tracing::info!(identity = %info.identity, old = %info.serial, new = %issued.serial, "renewed a certificate");
         Ok(Response::new(JoinResponse {
             cert_pem: issued.cert_pem,
             ca_pem: ca.cert_pem,

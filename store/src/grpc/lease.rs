@@ -71,14 +71,19 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let caller = authz::caller(&self.node, &request)?;
+        let (caller, cert) = authz::caller_and_cert(&self.node, &request)?;
         self.node.refuse_learner()?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
         tokio::spawn(async move {
             while let Ok(Some(req)) = inbound.message().await {
-                if let Err(denied) = allow_lease(&node, &caller, req.id) {
+                // A revoked certificate's keep-alives stop at once.
+                let checked = match &cert {
+                    Some(info) => authz::still_valid(&node, info),
+                    None => Ok(()),
+                };
+                if let Err(denied) = checked.and_then(|_| allow_lease(&node, &caller, req.id)) {
                     let _ = tx.send(Err(denied)).await;
                     return;
                 }

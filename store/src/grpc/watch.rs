@@ -32,6 +32,8 @@ use crate::keys::KeyRange;
 use crate::metrics::metrics;
 use crate::mvcc::RevEvents;
 use crate::node::Node;
+use eden_proto::model::certs;
+use eden_proto::pki::CertInfo;
 
 /// Revisions per storage read while a watcher catches up.
 const CATCHUP_REVISIONS: usize = 1000;
@@ -121,12 +123,12 @@ impl Watch for WatchService {
         if wants_leader && self.node.leader().is_none() {
             return Err(errors::no_leader());
         }
-        let caller = authz::caller(&self.node, &request)?;
+        let (caller, cert) = authz::caller_and_cert(&self.node, &request)?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let node = self.node.clone();
         tokio::spawn(async move {
-            let mut s = StreamTask::new(node, caller, tx.clone());
+            let mut s = StreamTask::new(node, caller, cert, tx.clone());
             if let Err(status) = s.run(inbound).await {
                 let _ = tx.send(Err(status)).await;
             }
@@ -140,6 +142,11 @@ struct StreamTask {
     /// Who opened the stream: every watch on it is checked for them, at creation and again
     /// after each change to their rights.
     caller: Caller,
+    /// The certificate the stream was opened with: checked again after each revocation, and the
+    /// stream closed when it is revoked.
+    cert: Option<CertInfo>,
+    /// The revision up to which revocations were looked for.
+    revocations_checked: i64,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
@@ -149,12 +156,16 @@ impl StreamTask {
     fn new(
         node: Arc<Node>,
         caller: Caller,
+        cert: Option<CertInfo>,
         tx: mpsc::Sender<Result<WatchResponse, Status>>,
     ) -> StreamTask {
         metrics().watch_streams.inc();
+        let revocations_checked = node.hub().latest();
         StreamTask {
             node,
             caller,
+            cert,
+            revocations_checked,
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
@@ -219,7 +230,11 @@ impl StreamTask {
                 },
                 changed = latest_rx.changed() => if changed.is_err() { return Ok(()) },
                 _ = progress.tick() => {
-                    if self.catch_up().await.is_err() { return Ok(()) }
+                    match self.catch_up().await {
+                        Ok(_) => {}
+                        Err(CatchUpError::Refused(s)) => return Err(s),
+                        Err(_) => return Ok(()),
+                    }
                     if self.notify_progress().await.is_err() { return Ok(()) }
                     continue;
                 }
@@ -228,6 +243,7 @@ impl StreamTask {
                 Ok(_) => {}
                 Err(CatchUpError::Closed) => return Ok(()),
                 Err(CatchUpError::Storage(e)) => return Err(internal(e)),
+                Err(CatchUpError::Refused(s)) => return Err(s),
             }
         }
     }
@@ -345,9 +361,35 @@ impl StreamTask {
         Ok(())
     }
 
+    /// Refuses to go on when a revision since the last look revoked the stream's certificate.
+    fn check_revocations(&mut self, latest: i64) -> Result<(), CatchUpError> {
+        let Some(info) = &self.cert else {
+            return Ok(());
+        };
+        if latest <= self.revocations_checked {
+            return Ok(());
+        }
+        let touched = match self.node.hub().recent(self.revocations_checked + 1, latest) {
+            Some(revs) => revs.iter().any(|r| {
+                r.events.iter().any(|e| {
+                    e.kv.as_ref()
+                        .is_some_and(|kv| kv.key.starts_with(certs::REVOKED.as_bytes()))
+                })
+            }),
+            // Too far behind to tell: look.
+            None => true,
+        };
+        self.revocations_checked = latest;
+        if touched {
+            authz::still_valid(&self.node, info).map_err(CatchUpError::Refused)?;
+        }
+        Ok(())
+    }
+
     /// Brings every watcher up to the hub's latest revision; returns that revision.
     async fn catch_up(&mut self) -> Result<i64, CatchUpError> {
         let latest = self.node.hub().latest();
+        self.check_revocations(latest)?;
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             while let Some(w) = self.watchers.get(&id).cloned() {
@@ -480,6 +522,8 @@ impl StreamTask {
 enum CatchUpError {
     Closed,
     Storage(String),
+    /// The stream's certificate was revoked: it ends with this status.
+    Refused(Status),
 }
 
 impl From<Closed> for CatchUpError {

@@ -546,10 +546,11 @@ impl Agent {
     async fn write_result(
         &self,
         spec: &TaskSpec,
-        result: TaskResult,
+        mut result: TaskResult,
         register: Option<serde_json::Value>,
     ) -> Result<(), Error> {
         let node = self.cfg.name.as_str();
+        result.for_ = spec.for_.clone();
         let mut ops = vec![kv::put(&keys::result(&spec.id, node), &result, spec.lease)];
         if let (Some(name), Some(value)) = (&spec.register, register) {
             ops.extend(vars::writes(node, name, &value, &spec.readers));
@@ -726,6 +727,7 @@ impl Agent {
                         started_at: Some(started),
                         ended_at: now_ms(),
                         error,
+                        for_: None,
                     };
                     (r, register)
                 }

@@ -32,6 +32,7 @@ fn render_action(env: &Environment, a: &Action, ctx: &serde_json::Value) -> Resu
             shell,
             register,
             readers,
+            for_,
             timeout,
         } => Action::Run {
             on: ro(on)?,
@@ -40,6 +41,7 @@ fn render_action(env: &Environment, a: &Action, ctx: &serde_json::Value) -> Resu
             shell: *shell,
             register: ro(register)?,
             readers: readers.iter().map(r).collect::<Result<_, _>>()?,
+            for_: ro(for_)?,
             timeout: timeout.clone(),
         },
         Action::SetVar { node, name, value } => Action::SetVar {

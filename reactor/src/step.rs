@@ -94,6 +94,7 @@ pub fn plan(f: Firing) -> Planned {
                 shell,
                 register,
                 readers,
+                for_,
                 timeout,
             } => {
                 let targets = match (on, nodes) {
@@ -120,6 +121,7 @@ pub fn plan(f: Firing) -> Planned {
                     deadline: Duration::from_secs(300),
                     register: register.clone(),
                     readers: readers.clone(),
+                    for_: for_.clone(),
                     retention: Duration::from_secs(7 * 24 * 3600),
                 }));
             }

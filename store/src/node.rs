@@ -7,7 +7,7 @@
 //! (on the leader they name). A forwarded write whose connection breaks mid-way is indeterminate, as
 //! in etcd, and the client gets "etcdserver: leader changed".
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -201,7 +201,12 @@ pub struct Node {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Permits for client writes in Raft on this member (see [`MAX_PENDING_PROPOSALS`]).
     proposals: Arc<tokio::sync::Semaphore>,
+    /// Refusals to record as `audit/denied/...` events ([`Node::audit_denied`]).
+    audit: tokio::sync::mpsc::Sender<(String, String)>,
 }
+
+/// Refusals recorded per identity and minute; more are counted into the next one recorded.
+const AUDITS_PER_IDENTITY_MINUTE: u32 = 5;
 
 type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, Status>>;
 
@@ -280,6 +285,7 @@ impl Node {
             tracing::info!(?members, "bootstrapping a new cluster");
             raft.initialize(members).await?;
         }
+        let (audit, audits) = tokio::sync::mpsc::channel(256);
         let node = Arc::new(Node {
             id,
             cluster_id,
@@ -293,8 +299,10 @@ impl Node {
             core_stopped: tokio::sync::watch::channel(None).0,
             stopping: tokio::sync::watch::channel(false).0,
             proposals: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_PROPOSALS)),
+            audit,
         });
         node.spawn_loop(node.clone().watch_core());
+        node.spawn_loop(node.clone().audit_loop(audits));
         node.spawn_loop(node.clone().lease_loop());
         node.spawn_loop(node.clone().compactor_loop());
         if let Some(policy) = node.config.auto_compaction {
@@ -326,6 +334,59 @@ impl Node {
 
     pub(crate) fn sm(&self) -> &Arc<StateMachine> {
         &self.sm
+    }
+
+    /// Records a refused request as an event (`audit/denied/KIND/NAME`, data: why), at most
+    /// [`AUDITS_PER_IDENTITY_MINUTE`] per identity and minute, under the event policy; never
+    /// blocks the request (a full queue drops it).
+    pub fn audit_denied(&self, who: &str, why: &str) {
+        let _ = self.audit.try_send((who.to_string(), why.to_string()));
+    }
+
+    async fn audit_loop(
+        self: Arc<Self>,
+        mut audits: tokio::sync::mpsc::Receiver<(String, String)>,
+    ) {
+        use eden_proto::model::events::{self, Event};
+        let mut seen: HashMap<String, (std::time::Instant, u32, u32)> = HashMap::new();
+        while let Some((who, why)) = audits.recv().await {
+            let e = seen
+                .entry(who.clone())
+                .or_insert((std::time::Instant::now(), 0, 0));
+            if e.0.elapsed() > Duration::from_secs(60) {
+                *e = (std::time::Instant::now(), 0, e.2);
+            }
+            if e.1 >= AUDITS_PER_IDENTITY_MINUTE {
+                e.2 += 1;
+                continue;
+            }
+            e.1 += 1;
+            let dropped = std::mem::take(&mut e.2);
+            if seen.len() > 10_000 {
+                seen.retain(|_, v| v.0.elapsed() <= Duration::from_secs(60));
+            }
+            let time = eden_proto::model::objects::now_ms();
+            let ev = Event {
+                tag: format!("audit/denied/{}", who.replacen(':', "/", 1)),
+                revision: 0,
+                time,
+                source: format!("member:{}", self.config.name),
+                labels: Default::default(),
+                data: serde_json::json!({ "identity": who, "reason": why, "not_recorded_before": dropped }),
+            };
+            let mut op = events::put(&ev);
+            if self.admit_events(&mut op).await.is_err() {
+                continue;
+            }
+            if let Err(e) = self
+                .propose(Command::Kv {
+                    op: prost::Message::encode_to_vec(&op),
+                })
+                .await
+            {
+                tracing::debug!(error = %e, "could not record a refusal as an event");
+            }
+        }
     }
 
     /// Runs one of the member's loops until it ends or the member shuts down.

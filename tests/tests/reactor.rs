@@ -219,9 +219,13 @@ async fn event_tags(c: &Cluster, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The seed's join story, secure: when a node joins, the issuer makes a token readable by that
+/// node only, and a second rule hands it over to the node the first one was `for` (two nodes join
+/// at the same moment: each gets its own). Another node's template that names it fails before
+/// running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_join_story_end_to_end() {
-    let c = Cluster::start(3, &[]).await;
+    let c = Cluster::start_tls(3, &[]).await;
     let _issuer = c.agent("issuer", &[]);
     c.wait_nodes(&["issuer"], true).await;
     let o = c.eden(&["node", "label", "issuer", "role=issuer"]).await;
@@ -230,22 +234,53 @@ async fn the_join_story_end_to_end() {
 - name: issue-token
   on: node/joined/*
   actions:
-    - set_var: { node: cluster, name: joining, value: "{{ event.parts[2] }}" }
-    - run: { on: role=issuer, command: [sh, -c, "echo token-for-{{ event.parts[2] }}"], register: token }
+    - run:
+        on: role=issuer
+        command: [sh, -c, "echo token-for-{{ event.parts[2] }}"]
+        register: "token-{{ event.parts[2] }}"
+        readers: ["node:{{ event.parts[2] }}"]
+        for: "{{ event.parts[2] }}"
 - name: hand-over
   on: task/finished/*/issuer
   labels: { status: ok }
   actions:
-    - run: { nodes: "{{ vars.cluster.joining }}", command: [sh, -c, "echo got {{ vars['issuer'].token }}"], register: received }
+    - run: { nodes: "{{ event.data.for }}", command: [sh, -c, "echo got {{ vars['issuer']['token-' ~ event.data.for] }}"], register: received }
 "#).await;
     c.wait_reactor().await;
     let _b = c.agent("b", &[]);
-    eden_tests::wait_for(
-        "B to receive the token",
-        std::time::Duration::from_secs(60),
-        || async { c.eden(&["var", "get", "b", "received"]).await.stdout == "got token-for-b\n" },
-    )
-    .await;
+    let _d = c.agent("d", &[]);
+    for n in ["b", "d"] {
+        eden_tests::wait_for(
+            &format!("{n} to receive its token"),
+            std::time::Duration::from_secs(60),
+            || async {
+                c.eden(&["var", "get", n, "received"]).await.stdout
+                    == format!("got token-for-{n}\n")
+            },
+        )
+        .await;
+    }
+    // b's token is b's: d's template that names it fails before running anything.
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "d",
+            "--",
+            "echo",
+            r#"{{ vars["issuer"]["token-b"] }}"#,
+        ])
+        .await;
+    assert_eq!(o.code, Some(4), "{o:?}");
+    assert!(o.stdout.contains("may not read"), "{o:?}");
+    let o = c
+        .eden_as("node-d", &["var", "get", "issuer", "token-b"])
+        .await;
+    assert_eq!(o.code, Some(8), "{o:?}");
+    let o = c
+        .eden_as("node-b", &["var", "get", "issuer", "token-b"])
+        .await;
+    assert_eq!(o.stdout, "token-for-b\n", "{o:?}");
     let log = c.eden(&["reactor", "log"]).await.stdout;
     assert!(
         log.contains("reactor/fired/issue-token") && log.contains("reactor/fired/hand-over"),

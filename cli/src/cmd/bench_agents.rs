@@ -513,6 +513,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
                 deadline,
                 register: None,
                 readers: vec![],
+                for_: None,
                 retention: Duration::from_secs(3600),
             },
         ),

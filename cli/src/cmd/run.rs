@@ -100,6 +100,7 @@ pub async fn run(client: &Arc<Client>, out: &Printer, a: RunArgs) -> Result<(), 
             deadline: a.deadline,
             register: a.register.clone(),
             readers: a.readers.clone(),
+            for_: None,
             retention: a.retention,
         },
     )

@@ -12,6 +12,13 @@
 //! | `/eden/runs/ID/results/N` created | `task/finished/ID/N` (label `status`, data: the result without its output) |
 //! | `/eden/runs/ID/cancel` created | `task/canceled/ID` |
 //! | `/eden/vars/N/NAME` written / deleted | `var/set/N/NAME` / `var/removed/N/NAME` |
+//! | `/eden/tokens/ID` created / deleted | `audit/token/created/ID` (data: for whom, expiry) / `audit/token/gone/ID` (used or removed) |
+//! | `/eden/certs/SERIAL` created | `audit/cert/issued/SERIAL` (data: identity, expiry, join or renewal) |
+//! | `/eden/revoked/serials/S`, `/eden/revoked/identities/I` written | `audit/cert/revoked/S`, `audit/identity/revoked/I` |
+//!
+//! Refused requests are explicit events, `audit/denied/KIND/NAME` (data: the rule's reason),
+//! written by the member that refused them, at most a few per identity and minute.
+//! `/eden/pki/` (the CA's key) is never an event.
 //!
 //! Derived events carry `source: "eden"`; their time is when the consumer saw them (a revision
 //! has no clock), their data what the key holds.
@@ -164,6 +171,32 @@ pub fn derive(
             _ => None,
         };
     }
+    if let Some(id) = keys::rest(&kv.key, keys::TOKENS) {
+        if deleted {
+            return Some(ev(
+                format!("audit/token/gone/{id}"),
+                serde_json::Value::Null,
+                none(),
+            ));
+        }
+        return created.then(|| {
+            let mut data = json_of(kv);
+            if let Some(o) = data.as_object_mut() {
+                o.remove("secret_sha256");
+            }
+            ev(format!("audit/token/created/{id}"), data, none())
+        });
+    }
+    if let Some(serial) = keys::rest(&kv.key, crate::model::certs::CERTS) {
+        return created.then(|| ev(format!("audit/cert/issued/{serial}"), json_of(kv), none()));
+    }
+    if let Some(serial) = keys::rest(&kv.key, crate::model::certs::REVOKED_SERIALS) {
+        return (!deleted).then(|| ev(format!("audit/cert/revoked/{serial}"), json_of(kv), none()));
+    }
+    if let Some(who) = keys::rest(&kv.key, crate::model::certs::REVOKED_IDENTITIES) {
+        return (!deleted)
+            .then(|| ev(format!("audit/identity/revoked/{who}"), json_of(kv), none()));
+    }
     if let Some(id) = keys::rest(&kv.key, keys::TASKS) {
         return (created && !id.contains('/')).then(|| {
             let mut data = json_of(kv);
@@ -237,6 +270,37 @@ mod tests {
             create_revision: rev,
             lease: 0,
         }
+    }
+
+    #[test]
+    fn identity_changes_are_audit_events_without_their_secrets() {
+        let t = kv(
+            "/eden/tokens/abc123",
+            r#"{"role":"node","name":"web1","secret_sha256":"ff","created_at":1,"expires_at":2}"#,
+            1,
+            3,
+        );
+        let e = derive(EventType::Put, &t, None, 0).unwrap();
+        assert_eq!(e.tag, "audit/token/created/abc123");
+        assert_eq!(e.data["name"], "web1");
+        assert!(e.data.get("secret_sha256").is_none());
+        let used = kv("/eden/tokens/abc123", "", 0, 4);
+        assert_eq!(
+            derive(EventType::Delete, &used, None, 0).unwrap().tag,
+            "audit/token/gone/abc123"
+        );
+        let r = kv(
+            "/eden/revoked/identities/node:web1",
+            r#"{"revoked_at":5}"#,
+            1,
+            5,
+        );
+        assert_eq!(
+            derive(EventType::Put, &r, None, 0).unwrap().tag,
+            "audit/identity/revoked/node:web1"
+        );
+        let ca = kv("/eden/pki/ca", r#"{"cert_pem":"c","key_pem":"k"}"#, 1, 6);
+        assert!(derive(EventType::Put, &ca, None, 0).is_none());
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub struct TaskSpec {
     /// Who besides the node itself may read the registered variable.
     #[serde(default, skip_serializing_if = "Readers::is_empty")]
     pub readers: Readers,
+    /// Whom or what the task is for (a rule's `for:`): carried into each result and its
+    /// `task/finished` event, so that the next rule knows, whatever else ran meanwhile.
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<String>,
     /// Resolved when the task was created (empty in an assignment's copy of the spec).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
@@ -150,6 +154,9 @@ pub struct TaskResult {
     /// Why it could not run, or what happened, for every status but ok and failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// The task's `for` (see [`TaskSpec::for_`]).
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<String>,
 }
 
 impl TaskResult {
@@ -162,6 +169,7 @@ impl TaskResult {
             stderr: String::new(),
             stdout_truncated: false,
             stderr_truncated: false,
+            for_: None,
             started_at: None,
             ended_at: now_ms(),
             error: Some(error.into()),

@@ -83,6 +83,11 @@ pub enum Action {
         /// Who besides each node may read the registered variable (`node:NAME`, selectors).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         readers: Vec<String>,
+        /// Whom the task is for (templated): carried into its results and `task/finished`
+        /// events (`event.data.for`), so that a later rule acts for the right one even when
+        /// several ran at once.
+        #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+        for_: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout: Option<String>,
     },

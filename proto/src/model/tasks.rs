@@ -57,6 +57,8 @@ pub struct NewTask {
     pub register: Option<String>,
     /// Who besides each node may read the variable it registers: `node:NAME` or selectors.
     pub readers: Vec<String>,
+    /// Carried into the results and their events (a rule's `for:`).
+    pub for_: Option<String>,
     pub retention: Duration,
 }
 
@@ -178,6 +180,7 @@ pub async fn prepare(
         deadline: now + t.deadline.as_millis() as u64,
         register: t.register.clone(),
         readers,
+        for_: t.for_.clone(),
         targets: targets.clone(),
         selector: match &t.targets {
             Targets::Selector(s) => s.clone(),

@@ -94,14 +94,16 @@ pub fn require_member<T>(node: &Node, req: &Request<T>) -> Result<(), Status> {
         pki::Identity::Member(_) => Ok(()),
         other => {
             tracing::warn!(caller = %other, "refused: only members may use the peer port");
+            node.audit_denied(&other.to_string(), "only members may use the peer port");
             Err(errors::permission_denied())
         }
     }
 }
 
-/// Logs a refusal and turns it into etcd's "permission denied".
-pub fn refuse(caller: &Caller, why: Denied) -> Status {
+/// Logs a refusal, records it as an audit event, and turns it into etcd's "permission denied".
+pub fn refuse(node: &Node, caller: &Caller, why: Denied) -> Status {
     tracing::warn!(caller = %caller, "refused: {why}");
+    node.audit_denied(&caller.to_string(), &why.0);
     errors::permission_denied()
 }
 
@@ -114,10 +116,10 @@ pub fn allow(
     if caller.is_root() {
         return Ok(());
     }
-    check(&StoreFacts(node.mvcc())).map_err(|why| refuse(caller, why))
+    check(&StoreFacts(node.mvcc())).map_err(|why| refuse(node, caller, why))
 }
 
 /// Checks an RPC that names no key.
-pub fn allow_rpc(caller: &Caller, rpc: auth::Rpc) -> Result<(), Status> {
-    auth::check_rpc(caller, rpc).map_err(|why| refuse(caller, why))
+pub fn allow_rpc(node: &Node, caller: &Caller, rpc: auth::Rpc) -> Result<(), Status> {
+    auth::check_rpc(caller, rpc).map_err(|why| refuse(node, caller, why))
 }

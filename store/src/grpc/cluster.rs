@@ -40,7 +40,11 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
+        authz::allow_rpc(
+            &self.node,
+            &authz::caller(&self.node, &request)?,
+            auth::Rpc::Admin,
+        )?;
         let req = request.into_inner();
         let peer_addr = one_peer_url(&req.peer_ur_ls)?;
         let id = self
@@ -70,7 +74,11 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
+        authz::allow_rpc(
+            &self.node,
+            &authz::caller(&self.node, &request)?,
+            auth::Rpc::Admin,
+        )?;
         let id = request.into_inner().id;
         self.node
             .change_membership(MembershipChange::Remove { id })
@@ -85,7 +93,11 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
+        authz::allow_rpc(
+            &self.node,
+            &authz::caller(&self.node, &request)?,
+            auth::Rpc::Admin,
+        )?;
         let req = request.into_inner();
         let peer_addr = one_peer_url(&req.peer_ur_ls)?;
         self.node
@@ -104,7 +116,11 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::MemberList)?;
+        authz::allow_rpc(
+            &self.node,
+            &authz::caller(&self.node, &request)?,
+            auth::Rpc::MemberList,
+        )?;
         if request.get_ref().linearizable {
             self.node.refuse_learner()?;
             self.node.read_barrier().await?;
@@ -119,7 +135,11 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::Admin)?;
+        authz::allow_rpc(
+            &self.node,
+            &authz::caller(&self.node, &request)?,
+            auth::Rpc::Admin,
+        )?;
         let id = request.into_inner().id;
         self.node
             .change_membership(MembershipChange::Promote { id })

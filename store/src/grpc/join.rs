@@ -59,6 +59,10 @@ impl JoinService {
     fn bad_token(&self, id: &str) -> Status {
         self.bad.lock().unwrap().1 += 1;
         tracing::warn!(token = %id, "refused a join: unknown, used or expired token, or a wrong secret");
+        self.node.audit_denied(
+            "anonymous:join",
+            &format!("join token {id}: unknown, used or expired, or a wrong secret"),
+        );
         Status::permission_denied("eden: unknown, used or expired join token")
     }
 

@@ -191,7 +191,7 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let caller = authz::caller(&self.node, &request)?;
-        authz::allow_rpc(&caller, auth::Rpc::Admin)?;
+        authz::allow_rpc(&self.node, &caller, auth::Rpc::Admin)?;
         let req = request.into_inner();
         self.node.refuse_learner()?;
         let r = self

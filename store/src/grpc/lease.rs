@@ -33,7 +33,11 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::LeaseGrant)?;
+        authz::allow_rpc(
+            &self.node,
+            &authz::caller(&self.node, &request)?,
+            auth::Rpc::LeaseGrant,
+        )?;
         self.node.refuse_learner()?;
         let req = request.into_inner();
         let (id, ttl, rev) = self.node.lease_grant(req.id, req.ttl).await?;
@@ -152,7 +156,11 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        authz::allow_rpc(&authz::caller(&self.node, &request)?, auth::Rpc::LeaseList)?;
+        authz::allow_rpc(
+            &self.node,
+            &authz::caller(&self.node, &request)?,
+            auth::Rpc::LeaseList,
+        )?;
         self.node.refuse_learner()?;
         let leases = self.node.mvcc().leases().map_err(internal)?;
         Ok(Response::new(LeaseLeasesResponse {

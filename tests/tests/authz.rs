@@ -184,10 +184,16 @@ async fn a_registered_token_is_read_by_the_nodes_its_readers_allow_and_by_no_oth
     assert_eq!(o.code, Some(8), "{o:?}");
     assert!(o.stderr.contains("permission denied"), "{o:?}");
     // Refusals are audit events (a few per identity and minute).
-    wait_for("c's refusals to be audit events", Duration::from_secs(10), || async {
-        let o = c.eden(&["event", "ls", "audit/denied/**", "-w", "json"]).await;
-        o.stdout.contains("audit/denied/node/c") && o.stdout.contains("may not read")
-    })
+    wait_for(
+        "c's refusals to be audit events",
+        Duration::from_secs(10),
+        || async {
+            let o = c
+                .eden(&["event", "ls", "audit/denied/**", "-w", "json"])
+                .await;
+            o.stdout.contains("audit/denied/node/c") && o.stdout.contains("may not read")
+        },
+    )
     .await;
 }
 

@@ -118,6 +118,12 @@ enum Command {
     /// Certificates the cluster issued: list them, revoke one or an identity's.
     #[command(subcommand)]
     Cert(cmd::cert::CertCmd),
+    /// etcd users (identities user:NAME): add, get, ls, rm, grant-role, revoke-role.
+    #[command(subcommand)]
+    User(cmd::user::UserCmd),
+    /// etcd roles: add, get, ls, rm, grant-permission, revoke-permission.
+    #[command(subcommand)]
+    Role(cmd::user::RoleCmd),
     /// Join tokens: create (prints the token and the CA's pin once), list, remove.
     #[command(subcommand)]
     Token(cmd::token::TokenCmd),
@@ -264,6 +270,8 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Hook(c) => cmd::hook::run(&client, &out, c).await,
         Command::Token(c) => cmd::token::run(&client, &out, c).await,
         Command::Cert(c) => cmd::cert::run(&client, &out, c).await,
+        Command::User(c) => cmd::user::run_user(&client, &out, c).await,
+        Command::Role(c) => cmd::user::run_role(&client, &out, c).await,
         Command::Defrag => {
             for (i, ep) in client.endpoints().iter().enumerate() {
                 client.defragment_of(i).await?;

@@ -40,6 +40,8 @@ pub enum Identity {
     Node(String),
     /// A server of the cluster.
     Member(String),
+    /// An etcd user (the Auth service's users and roles decide what it may do).
+    User(String),
 }
 
 impl Identity {
@@ -47,7 +49,7 @@ impl Identity {
     /// `-` or `_`.
     pub fn parse(s: &str) -> Result<Identity, String> {
         let (kind, name) = s.split_once(':').ok_or_else(|| {
-            format!("identity {s:?}: expected admin:NAME, node:NAME or member:NAME")
+            format!("identity {s:?}: expected admin:NAME, node:NAME, member:NAME or user:NAME")
         })?;
         crate::model::keys::check_name("identity name", name)?;
         let name = name.to_string();
@@ -55,15 +57,16 @@ impl Identity {
             "admin" => Ok(Identity::Admin(name)),
             "node" => Ok(Identity::Node(name)),
             "member" => Ok(Identity::Member(name)),
+            "user" => Ok(Identity::User(name)),
             _ => Err(format!(
-                "identity {s:?}: the kind is admin, node or member, not {kind:?}"
+                "identity {s:?}: the kind is admin, node, member or user, not {kind:?}"
             )),
         }
     }
 
     pub fn name(&self) -> &str {
         match self {
-            Identity::Admin(n) | Identity::Node(n) | Identity::Member(n) => n,
+            Identity::Admin(n) | Identity::Node(n) | Identity::Member(n) | Identity::User(n) => n,
         }
     }
 }
@@ -74,6 +77,7 @@ impl fmt::Display for Identity {
             Identity::Admin(n) => write!(f, "admin:{n}"),
             Identity::Node(n) => write!(f, "node:{n}"),
             Identity::Member(n) => write!(f, "member:{n}"),
+            Identity::User(n) => write!(f, "user:{n}"),
         }
     }
 }
@@ -346,7 +350,7 @@ mod tests {
         for s in ["admin:root", "node:web1", "member:m-1.a_b"] {
             assert_eq!(Identity::parse(s).unwrap().to_string(), s);
         }
-        for bad in ["root", "user:x", "node:", "node:a/b", "node:a b"] {
+        for bad in ["root", "group:x", "node:", "node:a/b", "node:a b"] {
             assert!(Identity::parse(bad).is_err(), "{bad}");
         }
     }

@@ -29,6 +29,7 @@ use std::fmt;
 use eden_proto::etcdserverpb::{request_op, Compare, RangeRequest, RequestOp, TxnRequest};
 use eden_proto::model::keys;
 use eden_proto::model::readers::Readers;
+use eden_proto::model::users::{self, Perm};
 use eden_proto::pki;
 
 use crate::mvcc::Mvcc;
@@ -40,6 +41,8 @@ pub enum Caller {
     Root(String),
     /// A managed machine's agent, by name.
     Node(String),
+    /// An etcd user: its roles' key-range permissions decide (etcd's Auth service).
+    User(String),
 }
 
 impl Caller {
@@ -49,6 +52,7 @@ impl Caller {
                 Caller::Root(identity.to_string())
             }
             pki::Identity::Node(n) => Caller::Node(n.clone()),
+            pki::Identity::User(n) => Caller::User(n.clone()),
         }
     }
 
@@ -62,6 +66,7 @@ impl fmt::Display for Caller {
         match self {
             Caller::Root(who) => f.write_str(who),
             Caller::Node(n) => write!(f, "node:{n}"),
+            Caller::User(n) => write!(f, "user:{n}"),
         }
     }
 }
@@ -85,6 +90,8 @@ pub trait Facts {
     fn var_readers(&self, scope: &str, name: &str) -> Option<Readers>;
     /// Whether task `task` is assigned to `node` now.
     fn assigned(&self, node: &str, task: &str) -> bool;
+    /// An etcd user's permissions through its roles, and whether one of them is `root`.
+    fn user_perms(&self, user: &str) -> (bool, Vec<Perm>);
 }
 
 /// RPCs that name no key.
@@ -103,8 +110,12 @@ pub enum Rpc {
 pub fn check_rpc(caller: &Caller, rpc: Rpc) -> Result<(), Denied> {
     match (caller, rpc) {
         (Caller::Root(_), _) => Ok(()),
-        (Caller::Node(_), Rpc::Status | Rpc::MemberList | Rpc::LeaseGrant) => Ok(()),
-        (Caller::Node(_), _) => Err(Denied(format!("{caller} may not call {rpc:?} RPCs"))),
+        (Caller::Node(_) | Caller::User(_), Rpc::Status | Rpc::MemberList | Rpc::LeaseGrant) => {
+            Ok(())
+        }
+        (Caller::Node(_) | Caller::User(_), _) => {
+            Err(Denied(format!("{caller} may not call {rpc:?} RPCs")))
+        }
     }
 }
 
@@ -186,6 +197,7 @@ pub fn may_read_key(caller: &Caller, key: &[u8], facts: &dyn Facts) -> bool {
 pub fn affects(caller: &Caller, key: &[u8]) -> bool {
     let node = match caller {
         Caller::Root(_) => return false,
+        Caller::User(_) => return key.starts_with(users::AUTH.as_bytes()),
         Caller::Node(n) => n,
     };
     if key.starts_with(keys::READERS.as_bytes()) {
@@ -208,11 +220,27 @@ fn check(
     write: bool,
     facts: &dyn Facts,
 ) -> Result<(), Denied> {
+    let verb = if write { "write" } else { "read" };
     let node = match caller {
         Caller::Root(_) => return Ok(()),
         Caller::Node(n) => n.as_str(),
+        Caller::User(u) => {
+            let (root, perms) = facts.user_perms(u);
+            return if root
+                || perms
+                    .iter()
+                    .any(|p| p.grants(write) && p.covers(key, range_end))
+            {
+                Ok(())
+            } else {
+                Err(Denied(format!(
+                    "{caller} has no role that may {verb} [{}, {})",
+                    show(key),
+                    show(range_end)
+                )))
+            };
+        }
     };
-    let verb = if write { "write" } else { "read" };
     let single = range_end.is_empty() || is_key_plus_zero(key, range_end);
     let ok = if single {
         key_allowed(node, key, write, facts)
@@ -336,6 +364,21 @@ impl Facts for StoreFacts<'_> {
 
     fn var_readers(&self, scope: &str, name: &str) -> Option<Readers> {
         self.get(&keys::var_readers(scope, name))
+    }
+
+    fn user_perms(&self, user: &str) -> (bool, Vec<Perm>) {
+        let Some(u) = self.get::<users::User>(&users::user(user)) else {
+            return (false, Vec::new());
+        };
+        let mut perms = Vec::new();
+        let mut root = false;
+        for r in &u.roles {
+            root |= r == users::ROOT_ROLE;
+            if let Some(role) = self.get::<users::Role>(&users::role(r)) {
+                perms.extend(role.perms);
+            }
+        }
+        (root, perms)
     }
 
     fn assigned(&self, node: &str, task: &str) -> bool {

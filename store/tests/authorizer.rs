@@ -10,6 +10,7 @@ use eden_proto::etcdserverpb::{
     request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use eden_proto::model::readers::Readers;
+use eden_proto::model::users::Perm;
 use eden_store::auth::{self, Caller, Facts, Rpc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,6 +20,8 @@ struct World {
     labels: BTreeMap<String, BTreeMap<String, String>>,
     readers: BTreeMap<(String, String), Readers>,
     assigned: BTreeSet<(String, String)>,
+    /// An etcd user's permissions (through its roles), and whether it has the root role.
+    users: BTreeMap<String, (bool, Vec<Perm>)>,
 }
 
 impl Facts for World {
@@ -30,6 +33,9 @@ impl Facts for World {
     }
     fn assigned(&self, node: &str, task: &str) -> bool {
         self.assigned.contains(&(node.into(), task.into()))
+    }
+    fn user_perms(&self, user: &str) -> (bool, Vec<Perm>) {
+        self.users.get(user).cloned().unwrap_or_default()
     }
 }
 
@@ -192,6 +198,32 @@ fn nodes_call_no_admin_rpc() {
     assert!(auth::check_lease(&a, &theirs, &w).is_err());
 }
 
+#[test]
+fn an_etcd_user_gets_what_its_roles_grant_whole() {
+    let mut w = World::default();
+    let app = Perm {
+        kind: 2,
+        key: b"/app/".to_vec(),
+        range_end: b"/app0".to_vec(),
+    };
+    let cfg = Perm {
+        kind: 0,
+        key: b"/cfg".to_vec(),
+        range_end: vec![],
+    };
+    w.users.insert("alice".into(), (false, vec![app, cfg]));
+    let alice = Caller::User("alice".into());
+    assert!(write(&alice, "/app/x", "", &w));
+    assert!(read(&alice, "/app/", "/app0", &w));
+    assert!(read(&alice, "/cfg", "", &w));
+    assert!(!write(&alice, "/cfg", "", &w));
+    assert!(!read(&alice, "/app/", "\0", &w));
+    assert!(!read(&alice, "/", "/app0", &w));
+    assert!(!read(&alice, "/eden/vars/a/token", "", &w));
+    assert!(auth::check_rpc(&alice, Rpc::Admin).is_err());
+    assert!(!read(&Caller::User("bob".into()), "/app/x", "", &w));
+}
+
 // ---- the fuzz ----
 
 /// The reference: may node `n` read (or write) the single key `key`? Written from the rules'
@@ -303,8 +335,35 @@ fn random_end(rng: &mut StdRng, key: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The reference for an etcd user: some permission of its roles holds the key and grants the kind
+/// of access.
+fn user_reference(u: &str, key: &[u8], write: bool, w: &World) -> bool {
+    let (root, perms) = w.user_perms(u);
+    root || perms.iter().any(|p| {
+        p.grants(write)
+            && if p.range_end.is_empty() {
+                key == p.key.as_slice()
+            } else {
+                key >= p.key.as_slice() && (p.range_end == [0] || key < p.range_end.as_slice())
+            }
+    })
+}
+
 fn random_world(rng: &mut StdRng) -> World {
     let mut w = World::default();
+    for n in NODES {
+        let perms = (0..rng.gen_range(0..3))
+            .map(|_| {
+                let key = random_key(rng);
+                Perm {
+                    kind: rng.gen_range(0..3),
+                    range_end: random_end(rng, &key),
+                    key,
+                }
+            })
+            .collect();
+        w.users.insert(n.into(), (false, perms));
+    }
     for n in NODES {
         if rng.gen_bool(0.5) {
             w.labels
@@ -373,7 +432,13 @@ fn fuzz_the_authorizer_never_allows_what_the_reference_denies() {
     for case in 0..cases {
         let w = random_world(&mut rng);
         let n = NODES[rng.gen_range(0..3)];
-        let caller = node(n);
+        // A quarter of the cases are an etcd user's requests.
+        let user = rng.gen_bool(0.25);
+        let caller = if user {
+            Caller::User(n.into())
+        } else {
+            node(n)
+        };
         let key = random_key(&mut rng);
         let end = random_end(&mut rng, &key);
         let write = rng.gen_bool(0.5);
@@ -388,10 +453,17 @@ fn fuzz_the_authorizer_never_allows_what_the_reference_denies() {
         }
         allowed += 1;
         let single = end.is_empty() || end == [key.as_slice(), &[0]].concat();
+        let reference = |n: &str, k: &[u8], write: bool, w: &World| {
+            if user {
+                user_reference(n, k, write, w)
+            } else {
+                reference(n, k, write, w)
+            }
+        };
         if single {
             assert!(
                 reference(n, &key, write, &w),
-                "seed {seed} case {case}: node {n} allowed to {} {:?}\n{w:?}",
+                "seed {seed} case {case}: {caller} allowed to {} {:?}\n{w:?}",
                 if write { "write" } else { "read" },
                 String::from_utf8_lossy(&key)
             );
@@ -405,7 +477,7 @@ fn fuzz_the_authorizer_never_allows_what_the_reference_denies() {
         {
             assert!(
                 reference(n, k, write, &w),
-                "seed {seed} case {case}: node {n} allowed to {} [{:?}, {:?}), which holds {:?}",
+                "seed {seed} case {case}: {caller} allowed to {} [{:?}, {:?}), which holds {:?}",
                 if write { "write" } else { "read" },
                 String::from_utf8_lossy(&key),
                 String::from_utf8_lossy(&end),

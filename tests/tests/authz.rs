@@ -335,3 +335,89 @@ async fn the_peer_port_answers_members_only() {
         tonic::Code::PermissionDenied
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_users_and_roles_decide_what_a_user_certificate_may_do() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let etcdctl = |who: &str, args: &[&str]| {
+        let o = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &c.endpoints().join(","),
+                "--dial-timeout",
+                "5s",
+            ])
+            .args(c.tls_flags(who))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    // etcdctl's auth commands, as the admin.
+    for args in [
+        &["role", "add", "app"][..],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "--prefix=true",
+            "readwrite",
+            "/app/",
+        ],
+        &["user", "add", "alice:unused"],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        let (ok, out) = etcdctl("admin", args);
+        assert!(ok, "etcdctl {args:?}: {out}");
+    }
+    let (ok, out) = etcdctl("admin", &["role", "get", "app"]);
+    assert!(ok && out.contains("/app/"), "{out}");
+    let (ok, out) = etcdctl("admin", &["user", "get", "alice"]);
+    assert!(ok && out.contains("app"), "{out}");
+
+    // alice, with the certificate that names user:alice.
+    let (ok, out) = etcdctl("user-alice", &["put", "/app/x", "1"]);
+    assert!(ok, "{out}");
+    let (ok, out) = etcdctl("user-alice", &["get", "/app/", "--prefix"]);
+    assert!(ok && out.contains("/app/x"), "{out}");
+    for args in [
+        &["put", "/other", "1"][..],
+        &["get", "", "--prefix"],
+        &["get", "/app", "--prefix"],
+        &["user", "list"],
+    ] {
+        let (ok, out) = etcdctl("user-alice", args);
+        assert!(!ok && out.contains("permission denied"), "{args:?}: {out}");
+    }
+
+    // eden's user and role commands mirror etcdctl's, and a revoked permission takes effect.
+    let o = c.eden(&["user", "get", "alice"]).await;
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (Some(0), "User: alice\nRoles: app\n"),
+        "{o:?}"
+    );
+    let o = c
+        .eden(&["role", "revoke-permission", "app", "/app/", "--prefix"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let o = c.eden_as("user-alice", &["put", "/app/y", "2"]).await;
+    assert_eq!(o.code, Some(8), "{o:?}");
+    // The root role is every right.
+    for args in [
+        &["role", "add", "root"][..],
+        &["user", "grant-role", "alice", "root"],
+    ] {
+        let o = c.eden(args).await;
+        assert_eq!(o.code, Some(0), "{args:?}: {o:?}");
+    }
+    let o = c.eden_as("user-alice", &["put", "/other", "3"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let o = c.eden(&["user", "ls"]).await;
+    assert_eq!(o.stdout, "alice\n", "{o:?}");
+}

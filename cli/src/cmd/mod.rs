@@ -24,6 +24,7 @@ pub mod status;
 pub mod task;
 pub mod token;
 pub mod txn;
+pub mod user;
 pub mod var;
 pub mod watch;
 

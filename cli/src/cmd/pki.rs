@@ -56,6 +56,9 @@ pub enum PkiCmd {
         /// A member's certificate: NAME=ADDR[+ADDR...], valid a year.
         #[arg(long, group = "who")]
         member: Option<String>,
+        /// An etcd user's certificate (user:NAME; its roles decide what it may do), valid a year.
+        #[arg(long, group = "who")]
+        user: Option<String>,
     },
 }
 
@@ -153,27 +156,32 @@ pub fn run(out: &Printer, c: PkiCmd) -> Result<(), Failure> {
             node,
             admin,
             member,
+            user,
         } => {
             let read = |f: &str| {
                 std::fs::read_to_string(dir.join(f))
                     .map_err(|e| Failure::usage(format!("{}: {e}", dir.join(f).display())))
             };
             let ca = Ca::from_pem(&read("ca.crt")?, &read("ca.key")?).map_err(Failure::usage)?;
-            let (who, sans, stem) = match (node, admin, member) {
-                (Some(n), _, _) => {
+            let (who, sans, stem) = match (node, admin, member, user) {
+                (_, _, _, Some(u)) => {
+                    let who = Identity::parse(&format!("user:{u}")).map_err(Failure::usage)?;
+                    (who, vec![], format!("user-{u}"))
+                }
+                (Some(n), _, _, _) => {
                     let who = Identity::parse(&format!("node:{n}")).map_err(Failure::usage)?;
                     (who, vec![], format!("node-{n}"))
                 }
-                (_, Some(a), _) => {
+                (_, Some(a), _, _) => {
                     let who = Identity::parse(&format!("admin:{a}")).map_err(Failure::usage)?;
                     (who, vec![], format!("admin-{a}"))
                 }
-                (_, _, Some(m)) => {
+                (_, _, Some(m), _) => {
                     let (who, sans) = member_of(&m)?;
                     let stem = format!("member-{}", who.name());
                     (who, sans, stem)
                 }
-                _ => return Err(Failure::usage("give --node, --admin or --member")),
+                _ => return Err(Failure::usage("give --node, --admin, --member or --user")),
             };
             issue(out, &ca, &dir, &who, &sans, &stem)?;
         }

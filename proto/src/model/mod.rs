@@ -26,6 +26,8 @@
 //! /eden/certs/SERIAL               Issued (certs)               the member that signed it
 //! /eden/revoked/...                Revoked (certs)              operator (`eden cert revoke`,
 //!                                                               `eden node rm`)
+//! /eden/auth/users/NAME           User (users)                 admin (`eden user`, etcdctl user)
+//! /eden/auth/roles/NAME           Role (users)                 admin (`eden role`, etcdctl role)
 //! /eden/hooks/NAME                 Hook (hooks)                 operator (`eden hook create`)
 //! /eden/reactors/NAME              Rule (rules)                 operator (`eden reactor apply`)
 //! /eden/reactor/leader             runtime id, text (rules)     the active reactor runtime, lease
@@ -49,6 +51,7 @@ pub mod selector;
 pub mod tasks;
 pub mod template;
 pub mod tokens;
+pub mod users;
 pub mod vars;
 pub mod watcher;
 

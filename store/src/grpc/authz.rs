@@ -7,7 +7,7 @@ use std::sync::{Mutex, OnceLock};
 use eden_proto::pki;
 use tonic::{Request, Status};
 
-use crate::auth::{self, Caller, Denied, StoreFacts};
+use crate::auth::{self, Caller, Denied, Facts, StoreFacts};
 use crate::errors;
 use crate::node::Node;
 
@@ -79,7 +79,14 @@ pub fn caller_and_cert<T>(
     }
     let info = peer_cert(req)?;
     still_valid(node, &info)?;
-    Ok((Caller::of(&info.identity), Some(info)))
+    let caller = match Caller::of(&info.identity) {
+        // etcd's root role is every right.
+        Caller::User(u) if StoreFacts(node.mvcc()).user_perms(&u).0 => {
+            Caller::Root(format!("user:{u}"))
+        }
+        c => c,
+    };
+    Ok((caller, Some(info)))
 }
 
 /// Refuses a peer-port call from anyone but a member of the cluster (an agent's certificate comes

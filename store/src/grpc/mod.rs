@@ -2,6 +2,7 @@
 //!
 //! [`serve`] takes already bound listeners and a shutdown future, so tests can bind port 0.
 
+pub mod auth_service;
 pub mod authz;
 pub mod cluster;
 pub mod join;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use eden_proto::etcdserverpb::auth_server::AuthServer;
 use eden_proto::etcdserverpb::cluster_server::ClusterServer;
 use eden_proto::etcdserverpb::kv_server::KvServer;
 use eden_proto::etcdserverpb::lease_server::LeaseServer;
@@ -113,6 +115,9 @@ pub async fn serve_client(
             node: node.clone(),
         }))
         .add_service(JoinServer::new(join::JoinService::new(node.clone())))
+        .add_service(AuthServer::new(auth_service::AuthService {
+            node: node.clone(),
+        }))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())

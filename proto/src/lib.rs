@@ -43,3 +43,4 @@ pub mod joining;
 pub mod keys;
 pub mod model;
 pub mod pki;
+pub mod tls_listener;

@@ -117,16 +117,25 @@ async fn receive(
 }
 
 /// Serves the intake on `listener` until `shutdown`; bodies over `max_bytes` get 413.
+/// Serves the intake until `shutdown`: over TLS when `tls` is given (a secure member), else
+/// plaintext. Senders authenticate with their hook's bearer token, not a certificate.
 pub async fn serve(
     client: Arc<Client>,
     listener: tokio::net::TcpListener,
     max_bytes: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = axum::Router::new()
         .route("/hooks/{name}", post(receive))
         .layer(DefaultBodyLimit::max(max_bytes))
         .with_state(Arc::new(Intake { client }));
+    if let Some(config) = tls {
+        let listener = eden_proto::tls_listener::TlsListener::new(listener, config)?;
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    }
     // TCP_NODELAY on every accepted connection: small answers are not held back.
     let listener = listener.tap_io(|s| {
         if let Err(e) = s.set_nodelay(true) {

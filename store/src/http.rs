@@ -13,9 +13,13 @@ use axum::serve::ListenerExt;
 use crate::metrics::{metrics, ServerHealth};
 
 /// Serves `/metrics` and `/health` until `shutdown` resolves.
+/// Serves `/metrics` and `/health` until `shutdown`: over TLS when `tls` is given (a secure
+/// member: its certificate, and a client certificate from the cluster's CA unless anonymous
+/// scrapes are allowed), else plaintext.
 pub async fn serve(
     server: Arc<dyn ServerHealth>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let s1 = server.clone();
@@ -58,6 +62,13 @@ pub async fn serve(
                 }
             }),
         );
+    if let Some(config) = tls {
+        let listener = eden_proto::tls_listener::TlsListener::new(listener, config)?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        return Ok(());
+    }
     // TCP_NODELAY on every accepted connection, as on the gRPC ports (grpc::incoming).
     let listener = listener.tap_io(|s| {
         if let Err(e) = s.set_nodelay(true) {

@@ -363,3 +363,75 @@ async fn a_new_server_is_secure_by_default_and_its_user_needs_no_flags() {
         "{o:?}"
     );
 }
+
+/// curl ARGS; returns (success, stdout).
+fn curl(args: &[&str]) -> (bool, String) {
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_ports_speak_tls_and_metrics_want_a_certificate() {
+    let (m, w) = (free_port(), free_port());
+    let (maddr, waddr) = (format!("127.0.0.1:{m}"), format!("127.0.0.1:{w}"));
+    let c =
+        eden_tests::Cluster::start_tls(1, &["--metrics-addr", &maddr, "--webhook-addr", &waddr])
+            .await;
+    let pki = c.pki.clone().unwrap();
+    let p = |f: &str| pki.join(f).display().to_string();
+    let health = format!("https://{maddr}/health");
+    let (ok, out) = curl(&[
+        "--cacert",
+        &p("ca.crt"),
+        "--cert",
+        &p("admin.crt"),
+        "--key",
+        &p("admin.key"),
+        &health,
+    ]);
+    assert!(ok && out.contains("\"health\":\"true\""), "{out}");
+    // Without a client certificate, or in plaintext: nothing.
+    assert!(!curl(&["--cacert", &p("ca.crt"), &health]).0);
+    assert!(!curl(&[&format!("http://{maddr}/health")]).0);
+    // The webhook port: TLS with the member's certificate, and the hook's bearer token.
+    let o = c.eden(&["hook", "create", "h"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let token = o.stdout.trim().to_string();
+    let hook = format!("https://{waddr}/hooks/h");
+    let auth = format!("Authorization: Bearer {token}");
+    let (ok, out) = curl(&[
+        "--cacert",
+        &p("ca.crt"),
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        "{\"x\":1}",
+        "-w",
+        " %{http_code}",
+        &hook,
+    ]);
+    assert!(ok && out.ends_with(" 200"), "{out}");
+    assert!(
+        !curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &auth,
+            "-d",
+            "{}",
+            &format!("http://{waddr}/hooks/h")
+        ])
+        .0
+    );
+}

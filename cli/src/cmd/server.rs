@@ -142,6 +142,16 @@ pub struct ServerArgs {
     /// tokens. A member that made its CA itself does so with DATA_DIR/pki/ca.key.
     #[arg(long)]
     pub ca_key_file: Option<PathBuf>,
+    /// On a secure member, let anyone read /metrics and /health (still over TLS) instead of
+    /// requiring a client certificate from the cluster's CA.
+    #[arg(long)]
+    pub metrics_anonymous: bool,
+    /// The certificate the webhook port presents (PEM, with --webhook-key-file), for senders
+    /// configured with a CA of their own; by default the member's.
+    #[arg(long, requires = "webhook_key_file")]
+    pub webhook_cert_file: Option<PathBuf>,
+    #[arg(long)]
+    pub webhook_key_file: Option<PathBuf>,
 }
 
 /// The same settings as read from a `--config` file.
@@ -181,6 +191,9 @@ struct FileConfig {
     trusted_ca_file: Option<PathBuf>,
     insecure: Option<bool>,
     ca_key_file: Option<PathBuf>,
+    metrics_anonymous: Option<bool>,
+    webhook_cert_file: Option<PathBuf>,
+    webhook_key_file: Option<PathBuf>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -383,6 +396,15 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
     let extras = Extras {
         insecure,
         ca_key_file: args.ca_key_file.clone().or(file.ca_key_file),
+        metrics_anonymous: args.metrics_anonymous || file.metrics_anonymous.unwrap_or(false),
+        webhook_cert: match (
+            args.webhook_cert_file.clone().or(file.webhook_cert_file),
+            args.webhook_key_file.clone().or(file.webhook_key_file),
+        ) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => bail!("give both --webhook-cert-file and --webhook-key-file"),
+        },
         metrics_addr: args.metrics_addr.clone().or(file.metrics_addr),
         reactor: !args.no_reactor && file.reactor.unwrap_or(true),
         webhook_addr: args.webhook_addr.clone().or(file.webhook_addr),
@@ -486,6 +508,10 @@ struct Extras {
     insecure: bool,
     /// The CA's key to hand to the cluster.
     ca_key_file: Option<PathBuf>,
+    /// /metrics and /health without a client certificate.
+    metrics_anonymous: bool,
+    /// The webhook port's own certificate and key.
+    webhook_cert: Option<(PathBuf, PathBuf)>,
     metrics_addr: Option<String>,
     reactor: bool,
     webhook_addr: Option<String>,
@@ -539,10 +565,39 @@ async fn serve(
         tokio::runtime::Handle::current(),
         stopped(stop_rx.clone()),
     ));
+    // The HTTP ports speak TLS on a secure member: its certificate; /metrics and /health ask for
+    // a client certificate from the cluster's CA unless anonymous scrapes are allowed.
+    let metrics_tls = match &node.config().tls {
+        Some(t) => Some(
+            eden_proto::tls_listener::server_config(
+                &t.cert_pem,
+                &t.key_pem,
+                (!extras.metrics_anonymous).then_some(t.ca_pem.as_str()),
+            )
+            .map_err(|e| anyhow::anyhow!("the metrics port's TLS: {e}"))?,
+        ),
+        None => None,
+    };
+    let webhook_tls = match (&node.config().tls, &extras.webhook_cert) {
+        (_, Some((c, k))) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            Some(
+                eden_proto::tls_listener::server_config(&read(c)?, &read(k)?, None)
+                    .map_err(|e| anyhow::anyhow!("the webhook port's TLS: {e}"))?,
+            )
+        }
+        (Some(t), None) => Some(
+            eden_proto::tls_listener::server_config(&t.cert_pem, &t.key_pem, None)
+                .map_err(|e| anyhow::anyhow!("the webhook port's TLS: {e}"))?,
+        ),
+        (None, None) => None,
+    };
     if let Some(l) = metrics_listener {
         let (node, stop) = (node.clone(), stopped(stop_rx.clone()));
         tokio::spawn(async move {
-            if let Err(e) = eden_store::http::serve(node, l, stop).await {
+            if let Err(e) = eden_store::http::serve(node, l, metrics_tls, stop).await {
                 tracing::error!(error = %e, "metrics server failed");
             }
         });
@@ -565,7 +620,7 @@ async fn serve(
             extras.webhook_max_bytes,
         );
         tokio::spawn(async move {
-            if let Err(e) = eden_reactor::webhook::serve(client, l, max, stop).await {
+            if let Err(e) = eden_reactor::webhook::serve(client, l, max, webhook_tls, stop).await {
                 tracing::error!(error = %e, "webhook intake failed");
             }
         });

@@ -242,6 +242,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
             }
         }
     }
+    cmd::bench::use_tls(tls.clone());
     let client =
         Arc::new(eden_proto::client::Client::with_tls(&endpoints, tls).map_err(Failure::from)?);
     let out = printer::Printer::new(cli.write_out);

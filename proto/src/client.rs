@@ -135,7 +135,8 @@ impl Tls {
         })
     }
 
-    fn config(&self) -> tonic::transport::ClientTlsConfig {
+    /// tonic's client TLS settings for these certificates.
+    pub fn config(&self) -> tonic::transport::ClientTlsConfig {
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
             .identity(tonic::transport::Identity::from_pem(

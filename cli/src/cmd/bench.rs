@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use eden_proto::client::Tls;
 use eden_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use eden_proto::etcdserverpb::kv_client::KvClient;
 use eden_proto::etcdserverpb::lease_client::LeaseClient;
@@ -161,25 +162,44 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
 }
 
+/// The certificates the command was given (benchmarks of a secure cluster pay for TLS, as its
+/// clients do).
+static TLS: std::sync::OnceLock<Option<Tls>> = std::sync::OnceLock::new();
+
+/// Sets the TLS every benchmark connection uses (once, before `run`).
+pub fn use_tls(tls: Option<Tls>) {
+    let _ = TLS.set(tls);
+}
+
+pub(crate) fn tls() -> Option<Tls> {
+    TLS.get().cloned().flatten()
+}
+
 async fn connect(endpoints: &[String], n: usize) -> Result<Vec<Channel>, Failure> {
+    let tls = tls();
     let mut out = Vec::new();
     for i in 0..n.max(1) {
         let ep = &endpoints[i % endpoints.len()];
-        let ep = if ep.starts_with("http") {
-            ep.clone()
-        } else {
-            format!("http://{ep}")
+        let bare = ep
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
+        let ep = match &tls {
+            Some(_) => format!("https://{bare}"),
+            None => format!("http://{bare}"),
         };
-        let ch = Endpoint::from_shared(ep.clone())
+        let mut endpoint = Endpoint::from_shared(ep.clone())
             .map_err(|e| Failure::usage(format!("{ep}: {e}")))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| Failure {
-                code: crate::exit::UNAVAILABLE,
-                message: format!("{ep}: {e}"),
-                quiet: false,
-            })?;
+            .tcp_nodelay(true);
+        if let Some(t) = &tls {
+            endpoint = endpoint
+                .tls_config(t.config())
+                .map_err(|e| Failure::usage(format!("{ep}: {e}")))?;
+        }
+        let ch = endpoint.connect().await.map_err(|e| Failure {
+            code: crate::exit::UNAVAILABLE,
+            message: format!("{ep}: {e}"),
+            quiet: false,
+        })?;
         out.push(ch);
     }
     Ok(out)

@@ -364,7 +364,7 @@ fn kinds_text(kinds: &BTreeMap<String, u64>) -> String {
 pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(), Failure> {
     let conns = a.count.div_ceil(a.per_conn.max(1)).max(1);
     let clients: Vec<Arc<Client>> = (0..conns)
-        .map(|_| Client::new(endpoints).map(Arc::new))
+        .map(|_| Client::with_tls(endpoints, super::bench::tls()).map(Arc::new))
         .collect::<Result<_, _>>()?;
     let run_id: u32 = rand::random();
     let names: Vec<String> = (0..a.count)

@@ -66,6 +66,80 @@ fn ephemeral_low() -> u32 {
         .unwrap_or(32_768)
 }
 
+/// Whether clusters started with [`Cluster::start`] speak TLS (with the authorizer on):
+/// `EDEN_TEST_TLS=1` runs the suite that way (decision 0012; every test written against a
+/// plaintext cluster must pass on a secure one too).
+pub fn tls_by_default() -> bool {
+    std::env::var_os("EDEN_TEST_TLS").is_some_and(|v| v != "0" && !v.is_empty())
+}
+
+/// The certificate directory of every secure cluster of this process, by member endpoint: so
+/// that tests that only know endpoints (etcdctl, a client of their own) present the admin's.
+fn registry() -> &'static std::sync::Mutex<std::collections::HashMap<String, PathBuf>> {
+    static R: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
+        std::sync::OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+fn pki_of(eps: &[String]) -> Option<PathBuf> {
+    let r = registry().lock().unwrap();
+    eps.iter().find_map(|e| {
+        let bare = e.trim_start_matches("http://").trim_start_matches("https://");
+        r.get(bare).cloned()
+    })
+}
+
+/// etcdctl's and eden's `--cacert --cert --key` for the admin of the cluster these endpoints
+/// belong to (none for a plaintext cluster).
+pub fn tls_flags_for(eps: &[String]) -> Vec<String> {
+    let Some(pki) = pki_of(eps) else {
+        return Vec::new();
+    };
+    let f = |n: &str| pki.join(n).display().to_string();
+    vec![
+        "--cacert".into(),
+        f("ca.crt"),
+        "--cert".into(),
+        f("admin.crt"),
+        "--key".into(),
+        f("admin.key"),
+    ]
+}
+
+/// A client over these endpoints, as the admin when their cluster is secure.
+pub fn client_for(eps: &[String]) -> Arc<Client> {
+    let tls = pki_of(eps).map(|pki| {
+        eden_proto::client::Tls::from_files(
+            &pki.join("ca.crt"),
+            &pki.join("admin.crt"),
+            &pki.join("admin.key"),
+        )
+        .expect("read test certificates")
+    });
+    Arc::new(Client::with_tls(eps, tls).expect("client"))
+}
+
+/// A gRPC channel to one member (TLS with the admin's certificate when its cluster is secure).
+pub async fn channel_for(ep: &str) -> tonic::transport::Channel {
+    let eps = [ep.to_string()];
+    let endpoint = match pki_of(&eps) {
+        Some(pki) => {
+            let tls = eden_proto::client::Tls::from_files(
+                &pki.join("ca.crt"),
+                &pki.join("admin.crt"),
+                &pki.join("admin.key"),
+            )
+            .expect("read test certificates");
+            tonic::transport::Endpoint::from_shared(format!("https://{ep}"))
+                .expect("endpoint")
+                .tls_config(tls.config())
+                .expect("tls")
+        }
+        None => tonic::transport::Endpoint::from_shared(format!("http://{ep}")).expect("endpoint"),
+    };
+    endpoint.connect().await.expect("connect")
+}
+
 /// Runs `eden ARGS` and panics with its stderr unless it succeeds.
 pub fn run_eden_ok(args: &[String]) {
     let o = Command::new(eden_bin())
@@ -260,7 +334,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` members with extra `eden server` flags, and waits for a leader.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
-        Self::start_inner(n, extra, None, None, false).await
+        Self::start_inner(n, extra, None, None, tls_by_default()).await
     }
 
     /// Like [`Cluster::start`], every member with a certificate from the cluster's own CA: mutual
@@ -272,7 +346,14 @@ impl Cluster {
     /// Like [`Cluster::start`], with every peer link through a proxy that can cut it
     /// ([`Cluster::net`], see [`PeerNet`]).
     pub async fn start_partitionable(n: usize, extra: &[&str]) -> Cluster {
-        Self::start_inner(n, extra, None, Some(Arc::new(PeerNet::default())), false).await
+        Self::start_inner(
+            n,
+            extra,
+            None,
+            Some(Arc::new(PeerNet::default())),
+            tls_by_default(),
+        )
+        .await
     }
 
     /// A cluster of `n` etcd members (etcd from PATH, installed by scripts/setup.sh), to run
@@ -342,7 +423,7 @@ impl Cluster {
     /// Like [`Cluster::start`], each member's data dir first restored from a backup made by
     /// `eden snapshot save` (with `eden snapshot restore`).
     pub async fn start_restored(n: usize, extra: &[&str], backup: &Path) -> Cluster {
-        Self::start_inner(n, extra, Some(backup), None, false).await
+        Self::start_inner(n, extra, Some(backup), None, tls_by_default()).await
     }
 
     async fn start_inner(
@@ -352,6 +433,8 @@ impl Cluster {
         net: Option<Arc<PeerNet>>,
         tls: bool,
     ) -> Cluster {
+        // A test that asks for a plaintext cluster gets one, in the TLS mode too.
+        let tls = tls && !extra.contains(&"--insecure");
         let dir = tempfile::tempdir().expect("tempdir");
         let specs: Vec<(String, u16, (String, Option<String>))> = (0..n)
             .map(|i| (format!("m{i}"), free_port(), peer_addrs(net.as_deref(), i)))
@@ -363,8 +446,11 @@ impl Cluster {
         let pki = tls.then(|| {
             let pki = dir.path().join("pki");
             let mut args = vec!["pki".to_string(), "init".into(), pki.display().to_string()];
-            for (name, _, _) in &specs {
-                args.extend(["--member".to_string(), format!("{name}=127.0.0.1")]);
+            for (name, _, (pa, _)) in &specs {
+                // Valid for the client port's 127.0.0.1 and its advertised peer address (which
+                // is another loopback IP behind a PeerNet proxy).
+                let host = pa.rsplit_once(':').map_or(pa.as_str(), |(h, _)| h);
+                args.extend(["--member".to_string(), format!("{name}=127.0.0.1+{host}")]);
             }
             run_eden_ok(&args);
             pki
@@ -406,6 +492,12 @@ impl Cluster {
                 );
             }
             m.spawn();
+        }
+        if let Some(pki) = &pki {
+            let mut r = registry().lock().unwrap();
+            for m in &members {
+                r.insert(m.endpoint(), pki.clone());
+            }
         }
         let c = Cluster {
             members,
@@ -594,14 +686,43 @@ impl Cluster {
             .filter(|m| m.is_running())
             .map(|m| m.endpoint())
             .collect();
+        let mut flags: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(pki) = &self.pki {
+            let host = peer.0.rsplit_once(':').map_or(peer.0.as_str(), |(h, _)| h);
+            if !pki.join(format!("member-{name}.crt")).exists() {
+                run_eden_ok(&[
+                    "pki".into(),
+                    "issue".into(),
+                    pki.display().to_string(),
+                    "--member".into(),
+                    format!("{name}=127.0.0.1+{host}"),
+                ]);
+            }
+            let f = |file: String| pki.join(file).display().to_string();
+            flags.extend([
+                "--cert-file".to_string(),
+                f(format!("member-{name}.crt")),
+                "--key-file".into(),
+                f(format!("member-{name}.key")),
+                "--trusted-ca-file".into(),
+                f("ca.crt".into()),
+            ]);
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let mut m = Member::new(
             &dir,
             &name,
             cp,
             peer,
             ["--join".to_string(), running.join(",")],
-            extra,
+            &flags,
         );
+        if let Some(pki) = &self.pki {
+            registry()
+                .lock()
+                .unwrap()
+                .insert(m.endpoint(), pki.clone());
+        }
         m.spawn();
         self.members.push(m);
         i

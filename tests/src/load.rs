@@ -151,7 +151,7 @@ impl Load {
         let stats = Arc::new(LoadStats::default());
         let conns = agents.div_ceil(AGENTS_PER_CONN).max(1);
         let clients: Vec<Arc<Client>> = (0..conns)
-            .map(|_| Arc::new(Client::new(endpoints).expect("client")))
+            .map(|_| crate::client_for(endpoints))
             .collect();
         let mut tasks = Vec::new();
         for i in 0..agents {

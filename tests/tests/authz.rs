@@ -421,3 +421,191 @@ async fn etcd_users_and_roles_decide_what_a_user_certificate_may_do() {
     let o = c.eden(&["user", "ls"]).await;
     assert_eq!(o.stdout, "alice\n", "{o:?}");
 }
+
+/// Allowed (the call got past the authorizer: answered, or refused for another reason), or
+/// refused by it (permission denied, no or a bad certificate).
+fn allowed<T>(r: &Result<T, tonic::Status>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(s) => !matches!(
+            s.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated | tonic::Code::Unavailable
+        ) && !s.message().contains("transport error"),
+    }
+}
+
+/// Every RPC of the client port against every kind of caller, allowed and refused as the rules
+/// say (design/security.md's table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorization_matrix_over_every_rpc_and_caller() {
+    use eden_proto::etcdserverpb::auth_client::AuthClient;
+    use eden_proto::etcdserverpb::cluster_client::ClusterClient;
+    use eden_proto::etcdserverpb::kv_client::KvClient;
+    use eden_proto::etcdserverpb::lease_client::LeaseClient;
+    use eden_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use eden_proto::etcdserverpb::watch_client::WatchClient;
+    use eden_proto::etcdserverpb::*;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+    let c = Cluster::start_tls(1, &[]).await;
+    let _a = c.agent("a", &[]);
+    c.wait_nodes(&["a"], true).await;
+    for args in [
+        &["role", "add", "app"][..],
+        &["role", "grant-permission", "app", "readwrite", "/app/", "--prefix"],
+        &["user", "add", "alice"],
+        &["user", "grant-role", "alice", "app"],
+    ] {
+        assert_eq!(c.eden(args).await.code, Some(0), "{args:?}");
+    }
+    let other = c.dir().join("other-pki");
+    eden_tests::run_eden_ok(&["pki".into(), "init".into(), other.display().to_string()]);
+    let pki = c.pki.clone().unwrap();
+    let ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
+    let ep = format!("https://{}", c.members[0].endpoint());
+    let channel = |cert: Option<(std::path::PathBuf, std::path::PathBuf)>| {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca));
+        if let Some((crt, key)) = cert {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read_to_string(crt).unwrap(),
+                std::fs::read_to_string(key).unwrap(),
+            ));
+        }
+        Endpoint::from_shared(ep.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy()
+    };
+    let own = |who: &str| {
+        c.tls_of(who);
+        Some((pki.join(format!("{who}.crt")), pki.join(format!("{who}.key"))))
+    };
+    let callers: Vec<(&str, Channel)> = vec![
+        ("admin", channel(own("admin"))),
+        ("node-a", channel(own("node-a"))),
+        ("node-c", channel(own("node-c"))),
+        ("alice", channel(own("user-alice"))),
+        ("no-cert", channel(None)),
+        ("other-ca", channel(Some((other.join("admin.crt"), other.join("admin.key"))))),
+    ];
+    let lease = c
+        .client()
+        .range(RangeRequest {
+            key: b"/eden/nodes/a/alive".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .kvs[0]
+        .lease;
+    let range = |k: &str, end: &[u8]| RangeRequest {
+        key: k.into(),
+        range_end: end.to_vec(),
+        ..Default::default()
+    };
+    let put = |k: &str| PutRequest {
+        key: k.into(),
+        value: b"{}".to_vec(),
+        ..Default::default()
+    };
+    // (rpc, admin, node-a, node-c, alice); no-cert and other-ca are refused everything.
+    type Row = (&'static str, [bool; 4]);
+    let mut failures = Vec::new();
+    for (name, ch) in &callers {
+        let col = match *name {
+            "admin" => Some(0),
+            "node-a" => Some(1),
+            "node-c" => Some(2),
+            "alice" => Some(3),
+            _ => None,
+        };
+        let mut kv = KvClient::new(ch.clone());
+        let mut lc = LeaseClient::new(ch.clone());
+        let mut cl = ClusterClient::new(ch.clone());
+        let mut mt = MaintenanceClient::new(ch.clone());
+        let mut au = AuthClient::new(ch.clone());
+        let nested = TxnRequest {
+            failure: vec![RequestOp {
+                request: Some(request_op::Request::RequestTxn(TxnRequest {
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestPut(put("/eden/nodes/a/labels"))),
+                    }],
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        let results: Vec<(Row, bool)> = vec![
+            (("range own key", [true, true, false, false]), allowed(&kv.range(range("/eden/nodes/a/facts", b"")).await)),
+            (("range /app/", [true, false, false, true]), allowed(&kv.range(range("/app/", b"/app0")).await)),
+            (("range to the end", [true, false, false, false]), allowed(&kv.range(range("/", b"\0")).await)),
+            (("put own facts", [true, true, false, false]), allowed(&kv.put(put("/eden/nodes/a/facts")).await)),
+            (("put own labels", [true, false, false, false]), allowed(&kv.put(put("/eden/nodes/a/labels")).await)),
+            (("put /app/x", [true, false, false, true]), allowed(&kv.put(put("/app/x")).await)),
+            (("delete /app/", [true, false, false, true]), allowed(&kv.delete_range(DeleteRangeRequest { key: b"/app/".to_vec(), range_end: b"/app0".to_vec(), ..Default::default() }).await)),
+            (("nested txn", [true, false, false, false]), allowed(&kv.txn(nested).await)),
+            (("compact", [true, false, false, false]), allowed(&kv.compact(CompactionRequest { revision: 1, ..Default::default() }).await)),
+            (("lease grant", [true, true, true, true]), allowed(&lc.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await)),
+            (("lease list", [true, false, false, false]), allowed(&lc.lease_leases(LeaseLeasesRequest {}).await)),
+            (("lease ttl", [true, true, true, true]), allowed(&lc.lease_time_to_live(LeaseTimeToLiveRequest { id: lease, keys: true }).await)),
+            (("member list", [true, true, true, true]), allowed(&cl.member_list(MemberListRequest { linearizable: false }).await)),
+            (("member add", [true, false, false, false]), allowed(&cl.member_add(MemberAddRequest { peer_ur_ls: vec!["not a url".into()], is_learner: true }).await)),
+            (("member remove", [true, false, false, false]), allowed(&cl.member_remove(MemberRemoveRequest { id: 1 }).await)),
+            (("member update", [true, false, false, false]), allowed(&cl.member_update(MemberUpdateRequest { id: 1, peer_ur_ls: vec![] }).await)),
+            (("member promote", [true, false, false, false]), allowed(&cl.member_promote(MemberPromoteRequest { id: 1 }).await)),
+            (("status", [true, true, true, true]), allowed(&mt.status(StatusRequest {}).await)),
+            (("alarm", [true, false, false, false]), allowed(&mt.alarm(AlarmRequest::default()).await)),
+            (("defragment", [true, false, false, false]), allowed(&mt.defragment(DefragmentRequest {}).await)),
+            (("hash kv", [true, false, false, false]), allowed(&mt.hash_kv(HashKvRequest { revision: 0 }).await)),
+            (("hash", [true, false, false, false]), allowed(&mt.hash(HashRequest {}).await)),
+            (("snapshot", [true, false, false, false]), allowed(&mt.snapshot(SnapshotRequest {}).await)),
+            (("move leader", [true, false, false, false]), allowed(&mt.move_leader(MoveLeaderRequest { target_id: 1 }).await)),
+            (("user list", [true, false, false, false]), allowed(&au.user_list(AuthUserListRequest {}).await)),
+            (("auth status", [true, true, true, true]), allowed(&au.auth_status(AuthStatusRequest {}).await)),
+        ];
+        for ((rpc, want), got) in results {
+            let want = col.is_some_and(|i| want[i]);
+            if want != got {
+                failures.push(format!("{name} {rpc}: want allowed={want}, got allowed={got}"));
+            }
+        }
+        // A watch: created for what may be read, canceled at once otherwise.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                key: b"/eden/nodes/a/".to_vec(),
+                range_end: b"/eden/nodes/a0".to_vec(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let got = match WatchClient::new(ch.clone())
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Ok(s) => match s.into_inner().message().await {
+                Ok(Some(m)) => m.created && !m.canceled,
+                _ => false,
+            },
+            Err(_) => false,
+        };
+        let want = col.is_some_and(|i| [true, true, false, false][i]);
+        if want != got {
+            failures.push(format!("{name} watch: want allowed={want}, got allowed={got}"));
+        }
+        // LeaseTimeToLive lists only the keys the caller may read.
+        if let Some(i) = col {
+            let keys = lc
+                .lease_time_to_live(LeaseTimeToLiveRequest { id: lease, keys: true })
+                .await
+                .map(|r| r.into_inner().keys.len())
+                .unwrap_or(99);
+            if keys != [1, 1, 0, 0][i] {
+                failures.push(format!("{name} lease ttl keys: {keys}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -9,6 +9,7 @@ use eden_tests::{eden_bin, free_port, Cluster};
 
 fn eden(eps: &[String], args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(eden_bin())
+        .args(eden_tests::tls_flags_for(eps))
         .arg("--endpoints")
         .arg(eps.join(","))
         .args(args)
@@ -161,6 +162,7 @@ async fn eden_watch_resumes_when_its_member_dies() {
     let mut eps = c.endpoints();
     eps.rotate_left(watched); // the watch starts on `watched`
     let mut child = Command::new(eden_bin())
+        .args(eden_tests::tls_flags_for(&eps))
         .args(["--endpoints", &eps.join(","), "watch", "--prefix", "x/"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

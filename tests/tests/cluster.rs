@@ -217,7 +217,7 @@ async fn a_watch_resumes_on_another_member_without_gap_or_duplicate() {
     // The watcher's client starts on `watched`, then moves on when it dies.
     let mut eps = c.endpoints();
     eps.rotate_left(watched);
-    let wclient = Arc::new(Client::new(&eps).unwrap());
+    let wclient = eden_tests::client_for(&eps);
     let start = c.local_revision(leader).await.unwrap() + 1;
     let mut rx = wclient.watch(
         WatchCreateRequest {
@@ -229,7 +229,7 @@ async fn a_watch_resumes_on_another_member_without_gap_or_duplicate() {
         },
         Duration::from_secs(30),
     );
-    let writer_client = Arc::new(Client::new(&[c.members[leader].endpoint()]).unwrap());
+    let writer_client = eden_tests::client_for(&[c.members[leader].endpoint()]);
     let total = 200;
     let writer = tokio::spawn(async move {
         for i in 0..total {

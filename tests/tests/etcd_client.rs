@@ -12,6 +12,26 @@ use etcd_client::{
 };
 use tonic::Code;
 
+/// The etcd-client crate connected to the cluster: over TLS as its admin when the cluster is
+/// secure (EDEN_TEST_TLS=1).
+async fn connect(c: &Cluster) -> Client {
+    let Some(pki) = &c.pki else {
+        return Client::connect(c.endpoints(), None).await.unwrap();
+    };
+    let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read("ca.crt")))
+        .identity(etcd_client::Identity::from_pem(read("admin.crt"), read("admin.key")));
+    let eps: Vec<String> = c
+        .endpoints()
+        .iter()
+        .map(|e| format!("https://{e}"))
+        .collect();
+    Client::connect(eps, Some(etcd_client::ConnectOptions::new().with_tls(tls)))
+        .await
+        .unwrap()
+}
+
 fn status(e: Error) -> (Code, String) {
     match e {
         Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
@@ -23,7 +43,7 @@ fn status(e: Error) -> (Code, String) {
 async fn kv_and_txn() {
     // Without the reactor runtime's keys (/eden/reactor/...), so that "all keys" are the test's.
     let c = Cluster::start(3, &["--no-reactor"]).await;
-    let mut cl = Client::connect(c.endpoints(), None).await.unwrap();
+    let mut cl = connect(&c).await;
     let r = cl.put("a", "1", None).await.unwrap();
     let rev_a = r.header().unwrap().revision();
     cl.put("b", "2", None).await.unwrap();
@@ -212,7 +232,7 @@ async fn kv_and_txn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_guarantees() {
     let c = Cluster::start(3, &[]).await;
-    let mut cl = Client::connect(c.endpoints(), None).await.unwrap();
+    let mut cl = connect(&c).await;
     let first = cl
         .put("w/a", "1", None)
         .await
@@ -347,7 +367,7 @@ async fn watch_guarantees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_members_and_status() {
     let c = Cluster::start(3, &[]).await;
-    let mut cl = Client::connect(c.endpoints(), None).await.unwrap();
+    let mut cl = connect(&c).await;
     let g = cl.lease_grant(10, None).await.unwrap();
     assert_eq!(g.ttl(), 10);
     cl.put("lk", "v", Some(PutOptions::new().with_lease(g.id())))

@@ -18,6 +18,7 @@ fn etcdctl(eps: &[String], args: &[&str], stdin: Option<&str>) -> Out {
         .env("ETCDCTL_API", "3")
         .arg("--endpoints")
         .arg(eps.join(","))
+        .args(eden_tests::tls_flags_for(eps))
         .arg("--command-timeout=15s")
         .args(args)
         .stdin(Stdio::piped())
@@ -173,6 +174,7 @@ async fn etcdctl_watch_and_lease() {
     // watch through one member; write through another.
     let mut watch = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
+        .args(eden_tests::tls_flags_for(&eps))
         .args([
             "--endpoints",
             &eps[0],

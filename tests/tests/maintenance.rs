@@ -230,6 +230,7 @@ fn etcdctl(eps: &[String], args: &[&str]) -> (bool, String, String) {
         .env("ETCDCTL_API", "3")
         .arg("--endpoints")
         .arg(eps.join(","))
+        .args(eden_tests::tls_flags_for(eps))
         .args(args)
         .output()
         .unwrap();
@@ -460,7 +461,8 @@ async fn the_metrics_endpoint_serves_prometheus_text_and_health() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     // Without the reactor runtime, whose watch, lease, key and requests would count too.
-    let c = Cluster::start(1, &["--metrics-addr", &addr, "--no-reactor"]).await;
+    // Plaintext HTTP here (the metrics port over TLS is tests/tests/tls.rs's).
+    let c = Cluster::start(1, &["--metrics-addr", &addr, "--no-reactor", "--insecure"]).await;
     let client = c.client();
     client
         .put(PutRequest {

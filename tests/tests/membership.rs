@@ -224,7 +224,7 @@ async fn a_learner_is_not_in_the_quorum_and_refuses_what_etcd_learners_refuse() 
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     // Clients start on a random endpoint: ten of them, so that some start on the learner.
     for _ in 0..10 {
-        let both = Client::new(&[c.members[l].endpoint(), c.members[0].endpoint()]).unwrap();
+        let both = eden_tests::client_for(&[c.members[l].endpoint(), c.members[0].endpoint()]);
         both.range(RangeRequest {
             key: "x".into(),
             ..Default::default()

@@ -378,9 +378,16 @@ async fn http_post(addr: &str, path: &str, token: Option<&str>, body: &[u8]) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alertmanager_webhook_runs_a_task_on_each_alerts_instance() {
     let hook_addr = format!("127.0.0.1:{}", eden_tests::free_port());
+    // Plaintext HTTP here (the webhook port over TLS is tests/tests/tls.rs's).
     let c = Cluster::start(
         1,
-        &["--webhook-addr", &hook_addr, "--webhook-max-bytes", "2000"],
+        &[
+            "--webhook-addr",
+            &hook_addr,
+            "--webhook-max-bytes",
+            "2000",
+            "--insecure",
+        ],
     )
     .await;
     let _a = c.agent("web1", &[]);

@@ -91,11 +91,7 @@ async fn a_slow_watcher_blocks_nobody_and_catches_up_from_storage() {
     };
 
     // The slow watcher: a raw stream nobody reads until the writes are done.
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[0].endpoint()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = eden_tests::channel_for(&c.members[0].endpoint()).await;
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(1);
     req_tx
         .send(WatchRequest {
@@ -203,7 +199,7 @@ async fn leases_survive_a_leader_change_with_a_full_ttl() {
         .unwrap();
     c.kill(leader);
     let new_leader = c.wait_leader().await;
-    let survivor = Arc::new(Client::new(&[c.members[new_leader].endpoint()]).unwrap());
+    let survivor = eden_tests::client_for(&[c.members[new_leader].endpoint()]);
     // The new leader knows the lease and gave it a full TTL.
     let ttl = survivor.lease_time_to_live(lease.id, true).await.unwrap();
     assert_eq!(ttl.granted_ttl, 6);
@@ -240,11 +236,7 @@ async fn leases_survive_a_leader_change_with_a_full_ttl() {
 async fn many_watches_share_one_stream() {
     let c = Cluster::start(1, &[]).await;
     let client = c.client();
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[0].endpoint()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = eden_tests::channel_for(&c.members[0].endpoint()).await;
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(8);
     let mut stream = WatchClient::new(ch)
         .watch(ReceiverStream::new(req_rx))

@@ -84,7 +84,9 @@ fn registry() -> &'static std::sync::Mutex<std::collections::HashMap<String, Pat
 fn pki_of(eps: &[String]) -> Option<PathBuf> {
     let r = registry().lock().unwrap();
     eps.iter().find_map(|e| {
-        let bare = e.trim_start_matches("http://").trim_start_matches("https://");
+        let bare = e
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
         r.get(bare).cloned()
     })
 }
@@ -718,10 +720,7 @@ impl Cluster {
             &flags,
         );
         if let Some(pki) = &self.pki {
-            registry()
-                .lock()
-                .unwrap()
-                .insert(m.endpoint(), pki.clone());
+            registry().lock().unwrap().insert(m.endpoint(), pki.clone());
         }
         m.spawn();
         self.members.push(m);

@@ -150,9 +150,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(LoadStats::default());
         let conns = agents.div_ceil(AGENTS_PER_CONN).max(1);
-        let clients: Vec<Arc<Client>> = (0..conns)
-            .map(|_| crate::client_for(endpoints))
-            .collect();
+        let clients: Vec<Arc<Client>> = (0..conns).map(|_| crate::client_for(endpoints)).collect();
         let mut tasks = Vec::new();
         for i in 0..agents {
             let key = format!("load/agent/{i:05}").into_bytes();

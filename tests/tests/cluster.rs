@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eden_proto::client::Client;
 use eden_proto::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest};
 use eden_proto::keys::prefix_end;
 use eden_proto::mvccpb::event::EventType;

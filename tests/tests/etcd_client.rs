@@ -21,7 +21,10 @@ async fn connect(c: &Cluster) -> Client {
     let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
     let tls = etcd_client::TlsOptions::new()
         .ca_certificate(etcd_client::Certificate::from_pem(read("ca.crt")))
-        .identity(etcd_client::Identity::from_pem(read("admin.crt"), read("admin.key")));
+        .identity(etcd_client::Identity::from_pem(
+            read("admin.crt"),
+            read("admin.key"),
+        ));
     let eps: Vec<String> = c
         .endpoints()
         .iter()

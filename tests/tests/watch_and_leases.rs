@@ -1,10 +1,8 @@
 //! Watch and lease behaviour that needs special settings: a slow watcher catching up from storage,
 //! progress notifications, and leases across a leader change.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use eden_proto::client::Client;
 use eden_proto::etcdserverpb::watch_client::WatchClient;
 use eden_proto::etcdserverpb::{
     watch_request, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,

@@ -276,6 +276,11 @@ impl Client {
         })
     }
 
+    /// A client for other endpoints of the same cluster, with the same certificates.
+    pub fn sibling<S: AsRef<str>>(&self, endpoints: &[S]) -> Result<Client> {
+        Client::with_tls(endpoints, self.tls())
+    }
+
     fn tls(&self) -> Option<Tls> {
         self.tls.lock().expect("tls lock").clone()
     }

@@ -172,6 +172,9 @@ async fn a_registered_variable_feeds_a_template_on_another_node() {
             "db1",
             "--register",
             "token",
+            // web1 may read it (on a secure cluster nobody else but db1 and admins could).
+            "--readers",
+            "node:web1",
             "--",
             "sh",
             "-c",
@@ -188,6 +191,8 @@ async fn a_registered_variable_feeds_a_template_on_another_node() {
         "db1",
         "--register",
         "info",
+        "--readers",
+        "node:web1",
         "--",
         "echo",
         "{\"port\": 5432}",
@@ -227,10 +232,21 @@ async fn a_registered_variable_feeds_a_template_on_another_node() {
         "s3cret-42\n"
     );
     // Cluster-wide variables, and an undefined name fails the task before anything runs.
-    c.eden(&["var", "set", "--cluster", "dc", "fra"]).await;
+    // (Shared with web1: on a secure cluster a cluster variable is the admins' unless its readers
+    // say otherwise; web1's own missing variable is undefined.)
+    c.eden(&[
+        "var",
+        "set",
+        "--cluster",
+        "dc",
+        "fra",
+        "--readers",
+        "node:web1",
+    ])
+    .await;
     let marker = c.dir().join("ran");
     let script = format!(
-        "touch {} {{{{ vars.cluster.dc }}}} {{{{ vars[\"db1\"].nope }}}}",
+        "touch {} {{{{ vars.cluster.dc }}}} {{{{ vars[\"web1\"].nope }}}}",
         marker.display()
     );
     let o = c
@@ -549,6 +565,7 @@ async fn scripts_variable_watches_and_forgetting_nodes() {
         .revision
         + 1;
     let mut watch = tokio::process::Command::new(eden_tests::eden_bin())
+        .args(eden_tests::tls_flags_for(&c.endpoints()))
         .args([
             "--endpoints",
             &c.endpoints().join(","),

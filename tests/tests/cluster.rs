@@ -440,7 +440,8 @@ async fn a_client_given_one_member_follows_the_cluster_after_it_dies() {
 async fn a_member_refuses_peer_messages_from_another_cluster() {
     use eden_proto::peer::peer_client::PeerClient;
     use eden_proto::peer::Payload;
-    let c = Cluster::start(1, &["--no-reactor"]).await;
+    // Plaintext: the peer port's cluster check, not its TLS (tests/tests/authz.rs has that).
+    let c = Cluster::start(1, &["--no-reactor", "--insecure"]).await;
     let mut peer = PeerClient::connect(format!("http://{}", c.members[0].peer_addr))
         .await
         .expect("connect to the peer port");

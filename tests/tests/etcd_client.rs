@@ -44,8 +44,9 @@ fn status(e: Error) -> (Code, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_and_txn() {
-    // Without the reactor runtime's keys (/eden/reactor/...), so that "all keys" are the test's.
-    let c = Cluster::start(3, &["--no-reactor"]).await;
+    // Without the reactor runtime's keys (/eden/reactor/...) and a secure member's CA
+    // (/eden/pki/ca), so that "all keys" are the test's.
+    let c = Cluster::start(3, &["--no-reactor", "--insecure"]).await;
     let mut cl = connect(&c).await;
     let r = cl.put("a", "1", None).await.unwrap();
     let rev_a = r.header().unwrap().revision();

@@ -154,6 +154,7 @@ async fn the_quota_trips_and_compaction_defrag_and_disarm_recover() {
     );
     // endpoint health reports the alarm.
     let health = Command::new(eden_tests::eden_bin())
+        .args(eden_tests::tls_flags_for(&c.endpoints()))
         .args([
             "--endpoints",
             &c.members[0].endpoint(),

@@ -204,12 +204,9 @@ async fn a_learner_is_not_in_the_quorum_and_refuses_what_etcd_learners_refuse() 
         refused.to_string(),
         "etcdserver: rpc not supported for learner"
     );
-    let mut raw = eden_proto::etcdserverpb::kv_client::KvClient::connect(format!(
-        "http://{}",
-        c.members[l].endpoint()
-    ))
-    .await
-    .unwrap();
+    let mut raw = eden_proto::etcdserverpb::kv_client::KvClient::new(
+        eden_tests::channel_for(&c.members[l].endpoint()).await,
+    );
     let refused = raw
         .range(RangeRequest {
             key: "x".into(),

@@ -154,6 +154,7 @@ async fn events_are_explicit_or_derived_and_the_servers_policy_holds() {
     c.wait_nodes(&["n1"], true).await;
     agent.stop();
     let mut watch = tokio::process::Command::new(eden_tests::eden_bin())
+        .args(eden_tests::tls_flags_for(&c.endpoints()))
         .args([
             "--endpoints",
             &c.endpoints().join(","),

@@ -56,7 +56,7 @@ pub async fn run(client: &Client, out: &Printer, c: EndpointCmd) -> Result<(), F
         EndpointCmd::Hashkv { cluster, .. } => (*cluster, 2),
     };
     let eps = endpoints(client, cluster).await?;
-    let each = Client::new(&eps)?;
+    let each = client.sibling(&eps)?;
     let mut failures = 0;
     let mut json_rows = Vec::new();
     let mut table = Vec::new();

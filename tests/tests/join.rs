@@ -310,3 +310,73 @@ async fn renewal_keeps_an_agent_working_across_its_first_certificates_expiry() {
         a.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_a_secure_cluster_with_a_token() {
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let c = Cluster::start_tls(1, &[]).await;
+    let t = token(&c, &["--member", "j1=127.0.0.1"]).await;
+    let (cp, pp) = (eden_tests::free_port(), eden_tests::free_port());
+    let dir = c.dir().join("j1");
+    let server = |data: &std::path::Path, name: &str, cp: u16, pp: u16| {
+        std::process::Command::new(eden_tests::eden_bin())
+            .args(["server", "--name", name, "--data-dir"])
+            .arg(data)
+            .args(["--client-addr", &format!("127.0.0.1:{cp}")])
+            .args(["--peer-addr", &format!("127.0.0.1:{pp}")])
+            .args(["--join", &c.members[0].endpoint()])
+            .args(["--join-token", &t.token, "--ca-pin", &t.pin])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let _j1 = Killed(server(&dir, "j1", cp, pp));
+    let ep = format!("127.0.0.1:{cp}");
+    wait_for(
+        "j1 to serve as a member",
+        Duration::from_secs(60),
+        || async {
+            // Through j1 alone.
+            std::process::Command::new(eden_tests::eden_bin())
+                .args(c.tls_flags("admin"))
+                .args(["--endpoints", &ep, "put", "via-j1", "yes"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        },
+    )
+    .await;
+    let info = {
+        let pem = std::fs::read_to_string(dir.join("pki/member.crt")).unwrap();
+        eden_proto::pki::cert_info(&eden_proto::pki::der_of_pem(&pem).unwrap()).unwrap()
+    };
+    assert_eq!(info.identity.to_string(), "member:j1");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("pki/member.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let o = c.eden(&["member", "list"]).await;
+    assert!(o.stdout.contains("j1"), "{o:?}");
+    // The token is used up: another server with it gets nothing and does not start.
+    let again = server(
+        &c.dir().join("j2"),
+        "j1",
+        eden_tests::free_port(),
+        eden_tests::free_port(),
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("unknown, used or expired"),
+        "{again:?}"
+    );
+}

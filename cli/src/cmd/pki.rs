@@ -287,6 +287,44 @@ pub fn member_tls(config: &NodeConfig) -> anyhow::Result<Tls> {
     Tls::from_files(&ca, &cert, &key).map_err(|e| anyhow::anyhow!(e))
 }
 
+/// Gets this member's certificate with a join token, unless DATA_DIR/pki already holds one: a new
+/// key, the cluster checked against the pin, a certificate for `member:NAME` (valid for the
+/// addresses the token names), kept in DATA_DIR/pki (`ca.crt`, `member.crt`, `member.key`).
+pub fn join_as_member(config: &NodeConfig, token: &str, pin: &str) -> anyhow::Result<()> {
+    let dir = config.data_dir.join("pki");
+    if dir.join("member.crt").exists() {
+        return Ok(());
+    }
+    let endpoints = config.join.clone().unwrap_or_default();
+    let who =
+        Identity::parse(&format!("member:{}", config.name)).map_err(|e| anyhow::anyhow!(e))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut why = String::from("no endpoint to join through (--join)");
+    for ep in &endpoints {
+        match rt.block_on(eden_proto::joining::join(ep, token, pin, &who)) {
+            Ok(j) => {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+                for (name, text, secret) in [
+                    ("ca.crt", &j.ca_pem, false),
+                    ("member.key", &j.key_pem, true),
+                    ("member.crt", &j.cert_pem, false),
+                ] {
+                    write(&dir.join(name), text, secret).map_err(|f| anyhow::anyhow!(f.message))?;
+                }
+                tracing::info!(identity = %who, "joined with a token: certificate in {}", dir.display());
+                return Ok(());
+            }
+            Err(e) if e.starts_with("connecting to") || e.starts_with("asking") => why = e,
+            Err(e) => bail!("joining as {who}: {e}"),
+        }
+    }
+    bail!("joining as {who}: {why}")
+}
+
 /// Refuses to serve a secure member's data insecurely.
 pub fn check_data_dir_mode(data_dir: &Path, insecure: bool) -> anyhow::Result<()> {
     if insecure && data_dir.join("pki").join("member.crt").exists() {

@@ -152,6 +152,13 @@ pub struct ServerArgs {
     pub webhook_cert_file: Option<PathBuf>,
     #[arg(long)]
     pub webhook_key_file: Option<PathBuf>,
+    /// With --join: get this member's certificate with a join token (`eden token create
+    /// --member NAME=ADDR`), checking the cluster against --ca-pin; kept in DATA_DIR/pki.
+    #[arg(long, requires_all = ["ca_pin", "join"])]
+    pub join_token: Option<String>,
+    /// The CA's pin `eden token create` printed (sha256:HEX).
+    #[arg(long)]
+    pub ca_pin: Option<String>,
 }
 
 /// The same settings as read from a `--config` file.
@@ -194,6 +201,8 @@ struct FileConfig {
     metrics_anonymous: Option<bool>,
     webhook_cert_file: Option<PathBuf>,
     webhook_key_file: Option<PathBuf>,
+    join_token: Option<String>,
+    ca_pin: Option<String>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -397,6 +406,14 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
         insecure,
         ca_key_file: args.ca_key_file.clone().or(file.ca_key_file),
         metrics_anonymous: args.metrics_anonymous || file.metrics_anonymous.unwrap_or(false),
+        join_token: match (
+            args.join_token.clone().or(file.join_token),
+            args.ca_pin.clone().or(file.ca_pin),
+        ) {
+            (None, _) => None,
+            (Some(t), Some(p)) => Some((t, p)),
+            (Some(_), None) => bail!("--join-token needs --ca-pin"),
+        },
         webhook_cert: match (
             args.webhook_cert_file.clone().or(file.webhook_cert_file),
             args.webhook_key_file.clone().or(file.webhook_key_file),
@@ -473,6 +490,9 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
             config.client_addr
         );
     } else if config.tls.is_none() {
+        if let Some((token, pin)) = &extras.join_token {
+            crate::cmd::pki::join_as_member(&config, token, pin)?;
+        }
         config.tls = Some(crate::cmd::pki::member_tls(&config)?);
     }
     crate::cmd::pki::check_data_dir_mode(&config.data_dir, extras.insecure)?;
@@ -510,6 +530,8 @@ struct Extras {
     ca_key_file: Option<PathBuf>,
     /// /metrics and /health without a client certificate.
     metrics_anonymous: bool,
+    /// A join token and the CA's pin, to get this member's certificate when it has none.
+    join_token: Option<(String, String)>,
     /// The webhook port's own certificate and key.
     webhook_cert: Option<(PathBuf, PathBuf)>,
     metrics_addr: Option<String>,

@@ -1085,13 +1085,19 @@ impl Cluster {
     /// Starts `eden reactor run --name NAME` against every member (a runtime outside the
     /// servers); its log is in the cluster's temp dir.
     pub fn reactor_run(&self, name: &str) -> AgentProc {
+        self.reactor_run_as(name, "admin")
+    }
+
+    /// Like [`Cluster::reactor_run`], with the certificate `WHO.crt` of a secure cluster (a
+    /// runtime acts as whom its certificate names, no more).
+    pub fn reactor_run_as(&self, name: &str, who: &str) -> AgentProc {
         let dir = self.dir();
         let mut a = AgentProc {
             name: name.to_string(),
             log: dir.join(format!("reactor-{name}.log")),
             data_dir: dir.join(format!("reactor-{name}")),
             args: self
-                .tls_flags("admin")
+                .tls_flags(who)
                 .into_iter()
                 .chain([
                     "--endpoints".to_string(),

@@ -811,3 +811,83 @@ async fn a_runtime_whose_cursor_was_compacted_says_so_and_goes_on() {
     .await;
     assert_eq!(event_tags(&c, "pong/").await, ["pong/1", "pong/4"]);
 }
+
+/// A runtime outside the servers acts as the identity its certificate names, with the rights an
+/// admin granted it: a rule that would write more is refused (a `reactor/failed` event), one
+/// within them works. Nodes cannot write rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reactor_runtime_does_no_more_than_its_identity_may() {
+    let c = Cluster::start_tls(1, &["--no-reactor"]).await;
+    for args in [
+        &["role", "add", "reactor"][..],
+        &[
+            "role",
+            "grant-permission",
+            "reactor",
+            "read",
+            "/eden/",
+            "--prefix",
+        ],
+        &[
+            "role",
+            "grant-permission",
+            "reactor",
+            "readwrite",
+            "/eden/reactor/",
+            "--prefix",
+        ],
+        &[
+            "role",
+            "grant-permission",
+            "reactor",
+            "readwrite",
+            "/eden/events/",
+            "--prefix",
+        ],
+        &["user", "add", "reactor"],
+        &["user", "grant-role", "reactor", "reactor"],
+    ] {
+        let o = c.eden(args).await;
+        assert_eq!(o.code, Some(0), "{args:?}: {o:?}");
+    }
+    apply(
+        &c,
+        "limited",
+        r#"
+- name: answer
+  on: ping/*
+  actions:
+    - emit: { tag: "pong/{{ event.parts[1] }}" }
+- name: overreach
+  on: grab/*
+  actions:
+    - set_var: { node: cluster, name: grabbed, value: "{{ event.parts[1] }}" }
+"#,
+    )
+    .await;
+    // A node may not write rules.
+    let f = c.dir().join("node-rule.yaml");
+    std::fs::write(&f, "name: x\non: a/*\nactions:\n  - emit: { tag: b }\n").unwrap();
+    let o = c
+        .eden_as("node-n1", &["reactor", "apply", f.to_str().unwrap()])
+        .await;
+    assert_eq!(o.code, Some(8), "{o:?}");
+
+    let _rt = c.reactor_run_as("limited", "user-reactor");
+    c.wait_reactor().await;
+    for tag in ["ping/1", "grab/1"] {
+        let o = c.eden(&["event", "emit", tag]).await;
+        assert_eq!(o.code, Some(0), "{o:?}");
+    }
+    eden_tests::wait_for(
+        "the rule within its rights to fire, the other to be refused",
+        std::time::Duration::from_secs(30),
+        || async {
+            let failed = event_tags(&c, "reactor/failed").await;
+            !event_tags(&c, "pong/1").await.is_empty() && !failed.is_empty()
+        },
+    )
+    .await;
+    let o = c.eden(&["var", "get", "--cluster", "grabbed"]).await;
+    assert_ne!(o.code, Some(0), "the refused rule wrote: {o:?}");
+}

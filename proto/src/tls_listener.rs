@@ -54,6 +54,24 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The client certificate of a connection (DER), if it presented one: handlers check it further
+/// (revocation) through axum's connect info.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCert(pub Option<Vec<u8>>);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerCert
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        let (_, conn) = stream.io().get_ref();
+        PeerCert(
+            conn.peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec()),
+        )
+    }
+}
+
 /// Accepts TLS connections on a TCP listener (TCP_NODELAY set on each).
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 
@@ -22,6 +23,7 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let checker = server.clone();
     let s1 = server.clone();
     let app = axum::Router::new()
         .route(
@@ -63,10 +65,36 @@ pub async fn serve(
             }),
         );
     if let Some(config) = tls {
-        let listener = eden_proto::tls_listener::TlsListener::new(listener, config)?;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        use eden_proto::tls_listener::{PeerCert, TlsListener};
+        // A certificate revoked (or expired) since its connection was made is refused, as on the
+        // gRPC ports.
+        let checker = checker.clone();
+        let app = app.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let checker = checker.clone();
+                async move {
+                    let refused = req
+                        .extensions()
+                        .get::<axum::extract::ConnectInfo<PeerCert>>()
+                        .and_then(|c| {
+                            c.0 .0
+                                .as_deref()
+                                .and_then(|d| checker.certificate_refused(d))
+                        });
+                    match refused {
+                        Some(why) => (StatusCode::FORBIDDEN, format!("{why}\n")).into_response(),
+                        None => next.run(req).await,
+                    }
+                }
+            },
+        ));
+        let listener = TlsListener::new(listener, config)?;
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<PeerCert>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await?;
         return Ok(());
     }
     // TCP_NODELAY on every accepted connection, as on the gRPC ports (grpc::incoming).

@@ -167,6 +167,11 @@ pub trait ServerHealth: Send + Sync + 'static {
     fn unhealthy(&self) -> Option<String>;
     /// The state gauges, read at each scrape (may block briefly: called off the async threads).
     fn gauges(&self) -> StateGauges;
+    /// Why a client certificate (DER) that passed the TLS handshake is refused now (revoked,
+    /// expired), if it is.
+    fn certificate_refused(&self, _der: &[u8]) -> Option<String> {
+        None
+    }
 }
 
 /// The gauges that describe a member's state, read when Prometheus scrapes.

@@ -1227,6 +1227,24 @@ impl Node {
 /// Asks a running cluster (through any of `endpoints`) to add this member as a learner; returns
 /// the id the cluster gave it and the cluster id.
 impl crate::metrics::ServerHealth for Node {
+    fn certificate_refused(&self, der: &[u8]) -> Option<String> {
+        let info = match eden_proto::pki::cert_info(der) {
+            Ok(i) => i,
+            Err(e) => return Some(e),
+        };
+        let now = (eden_proto::model::objects::now_ms() / 1000) as i64;
+        if info.not_after < now {
+            return Some(format!("the certificate of {} has expired", info.identity));
+        }
+        if crate::auth::StoreFacts(self.mvcc()).revoked(&info) {
+            return Some(format!(
+                "the certificate of {} (serial {}) was revoked",
+                info.identity, info.serial
+            ));
+        }
+        None
+    }
+
     fn unhealthy(&self) -> Option<String> {
         if let Some(why) = self.core_failure() {
             return Some(format!("raft core stopped: {why}"));

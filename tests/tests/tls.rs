@@ -397,6 +397,30 @@ async fn the_http_ports_speak_tls_and_metrics_want_a_certificate() {
         &health,
     ]);
     assert!(ok && out.contains("\"health\":\"true\""), "{out}");
+    // A certificate revoked after its issue is refused there too (403), as on every port.
+    c.tls_of("admin-ops");
+    let ops = || {
+        curl(&[
+            "--cacert",
+            &p("ca.crt"),
+            "--cert",
+            &p("admin-ops.crt"),
+            "--key",
+            &p("admin-ops.key"),
+            "-w",
+            " %{http_code}",
+            &health,
+        ])
+    };
+    assert!(ops().1.ends_with(" 200"), "{:?}", ops());
+    let o = c.eden(&["cert", "revoke", "admin:ops"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    wait_for(
+        "the revoked certificate to be refused",
+        Duration::from_secs(10),
+        || async { ops().1.ends_with(" 403") },
+    )
+    .await;
     // Without a client certificate, or in plaintext: nothing.
     assert!(!curl(&["--cacert", &p("ca.crt"), &health]).0);
     assert!(!curl(&[&format!("http://{maddr}/health")]).0);

@@ -226,11 +226,8 @@ fn check(
         Caller::Node(n) => n.as_str(),
         Caller::User(u) => {
             let (root, perms) = facts.user_perms(u);
-            return if root
-                || perms
-                    .iter()
-                    .any(|p| p.grants(write) && p.covers(key, range_end))
-            {
+            // As etcd: the permissions of all its roles together must cover the whole range.
+            return if root || users::covered(&perms, write, key, range_end) {
                 Ok(())
             } else {
                 Err(Denied(format!(

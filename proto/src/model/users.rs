@@ -70,6 +70,57 @@ impl Perm {
     }
 }
 
+/// Whether the permissions together (as etcd merges them) cover every key of `[key, end)` (etcd's
+/// encoding), for the kind of access asked.
+pub fn covered(perms: &[Perm], write: bool, key: &[u8], end: &[u8]) -> bool {
+    let granted: Vec<&Perm> = perms.iter().filter(|p| p.grants(write)).collect();
+    if granted.iter().any(|p| p.covers(key, end)) {
+        return true;
+    }
+    if end.is_empty() || is_key_plus_zero(key, end) {
+        return false;
+    }
+    // Intervals [start, end) (None: no end), walked from `key` for as long as they touch.
+    let intervals: Vec<(Vec<u8>, Option<Vec<u8>>)> = granted
+        .iter()
+        .map(|p| match p.range_end.as_slice() {
+            [] => {
+                let mut e = p.key.clone();
+                e.push(0);
+                (p.key.clone(), Some(e))
+            }
+            [0] => (p.key.clone(), None),
+            e => (p.key.clone(), Some(e.to_vec())),
+        })
+        .collect();
+    let mut at = key.to_vec();
+    loop {
+        // The interval holding `at` that reaches furthest.
+        let mut best: Option<Option<Vec<u8>>> = None;
+        for (s, e) in &intervals {
+            let holds = s.as_slice() <= at.as_slice() && e.as_ref().is_none_or(|e| at < *e);
+            if holds {
+                best = match (best, e) {
+                    (_, None) => Some(None),
+                    (Some(None), _) => Some(None),
+                    (Some(Some(b)), Some(e)) => Some(Some(if *e > b { e.clone() } else { b })),
+                    (None, Some(e)) => Some(Some(e.clone())),
+                };
+            }
+        }
+        match best {
+            None => return false,
+            Some(None) => return true,
+            Some(Some(reach)) => {
+                if end != [0] && reach.as_slice() >= end {
+                    return true;
+                }
+                at = reach;
+            }
+        }
+    }
+}
+
 fn is_key_plus_zero(key: &[u8], end: &[u8]) -> bool {
     end.len() == key.len() + 1 && end.starts_with(key) && end[key.len()] == 0
 }
@@ -98,5 +149,28 @@ mod tests {
         };
         assert!(one.covers(b"k", b"") && one.covers(b"k", b"k\0"));
         assert!(!one.covers(b"k", b"l") && !one.grants(true) && one.grants(false));
+    }
+
+    #[test]
+    fn permissions_together_cover_what_none_covers_alone() {
+        let p = |k: &[u8], e: &[u8]| Perm {
+            kind: 2,
+            key: k.to_vec(),
+            range_end: e.to_vec(),
+        };
+        let two = [p(b"a", b"c"), p(b"c", b"e")];
+        assert!(covered(&two, true, b"a", b"e"));
+        assert!(covered(&two, false, b"b", b"d"));
+        assert!(!covered(&two, false, b"a", b"f"));
+        assert!(!covered(&[p(b"a", b"c"), p(b"d", b"e")], false, b"a", b"e"));
+        assert!(covered(
+            &[p(b"a", b"c"), p(b"b", b"\0")],
+            false,
+            b"a",
+            b"\0"
+        ));
+        assert!(!covered(&two, false, b"a", b"\0"));
+        // A single key joins a range that ends at it.
+        assert!(covered(&[p(b"a", b"c"), p(b"c", b"")], false, b"a", b"c\0"));
     }
 }

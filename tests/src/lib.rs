@@ -91,33 +91,54 @@ fn pki_of(eps: &[String]) -> Option<PathBuf> {
     })
 }
 
+/// A client's `--cacert --cert --key` for the certificate `WHO.crt` in `pki`.
+fn client_flags(pki: &Path, who: &str) -> Vec<String> {
+    let f = |n: String| pki.join(n).display().to_string();
+    vec![
+        "--cacert".into(),
+        f("ca.crt".into()),
+        "--cert".into(),
+        f(format!("{who}.crt")),
+        "--key".into(),
+        f(format!("{who}.key")),
+    ]
+}
+
+/// The TLS a client presents with the certificate `WHO.crt` in `pki`.
+fn client_tls(pki: &Path, who: &str) -> eden_proto::client::Tls {
+    eden_proto::client::Tls::from_files(
+        &pki.join("ca.crt"),
+        &pki.join(format!("{who}.crt")),
+        &pki.join(format!("{who}.key")),
+    )
+    .expect("read test certificates")
+}
+
+/// A member's `--cert-file --key-file --trusted-ca-file` (and `--ca-key-file`, so that the cluster
+/// can issue certificates for join tokens) from `pki`.
+fn member_flags(pki: &Path, name: &str) -> Vec<String> {
+    let f = |n: String| pki.join(n).display().to_string();
+    vec![
+        "--cert-file".into(),
+        f(format!("member-{name}.crt")),
+        "--key-file".into(),
+        f(format!("member-{name}.key")),
+        "--trusted-ca-file".into(),
+        f("ca.crt".into()),
+        "--ca-key-file".into(),
+        f("ca.key".into()),
+    ]
+}
+
 /// etcdctl's and eden's `--cacert --cert --key` for the admin of the cluster these endpoints
 /// belong to (none for a plaintext cluster).
 pub fn tls_flags_for(eps: &[String]) -> Vec<String> {
-    let Some(pki) = pki_of(eps) else {
-        return Vec::new();
-    };
-    let f = |n: &str| pki.join(n).display().to_string();
-    vec![
-        "--cacert".into(),
-        f("ca.crt"),
-        "--cert".into(),
-        f("admin.crt"),
-        "--key".into(),
-        f("admin.key"),
-    ]
+    pki_of(eps).map_or_else(Vec::new, |pki| client_flags(&pki, "admin"))
 }
 
 /// A client over these endpoints, as the admin when their cluster is secure.
 pub fn client_for(eps: &[String]) -> Arc<Client> {
-    let tls = pki_of(eps).map(|pki| {
-        eden_proto::client::Tls::from_files(
-            &pki.join("ca.crt"),
-            &pki.join("admin.crt"),
-            &pki.join("admin.key"),
-        )
-        .expect("read test certificates")
-    });
+    let tls = pki_of(eps).map(|pki| client_tls(&pki, "admin"));
     Arc::new(Client::with_tls(eps, tls).expect("client"))
 }
 
@@ -126,12 +147,7 @@ pub async fn channel_for(ep: &str) -> tonic::transport::Channel {
     let eps = [ep.to_string()];
     let endpoint = match pki_of(&eps) {
         Some(pki) => {
-            let tls = eden_proto::client::Tls::from_files(
-                &pki.join("ca.crt"),
-                &pki.join("admin.crt"),
-                &pki.join("admin.key"),
-            )
-            .expect("read test certificates");
+            let tls = client_tls(&pki, "admin");
             tonic::transport::Endpoint::from_shared(format!("https://{ep}"))
                 .expect("endpoint")
                 .tls_config(tls.config())
@@ -462,18 +478,7 @@ impl Cluster {
             let mode = ["--initial-cluster".to_string(), initial.join(",")];
             let mut flags: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
             if let Some(pki) = &pki {
-                let f = |file: String| pki.join(file).display().to_string();
-                flags.extend([
-                    "--cert-file".to_string(),
-                    f(format!("member-{name}.crt")),
-                    "--key-file".into(),
-                    f(format!("member-{name}.key")),
-                    "--trusted-ca-file".into(),
-                    f("ca.crt".into()),
-                    // So that the cluster can issue certificates for join tokens.
-                    "--ca-key-file".into(),
-                    f("ca.key".into()),
-                ]);
+                flags.extend(member_flags(pki, &name));
             }
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
             members.push(Member::new(dir.path(), &name, cp, peer, mode, &flags));
@@ -579,14 +584,7 @@ impl Cluster {
     pub fn tls_of(&self, who: &str) -> Option<eden_proto::client::Tls> {
         let pki = self.pki.as_ref()?;
         self.ensure_cert(who);
-        Some(
-            eden_proto::client::Tls::from_files(
-                &pki.join("ca.crt"),
-                &pki.join(format!("{who}.crt")),
-                &pki.join(format!("{who}.key")),
-            )
-            .expect("read test certificates"),
-        )
+        Some(client_tls(pki, who))
     }
 
     /// The `--cacert --cert --key` flags for `WHO.crt` on a TLS cluster (none on plaintext).
@@ -595,15 +593,7 @@ impl Cluster {
             return Vec::new();
         };
         self.ensure_cert(who);
-        let f = |file: String| pki.join(file).display().to_string();
-        vec![
-            "--cacert".into(),
-            f("ca.crt".into()),
-            "--cert".into(),
-            f(format!("{who}.crt")),
-            "--key".into(),
-            f(format!("{who}.key")),
-        ]
+        client_flags(pki, who)
     }
 
     fn ensure_cert(&self, who: &str) {
@@ -700,15 +690,7 @@ impl Cluster {
                     format!("{name}=127.0.0.1+{host}"),
                 ]);
             }
-            let f = |file: String| pki.join(file).display().to_string();
-            flags.extend([
-                "--cert-file".to_string(),
-                f(format!("member-{name}.crt")),
-                "--key-file".into(),
-                f(format!("member-{name}.key")),
-                "--trusted-ca-file".into(),
-                f("ca.crt".into()),
-            ]);
+            flags.extend(member_flags(pki, &name));
         }
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let mut m = Member::new(

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::grpc::authz;
-use crate::grpc::kv::write_op;
+use crate::grpc::kv::{read_json, write_op};
 use crate::node::Node;
 
 pub struct AuthService {
@@ -53,21 +53,7 @@ impl AuthService {
         key: &str,
     ) -> Result<Option<(T, i64)>, Status> {
         self.node.read_barrier().await?;
-        let r = self
-            .node
-            .mvcc()
-            .range(&RangeRequest {
-                key: key.into(),
-                ..Default::default()
-            })
-            .map_err(crate::grpc::kv::mvcc_status)?;
-        match r.kvs.first() {
-            None => Ok(None),
-            Some(kv) => Ok(Some((
-                serde_json::from_slice(&kv.value).map_err(crate::errors::internal)?,
-                kv.mod_revision,
-            ))),
-        }
+        read_json(&self.node, key)
     }
 
     async fn names(&self, prefix: &str) -> Result<Vec<String>, Status> {

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eden_proto::etcdserverpb::{
-    compare, request_op, response_op, Compare, DeleteRangeRequest, RangeRequest, RequestOp,
-    TxnRequest,
+    compare, request_op, response_op, Compare, DeleteRangeRequest, RequestOp, TxnRequest,
 };
 use eden_proto::join::join_server::Join;
 use eden_proto::join::{CaRequest, CaResponse, JoinRequest, JoinResponse, RenewRequest};
@@ -20,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::errors;
 use crate::grpc::authz;
-use crate::grpc::kv::write_op;
+use crate::grpc::kv::{read_json, write_op};
 use crate::node::Node;
 
 /// Bad tokens a member accepts per window before it refuses every join until the window ends.
@@ -67,21 +66,7 @@ impl JoinService {
     }
 
     fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<(T, i64)>, Status> {
-        let r = self
-            .node
-            .mvcc()
-            .range(&RangeRequest {
-                key: key.into(),
-                ..Default::default()
-            })
-            .map_err(crate::grpc::kv::mvcc_status)?;
-        match r.kvs.first() {
-            None => Ok(None),
-            Some(kv) => Ok(Some((
-                serde_json::from_slice(&kv.value).map_err(errors::internal)?,
-                kv.mod_revision,
-            ))),
-        }
+        read_json(&self.node, key)
     }
 
     fn ca_pem(&self) -> Result<String, Status> {

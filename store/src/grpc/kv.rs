@@ -63,6 +63,28 @@ impl KvService {
     }
 }
 
+/// One JSON object as this member holds it now, with its mod revision (the join and Auth
+/// services' records).
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    key: &str,
+) -> Result<Option<(T, i64)>, Status> {
+    let r = node
+        .mvcc()
+        .range(&RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .map_err(mvcc_status)?;
+    match r.kvs.first() {
+        None => Ok(None),
+        Some(kv) => Ok(Some((
+            serde_json::from_slice(&kv.value).map_err(internal)?,
+            kv.mod_revision,
+        ))),
+    }
+}
+
 /// Proposes a KV write and returns the applied response with full headers.
 pub async fn write_op(node: &Node, op: RequestOp) -> Result<ResponseOp, Status> {
     let r = node

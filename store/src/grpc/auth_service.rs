@@ -39,8 +39,7 @@ fn check_name(what: &str, name: &str) -> Result<(), Status> {
 impl AuthService {
     /// Only root identities manage users and roles.
     fn root<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let caller = authz::caller(&self.node, req)?;
-        authz::allow_rpc(&self.node, &caller, auth::Rpc::Admin)
+        authz::require_rpc(&self.node, req, auth::Rpc::Admin).map(|_| ())
     }
 
     fn header(&self, rev: i64) -> Option<ResponseHeader> {

@@ -130,3 +130,10 @@ pub fn allow(
 pub fn allow_rpc(node: &Node, caller: &Caller, rpc: auth::Rpc) -> Result<(), Status> {
     auth::check_rpc(caller, rpc).map_err(|why| refuse(node, caller, why))
 }
+
+/// The caller of a request that needs `rpc`, refused (and audited) when it may not.
+pub fn require_rpc<T>(node: &Node, req: &Request<T>, rpc: auth::Rpc) -> Result<Caller, Status> {
+    let caller = caller(node, req)?;
+    allow_rpc(node, &caller, rpc)?;
+    Ok(caller)
+}

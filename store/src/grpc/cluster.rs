@@ -40,11 +40,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Admin,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         let req = request.into_inner();
         let peer_addr = one_peer_url(&req.peer_ur_ls)?;
         let id = self
@@ -74,11 +70,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Admin,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         let id = request.into_inner().id;
         self.node
             .change_membership(MembershipChange::Remove { id })
@@ -93,11 +85,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Admin,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         let req = request.into_inner();
         let peer_addr = one_peer_url(&req.peer_ur_ls)?;
         self.node
@@ -116,11 +104,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::MemberList,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::MemberList)?;
         if request.get_ref().linearizable {
             self.node.refuse_learner()?;
             self.node.read_barrier().await?;
@@ -135,11 +119,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Admin,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         let id = request.into_inner().id;
         self.node
             .change_membership(MembershipChange::Promote { id })

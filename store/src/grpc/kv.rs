@@ -212,8 +212,7 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let caller = authz::caller(&self.node, &request)?;
-        authz::allow_rpc(&self.node, &caller, auth::Rpc::Admin)?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         let req = request.into_inner();
         self.node.refuse_learner()?;
         let r = self

@@ -33,11 +33,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::LeaseGrant,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::LeaseGrant)?;
         self.node.refuse_learner()?;
         let req = request.into_inner();
         let (id, ttl, rev) = self.node.lease_grant(req.id, req.ttl).await?;
@@ -156,11 +152,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::LeaseList,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::LeaseList)?;
         self.node.refuse_learner()?;
         let leases = self.node.mvcc().leases().map_err(internal)?;
         Ok(Response::new(LeaseLeasesResponse {

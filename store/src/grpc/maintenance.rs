@@ -43,11 +43,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Admin,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         let req = request.into_inner();
         let to_pb = |list: Vec<(u64, i32)>| -> Vec<AlarmMember> {
             list.into_iter()
@@ -92,11 +88,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Status,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Status)?;
         let m = self.node.raft().metrics().borrow().clone();
         let size = self.node.sm().engine.size_bytes();
         let is_learner = !m
@@ -135,11 +127,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Admin,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         let node = self.node.clone();
         tokio::task::spawn_blocking(move || node.sm().engine.defragment())
             .await
@@ -150,11 +138,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Admin,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         Err(not_yet("hash"))
     }
 
@@ -162,11 +146,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Admin,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         let rev = request.get_ref().revision;
         let node = self.node.clone();
         let (hash, compact_revision, hash_revision) =
@@ -188,11 +168,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Admin,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         let node = self.node.clone();
         let (backup, rev) = tokio::task::spawn_blocking(move || node.sm().backup())
             .await
@@ -219,11 +195,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Admin,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         Err(not_yet("move leader"))
     }
 
@@ -231,11 +203,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        authz::allow_rpc(
-            &self.node,
-            &authz::caller(&self.node, &request)?,
-            auth::Rpc::Admin,
-        )?;
+        authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         Err(not_yet("downgrade"))
     }
 }

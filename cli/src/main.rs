@@ -183,10 +183,14 @@ fn main() {
     std::process::exit(code);
 }
 
+/// The certificate a command presents, and the files it came from.
+type Presented = (eden_proto::client::Tls, eden_proto::renewal::Files);
+
 /// Where a command connects and with which certificates: the flags (or their environment
 /// variables); with no `--endpoints`, the config file's cluster (see [`config`]); else
 /// 127.0.0.1:2379.
-fn target(cli: &Cli) -> Result<(Vec<String>, Option<eden_proto::client::Tls>), Failure> {
+/// Also the files the certificate came from.
+fn target(cli: &Cli) -> Result<(Vec<String>, Option<Presented>), Failure> {
     let mut files = (cli.cacert.clone(), cli.cert.clone(), cli.key.clone());
     let mut from_config = None;
     let endpoints = match &cli.endpoints {
@@ -204,14 +208,15 @@ fn target(cli: &Cli) -> Result<(Vec<String>, Option<eden_proto::client::Tls>), F
     };
     let tls = match files {
         (None, None, None) => None,
-        (Some(ca), Some(cert), Some(key)) => Some(
+        (Some(ca), Some(cert), Some(key)) => Some((
             eden_proto::client::Tls::from_files(&ca, &cert, &key).map_err(
                 |e| match &from_config {
                     Some(p) => Failure::usage(format!("{e} (named by {})", p.display())),
                     None => Failure::usage(e),
                 },
             )?,
-        ),
+            eden_proto::renewal::Files { ca, cert, key },
+        )),
         _ => {
             return Err(Failure::usage(
                 "TLS needs all of --cacert, --cert and --key",
@@ -227,11 +232,12 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         cli.command,
         Command::Snapshot(cmd::snapshot::SnapshotCmd::Restore { .. })
     );
-    let (endpoints, mut tls) = if offline {
+    let (endpoints, presented) = if offline {
         (vec!["127.0.0.1:2379".to_string()], None)
     } else {
         target(&cli)?
     };
+    let (mut tls, files) = presented.unzip();
     // An agent presents its own certificate (from its data dir, or a join) unless flags name one.
     let mut own_cert = false;
     if let Command::Agent(a) = &cli.command {
@@ -270,7 +276,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Event(c) => cmd::event::run(&client, &out, c).await,
         Command::Hook(c) => cmd::hook::run(&client, &out, c).await,
         Command::Token(c) => cmd::token::run(&client, &out, c).await,
-        Command::Cert(c) => cmd::cert::run(&client, &out, c).await,
+        Command::Cert(c) => cmd::cert::run(&client, &out, c, files).await,
         Command::User(c) => cmd::user::run_user(&client, &out, c).await,
         Command::Role(c) => cmd::user::run_role(&client, &out, c).await,
         Command::Defrag => {

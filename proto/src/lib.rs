@@ -43,4 +43,5 @@ pub mod joining;
 pub mod keys;
 pub mod model;
 pub mod pki;
+pub mod renewal;
 pub mod tls_listener;

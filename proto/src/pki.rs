@@ -296,6 +296,8 @@ pub struct CertInfo {
     /// that disagree).
     pub issued_at: i64,
     pub not_after: i64,
+    /// Its subject alternative names (a member's addresses: IPs and DNS names), as issued.
+    pub sans: Vec<String>,
 }
 
 /// A certificate's identity, serial, issue time and expiry. The chain is not checked here: TLS
@@ -304,12 +306,35 @@ pub fn cert_info(cert_der: &[u8]) -> Result<CertInfo, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let (identity, serial, not_after) = identity_of(cert_der)?;
+    let sans = match cert.subject_alternative_name() {
+        Ok(Some(ext)) => ext
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => ip_of(b),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     Ok(CertInfo {
         identity,
         serial,
         issued_at: cert.validity().not_before.timestamp() + BACKDATE.as_secs() as i64,
         not_after,
+        sans,
     })
+}
+
+/// An IP address SAN's octets as text (4 or 16 of them).
+fn ip_of(b: &[u8]) -> Option<String> {
+    match b.len() {
+        4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?).to_string()),
+        16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?).to_string()),
+        _ => None,
+    }
 }
 
 /// What a certificate (DER) says about its holder: its identity, serial (hex) and expiry (Unix
@@ -393,6 +418,11 @@ mod tests {
         assert!(eku.client_auth && eku.server_auth);
         let sans = cert.subject_alternative_name().unwrap().unwrap().value;
         assert_eq!(sans.general_names.len(), 2);
+        let der = der_of_pem(&m.cert_pem).unwrap();
+        assert_eq!(
+            cert_info(&der).unwrap().sans,
+            vec!["127.0.0.1".to_string(), "m1.example".to_string()]
+        );
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub enum Rpc {
     LeaseGrant,
     /// Leases listed (LeaseLeases).
     LeaseList,
+    /// A new certificate for the caller's own identity (Join's Renew).
+    RenewOwn,
     /// Every other Maintenance, Cluster and Compact call.
     Admin,
 }
@@ -110,9 +112,10 @@ pub enum Rpc {
 pub fn check_rpc(caller: &Caller, rpc: Rpc) -> Result<(), Denied> {
     match (caller, rpc) {
         (Caller::Root(_), _) => Ok(()),
-        (Caller::Node(_) | Caller::User(_), Rpc::Status | Rpc::MemberList | Rpc::LeaseGrant) => {
-            Ok(())
-        }
+        (
+            Caller::Node(_) | Caller::User(_),
+            Rpc::Status | Rpc::MemberList | Rpc::LeaseGrant | Rpc::RenewOwn,
+        ) => Ok(()),
         (Caller::Node(_) | Caller::User(_), _) => {
             Err(Denied(format!("{caller} may not call {rpc:?} RPCs")))
         }

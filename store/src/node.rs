@@ -29,10 +29,11 @@ use crate::lease::{MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
 use crate::membership::{self, MembershipChange, MembershipError};
 use crate::mvcc::Mvcc;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{from_payload, peer_channel, to_payload, PeerNetwork};
+use crate::raft::network::{from_payload, peer_channel, to_payload, MemberTls, PeerNetwork};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Command, Member, Raft, Reply, Response};
 use crate::watch::{WatchHub, DEFAULT_RING_REVISIONS};
+use eden_proto::tls_listener::ServerCert;
 
 /// etcd's default space quota: 2 GiB.
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 << 30;
@@ -189,6 +190,10 @@ pub struct Node {
     raft: Raft,
     sm: Arc<StateMachine>,
     peers: Mutex<BTreeMap<(String, Lane), PeerClient<Channel>>>,
+    /// The certificate this member presents to other members, and to its clients (the same one,
+    /// replaced when the member renews it: [`Node::replace_certificate`]).
+    tls: Arc<MemberTls>,
+    server_cert: Option<Arc<ServerCert>>,
     revoking: Mutex<HashSet<i64>>,
     /// Linearizable reads waiting for a read-index round, and whether a round is running.
     reads: Mutex<(Vec<ReadWaiter>, bool)>,
@@ -254,10 +259,18 @@ impl Node {
             ..Default::default()
         }
         .validate()?;
+        let tls = MemberTls::new(config.tls.clone());
+        let server_cert = match &config.tls {
+            Some(t) => Some(
+                ServerCert::new(&t.cert_pem, &t.key_pem)
+                    .map_err(|e| anyhow::anyhow!("this member's certificate: {e}"))?,
+            ),
+            None => None,
+        };
         let raft = Raft::new(
             id,
             Arc::new(raft_config),
-            PeerNetwork::new(&config.listen_peer_addr, cluster_id, config.tls.clone()),
+            PeerNetwork::new(&config.listen_peer_addr, cluster_id, tls.clone()),
             LogStore::new(engine.clone()),
             sm.clone(),
         )
@@ -293,6 +306,8 @@ impl Node {
             raft,
             sm,
             peers: Mutex::new(BTreeMap::new()),
+            tls,
+            server_cert,
             revoking: Mutex::new(HashSet::new()),
             reads: Mutex::new((Vec::new(), false)),
             events: Default::default(),
@@ -478,6 +493,33 @@ impl Node {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// Whether this member serves mutual TLS (it has certificates) or is `--insecure`.
+    pub fn secure(&self) -> bool {
+        self.server_cert.is_some()
+    }
+
+    /// The certificate this member presents now (with the CA and key), if it is secure.
+    pub fn tls(&self) -> Option<eden_proto::client::Tls> {
+        self.tls.get()
+    }
+
+    /// What this member presents when a client or member connects to it.
+    pub fn server_cert(&self) -> Option<Arc<ServerCert>> {
+        self.server_cert.clone()
+    }
+
+    /// Presents `tls`'s certificate from now on: on new connections to this member's ports, and
+    /// on its connections to other members (those it had are remade).
+    pub fn replace_certificate(&self, tls: eden_proto::client::Tls) -> Result<(), String> {
+        let Some(server) = &self.server_cert else {
+            return Err("this member is insecure".into());
+        };
+        server.replace(&tls.cert_pem, &tls.key_pem)?;
+        self.tls.replace(tls);
+        self.peers.lock().expect("peer lock").clear();
+        Ok(())
+    }
+
     pub fn is_leader(&self) -> bool {
         self.leader() == Some(self.id)
     }
@@ -493,8 +535,8 @@ impl Node {
         if let Some(c) = peers.get(&(addr.to_string(), lane)) {
             return Ok(c.clone());
         }
-        let local = PeerNetwork::new(&self.config.listen_peer_addr, 0, None).local_ip;
-        let ch = peer_channel(addr, local, self.config.tls.as_ref())
+        let local = PeerNetwork::new(&self.config.listen_peer_addr, 0, Default::default()).local_ip;
+        let ch = peer_channel(addr, local, self.tls.get().as_ref())
             .map_err(|e| internal(format!("bad peer address {addr}: {e}")))?;
         let c = PeerClient::new(ch)
             .max_decoding_message_size(64 << 20)
@@ -987,8 +1029,7 @@ impl Node {
         if urls.is_empty() {
             return false;
         }
-        let Ok(client) = eden_proto::client::Client::with_tls(&urls, self.config.tls.clone())
-        else {
+        let Ok(client) = eden_proto::client::Client::with_tls(&urls, self.tls()) else {
             return false;
         };
         let list = client

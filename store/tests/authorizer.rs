@@ -184,7 +184,7 @@ fn a_txn_is_checked_compare_by_compare_and_op_by_op_nested_included() {
 #[test]
 fn nodes_call_no_admin_rpc() {
     let a = node("a");
-    for rpc in [Rpc::Status, Rpc::MemberList, Rpc::LeaseGrant] {
+    for rpc in [Rpc::Status, Rpc::MemberList, Rpc::LeaseGrant, Rpc::RenewOwn] {
         assert!(auth::check_rpc(&a, rpc).is_ok(), "{rpc:?}");
     }
     for rpc in [Rpc::Admin, Rpc::LeaseList] {

@@ -332,6 +332,24 @@ impl Member {
         }
     }
 
+    /// Makes this member (not started yet) secure with certificates of its own in DATA_DIR/pki,
+    /// as a member keeps those it made at bootstrap or got with a join token (and renews them):
+    /// `ca.crt`, `ca.key` and `member-NAME.crt`/`.key` from `pki` (`eden pki init`, `issue`).
+    pub fn own_pki_from(&mut self, pki: &Path) {
+        let own = self.data_dir.join("pki");
+        std::fs::create_dir_all(&own).expect("create DATA_DIR/pki");
+        let name = &self.name;
+        for (from, to) in [
+            ("ca.crt".to_string(), "ca.crt"),
+            ("ca.key".to_string(), "ca.key"),
+            (format!("member-{name}.crt"), "member.crt"),
+            (format!("member-{name}.key"), "member.key"),
+        ] {
+            std::fs::copy(pki.join(from), own.join(to)).expect("copy a certificate");
+        }
+        self.args.retain(|a| a != "--insecure");
+    }
+
     /// The member's log so far (for failure messages).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

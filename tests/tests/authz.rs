@@ -546,6 +546,9 @@ async fn the_authorization_matrix_over_every_rpc_and_caller() {
         let mut cl = ClusterClient::new(ch.clone());
         let mut mt = MaintenanceClient::new(ch.clone());
         let mut au = AuthClient::new(ch.clone());
+        let mut jn = eden_proto::join::join_client::JoinClient::new(ch.clone());
+        let (csr, _) =
+            eden_proto::pki::new_csr(&eden_proto::pki::Identity::Admin("x".into())).unwrap();
         let nested = TxnRequest {
             failure: vec![RequestOp {
                 request: Some(request_op::Request::RequestTxn(TxnRequest {
@@ -693,6 +696,13 @@ async fn the_authorization_matrix_over_every_rpc_and_caller() {
             (
                 ("user list", [true, false, false, false]),
                 allowed(&au.user_list(AuthUserListRequest {}).await),
+            ),
+            (
+                ("renew own certificate", [true, true, true, true]),
+                allowed(
+                    &jn.renew(eden_proto::join::RenewRequest { csr_pem: csr })
+                        .await,
+                ),
             ),
             (
                 ("auth status", [true, true, true, true]),

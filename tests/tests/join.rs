@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use eden_proto::etcdserverpb::kv_client::KvClient;
-use eden_proto::etcdserverpb::RangeRequest;
+use eden_proto::etcdserverpb::{PutRequest, RangeRequest};
 use eden_proto::model::objects::now_ms;
-use eden_tests::{wait_for, AgentProc, Cluster};
+use eden_tests::{run_eden_ok, wait_for, AgentProc, Cluster};
 
 struct Made {
     token: String,
@@ -305,7 +305,7 @@ async fn renewal_keeps_an_agent_working_across_its_first_certificates_expiry() {
         "{o:?}"
     );
     assert!(
-        a.log_text().contains("renewed the agent's certificate"),
+        a.log_text().contains("renewed this holder's certificate"),
         "{}",
         a.log_text()
     );
@@ -379,4 +379,118 @@ async fn a_member_joins_a_secure_cluster_with_a_token() {
         String::from_utf8_lossy(&again.stderr).contains("unknown, used or expired"),
         "{again:?}"
     );
+}
+
+fn cert_at(path: &std::path::Path) -> eden_proto::pki::CertInfo {
+    let pem = std::fs::read_to_string(path).unwrap();
+    eden_proto::pki::cert_info(&eden_proto::pki::der_of_pem(&pem).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_and_operators_renew_their_certificates_with_no_downtime() {
+    // Three members whose own certificates (in DATA_DIR/pki) last 45 s, an operator's 30 s.
+    let mut c = Cluster::start_some(3, &[], &[]);
+    let pki = c.dir().join("pki");
+    let p = pki.display().to_string();
+    run_eden_ok(&["pki".into(), "init".into(), p.clone()]);
+    for i in 0..3 {
+        run_eden_ok(&[
+            "pki".into(),
+            "issue".into(),
+            p.clone(),
+            "--member".into(),
+            format!("m{i}=127.0.0.1"),
+            "--validity".into(),
+            "45s".into(),
+        ]);
+    }
+    run_eden_ok(&[
+        "pki".into(),
+        "issue".into(),
+        p.clone(),
+        "--admin".into(),
+        "ops".into(),
+        "--validity".into(),
+        "30s".into(),
+    ]);
+    for i in 0..3 {
+        c.members[i].own_pki_from(&pki);
+        c.restart(i);
+    }
+    c.pki = Some(pki.clone());
+    c.wait_leader().await;
+    let own = |i: usize| c.members[i].data_dir.join("pki/member.crt");
+    let first: Vec<_> = (0..3).map(|i| cert_at(&own(i))).collect();
+    assert_eq!(first[0].not_after - first[0].issued_at, 45);
+
+    // The operator renews theirs with the certificate itself: same identity and lifetime.
+    let before = cert_at(&pki.join("admin-ops.crt"));
+    let o = c.eden_as("admin-ops", &["cert", "renew"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("renewed admin:ops"), "{o:?}");
+    let after = cert_at(&pki.join("admin-ops.crt"));
+    assert_ne!(after.serial, before.serial);
+    assert_eq!(after.identity, before.identity);
+    assert_eq!(after.not_after - after.issued_at, 30);
+    let o = c.eden_as("admin-ops", &["put", "by", "ops"]).await;
+    assert_eq!(
+        o.code,
+        Some(0),
+        "the renewed certificate and key work: {o:?}"
+    );
+
+    // Each member renews its own two thirds into its life, and the cluster goes on past the
+    // first certificates' expiry: new connections to every port and between members.
+    wait_for("every member to renew", Duration::from_secs(60), || async {
+        (0..3).all(|i| cert_at(&own(i)).serial != first[i].serial)
+    })
+    .await;
+    let renewed = cert_at(&own(0));
+    assert_eq!(renewed.sans, vec!["127.0.0.1".to_string()]);
+    let expiry = first.iter().map(|f| f.not_after).max().unwrap();
+    wait_for(
+        "the first certificates to expire",
+        Duration::from_secs(60),
+        || async { (now_ms() / 1000) as i64 > expiry + 1 },
+    )
+    .await;
+    let fresh = c.client();
+    fresh
+        .put(PutRequest {
+            key: b"after".to_vec(),
+            value: b"expiry".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..3 {
+        wait_for(
+            "every member to apply the write",
+            Duration::from_secs(20),
+            || async { c.local_get(i, "after").await.as_deref() == Some(&b"expiry"[..]) },
+        )
+        .await;
+    }
+    let o = c.eden(&["cert", "ls", "-w", "json"]).await;
+    for i in 0..3 {
+        assert!(o.stdout.contains(&format!("member:m{i}")), "{o:?}");
+    }
+    assert!(o.stdout.contains("renewal"), "{o:?}");
+    // A member restarted after renewing starts with the renewed files.
+    c.stop(1);
+    c.restart(1);
+    fresh
+        .put(PutRequest {
+            key: b"restarted".to_vec(),
+            value: b"yes".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_for(
+        "the restarted member to catch up",
+        Duration::from_secs(30),
+        || async { c.local_get(1, "restarted").await.as_deref() == Some(&b"yes"[..]) },
+    )
+    .await;
 }

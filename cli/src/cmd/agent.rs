@@ -188,67 +188,18 @@ fn write_new(path: &std::path::Path, text: &str, mode: u32) -> Result<(), Failur
         .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
 }
 
-/// Renews the agent's own certificate (DATA_DIR/pki/node.crt) when two thirds of its life have
-/// passed, for as long as the agent runs: a new key, the cluster signs it for the same node, the
-/// files are replaced and the client presents the new one from then on.
-async fn keep_renewed(client: Arc<Client>, pki: PathBuf) {
-    loop {
-        let info = match std::fs::read_to_string(pki.join("node.crt"))
-            .map_err(|e| e.to_string())
-            .and_then(|pem| eden_proto::pki::der_of_pem(&pem))
-            .and_then(|der| eden_proto::pki::cert_info(&der))
-        {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!("cannot read the agent's certificate, not renewing it: {e}");
-                return;
-            }
-        };
-        let now = (eden_proto::model::objects::now_ms() / 1000) as i64;
-        let renew_at = info.issued_at + (info.not_after - info.issued_at) * 2 / 3;
-        if renew_at > now {
-            tokio::time::sleep(Duration::from_secs((renew_at - now) as u64)).await;
-        }
-        match renew_once(&client, &pki, &info.identity).await {
-            Ok(()) => {
-                tracing::info!(identity = %info.identity, old = %info.serial, "renewed the agent's certificate")
-            }
-            Err(e) => {
-                tracing::warn!("renewing the agent's certificate failed, will retry: {e}");
-                let retry = ((info.not_after - info.issued_at) / 30).clamp(1, 300);
-                tokio::time::sleep(Duration::from_secs(retry as u64)).await;
-            }
-        }
-    }
-}
-
-async fn renew_once(
-    client: &Client,
-    pki: &std::path::Path,
-    who: &eden_proto::pki::Identity,
-) -> Result<(), String> {
-    let (csr, key_pem) = eden_proto::pki::new_csr(who)?;
-    let cert_pem = client.renew(&csr).await.map_err(|e| e.to_string())?;
-    // The new pair replaces the old one whole (written aside, then renamed).
-    let (key_new, cert_new) = (pki.join("node.key.new"), pki.join("node.crt.new"));
-    write_new(&key_new, &key_pem, 0o600).map_err(|f| f.message)?;
-    write_new(&cert_new, &cert_pem, 0o644).map_err(|f| f.message)?;
-    std::fs::rename(&key_new, pki.join("node.key")).map_err(|e| e.to_string())?;
-    std::fs::rename(&cert_new, pki.join("node.crt")).map_err(|e| e.to_string())?;
-    let tls = Tls::from_files(
-        &pki.join("ca.crt"),
-        &pki.join("node.crt"),
-        &pki.join("node.key"),
-    )?;
-    client.replace_tls(tls);
-    Ok(())
-}
-
 /// Runs the agent; `own_cert`: its certificate is its own (DATA_DIR/pki), which it renews.
 pub async fn run(client: &Arc<Client>, a: AgentArgs, own_cert: bool) -> Result<(), Failure> {
     let cfg = resolve(&a)?;
-    let renewal =
-        own_cert.then(|| tokio::spawn(keep_renewed(client.clone(), cfg.data_dir.join("pki"))));
+    // Its certificate renewed two thirds into its life, the client presenting the new one.
+    let renewal = own_cert.then(|| {
+        let files = eden_proto::renewal::Files::in_dir(&cfg.data_dir.join("pki"), "node");
+        tokio::spawn(eden_proto::renewal::keep_renewed(
+            client.clone(),
+            files,
+            |_| (),
+        ))
+    });
     let agent = Agent::start(cfg, client.clone()).await?;
     let stop = async {
         let mut term =

@@ -9,6 +9,7 @@ use clap::Subcommand;
 use eden_proto::client::Client;
 use eden_proto::model::certs;
 use eden_proto::model::objects::show_time;
+use eden_proto::renewal::RenewError;
 
 use crate::exit::Failure;
 use crate::printer::{Format, Printer};
@@ -23,9 +24,18 @@ pub enum CertCmd {
         /// member:NAME, or a node's NAME).
         what: String,
     },
+    /// Renew the certificate this command presents (--cert and --key, or the config file's): a
+    /// new key, the same identity and lifetime; both files are replaced. Operators and members
+    /// renew this way before their certificates expire (agents renew their own by themselves).
+    Renew,
 }
 
-pub async fn run(client: &Arc<Client>, out: &Printer, c: CertCmd) -> Result<(), Failure> {
+pub async fn run(
+    client: &Arc<Client>,
+    out: &Printer,
+    c: CertCmd,
+    files: Option<eden_proto::renewal::Files>,
+) -> Result<(), Failure> {
     match c {
         CertCmd::Ls => {
             let list = certs::list(client).await?;
@@ -65,6 +75,30 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: CertCmd) -> Result<(), 
         CertCmd::Revoke { what } => {
             let said = certs::revoke(client, &what).await?;
             out.line(&said)?;
+        }
+        CertCmd::Renew => {
+            let files = files.ok_or_else(|| {
+                Failure::usage(
+                    "eden cert renew: no certificate to renew (give --cacert --cert --key)",
+                )
+            })?;
+            let (_, new) = eden_proto::renewal::renew_once(client, &files)
+                .await
+                .map_err(|e| {
+                    let mut f = match e {
+                        RenewError::Cluster(e) => Failure::from(e),
+                        RenewError::Local(e) => Failure::usage(e),
+                    };
+                    f.message = format!("renewing {}: {}", files.cert.display(), f.message);
+                    f
+                })?;
+            out.line(&format!(
+                "renewed {}: serial {}, expires {} ({})",
+                new.identity,
+                new.serial,
+                show_time(new.not_after.max(0) as u64 * 1000),
+                files.cert.display()
+            ))?;
         }
     }
     Ok(())

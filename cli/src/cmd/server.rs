@@ -429,6 +429,7 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
             .webhook_max_bytes
             .or(file.webhook_max_bytes)
             .unwrap_or(1 << 20),
+        own_cert: false,
     };
     Ok((c, extras))
 }
@@ -482,7 +483,7 @@ fn lower_thread_priority() {
 /// that sends or answers it (issue 11: 10,000 agents on one runtime starved the Raft core into
 /// elections).
 pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
-    let (mut config, extras) = resolve(args)?;
+    let (mut config, mut extras) = resolve(args)?;
     if extras.insecure {
         tracing::warn!(
             "--insecure: plaintext ports and no authorization; anyone who reaches {} may read \
@@ -494,6 +495,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
             crate::cmd::pki::join_as_member(&config, token, pin)?;
         }
         config.tls = Some(crate::cmd::pki::member_tls(&config)?);
+        extras.own_cert = true;
     }
     crate::cmd::pki::check_data_dir_mode(&config.data_dir, extras.insecure)?;
     let raft_rt = tokio::runtime::Builder::new_multi_thread()
@@ -538,6 +540,9 @@ struct Extras {
     reactor: bool,
     webhook_addr: Option<String>,
     webhook_max_bytes: usize,
+    /// The member's certificate is its own, in DATA_DIR/pki (made at bootstrap or got with a
+    /// join token), so it renews it; one given with --cert-file is the operator's to replace.
+    own_cert: bool,
 }
 
 async fn serve(
@@ -589,18 +594,24 @@ async fn serve(
     ));
     // The HTTP ports speak TLS on a secure member: its certificate; /metrics and /health ask for
     // a client certificate from the cluster's CA unless anonymous scrapes are allowed.
-    let metrics_tls = match &node.config().tls {
-        Some(t) => Some(
-            eden_proto::tls_listener::server_config(
-                &t.cert_pem,
-                &t.key_pem,
-                (!extras.metrics_anonymous).then_some(t.ca_pem.as_str()),
+    use eden_proto::tls_listener::{config_with, ClientAuth};
+    let metrics_tls = match (node.server_cert(), node.tls()) {
+        (Some(cert), Some(t)) => Some(
+            config_with(
+                cert,
+                &t.ca_pem,
+                if extras.metrics_anonymous {
+                    ClientAuth::None
+                } else {
+                    ClientAuth::Required
+                },
+                b"http/1.1",
             )
             .map_err(|e| anyhow::anyhow!("the metrics port's TLS: {e}"))?,
         ),
-        None => None,
+        _ => None,
     };
-    let webhook_tls = match (&node.config().tls, &extras.webhook_cert) {
+    let webhook_tls = match (node.server_cert(), &extras.webhook_cert) {
         (_, Some((c, k))) => {
             let read = |p: &PathBuf| {
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
@@ -610,8 +621,8 @@ async fn serve(
                     .map_err(|e| anyhow::anyhow!("the webhook port's TLS: {e}"))?,
             )
         }
-        (Some(t), None) => Some(
-            eden_proto::tls_listener::server_config(&t.cert_pem, &t.key_pem, None)
+        (Some(cert), None) => Some(
+            config_with(cert, "", ClientAuth::None, b"http/1.1")
                 .map_err(|e| anyhow::anyhow!("the webhook port's TLS: {e}"))?,
         ),
         (None, None) => None,
@@ -626,7 +637,7 @@ async fn serve(
     }
     let own_client = Arc::new(eden_proto::client::Client::with_tls(
         std::slice::from_ref(&node.config().client_addr),
-        node.config().tls.clone(),
+        node.tls(),
     )?);
     let reactor = extras.reactor.then(|| {
         let rt = Arc::new(eden_reactor::runtime::Runtime::new(
@@ -649,6 +660,22 @@ async fn serve(
     }
     if let Some(keys) = ca_keys(&node, &extras)? {
         tokio::spawn(crate::cmd::pki::publish_ca(own_client.clone(), keys));
+    }
+    // Its own certificate renewed two thirds into its life (through the cluster's Renew call, as
+    // agents do), then presented on its ports and to other members with no restart.
+    if extras.own_cert {
+        let files =
+            eden_proto::renewal::Files::in_dir(&node.config().data_dir.join("pki"), "member");
+        let n = node.clone();
+        tokio::spawn(eden_proto::renewal::keep_renewed(
+            own_client.clone(),
+            files,
+            move |tls| {
+                if let Err(e) = n.replace_certificate(tls) {
+                    tracing::error!("presenting the renewed certificate: {e}");
+                }
+            },
+        ));
     }
     tracing::info!(id = format!("{:x}", node.id()), "eden server ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

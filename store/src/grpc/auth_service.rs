@@ -167,7 +167,7 @@ impl Auth for AuthService {
         authz::caller(&self.node, &request)?;
         Ok(Response::new(AuthStatusResponse {
             header: Some(self.node.header()),
-            enabled: self.node.config().tls.is_some(),
+            enabled: self.node.secure(),
             auth_revision: self.node.mvcc().current_rev() as u64,
         }))
     }

@@ -74,7 +74,7 @@ pub fn caller_and_cert<T>(
     node: &Node,
     req: &Request<T>,
 ) -> Result<(Caller, Option<pki::CertInfo>), Status> {
-    if node.config().tls.is_none() {
+    if !node.secure() {
         return Ok((Caller::Root("insecure".into()), None));
     }
     let info = peer_cert(req)?;
@@ -92,7 +92,7 @@ pub fn caller_and_cert<T>(
 /// Refuses a peer-port call from anyone but a member of the cluster (an agent's certificate comes
 /// from the same CA, and must not speak Raft).
 pub fn require_member<T>(node: &Node, req: &Request<T>) -> Result<(), Status> {
-    if node.config().tls.is_none() {
+    if !node.secure() {
         return Ok(());
     }
     let info = peer_cert(req)?;

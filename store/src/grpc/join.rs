@@ -17,6 +17,7 @@ use eden_proto::model::{certs, keys};
 use eden_proto::pki::{self, Ca};
 use tonic::{Request, Response, Status};
 
+use crate::auth;
 use crate::errors;
 use crate::grpc::authz;
 use crate::grpc::kv::{read_json, write_op};
@@ -168,30 +169,33 @@ impl Join for JoinService {
         &self,
         request: Request<RenewRequest>,
     ) -> Result<Response<JoinResponse>, Status> {
-        let (_, cert) = authz::caller_and_cert(&self.node, &request)?;
+        let (caller, cert) = authz::caller_and_cert(&self.node, &request)?;
+        authz::allow_rpc(&self.node, &caller, auth::Rpc::RenewOwn)?;
         let info = cert.ok_or_else(|| {
             Status::failed_precondition("eden: this member is insecure (no certificates)")
         })?;
-        if !matches!(info.identity, pki::Identity::Node(_)) {
-            return Err(Status::permission_denied(
-                "eden: agents renew here; admins' and members' certificates come from eden pki",
-            ));
-        }
         let (ca, _) = self.read::<CaKeys>(keys::PKI_CA)?.ok_or_else(|| {
             Status::failed_precondition(
                 "eden: this cluster cannot issue certificates: no member gave it the CA's key",
             )
         })?;
-        // As long-lived as the certificate it replaces (which the cluster issued), never more
-        // than the default.
-        let lifetime =
-            (info.not_after - info.issued_at).clamp(10, pki::NODE_VALIDITY.as_secs() as i64);
+        // The same identity (and a member's same addresses), as long-lived as the certificate it
+        // replaces (which the cluster issued), never more than its kind's default.
+        let longest = match info.identity {
+            pki::Identity::Node(_) => pki::NODE_VALIDITY,
+            _ => pki::ADMIN_VALIDITY,
+        };
+        let lifetime = (info.not_after - info.issued_at).clamp(10, longest.as_secs() as i64);
+        let sans = match info.identity {
+            pki::Identity::Member(_) => info.sans.clone(),
+            _ => Vec::new(),
+        };
         let authority = Ca::from_pem(&ca.cert_pem, &ca.key_pem).map_err(errors::internal)?;
         let issued = authority
             .sign_csr(
                 &request.get_ref().csr_pem,
                 &info.identity,
-                &[],
+                &sans,
                 Duration::from_secs(lifetime as u64),
             )
             .map_err(|e| Status::invalid_argument(format!("eden: {e}")))?;

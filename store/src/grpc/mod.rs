@@ -26,10 +26,11 @@ use eden_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use eden_proto::etcdserverpb::watch_server::WatchServer;
 use eden_proto::join::join_server::JoinServer;
 use eden_proto::peer::peer_server::PeerServer;
+use eden_proto::tls_listener::{self, ClientAuth};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::node::Node;
 
@@ -58,21 +59,56 @@ pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<Tcp
     })
 }
 
-/// A server, with mutual TLS when the member has certificates: its own certificate, and the CA
-/// every client's and member's certificate must come from. On the client port a caller may come
-/// without one (`optional_client_cert`), for the join call: every other service refuses it
-/// ([`authz::caller`]); the peer port requires one in the handshake.
-fn builder(node: &Node, optional_client_cert: bool) -> anyhow::Result<Server> {
-    let server = Server::builder();
-    Ok(match &node.config().tls {
-        Some(tls) => server.tls_config(
-            ServerTlsConfig::new()
-                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                .client_ca_root(Certificate::from_pem(&tls.ca_pem))
-                .client_auth_optional(optional_client_cert),
-        )?,
-        None => server,
-    })
+/// The TLS of a port when the member has certificates: its own certificate (replaceable, see
+/// [`Node::replace_certificate`]), and the CA every client's and member's certificate must come
+/// from. On the client port a caller may come without one (`ClientAuth::Optional`), for the join
+/// call: every other service refuses it ([`authz::caller`]); the peer port requires one in the
+/// handshake.
+fn tls_config(node: &Node, auth: ClientAuth) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    let (Some(cert), Some(tls)) = (node.server_cert(), node.tls()) else {
+        return Ok(None);
+    };
+    Ok(Some(
+        tls_listener::config_with(cert, &tls.ca_pem, auth, b"h2")
+            .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+    ))
+}
+
+/// Serves `router` on `listener` until `shutdown`: over TLS with `tls` (handshakes done
+/// concurrently, each connection's certificates given to the handlers), else plaintext; either
+/// way with TCP_NODELAY on every accepted connection.
+async fn serve_on<L>(
+    router: tonic::transport::server::Router<L>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()>
+where
+    L: tower::Layer<tonic::service::Routes> + Clone,
+    L::Service: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    match tls {
+        Some(config) => {
+            let l = tls_listener::TlsListener::new(listener, config)?;
+            router
+                .serve_with_incoming_shutdown(l.into_stream(), shutdown)
+                .await?
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), shutdown)
+                .await?
+        }
+    }
+    Ok(())
 }
 
 /// Serves the client port until `shutdown` resolves.
@@ -93,7 +129,8 @@ pub async fn serve_client(
     // (CVE-2023-44487). The same for streams the server resets itself because a client sent on a
     // stream that had just closed (h2 counts those over the connection's whole life, 1,024 by
     // default: a busy connection of agents that lives for days would reach it).
-    builder(&node, true)?
+    let tls = tls_config(&node, ClientAuth::Optional)?;
+    let router = Server::builder()
         .http2_max_pending_accept_reset_streams(Some(CLIENT_MAX_PENDING_RESETS))
         .http2_max_local_error_reset_streams(Some(CLIENT_MAX_LOCAL_RESETS))
         .layer(RpcTimer)
@@ -117,10 +154,8 @@ pub async fn serve_client(
         .add_service(JoinServer::new(join::JoinService::new(node.clone())))
         .add_service(AuthServer::new(auth_service::AuthService {
             node: node.clone(),
-        }))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await?;
-    Ok(())
+        }));
+    serve_on(router, listener, tls, shutdown).await
 }
 
 /// Serves the peer port until `shutdown` resolves. Raft's messages are handled on the runtime
@@ -134,16 +169,15 @@ pub async fn serve_peer(
     // Peers are trusted: a follower whose forwarded writes time out while queued resets many
     // streams before they are accepted, which h2 would otherwise answer with GOAWAY
     // (ENHANCE_YOUR_CALM), failing every request on the connection.
-    builder(&node, false)?
+    let tls = tls_config(&node, ClientAuth::Required)?;
+    let router = Server::builder()
         .http2_max_pending_accept_reset_streams(Some(100_000))
         .add_service(
             PeerServer::new(peer::PeerService { node, client_work })
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
-        )
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await?;
-    Ok(())
+        );
+    serve_on(router, listener, tls, shutdown).await
 }
 
 /// A tower layer that times every client RPC into `grpc_server_handling_seconds`.

@@ -5,6 +5,7 @@
 
 use eden_proto::client::Tls;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -62,19 +63,52 @@ pub fn from_payload<T: DeserializeOwned>(p: &Payload) -> Result<T, bincode::Erro
     bincode::deserialize(&p.data)
 }
 
+/// The certificate a member presents to other members, replaceable while it runs (a member
+/// renews its own): connections made from then on present the new one, and [`PeerConn`]s remake
+/// theirs when the generation changes.
+#[derive(Debug, Default)]
+pub struct MemberTls {
+    current: std::sync::RwLock<Option<Tls>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl MemberTls {
+    pub fn new(tls: Option<Tls>) -> Arc<MemberTls> {
+        Arc::new(MemberTls {
+            current: std::sync::RwLock::new(tls),
+            generation: Default::default(),
+        })
+    }
+
+    pub fn get(&self) -> Option<Tls> {
+        self.current.read().expect("tls lock").clone()
+    }
+
+    /// How many times the certificate was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn replace(&self, tls: Tls) {
+        *self.current.write().expect("tls lock") = Some(tls);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Makes the connections to other members. `local_ip` is where they leave from; `cluster_id`
 /// goes with every message.
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
     pub local_ip: Option<IpAddr>,
     pub cluster_id: u64,
-    pub tls: Option<Tls>,
+    pub tls: Arc<MemberTls>,
 }
 
 impl PeerNetwork {
     /// Connections leave from the IP of `listen_addr` when it is a specific address (not
     /// 0.0.0.0 or ::), so peers and firewalls see this member's own address.
-    pub fn new(listen_addr: &str, cluster_id: u64, tls: Option<Tls>) -> PeerNetwork {
+    pub fn new(listen_addr: &str, cluster_id: u64, tls: Arc<MemberTls>) -> PeerNetwork {
         PeerNetwork {
             local_ip: listen_addr
                 .parse::<SocketAddr>()
@@ -91,14 +125,17 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
-        PeerConn {
+        let mut c = PeerConn {
             target,
             cluster_id: self.cluster_id,
-            client: peer_channel(&node.peer_addr, self.local_ip, self.tls.as_ref())
-                .ok()
-                .map(PeerClient::new),
+            client: None,
             addr: node.peer_addr.clone(),
-        }
+            local_ip: self.local_ip,
+            tls: self.tls.clone(),
+            generation: 0,
+        };
+        c.connect();
+        c
     }
 }
 
@@ -107,6 +144,10 @@ pub struct PeerConn {
     cluster_id: u64,
     addr: String,
     client: Option<PeerClient<Channel>>,
+    local_ip: Option<IpAddr>,
+    tls: Arc<MemberTls>,
+    /// Of the certificate `client` presents.
+    generation: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +162,13 @@ type PeerRpc =
     ) -> futures::future::BoxFuture<'static, Result<tonic::Response<Payload>, tonic::Status>>;
 
 impl PeerConn {
+    fn connect(&mut self) {
+        self.generation = self.tls.generation();
+        self.client = peer_channel(&self.addr, self.local_ip, self.tls.get().as_ref())
+            .ok()
+            .map(PeerClient::new);
+    }
+
     async fn call<Req, Resp, E>(
         &mut self,
         req: &Req,
@@ -132,6 +180,9 @@ impl PeerConn {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if self.generation != self.tls.generation() {
+            self.connect();
+        }
         let client = self.client.clone().ok_or_else(|| {
             RPCError::Unreachable(Unreachable::new(&Msg(format!(
                 "bad peer address {}",

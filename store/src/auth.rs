@@ -329,19 +329,59 @@ fn key_allowed(node: &str, key: &[u8], write: bool, facts: &dyn Facts) -> bool {
     false
 }
 
-/// The facts as this member's store holds them now.
-pub struct StoreFacts<'a>(pub &'a Mvcc);
+/// Keys a check read, each with its mod revision then (0: absent).
+pub type Seen = Vec<(Vec<u8>, i64)>;
 
-impl StoreFacts<'_> {
-    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+/// The facts as this member's store holds them now. A recording one also notes every key it read
+/// with that key's mod revision then (0: absent), so that a write can be applied only if they are
+/// still the same when the write is applied ([`StoreFacts::seen`]).
+pub struct StoreFacts<'a> {
+    mvcc: &'a Mvcc,
+    seen: Option<std::cell::RefCell<Seen>>,
+}
+
+impl<'a> StoreFacts<'a> {
+    pub fn new(mvcc: &'a Mvcc) -> StoreFacts<'a> {
+        StoreFacts { mvcc, seen: None }
+    }
+
+    pub fn recording(mvcc: &'a Mvcc) -> StoreFacts<'a> {
+        StoreFacts {
+            mvcc,
+            seen: Some(Default::default()),
+        }
+    }
+
+    /// The keys read so far, each with its mod revision when read (0: it did not exist).
+    pub fn seen(&self) -> Seen {
+        self.seen
+            .as_ref()
+            .map(|s| s.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// One key's value and mod revision, noted when recording.
+    fn read(&self, key: &str) -> Option<(Vec<u8>, i64)> {
         let r = self
-            .0
+            .mvcc
             .range(&RangeRequest {
                 key: key.into(),
                 ..Default::default()
             })
             .ok()?;
-        serde_json::from_slice(&r.kvs.first()?.value).ok()
+        let found = r.kvs.first().map(|kv| (kv.value.clone(), kv.mod_revision));
+        if let Some(seen) = &self.seen {
+            let rev = found.as_ref().map_or(0, |(_, rev)| *rev);
+            let mut seen = seen.borrow_mut();
+            if !seen.iter().any(|(k, _)| k.as_slice() == key.as_bytes()) {
+                seen.push((key.as_bytes().to_vec(), rev));
+            }
+        }
+        found
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        serde_json::from_slice(&self.read(key)?.0).ok()
     }
 }
 
@@ -382,13 +422,7 @@ impl Facts for StoreFacts<'_> {
     }
 
     fn assigned(&self, node: &str, task: &str) -> bool {
-        self.0
-            .range(&RangeRequest {
-                key: keys::assignment(node, task).into(),
-                count_only: true,
-                ..Default::default()
-            })
-            .is_ok_and(|r| r.count > 0)
+        self.read(&keys::assignment(node, task)).is_some()
     }
 }
 

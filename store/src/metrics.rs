@@ -28,6 +28,7 @@ pub struct Metrics {
     pub proposals_applied: IntCounter,
     pub proposals_failed: IntCounter,
     pub proposals_refused: IntCounter,
+    pub authorized_writes_rechecked: IntCounter,
     pub raft_core_stopped: IntGauge,
     pub events_denied: IntCounter,
     pub events_refused: IntCounter,
@@ -108,6 +109,11 @@ impl Metrics {
             proposals_refused: counter(
                 "eden_server_proposals_refused_total",
                 "Client writes this leader refused with \"too many requests\" (backpressure).",
+            ),
+            authorized_writes_rechecked: counter(
+                "eden_server_authorized_writes_rechecked_total",
+                "Writes whose caller's rights changed between their check and their application, \
+                 checked again.",
             ),
             raft_core_stopped: gauge(
                 "eden_raft_core_stopped",

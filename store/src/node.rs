@@ -1277,7 +1277,7 @@ impl crate::metrics::ServerHealth for Node {
         if info.not_after < now {
             return Some(format!("the certificate of {} has expired", info.identity));
         }
-        if crate::auth::StoreFacts(self.mvcc()).revoked(&info) {
+        if crate::auth::StoreFacts::new(self.mvcc()).revoked(&info) {
             return Some(format!(
                 "the certificate of {} (serial {}) was revoked",
                 info.identity, info.serial

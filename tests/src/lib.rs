@@ -392,6 +392,11 @@ impl Cluster {
         .await
     }
 
+    /// [`Cluster::start_partitionable`] with TLS on, whatever `EDEN_TEST_TLS` says.
+    pub async fn start_partitionable_tls(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_inner(n, extra, None, Some(Arc::new(PeerNet::default())), true).await
+    }
+
     /// A cluster of `n` etcd members (etcd from PATH, installed by scripts/setup.sh), to run
     /// the same checks against etcd.
     pub async fn start_etcd(n: usize) -> Cluster {

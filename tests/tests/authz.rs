@@ -763,3 +763,48 @@ async fn the_authorization_matrix_over_every_rpc_and_caller() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A write is applied only as it was authorized, even when the member that checked it trails the
+/// leader: node a's certificate is revoked while the member a talks to hears nothing from the
+/// leader (the leader's link to it is cut; its own link to the leader, which carries forwarded
+/// writes, works). That member still sees a valid certificate and forwards a's write, but the
+/// keys its check read changed before the write was applied, so the write is not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_right_revoked_a_moment_ago_is_not_used_through_a_lagging_member() {
+    let c = Cluster::start_partitionable_tls(3, &["--election-timeout", "5000"]).await;
+    let leader = c.wait_leader().await;
+    let lagging = (leader + 1) % 3;
+    let a = Client::with_tls(&[c.members[lagging].endpoint()], c.tls_of("node-a")).unwrap();
+    let put = |k: &str| PutRequest {
+        key: k.into(),
+        value: b"{}".to_vec(),
+        ..Default::default()
+    };
+    a.put(put("/eden/nodes/a/facts")).await.unwrap();
+    let admin = Client::with_tls(&[c.members[leader].endpoint()], c.tls_of("admin")).unwrap();
+    c.net.as_ref().unwrap().block(leader, lagging);
+    eden_proto::model::certs::revoke(&admin, "node:a")
+        .await
+        .unwrap();
+    // The lagging member has not seen the revocation: a's (serializable) read still passes there.
+    a.range(RangeRequest {
+        serializable: true,
+        ..range("/eden/nodes/a/facts")
+    })
+    .await
+    .expect("the lagging member does not know yet");
+    let r = a.put(put("/eden/nodes/a/owner")).await;
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.to_string().contains("rights kept changing")),
+        "a revoked node's write was applied: {r:?}"
+    );
+    let got = admin.range(range("/eden/nodes/a/owner")).await.unwrap();
+    assert!(got.kvs.is_empty(), "the write must not be applied");
+    // Once it has caught up, the member refuses a's certificate itself.
+    c.net.as_ref().unwrap().heal();
+    wait_for("the member to refuse a", Duration::from_secs(20), || async {
+        matches!(a.range(range("/eden/nodes/a/facts")).await, Err(e) if e.code() == Some(tonic::Code::Unauthenticated))
+    })
+    .await;
+}

@@ -46,6 +46,11 @@ fn peer_cert<T>(req: &Request<T>) -> Result<pki::CertInfo, Status> {
 /// Refuses a certificate that was revoked or has expired since its connection was made (TLS
 /// checks expiry only when a connection starts).
 pub fn still_valid(node: &Node, info: &pki::CertInfo) -> Result<(), Status> {
+    still_valid_in(info, &StoreFacts::new(node.mvcc()))
+}
+
+/// Like [`still_valid`], reading the revocations through `facts`.
+pub fn still_valid_in(info: &pki::CertInfo, facts: &StoreFacts) -> Result<(), Status> {
     let now = (eden_proto::model::objects::now_ms() / 1000) as i64;
     if info.not_after < now {
         return Err(Status::unauthenticated(format!(
@@ -53,7 +58,7 @@ pub fn still_valid(node: &Node, info: &pki::CertInfo) -> Result<(), Status> {
             info.identity, info.serial
         )));
     }
-    if StoreFacts(node.mvcc()).revoked(info) {
+    if facts.revoked(info) {
         tracing::warn!(caller = %info.identity, serial = %info.serial, "refused a revoked certificate");
         return Err(Status::unauthenticated(format!(
             "eden: the certificate of {} (serial {}) was revoked",
@@ -74,19 +79,31 @@ pub fn caller_and_cert<T>(
     node: &Node,
     req: &Request<T>,
 ) -> Result<(Caller, Option<pki::CertInfo>), Status> {
+    let cert = cert_of(node, req)?;
+    let caller = caller_in(cert.as_ref(), &StoreFacts::new(node.mvcc()))?;
+    Ok((caller, cert))
+}
+
+/// The certificate of a request (None on an insecure member).
+pub fn cert_of<T>(node: &Node, req: &Request<T>) -> Result<Option<pki::CertInfo>, Status> {
     if !node.secure() {
-        return Ok((Caller::Root("insecure".into()), None));
+        return Ok(None);
     }
-    let info = peer_cert(req)?;
-    still_valid(node, &info)?;
-    let caller = match Caller::of(&info.identity) {
-        // etcd's root role is every right.
-        Caller::User(u) if StoreFacts(node.mvcc()).user_perms(&u).0 => {
-            Caller::Root(format!("user:{u}"))
-        }
-        c => c,
+    peer_cert(req).map(Some)
+}
+
+/// The caller a certificate names, if it is still valid, reading revocations and roles through
+/// `facts`; root on an insecure member (`cert` None).
+pub fn caller_in(cert: Option<&pki::CertInfo>, facts: &StoreFacts) -> Result<Caller, Status> {
+    let Some(info) = cert else {
+        return Ok(Caller::Root("insecure".into()));
     };
-    Ok((caller, Some(info)))
+    still_valid_in(info, facts)?;
+    Ok(match Caller::of(&info.identity) {
+        // etcd's root role is every right.
+        Caller::User(u) if facts.user_perms(&u).0 => Caller::Root(format!("user:{u}")),
+        c => c,
+    })
 }
 
 /// Refuses a peer-port call from anyone but a member of the cluster (an agent's certificate comes
@@ -120,10 +137,20 @@ pub fn allow(
     caller: &Caller,
     check: impl FnOnce(&StoreFacts) -> Result<(), Denied>,
 ) -> Result<(), Status> {
+    allow_in(node, caller, &StoreFacts::new(node.mvcc()), check)
+}
+
+/// Like [`allow`], over `facts` (a recording one, for a write).
+pub fn allow_in(
+    node: &Node,
+    caller: &Caller,
+    facts: &StoreFacts,
+    check: impl FnOnce(&StoreFacts) -> Result<(), Denied>,
+) -> Result<(), Status> {
     if caller.is_root() {
         return Ok(());
     }
-    check(&StoreFacts(node.mvcc())).map_err(|why| refuse(node, caller, why))
+    check(facts).map_err(|why| refuse(node, caller, why))
 }
 
 /// Checks an RPC that names no key.

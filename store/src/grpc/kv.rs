@@ -9,11 +9,12 @@ use eden_proto::etcdserverpb::{
     DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
     ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
+use eden_proto::pki;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{authz, validate};
-use crate::auth;
+use crate::auth::{self, Seen, StoreFacts};
 use crate::errors::{internal, refused};
 use crate::keys::META_COMPACT_DONE;
 use crate::mvcc::MvccError;
@@ -57,9 +58,81 @@ fn set_headers(resp: &mut ResponseOp, h: &ResponseHeader) {
     }
 }
 
+/// How many times a write whose caller's rights changed between its check and its application is
+/// checked and proposed again before the caller is told to try again.
+const GUARD_ATTEMPTS: usize = 5;
+
+/// `op` applied only if every key in `seen` still has the same mod revision when it is applied:
+/// a txn comparing them, with `op` its only success.
+fn guarded(op: &RequestOp, seen: &Seen) -> RequestOp {
+    use eden_proto::etcdserverpb::{compare, Compare};
+    RequestOp {
+        request: Some(request_op::Request::RequestTxn(TxnRequest {
+            compare: seen
+                .iter()
+                .map(|(key, rev)| Compare {
+                    key: key.clone(),
+                    target: compare::CompareTarget::Mod as i32,
+                    result: compare::CompareResult::Equal as i32,
+                    target_union: Some(compare::TargetUnion::ModRevision(*rev)),
+                    range_end: Vec::new(),
+                })
+                .collect(),
+            success: vec![op.clone()],
+            failure: Vec::new(),
+        })),
+    }
+}
+
 impl KvService {
     async fn write(&self, op: RequestOp) -> Result<ResponseOp, Status> {
         write_op(&self.node, op).await
+    }
+
+    /// Authorizes `op` for the certificate's caller on this member's state; returns what the
+    /// check read (the certificate's revocations, a user's roles, a node's labels and
+    /// assignments).
+    fn authorize(&self, cert: Option<&pki::CertInfo>, op: &RequestOp) -> Result<Seen, Status> {
+        let facts = StoreFacts::recording(self.node.mvcc());
+        let caller = authz::caller_in(cert, &facts)?;
+        authz::allow_in(&self.node, &caller, &facts, |f| {
+            auth::check_op(&caller, op, f)
+        })?;
+        Ok(facts.seen())
+    }
+
+    /// Proposes an authorized write so that it is applied only as authorized: the member that
+    /// checked it may trail the leader, so the keys the check read are compared when the write is
+    /// applied, and a write whose rights changed in between is checked again on this member's
+    /// newer state (a right revoked a moment ago is never used). Nothing is read on an insecure
+    /// member, and nothing compared.
+    async fn write_authorized(
+        &self,
+        op: RequestOp,
+        cert: Option<&pki::CertInfo>,
+        mut seen: Seen,
+    ) -> Result<ResponseOp, Status> {
+        if seen.is_empty() {
+            return self.write(op).await;
+        }
+        for _ in 0..GUARD_ATTEMPTS {
+            match self.write(guarded(&op, &seen)).await?.response {
+                Some(response_op::Response::ResponseTxn(mut t)) if t.succeeded => {
+                    return t
+                        .responses
+                        .pop()
+                        .ok_or_else(|| internal("a guarded write answered nothing"));
+                }
+                Some(response_op::Response::ResponseTxn(_)) => {
+                    crate::metrics::metrics().authorized_writes_rechecked.inc();
+                    seen = self.authorize(cert, &op)?;
+                }
+                _ => return Err(internal("a guarded write answered with another response")),
+            }
+        }
+        Err(Status::unavailable(
+            "etcdserver: the caller's rights kept changing while the write was applied; try again",
+        ))
     }
 }
 
@@ -127,20 +200,22 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let caller = authz::caller(&self.node, &request)?;
+        let cert = authz::cert_of(&self.node, &request)?;
         let req = request.into_inner();
         validate::size(&req, self.node.config().max_request_bytes)?;
         validate::put(&req)?;
-        authz::allow(&self.node, &caller, |f| {
-            auth::check_write(&caller, &req.key, &[], f)
-        })?;
-        self.node.refuse_learner()?;
-        self.node.check_quota().await?;
         let mut op = RequestOp {
             request: Some(request_op::Request::RequestPut(req)),
         };
+        let seen = self.authorize(cert.as_ref(), &op)?;
+        self.node.refuse_learner()?;
+        self.node.check_quota().await?;
         self.node.admit_events(&mut op).await?;
-        match self.write(op).await?.response {
+        match self
+            .write_authorized(op, cert.as_ref(), seen)
+            .await?
+            .response
+        {
             Some(response_op::Response::ResponsePut(r)) => Ok(Response::new(r)),
             _ => Err(internal("put answered with another response")),
         }
@@ -150,18 +225,17 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let caller = authz::caller(&self.node, &request)?;
+        let cert = authz::cert_of(&self.node, &request)?;
         let req = request.into_inner();
         validate::size(&req, self.node.config().max_request_bytes)?;
         validate::delete(&req)?;
-        authz::allow(&self.node, &caller, |f| {
-            auth::check_write(&caller, &req.key, &req.range_end, f)
-        })?;
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(req)),
+        };
+        let seen = self.authorize(cert.as_ref(), &op)?;
         self.node.refuse_learner()?;
         match self
-            .write(RequestOp {
-                request: Some(request_op::Request::RequestDeleteRange(req)),
-            })
+            .write_authorized(op, cert.as_ref(), seen)
             .await?
             .response
         {
@@ -171,36 +245,39 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let caller = authz::caller(&self.node, &request)?;
+        let cert = authz::cert_of(&self.node, &request)?;
         let req = request.into_inner();
         validate::size(&req, self.node.config().max_request_bytes)?;
         validate::txn(&req, self.node.config().max_txn_ops)?;
-        authz::allow(&self.node, &caller, |f| auth::check_txn(&caller, &req, f))?;
-        self.node.refuse_learner()?;
-        if validate::has_puts(&req) {
-            self.node.check_quota().await?;
-        }
+        let (read_only, serializable, puts) = (
+            validate::read_only(&req),
+            validate::all_serializable(&req),
+            validate::has_puts(&req),
+        );
         let mut op = RequestOp {
             request: Some(request_op::Request::RequestTxn(req)),
         };
-        self.node.admit_events(&mut op).await?;
-        let mut resp = if validate::read_only(match &op.request {
-            Some(request_op::Request::RequestTxn(t)) => t,
-            _ => unreachable!(),
-        }) {
+        let mut resp = if read_only {
             // A read-only txn needs no log entry: a read barrier (unless every range is
-            // serializable) and an evaluation that writes nothing.
-            if let Some(request_op::Request::RequestTxn(t)) = &op.request {
-                if !validate::all_serializable(t) {
-                    self.node.read_barrier().await?;
-                }
+            // serializable), then the rights of the state it reads, and an evaluation that writes
+            // nothing.
+            self.node.refuse_learner()?;
+            if !serializable {
+                self.node.read_barrier().await?;
             }
+            self.authorize(cert.as_ref(), &op)?;
             let mut batch = self.node.mvcc().batch();
             let mut resp = batch.apply_op(&op).map_err(mvcc_status)?;
             set_headers(&mut resp, &self.node.header());
             resp
         } else {
-            self.write(op).await?
+            let seen = self.authorize(cert.as_ref(), &op)?;
+            self.node.refuse_learner()?;
+            if puts {
+                self.node.check_quota().await?;
+            }
+            self.node.admit_events(&mut op).await?;
+            self.write_authorized(op, cert.as_ref(), seen).await?
         };
         match resp.response.take() {
             Some(response_op::Response::ResponseTxn(t)) => Ok(Response::new(t)),

@@ -123,7 +123,7 @@ impl Lease for LeaseService {
                     // Only the keys the caller may read.
                     let mut keys = self.node.mvcc().lease_keys(req.id).map_err(internal)?;
                     if !caller.is_root() {
-                        let facts = StoreFacts(self.node.mvcc());
+                        let facts = StoreFacts::new(self.node.mvcc());
                         keys.retain(|k| auth::may_read_key(&caller, k, &facts));
                     }
                     keys

@@ -503,7 +503,7 @@ impl StreamTask {
             &self.caller,
             &w.range.start,
             &w.range.range_end(),
-            &StoreFacts(self.node.mvcc()),
+            &StoreFacts::new(self.node.mvcc()),
         )
     }
 

@@ -7,5 +7,6 @@ pub mod agent;
 pub mod decide;
 pub mod exec;
 pub mod facts;
+pub mod place;
 
 pub use eden_proto::model::Error;

@@ -106,6 +106,10 @@ enum Command {
     /// Tasks: list, show, wait, cancel.
     #[command(subcommand)]
     Task(cmd::task::TaskCmd),
+    /// Small files between machines: put, get, ls, rm, history; readable by the nodes their
+    /// readers allow.
+    #[command(subcommand)]
+    File(cmd::file::FileCmd),
     /// Variables of nodes (from --register) and of the cluster.
     #[command(subcommand)]
     Var(cmd::var::VarCmd),
@@ -272,6 +276,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Run(a) => cmd::run::run(&client, &out, *a).await,
         Command::Task(c) => cmd::task::run(&client, &out, c).await,
         Command::Var(c) => cmd::var::run(&client, &out, c).await,
+        Command::File(c) => cmd::file::run(&client, &out, c).await,
         Command::Reactor(c) => cmd::reactor::run(&client, &out, c).await,
         Command::Event(c) => cmd::event::run(&client, &out, c).await,
         Command::Hook(c) => cmd::hook::run(&client, &out, c).await,

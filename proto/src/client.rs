@@ -281,7 +281,8 @@ impl Client {
         Client::with_tls(endpoints, self.tls())
     }
 
-    fn tls(&self) -> Option<Tls> {
+    /// The certificate this client presents, if any.
+    pub fn tls(&self) -> Option<Tls> {
         self.tls.lock().expect("tls lock").clone()
     }
 

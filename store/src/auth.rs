@@ -26,7 +26,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use eden_proto::etcdserverpb::{request_op, Compare, RangeRequest, RequestOp, TxnRequest};
+use eden_proto::etcdserverpb::{
+    request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use eden_proto::model::keys;
 use eden_proto::model::readers::Readers;
 use eden_proto::model::users::{self, Perm};
@@ -88,6 +90,8 @@ pub trait Facts {
     fn labels(&self, node: &str) -> BTreeMap<String, String>;
     /// The readers of a variable, when any were set.
     fn var_readers(&self, scope: &str, name: &str) -> Option<Readers>;
+    /// The readers of a file (by its name), when it has any.
+    fn file_readers(&self, name: &str) -> Option<Readers>;
     /// Whether task `task` is assigned to `node` now.
     fn assigned(&self, node: &str, task: &str) -> bool;
     /// An etcd user's permissions through its roles, and whether one of them is `root`.
@@ -149,13 +153,34 @@ pub fn check_op(caller: &Caller, op: &RequestOp, facts: &dyn Facts) -> Result<()
         Some(request_op::Request::RequestRange(r)) => {
             check_read(caller, &r.key, &r.range_end, facts)
         }
-        Some(request_op::Request::RequestPut(p)) => check_write(caller, &p.key, &[], facts),
+        Some(request_op::Request::RequestPut(p)) => {
+            check_write(caller, &p.key, &[], facts)?;
+            check_value(caller, p)
+        }
         Some(request_op::Request::RequestDeleteRange(d)) => {
             check_write(caller, &d.key, &d.range_end, facts)
         }
         Some(request_op::Request::RequestTxn(t)) => check_txn(caller, t, facts),
         None => Ok(()),
     }
+}
+
+/// What a node writes must not claim to be another's: a file's metadata names its writer.
+fn check_value(caller: &Caller, p: &PutRequest) -> Result<(), Denied> {
+    let Caller::Node(node) = caller else {
+        return Ok(());
+    };
+    if p.key.starts_with(keys::FILES_META.as_bytes()) {
+        let writer = serde_json::from_slice::<eden_proto::model::files::FileMeta>(&p.value)
+            .map(|m| m.writer)
+            .unwrap_or_default();
+        if writer != format!("node:{node}") {
+            return Err(Denied(format!(
+                "{caller} may not write a file's metadata naming writer {writer:?}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a txn: every compare is a read, every op of both branches is checked (whichever runs).
@@ -280,10 +305,30 @@ fn inside(key: &[u8], end: &[u8], prefix: &[u8]) -> bool {
 /// The prefixes node `node` may read (or write) whole.
 fn whole_prefixes(node: &str, write: bool) -> Vec<String> {
     let mut p = vec![keys::node_vars(node), keys::node_var_readers(node)];
+    p.extend(own_file_prefixes(node));
     if !write {
         p.push(keys::node_prefix(node));
+        p.extend(PUBLIC_TO_NODES.iter().map(|s| s.to_string()));
     }
     p
+}
+
+/// What every node may read: files' metadata and readers, where agents place files, and the
+/// public keys files are sealed to.
+const PUBLIC_TO_NODES: [&str; 4] = [
+    keys::FILES_META,
+    keys::FILE_READERS,
+    keys::FILE_SYNC,
+    keys::SEALKEYS,
+];
+
+/// A node's own files: their bytes, metadata and readers.
+fn own_file_prefixes(node: &str) -> [String; 3] {
+    [
+        format!("{}{node}/", keys::FILES_DATA),
+        format!("{}{node}/", keys::FILES_META),
+        format!("{}{node}/", keys::FILE_READERS),
+    ]
 }
 
 /// One name: what `keys::check_name` accepts (so no '/' and nothing odd).
@@ -296,6 +341,25 @@ fn key_allowed(node: &str, key: &[u8], write: bool, facts: &dyn Facts) -> bool {
     // Its own registration keys (and, to read, everything under its node prefix).
     if let Some(leaf) = keys::rest(key, &keys::node_prefix(node)) {
         return !write || matches!(leaf, "facts" | "owner" | "alive");
+    }
+    // Its own files, everyone's files' metadata, and a file whose readers allow it now.
+    if own_file_prefixes(node)
+        .iter()
+        .any(|p| key.starts_with(p.as_bytes()))
+    {
+        return true;
+    }
+    if PUBLIC_TO_NODES
+        .iter()
+        .any(|p| key.starts_with(p.as_bytes()))
+    {
+        return !write || key == keys::sealkey(node).as_bytes();
+    }
+    if let Some(file) = keys::rest(key, keys::FILES_DATA) {
+        return !write
+            && facts
+                .file_readers(file)
+                .is_some_and(|r| r.allows(node, &facts.labels(node)));
     }
     // Its own variables and their readers.
     if key.starts_with(keys::node_vars(node).as_bytes())
@@ -404,6 +468,10 @@ impl Facts for StoreFacts<'_> {
 
     fn var_readers(&self, scope: &str, name: &str) -> Option<Readers> {
         self.get(&keys::var_readers(scope, name))
+    }
+
+    fn file_readers(&self, name: &str) -> Option<Readers> {
+        self.get(&keys::file_readers(name))
     }
 
     fn user_perms(&self, user: &str) -> (bool, Vec<Perm>) {

@@ -87,6 +87,9 @@ pub struct NodeConfig {
     pub tls: Option<eden_proto::client::Tls>,
     /// What explicit events may be stored (see [`crate::events`]).
     pub events: crate::events::EventPolicy,
+    /// The largest file (`/eden/files/data/...`) and all files together, in bytes.
+    pub max_file_bytes: usize,
+    pub max_files_bytes: u64,
 }
 
 /// How much history the leader keeps before compacting it automatically (etcd's
@@ -122,6 +125,8 @@ impl NodeConfig {
             auto_compaction: None,
             tls: None,
             events: Default::default(),
+            max_file_bytes: eden_proto::model::files::DEFAULT_MAX_FILE_BYTES,
+            max_files_bytes: eden_proto::model::files::DEFAULT_MAX_TOTAL_BYTES,
         }
     }
 }

@@ -22,6 +22,8 @@ struct World {
     assigned: BTreeSet<(String, String)>,
     /// An etcd user's permissions (through its roles), and whether it has the root role.
     users: BTreeMap<String, (bool, Vec<Perm>)>,
+    /// Files' readers, by file name.
+    file_readers: BTreeMap<String, Readers>,
 }
 
 impl Facts for World {
@@ -33,6 +35,9 @@ impl Facts for World {
     }
     fn assigned(&self, node: &str, task: &str) -> bool {
         self.assigned.contains(&(node.into(), task.into()))
+    }
+    fn file_readers(&self, name: &str) -> Option<Readers> {
+        self.file_readers.get(name).cloned()
     }
     fn user_perms(&self, user: &str) -> (bool, Vec<Perm>) {
         self.users.get(user).cloned().unwrap_or_default()
@@ -247,6 +252,17 @@ fn reference(n: &str, key: &[u8], write: bool, w: &World) -> bool {
             !write || matches!(leaf, ["facts"] | ["owner"] | ["alive"])
         }
         ["vars", x, _, ..] if *x == n => true,
+        ["files", "data" | "meta", x, _, ..] if *x == n => true,
+        ["readers", "files", x, _, ..] if *x == n => true,
+        ["sealkeys", x] if *x == n => true,
+        ["files", "meta" | "sync", _, ..] | ["readers", "files", _, ..] | ["sealkeys", _, ..] => {
+            !write
+        }
+        ["files", "data", file @ ..] if !file.is_empty() => {
+            !write
+                && w.file_readers(&file.join("/"))
+                    .is_some_and(|r| r.allows(n, &w.labels(n)))
+        }
         ["readers", "vars", x, _, ..] if *x == n => true,
         ["tasks", t] => !write && valid(t) && w.assigned(n, t),
         ["runs", t, "cancel"] => !write && valid(t) && w.assigned(n, t),
@@ -263,9 +279,9 @@ fn reference(n: &str, key: &[u8], write: bool, w: &World) -> bool {
 }
 
 const NODES: [&str; 4] = ["a", "b", "a0", "cluster"];
-const SEGMENTS: [&str; 14] = [
+const SEGMENTS: [&str; 19] = [
     "nodes", "vars", "readers", "tasks", "runs", "a", "b", "a0", "t1", "cancel", "claims",
-    "results", "facts", "labels",
+    "results", "facts", "labels", "files", "data", "meta", "sync", "sealkeys",
 ];
 
 fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
@@ -278,7 +294,7 @@ fn random_key(rng: &mut StdRng) -> Vec<u8> {
     let m = pick(rng, &NODES);
     let t = pick(rng, &["t1", "a", "cancel"]);
     let v = pick(rng, &SEGMENTS);
-    let mut k = match rng.gen_range(0..12) {
+    let mut k = match rng.gen_range(0..15) {
         0 => format!(
             "/eden/nodes/{n}/{}",
             pick(rng, &["facts", "owner", "alive", "labels"])
@@ -295,6 +311,12 @@ fn random_key(rng: &mut StdRng) -> Vec<u8> {
         ),
         8 => format!("/eden/{}", pick(rng, &SEGMENTS)),
         9 => String::new(),
+        10 => format!(
+            "/eden/files/{}/{n}/{v}",
+            pick(rng, &["data", "meta", "sync"])
+        ),
+        11 => format!("/eden/readers/files/{n}/{v}"),
+        12 => format!("/eden/sealkeys/{n}"),
         _ => {
             let mut k = "/eden/".to_string();
             for i in 0..rng.gen_range(0..5) {
@@ -375,6 +397,15 @@ fn random_world(rng: &mut StdRng) -> World {
             }
         }
         for v in SEGMENTS {
+            if rng.gen_bool(0.2) {
+                let items = match rng.gen_range(0..3) {
+                    0 => vec!["role=master".to_string()],
+                    1 => vec![format!("node:{}", NODES[rng.gen_range(0..3)])],
+                    _ => vec!["!role".to_string()],
+                };
+                w.file_readers
+                    .insert(format!("{n}/{v}"), Readers::parse(&items).unwrap());
+            }
             if rng.gen_bool(0.2) {
                 let items = match rng.gen_range(0..3) {
                     0 => vec!["role=master".to_string()],

@@ -9,6 +9,7 @@ pub mod compact;
 pub mod del;
 pub mod endpoint;
 pub mod event;
+pub mod file;
 pub mod get;
 pub mod hook;
 pub mod lease;

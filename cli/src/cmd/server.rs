@@ -71,6 +71,12 @@ pub struct ServerArgs {
     /// Most operations in one txn [default: 128].
     #[arg(long)]
     pub max_txn_ops: Option<usize>,
+    /// Largest file (eden file put) in bytes; below the request limit [default: 1048576].
+    #[arg(long)]
+    pub max_file_bytes: Option<usize>,
+    /// Most bytes all files together may hold [default: 67108864].
+    #[arg(long)]
+    pub max_files_bytes: Option<u64>,
     /// Seconds between watch progress notifications [default: 600].
     #[arg(long)]
     pub watch_progress_notify_interval: Option<u64>,
@@ -179,6 +185,8 @@ struct FileConfig {
     election_timeout: Option<u64>,
     max_request_bytes: Option<usize>,
     max_txn_ops: Option<usize>,
+    max_file_bytes: Option<usize>,
+    max_files_bytes: Option<u64>,
     watch_progress_notify_interval: Option<u64>,
     watch_ring_revisions: Option<usize>,
     quota_bytes: Option<i64>,
@@ -344,6 +352,21 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
     }
     if let Some(v) = args.max_txn_ops.or(file.max_txn_ops) {
         c.max_txn_ops = v;
+    }
+    if let Some(v) = args.max_file_bytes.or(file.max_file_bytes) {
+        c.max_file_bytes = v;
+    }
+    if let Some(v) = args.max_files_bytes.or(file.max_files_bytes) {
+        c.max_files_bytes = v;
+    }
+    // A file is one value: the cap stays under the request limit (with room for its metadata),
+    // so no file is ever chunked (decision 0014).
+    if c.max_file_bytes + 64 * 1024 > c.max_request_bytes {
+        bail!(
+            "--max-file-bytes {} must be at least 64 KiB under --max-request-bytes {}",
+            c.max_file_bytes,
+            c.max_request_bytes
+        );
     }
     if let Some(v) = args
         .watch_progress_notify_interval

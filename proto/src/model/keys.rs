@@ -28,6 +28,16 @@ pub const TOKENS: &str = "/eden/tokens/";
 /// What only members may read: the cluster's CA (`/eden/pki/ca`, certificate and key).
 pub const PKI: &str = "/eden/pki/";
 pub const PKI_CA: &str = "/eden/pki/ca";
+/// Files: their bytes (`/eden/files/data/NAME`), what they are (`/eden/files/meta/NAME`), who
+/// may read them (`/eden/readers/files/NAME`).
+pub const FILES: &str = "/eden/files/";
+pub const FILES_DATA: &str = "/eden/files/data/";
+pub const FILES_META: &str = "/eden/files/meta/";
+pub const FILE_READERS: &str = "/eden/readers/files/";
+/// Where agents place files: `/eden/files/sync/NAME` holds a SyncRule.
+pub const FILE_SYNC: &str = "/eden/files/sync/";
+/// Each node's public age key, for files sealed to it: `/eden/sealkeys/NODE`.
+pub const SEALKEYS: &str = "/eden/sealkeys/";
 /// The pseudo-node whose variables are cluster-wide.
 pub const CLUSTER: &str = "cluster";
 
@@ -84,6 +94,22 @@ pub fn var_readers(scope: &str, name: &str) -> String {
 }
 pub fn node_var_readers(scope: &str) -> String {
     format!("{VAR_READERS}{scope}/")
+}
+
+pub fn file_data(name: &str) -> String {
+    format!("{FILES_DATA}{name}")
+}
+pub fn file_meta(name: &str) -> String {
+    format!("{FILES_META}{name}")
+}
+pub fn file_readers(name: &str) -> String {
+    format!("{FILE_READERS}{name}")
+}
+pub fn file_sync(rule: &str) -> String {
+    format!("{FILE_SYNC}{rule}")
+}
+pub fn sealkey(node: &str) -> String {
+    format!("{SEALKEYS}{node}")
 }
 
 /// A new explicit event's key: time-ordered (milliseconds), unique.

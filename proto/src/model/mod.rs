@@ -19,6 +19,11 @@
 //! /eden/readers/vars/SCOPE/NAME    Readers (readers)            whoever writes the variable
 //! /eden/events/TIME-RANDOM         Event (events)               operator, webhook intake, reactor;
 //!                                                               the server keeps them a retention
+//! /eden/files/data/NS/PATH         bytes (files), sealed: age   node NS (its own), operator
+//! /eden/files/meta/NS/PATH         FileMeta (files)             with the bytes; every node reads
+//! /eden/readers/files/NS/PATH      Readers (readers)            with the bytes
+//! /eden/files/sync/NAME            SyncRule (files)             operator (`eden file sync apply`)
+//! /eden/sealkeys/NODE              age public key, text          agent NODE; every node reads
 //! /eden/tokens/ID                 Token (tokens)               operator (`eden token create`);
 //!                                                               the join call uses it up
 //! /eden/pki/ca                     CaKeys (tokens), secret       the member that made the CA;
@@ -40,6 +45,7 @@
 
 pub mod certs;
 pub mod events;
+pub mod files;
 pub mod hooks;
 pub mod keys;
 pub mod kv;

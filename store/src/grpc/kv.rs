@@ -85,6 +85,66 @@ fn guarded(op: &RequestOp, seen: &Seen) -> RequestOp {
 }
 
 impl KvService {
+    /// Refuses a write that would store a file over the cap per file, or take all files over
+    /// the cap for the cluster (files are for configuration, not binaries).
+    fn check_files(&self, op: &RequestOp) -> Result<(), Status> {
+        use eden_proto::model::files::FileMeta;
+        use eden_proto::model::keys;
+        let mut all = Vec::new();
+        validate::puts(op, &mut all);
+        let files: Vec<_> = all
+            .into_iter()
+            .filter(|p| p.key.starts_with(keys::FILES_DATA.as_bytes()))
+            .collect();
+        if files.is_empty() {
+            return Ok(());
+        }
+        let config = self.node.config();
+        let name =
+            |p: &PutRequest| String::from_utf8_lossy(&p.key[keys::FILES_DATA.len()..]).into_owned();
+        for p in &files {
+            if p.value.len() > config.max_file_bytes {
+                return Err(Status::invalid_argument(format!(
+                    "etcdserver: file {} is {} bytes, over the cap of {} per file \
+                     (--max-file-bytes): files are for configuration, not binaries",
+                    name(p),
+                    p.value.len(),
+                    config.max_file_bytes
+                )));
+            }
+        }
+        let stored = self
+            .node
+            .mvcc()
+            .range(&RangeRequest {
+                key: keys::FILES_META.into(),
+                range_end: eden_proto::keys::prefix_end(keys::FILES_META.as_bytes()),
+                ..Default::default()
+            })
+            .map_err(mvcc_status)?;
+        let replaced: Vec<String> = files.iter().map(|p| name(p)).collect();
+        let kept: u64 = stored
+            .kvs
+            .iter()
+            .filter(|kv| {
+                !replaced
+                    .iter()
+                    .any(|n| kv.key == keys::file_meta(n).as_bytes())
+            })
+            .filter_map(|kv| serde_json::from_slice::<FileMeta>(&kv.value).ok())
+            .map(|m| m.size)
+            .sum();
+        let total = kept + files.iter().map(|p| p.value.len() as u64).sum::<u64>();
+        if total > config.max_files_bytes {
+            return Err(Status::invalid_argument(format!(
+                "etcdserver: files would hold {total} bytes, over the cluster's cap of {} \
+                 (--max-files-bytes): files are for configuration, not binaries",
+                config.max_files_bytes
+            )));
+        }
+        Ok(())
+    }
+
     async fn write(&self, op: RequestOp) -> Result<ResponseOp, Status> {
         write_op(&self.node, op).await
     }
@@ -208,6 +268,7 @@ impl Kv for KvService {
             request: Some(request_op::Request::RequestPut(req)),
         };
         let seen = self.authorize(cert.as_ref(), &op)?;
+        self.check_files(&op)?;
         self.node.refuse_learner()?;
         self.node.check_quota().await?;
         self.node.admit_events(&mut op).await?;
@@ -272,6 +333,7 @@ impl Kv for KvService {
             resp
         } else {
             let seen = self.authorize(cert.as_ref(), &op)?;
+            self.check_files(&op)?;
             self.node.refuse_learner()?;
             if puts {
                 self.node.check_quota().await?;

@@ -152,6 +152,19 @@ pub fn has_puts(t: &TxnRequest) -> bool {
         })
 }
 
+/// Every put of a request, those of (nested) txns' both branches included.
+pub fn puts<'a>(op: &'a RequestOp, out: &mut Vec<&'a PutRequest>) {
+    match &op.request {
+        Some(request_op::Request::RequestPut(p)) => out.push(p),
+        Some(request_op::Request::RequestTxn(t)) => {
+            for o in t.success.iter().chain(t.failure.iter()) {
+                puts(o, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// True when every range in a read-only txn asks for a serializable read.
 pub fn all_serializable(t: &TxnRequest) -> bool {
     t.success

@@ -4,6 +4,7 @@
 #   protobuf-compiler    protoc for the etcd-client crate (a test dependency; eden itself uses a vendored protoc)
 #   etcd-client          etcdctl 3.4, for the conformance tests
 #   etcd-server          etcd 3.4, which the robustness suite's checks must also pass
+#   openssl              the files tests make a CA with it, as an operator's task would
 set -euo pipefail
 need=()
 command -v clang >/dev/null 2>&1 || need+=(clang)
@@ -11,6 +12,7 @@ dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

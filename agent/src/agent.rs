@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub facts_interval: Duration,
     /// Stored output per stream, at most.
     pub max_output_bytes: usize,
+    /// What a task's `eden` commands act as: this node (`EDEN_ENDPOINTS`, `EDEN_CACERT`,
+    /// `EDEN_CERT`, `EDEN_KEY` and `EDEN_SEAL_KEY` in its environment).
+    pub task_env: BTreeMap<String, String>,
 }
 
 impl AgentConfig {
@@ -64,6 +67,7 @@ impl AgentConfig {
             lease_ttl: Duration::from_secs(10),
             facts_interval: Duration::from_secs(60),
             max_output_bytes: 64 * 1024,
+            task_env: BTreeMap::new(),
         }
     }
 }
@@ -139,6 +143,8 @@ pub struct Agent {
     started: Mutex<HashSet<String>>,
     running: Mutex<usize>,
     shutdown: watch::Sender<bool>,
+    /// Places the files the sync rules select for this node, and reads files for templates.
+    placer: Arc<crate::placing::Placer>,
     _lock: DirLock,
 }
 
@@ -164,6 +170,18 @@ impl Agent {
             }
         };
         let started_at = now_ms();
+        let sealing = match crate::sealing::SealKey::load_or_make(&cfg.data_dir) {
+            Ok(k) => Some(Arc::new(k)),
+            Err(e) => {
+                tracing::warn!("no key for sealed files: {e}");
+                None
+            }
+        };
+        let placer = Arc::new(crate::placing::Placer::new(
+            client.clone(),
+            &cfg.name,
+            sealing.clone(),
+        ));
         let agent = Arc::new(Agent {
             instance: identity.instance,
             run: random_hex(6),
@@ -174,6 +192,7 @@ impl Agent {
             started: Mutex::new(HashSet::new()),
             running: Mutex::new(0),
             shutdown: watch::channel(false).0,
+            placer,
             client,
             cfg,
             _lock: lock,
@@ -186,6 +205,14 @@ impl Agent {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 other => break other?,
+            }
+        }
+        if let Some(k) = &sealing {
+            if let Err(e) =
+                eden_proto::model::sealing::register(&agent.client, &agent.cfg.name, k.public())
+                    .await
+            {
+                tracing::warn!("registering the key for sealed files: {e}");
             }
         }
         tracing::info!(node = %agent.cfg.name, instance = %agent.instance, run = %agent.run, "registered");
@@ -273,12 +300,14 @@ impl Agent {
         let keepalive = tokio::spawn(self.clone().keepalive_loop());
         let facts = tokio::spawn(self.clone().facts_loop());
         let tasks = tokio::spawn(self.clone().assignments_loop());
+        let placing = tokio::spawn(self.placer.clone().run());
         let outcome = tokio::select! {
             _ = stop => Ok(()),
             r = keepalive => r.unwrap_or_else(|e| Err(Error::Refused(format!("keep-alive: {e}")))),
             r = tasks => r.unwrap_or_else(|e| Err(Error::Refused(format!("tasks: {e}")))),
         };
         facts.abort();
+        placing.abort();
         self.stop_cleanly().await;
         outcome
     }
@@ -578,6 +607,7 @@ impl Agent {
                 facts: self.facts.lock().unwrap().clone(),
             },
             vars: Default::default(),
+            files: Default::default(),
         })
     }
 
@@ -591,8 +621,29 @@ impl Agent {
                 Err(e) => e,
             };
             let missing = ctx.vars.missing();
-            if missing.is_empty() {
+            let missing_files = ctx.files.missing();
+            if missing.is_empty() && missing_files.is_empty() {
                 return Err(failed);
+            }
+            for name in missing_files {
+                match self.read_file(&name).await {
+                    Ok(Some(bytes)) => match String::from_utf8(bytes) {
+                        Ok(text) => ctx.files.insert(&name, text),
+                        Err(_) => {
+                            return Err(format!(
+                                "the template names file {name}, which is not text"
+                            ))
+                        }
+                    },
+                    Ok(None) => ctx.files.absent(&name),
+                    Err(Error::Client(e)) if e.is_permission_denied() => {
+                        return Err(format!(
+                            "the template names file {name}, which this node may not read (its \
+                             readers do not include it)"
+                        ))
+                    }
+                    Err(e) => return Err(format!("reading file {name}: {e}")),
+                }
             }
             for (scope, name) in missing {
                 match vars::get(&self.client, &scope, &name, 0).await {
@@ -608,6 +659,11 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// A file's bytes for a template (opened if sealed); None if there is none.
+    async fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.placer.read(name).await?.map(|(bytes, _, _)| bytes))
     }
 
     /// Renders the task and turns it into a job; Err is why it cannot run.
@@ -640,7 +696,11 @@ impl Agent {
         Ok(Job {
             program,
             args,
-            env: spec.env.clone(),
+            env: {
+                let mut env = self.cfg.task_env.clone();
+                env.extend(spec.env.clone());
+                env
+            },
             cwd: spec.cwd.clone(),
             timeout: Duration::from_millis(spec.timeout_ms),
             max_output_bytes: self.cfg.max_output_bytes,

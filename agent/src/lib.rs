@@ -8,5 +8,7 @@ pub mod decide;
 pub mod exec;
 pub mod facts;
 pub mod place;
+pub mod placing;
+pub mod sealing;
 
 pub use eden_proto::model::Error;

@@ -271,7 +271,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Snapshot(c) => cmd::snapshot::run(&client, &out, c).await,
         Command::Alarm(c) => cmd::alarm::run(&client, &out, c).await,
         Command::Bench(c) => cmd::bench::run(client.endpoints(), &out, c).await,
-        Command::Agent(a) => cmd::agent::run(&client, *a, own_cert).await,
+        Command::Agent(a) => cmd::agent::run(&client, *a, own_cert, files).await,
         Command::Node(c) => cmd::node::run(&client, &out, c).await,
         Command::Run(a) => cmd::run::run(&client, &out, *a).await,
         Command::Task(c) => cmd::task::run(&client, &out, c).await,

@@ -92,6 +92,10 @@ pub trait Facts {
     fn var_readers(&self, scope: &str, name: &str) -> Option<Readers>;
     /// The readers of a file (by its name), when it has any.
     fn file_readers(&self, name: &str) -> Option<Readers>;
+    /// The node a read-once file is for, when it is one.
+    fn file_once(&self, name: &str) -> Option<String>;
+    /// Whether a key exists now.
+    fn exists(&self, key: &[u8]) -> bool;
     /// Whether task `task` is assigned to `node` now.
     fn assigned(&self, node: &str, task: &str) -> bool;
     /// An etcd user's permissions through its roles, and whether one of them is `root`.
@@ -165,6 +169,50 @@ pub fn check_op(caller: &Caller, op: &RequestOp, facts: &dyn Facts) -> Result<()
     }
 }
 
+/// A read-once file's one read: a txn whose success reads the file's bytes and deletes them (and
+/// does nothing else), by the node it is for, while they are there. None: not such a txn.
+fn check_read_once(
+    caller: &Caller,
+    txn: &TxnRequest,
+    facts: &dyn Facts,
+) -> Option<Result<(), Denied>> {
+    let Caller::Node(node) = caller else {
+        return None;
+    };
+    let [read, delete] = txn.success.as_slice() else {
+        return None;
+    };
+    let (
+        Some(request_op::Request::RequestRange(r)),
+        Some(request_op::Request::RequestDeleteRange(d)),
+    ) = (&read.request, &delete.request)
+    else {
+        return None;
+    };
+    if r.key != d.key || !r.range_end.is_empty() || !d.range_end.is_empty() {
+        return None;
+    }
+    let file = keys::rest(&r.key, keys::FILES_DATA)?;
+    let target = facts.file_once(file)?;
+    Some(
+        if !txn.failure.is_empty() || txn.compare.iter().any(|c| c.key != r.key) {
+            Err(Denied(format!(
+                "{caller}: a read-once file is read by a txn that reads and deletes it, nothing else"
+            )))
+        } else if target != *node {
+            Err(Denied(format!(
+                "{caller} may not read {file}: it is read once, by node {target}"
+            )))
+        } else if !facts.exists(&r.key) {
+            Err(Denied(format!(
+                "{caller} may not read {file} again: it was read once already"
+            )))
+        } else {
+            Ok(())
+        },
+    )
+}
+
 /// What a node writes must not claim to be another's: a file's metadata names its writer.
 fn check_value(caller: &Caller, p: &PutRequest) -> Result<(), Denied> {
     let Caller::Node(node) = caller else {
@@ -187,6 +235,9 @@ fn check_value(caller: &Caller, p: &PutRequest) -> Result<(), Denied> {
 pub fn check_txn(caller: &Caller, txn: &TxnRequest, facts: &dyn Facts) -> Result<(), Denied> {
     if caller.is_root() {
         return Ok(());
+    }
+    if let Some(r) = check_read_once(caller, txn, facts) {
+        return r;
     }
     for c in &txn.compare {
         check_compare(caller, c, facts)?;
@@ -340,7 +391,15 @@ fn name(s: &str) -> Option<&str> {
 fn key_allowed(node: &str, key: &[u8], write: bool, facts: &dyn Facts) -> bool {
     // Its own registration keys (and, to read, everything under its node prefix).
     if let Some(leaf) = keys::rest(key, &keys::node_prefix(node)) {
-        return !write || matches!(leaf, "facts" | "owner" | "alive");
+        return !write || matches!(leaf, "facts" | "owner" | "alive") || leaf.starts_with("files/");
+    }
+    // Any node's labels (one at a time): a writer seals a file for the nodes its readers match.
+    if !write
+        && keys::rest(key, keys::NODES)
+            .and_then(|r| r.split_once('/'))
+            .is_some_and(|(n, leaf)| leaf == "labels" && name(n).is_some())
+    {
+        return true;
     }
     // Its own files, everyone's files' metadata, and a file whose readers allow it now.
     if own_file_prefixes(node)
@@ -356,7 +415,9 @@ fn key_allowed(node: &str, key: &[u8], write: bool, facts: &dyn Facts) -> bool {
         return !write || key == keys::sealkey(node).as_bytes();
     }
     if let Some(file) = keys::rest(key, keys::FILES_DATA) {
+        // A read-once file is read only by its consuming txn ([`check_read_once`]).
         return !write
+            && facts.file_once(file).is_none()
             && facts
                 .file_readers(file)
                 .is_some_and(|r| r.allows(node, &facts.labels(node)));
@@ -472,6 +533,15 @@ impl Facts for StoreFacts<'_> {
 
     fn file_readers(&self, name: &str) -> Option<Readers> {
         self.get(&keys::file_readers(name))
+    }
+
+    fn file_once(&self, name: &str) -> Option<String> {
+        self.get::<eden_proto::model::files::FileMeta>(&keys::file_meta(name))?
+            .once
+    }
+
+    fn exists(&self, key: &[u8]) -> bool {
+        self.read(&String::from_utf8_lossy(key)).is_some()
     }
 
     fn user_perms(&self, user: &str) -> (bool, Vec<Perm>) {

@@ -24,6 +24,10 @@ struct World {
     users: BTreeMap<String, (bool, Vec<Perm>)>,
     /// Files' readers, by file name.
     file_readers: BTreeMap<String, Readers>,
+    /// Read-once files, by name: the node each is for.
+    once: BTreeMap<String, String>,
+    /// Keys that do not exist (every other key does).
+    gone: BTreeSet<Vec<u8>>,
 }
 
 impl Facts for World {
@@ -38,6 +42,12 @@ impl Facts for World {
     }
     fn file_readers(&self, name: &str) -> Option<Readers> {
         self.file_readers.get(name).cloned()
+    }
+    fn file_once(&self, name: &str) -> Option<String> {
+        self.once.get(name).cloned()
+    }
+    fn exists(&self, key: &[u8]) -> bool {
+        !self.gone.contains(key)
     }
     fn user_perms(&self, user: &str) -> (bool, Vec<Perm>) {
         self.users.get(user).cloned().unwrap_or_default()
@@ -76,7 +86,11 @@ fn a_node_reads_and_writes_its_own_keys_only() {
     let a = node("a");
     assert!(read(&a, "/eden/nodes/a/labels", "", &w));
     assert!(read(&a, "/eden/nodes/a/tasks/", "/eden/nodes/a/tasks0", &w));
-    assert!(!read(&a, "/eden/nodes/b/labels", "", &w));
+    // Another node's labels one at a time (to seal files for the nodes readers match), nothing
+    // else of it, and no range over nodes.
+    assert!(read(&a, "/eden/nodes/b/labels", "", &w));
+    assert!(!read(&a, "/eden/nodes/b/facts", "", &w));
+    assert!(!read(&a, "/eden/nodes/b/", "/eden/nodes/b0", &w));
     assert!(!read(&a, "/eden/nodes/", "/eden/nodes0", &w));
     for k in ["facts", "owner", "alive"] {
         assert!(write(&a, &format!("/eden/nodes/a/{k}"), "", &w), "{k}");
@@ -229,6 +243,45 @@ fn an_etcd_user_gets_what_its_roles_grant_whole() {
     assert!(!read(&Caller::User("bob".into()), "/app/x", "", &w));
 }
 
+#[test]
+fn a_read_once_file_is_read_by_its_node_once_by_a_consuming_txn_only() {
+    let mut w = World::default();
+    w.file_readers
+        .insert("a/tok".into(), Readers::parse(&["node:b".into()]).unwrap());
+    w.once.insert("a/tok".into(), "b".into());
+    let key = b"/eden/files/data/a/tok".to_vec();
+    let consume = TxnRequest {
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: key.clone(),
+                        ..Default::default()
+                    },
+                )),
+            },
+        ],
+        ..Default::default()
+    };
+    assert!(auth::check_txn(&node("b"), &consume, &w).is_ok());
+    assert!(auth::check_txn(&node("c"), &consume, &w).is_err());
+    // A plain read would leave it there: refused, even to b.
+    assert!(!read(&node("b"), "/eden/files/data/a/tok", "", &w));
+    // Something more in the txn: refused.
+    let mut more = consume.clone();
+    more.failure.push(more.success[0].clone());
+    assert!(auth::check_txn(&node("b"), &more, &w).is_err());
+    // Once read, gone: refused (and so audited).
+    w.gone.insert(key);
+    assert!(auth::check_txn(&node("b"), &consume, &w).is_err());
+}
+
 // ---- the fuzz ----
 
 /// The reference: may node `n` read (or write) the single key `key`? Written from the rules'
@@ -249,9 +302,10 @@ fn reference(n: &str, key: &[u8], write: bool, w: &World) -> bool {
     };
     match segs.as_slice() {
         ["nodes", x, leaf @ ..] if *x == n && !leaf.is_empty() => {
-            !write || matches!(leaf, ["facts"] | ["owner"] | ["alive"])
+            !write || matches!(leaf, ["facts"] | ["owner"] | ["alive"] | ["files", _, ..])
         }
         ["vars", x, _, ..] if *x == n => true,
+        ["nodes", x, "labels"] => !write && valid(x),
         ["files", "data" | "meta", x, _, ..] if *x == n => true,
         ["readers", "files", x, _, ..] if *x == n => true,
         ["sealkeys", x] if *x == n => true,
@@ -260,6 +314,7 @@ fn reference(n: &str, key: &[u8], write: bool, w: &World) -> bool {
         }
         ["files", "data", file @ ..] if !file.is_empty() => {
             !write
+                && w.file_once(&file.join("/")).is_none()
                 && w.file_readers(&file.join("/"))
                     .is_some_and(|r| r.allows(n, &w.labels(n)))
         }
@@ -405,6 +460,10 @@ fn random_world(rng: &mut StdRng) -> World {
                 };
                 w.file_readers
                     .insert(format!("{n}/{v}"), Readers::parse(&items).unwrap());
+                if rng.gen_bool(0.3) {
+                    w.once
+                        .insert(format!("{n}/{v}"), NODES[rng.gen_range(0..3)].into());
+                }
             }
             if rng.gen_bool(0.2) {
                 let items = match rng.gen_range(0..3) {

@@ -206,3 +206,287 @@ async fn bad_files_are_refused_with_one_line_and_nothing_stored() {
     let left = c.client().range(range("/eden/files/", true)).await.unwrap();
     assert!(left.kvs.is_empty(), "{left:?}");
 }
+
+/// The CLI's path, for tasks that run `eden` as their node.
+fn eden() -> String {
+    eden_tests::eden_bin().display().to_string()
+}
+
+async fn eden_ok(c: &Cluster, args: &[&str]) -> eden_tests::CliOutput {
+    let o = c.eden(args).await;
+    assert_eq!(o.code, Some(0), "eden {args:?}: {o:?}");
+    o
+}
+
+async fn wait_file(path: &std::path::Path, what: &str, cond: impl Fn(&[u8]) -> bool) {
+    eden_tests::wait_for(what, Duration::from_secs(30), || async {
+        std::fs::read(path).is_ok_and(|b| cond(&b))
+    })
+    .await;
+}
+
+/// The seed's certificate story: a task on a makes a CA with openssl and publishes its
+/// certificate (plain) and key (sealed) for the masters; agents place them where the sync rule
+/// says; c is refused and gets nothing; a new master gets them (the key re-sealed by a reactor
+/// rule on a), and once unlabelled gets no later version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_story_masters_get_the_files_and_no_other_node_does() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let agents: Vec<_> = ["a", "b", "c"].iter().map(|n| c.agent(n, &[])).collect();
+    c.wait_nodes(&["a", "b", "c"], true).await;
+    for n in ["a", "b"] {
+        eden_ok(&c, &["node", "label", n, "role=master"]).await;
+    }
+    let placed = c.dir().join("placed");
+    let rules = c.dir().join("sync.yaml");
+    std::fs::write(
+        &rules,
+        format!(
+            "name: tls\nfiles: a/tls/*\non: role=master\npath: {}/{{node}}/\n",
+            placed.display()
+        ),
+    )
+    .unwrap();
+    eden_ok(&c, &["file", "sync", "apply", &rules.display().to_string()]).await;
+    for n in ["a", "b", "c", "d"] {
+        std::fs::create_dir_all(placed.join(n)).unwrap();
+    }
+    let make_ca = format!(
+        "set -e; cd \"$(mktemp -d)\"; openssl req -x509 -newkey ec -pkeyopt \
+         ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -subj /CN=eden-test -days 1 \
+         2>/dev/null; {e} file put ca.crt a/tls/ca.crt --readers role=master --mode 0644; \
+         {e} file put ca.key a/tls/ca.key --readers role=master --mode 0600 --sealed",
+        e = eden()
+    );
+    let o = c
+        .eden(&["run", "--nodes", "a", "--shell", "--", &make_ca])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}\n{}", agents[0].log_text());
+
+    // The certificate as stored, byte for byte, at the masters' paths; the key opened there.
+    let cert = c
+        .client()
+        .range(range("/eden/files/data/a/tls/ca.crt", false))
+        .await
+        .unwrap()
+        .kvs[0]
+        .value
+        .clone();
+    for n in ["a", "b"] {
+        wait_file(
+            &placed.join(n).join("ca.crt"),
+            "the certificate placed",
+            |b| b == cert,
+        )
+        .await;
+        wait_file(&placed.join(n).join("ca.key"), "the key placed", |b| {
+            String::from_utf8_lossy(b).contains("PRIVATE KEY")
+        })
+        .await;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(placed.join(n).join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let key = std::fs::read(placed.join("a").join("ca.key")).unwrap();
+    assert_eq!(std::fs::read(placed.join("b").join("ca.key")).unwrap(), key);
+    // What the servers hold of the sealed key is not the key.
+    let stored = c
+        .client()
+        .range(range("/eden/files/data/a/tls/ca.key", false))
+        .await
+        .unwrap()
+        .kvs[0]
+        .value
+        .clone();
+    assert!(stored.starts_with(b"age-encryption.org/v1"), "not sealed");
+    assert!(!String::from_utf8_lossy(&stored).contains("PRIVATE KEY"));
+    // Recorded as placed (the event file/placed/b/a/tls/ca.crt).
+    let rec = c
+        .client()
+        .range(range("/eden/nodes/b/files/a/tls/ca.crt", false))
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&rec.kvs[0].value).contains("\"placed\""),
+        "{rec:?}"
+    );
+
+    // c: refused by file get and by a template, and nothing placed.
+    let o = c.eden_as("node-c", &["file", "get", "a/tls/ca.crt"]).await;
+    assert_eq!(o.code, Some(8), "{o:?}");
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "c",
+            "--",
+            "echo",
+            r#"{{ files["a/tls/ca.crt"] }}"#,
+        ])
+        .await;
+    assert_eq!(o.code, Some(4), "{o:?}");
+    assert!(o.stdout.contains("may not read"), "{o:?}");
+    let o = c
+        .eden(&[
+            "run",
+            "--nodes",
+            "b",
+            "--",
+            "echo",
+            r#"{{ files["a/tls/ca.crt"] }}"#,
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("BEGIN CERTIFICATE"), "{o:?}");
+    assert!(std::fs::read_dir(placed.join("c"))
+        .unwrap()
+        .next()
+        .is_none());
+
+    // A rule on a re-seals a's sealed files when labels change; a new master d gets both.
+    let reseal = c.dir().join("reseal.yaml");
+    std::fs::write(
+        &reseal,
+        format!(
+            "name: reseal\non: node/labels/*\nactions:\n  - run:\n      nodes: a\n      \
+             command: [\"{}\", \"file\", \"reseal\", \"a/\"]\n",
+            eden()
+        ),
+    )
+    .unwrap();
+    eden_ok(&c, &["reactor", "apply", &reseal.display().to_string()]).await;
+    let d = c.agent("d", &[]);
+    c.wait_nodes(&["d"], true).await;
+    eden_ok(&c, &["node", "label", "d", "role=master"]).await;
+    wait_file(&placed.join("d").join("ca.crt"), "d's certificate", |b| {
+        b == cert
+    })
+    .await;
+    wait_file(
+        &placed.join("d").join("ca.key"),
+        "d's key, re-sealed",
+        |b| b == key,
+    )
+    .await;
+
+    // Unlabelled, d gets no later version; b does.
+    eden_ok(&c, &["node", "label", "d", "role-"]).await;
+    let o = c
+        .eden(&[
+            "run", "--nodes", "a", "--shell", "--",
+            &format!("echo v2 > /tmp/eden-v2-$$ && {} file put /tmp/eden-v2-$$ a/tls/ca.crt --readers role=master", eden()),
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    wait_file(&placed.join("b").join("ca.crt"), "b's new version", |b| {
+        b == b"v2\n"
+    })
+    .await;
+    let rec = c
+        .client()
+        .range(range("/eden/nodes/d/files/a/tls/ca.crt", false))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(placed.join("d").join("ca.crt")).unwrap(),
+        cert,
+        "{rec:?}\n{}",
+        d.log_text()
+    );
+}
+
+/// Read once: the node it is for reads it one time; a second read, and anyone else's, is refused
+/// and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_once_file_is_read_once_by_its_node() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let local = c.dir().join("token");
+    std::fs::write(&local, b"abcdef.0123456789abcdef").unwrap();
+    let l = local.display().to_string();
+    let o = c
+        .eden_as(
+            "node-a",
+            &["file", "put", &l, "a/join-token", "--once", "b"],
+        )
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let o = c.eden_as("node-c", &["file", "get", "a/join-token"]).await;
+    assert_eq!(o.code, Some(8), "c: {o:?}");
+    let o = c.eden_as("node-b", &["file", "get", "a/join-token"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(o.stdout, "abcdef.0123456789abcdef");
+    let o = c.eden_as("node-b", &["file", "get", "a/join-token"]).await;
+    assert_eq!(o.code, Some(8), "the second read: {o:?}");
+    eden_tests::wait_for(
+        "the refusals to be audit events",
+        Duration::from_secs(10),
+        || async {
+            let o = c
+                .eden(&["event", "ls", "audit/denied/**", "-w", "json"])
+                .await;
+            o.stdout.contains("audit/denied/node/b") && o.stdout.contains("read once already")
+        },
+    )
+    .await;
+}
+
+/// An agent killed while it places a file leaves the old content or the new, never a mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_leaves_a_whole_file() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let mut a = c.agent("a", &[]);
+    c.wait_nodes(&["a"], true).await;
+    eden_ok(&c, &["node", "label", "a", "role=web"]).await;
+    let dir = c.dir().join("placed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = c.dir().join("sync.yaml");
+    std::fs::write(
+        &rules,
+        format!(
+            "name: big\nfiles: cluster/big\non: role=web\npath: {}/big\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    eden_ok(&c, &["file", "sync", "apply", &rules.display().to_string()]).await;
+    let target = dir.join("big");
+    for round in 0..6u8 {
+        let fill = b'a' + round;
+        let local = c.dir().join("v");
+        std::fs::write(&local, vec![fill; 900_000]).unwrap();
+        eden_ok(
+            &c,
+            &[
+                "file",
+                "put",
+                &local.display().to_string(),
+                "cluster/big",
+                "--readers",
+                "node:a",
+            ],
+        )
+        .await;
+        // Kill the agent at some point of its work on this version (or after it).
+        tokio::time::sleep(Duration::from_millis(rand_ms(round))).await;
+        a.kill();
+        if let Ok(b) = std::fs::read(&target) {
+            let first = b[0];
+            assert!(
+                b.len() == 900_000 && b.iter().all(|x| *x == first),
+                "a mixed file in round {round}"
+            );
+        }
+        a.restart();
+        wait_file(&target, "the new version placed after a restart", |b| {
+            b.len() == 900_000 && b[0] == fill
+        })
+        .await;
+    }
+}
+
+fn rand_ms(round: u8) -> u64 {
+    [5, 20, 60, 120, 1, 40][round as usize % 6]
+}

@@ -189,8 +189,37 @@ fn write_new(path: &std::path::Path, text: &str, mode: u32) -> Result<(), Failur
 }
 
 /// Runs the agent; `own_cert`: its certificate is its own (DATA_DIR/pki), which it renews.
-pub async fn run(client: &Arc<Client>, a: AgentArgs, own_cert: bool) -> Result<(), Failure> {
-    let cfg = resolve(&a)?;
+/// `files`: the certificate the command presents (its flags or config file), if not its own.
+pub async fn run(
+    client: &Arc<Client>,
+    a: AgentArgs,
+    own_cert: bool,
+    files: Option<eden_proto::renewal::Files>,
+) -> Result<(), Failure> {
+    let mut cfg = resolve(&a)?;
+    // A task's `eden` commands act as this node.
+    let abs = |p: &std::path::Path| {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let identity = match own_cert {
+        true => Some(eden_proto::renewal::Files::in_dir(
+            &cfg.data_dir.join("pki"),
+            "node",
+        )),
+        false => files,
+    };
+    cfg.task_env
+        .insert("EDEN_ENDPOINTS".into(), client.endpoints().join(","));
+    if let Some(f) = identity {
+        cfg.task_env.insert("EDEN_CACERT".into(), abs(&f.ca));
+        cfg.task_env.insert("EDEN_CERT".into(), abs(&f.cert));
+        cfg.task_env.insert("EDEN_KEY".into(), abs(&f.key));
+    }
+    cfg.task_env
+        .insert("EDEN_SEAL_KEY".into(), abs(&cfg.data_dir.join("seal.key")));
     // Its certificate renewed two thirds into its life, the client presenting the new one.
     let renewal = own_cert.then(|| {
         let files = eden_proto::renewal::Files::in_dir(&cfg.data_dir.join("pki"), "node");

@@ -11,6 +11,8 @@
 //! | `/eden/runs/ID/claims/N` created | `task/started/ID/N` |
 //! | `/eden/runs/ID/results/N` created | `task/finished/ID/N` (label `status`, data: the result without its output) |
 //! | `/eden/runs/ID/cancel` created | `task/canceled/ID` |
+//! | `/eden/files/meta/NAME` written / deleted | `file/written/NAME` (data: its metadata) / `file/removed/NAME` |
+//! | `/eden/nodes/N/files/NAME` written | `file/placed/N/NAME` or `file/failed/N/NAME` (data: path, revision, error) |
 //! | `/eden/vars/N/NAME` written / deleted | `var/set/N/NAME` / `var/removed/N/NAME` |
 //! | `/eden/tokens/ID` created / deleted | `audit/token/created/ID` (data: for whom, expiry) / `audit/token/gone/ID` (used or removed) |
 //! | `/eden/certs/SERIAL` created | `audit/cert/issued/SERIAL` (data: identity, expiry, join or renewal) |
@@ -168,6 +170,19 @@ pub fn derive(
                 serde_json::Value::Null,
                 none(),
             )),
+            _ if !deleted && what.starts_with("files/") => {
+                let data = json_of(kv);
+                let status = if data["status"] == "placed" {
+                    "placed"
+                } else {
+                    "failed"
+                };
+                Some(ev(
+                    format!("file/{status}/{node}/{}", &what["files/".len()..]),
+                    data,
+                    none(),
+                ))
+            }
             _ => None,
         };
     }
@@ -237,6 +252,16 @@ pub fn derive(
             }
             _ => None,
         };
+    }
+    if let Some(name) = keys::rest(&kv.key, keys::FILES_META) {
+        if deleted {
+            return Some(ev(
+                format!("file/removed/{name}"),
+                serde_json::Value::Null,
+                none(),
+            ));
+        }
+        return Some(ev(format!("file/written/{name}"), json_of(kv), none()));
     }
     if let Some(rest) = keys::rest(&kv.key, keys::VARS) {
         let (node, name) = rest.split_once('/')?;

@@ -135,22 +135,10 @@ pub fn parse_mode(s: &str) -> Result<u32, Error> {
 /// The writes that store a file: its bytes, its metadata and its readers, in one txn.
 pub fn writes(name: &str, bytes: &[u8], meta: &FileMeta) -> Vec<RequestOp> {
     vec![
-        put_raw(&keys::file_data(name), bytes.to_vec()),
+        kv::put_raw(&keys::file_data(name), bytes.to_vec(), 0),
         kv::put(&keys::file_meta(name), meta, 0),
         kv::put(&keys::file_readers(name), &meta.readers, 0),
     ]
-}
-
-fn put_raw(key: &str, value: Vec<u8>) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestPut(
-            crate::etcdserverpb::PutRequest {
-                key: key.into(),
-                value,
-                ..Default::default()
-            },
-        )),
-    }
 }
 
 /// Stores a file; returns the revision it was stored at. `meta`'s size and hash are set here.
@@ -215,6 +203,38 @@ pub async fn get(client: &Client, name: &str, revision: i64) -> Result<File, Err
         name: name.into(),
         bytes: data.value,
         meta: kv::decode(&meta).map_err(Error::Corrupt)?,
+        revision: data.mod_revision,
+    })
+}
+
+/// Reads a file now; a read-once file is read and deleted in one txn (the server allows that txn
+/// to the node it is for, once).
+pub async fn get_once_aware(client: &Client, name: &str) -> Result<File, Error> {
+    check_name(name)?;
+    let meta: FileMeta = match kv::get_one(client, &keys::file_meta(name)).await? {
+        Some(kv) => kv::decode(&kv).map_err(Error::Corrupt)?,
+        None => return Err(Error::NotFound(format!("no file {name}"))),
+    };
+    if meta.once.is_none() {
+        return get(client, name, 0).await;
+    }
+    let key = keys::file_data(name);
+    let r = kv::txn(
+        client,
+        vec![],
+        vec![range_op(&key, 0), kv::delete(&key)],
+        vec![],
+    )
+    .await?;
+    let data = match r.responses.first().and_then(|r| r.response.as_ref()) {
+        Some(response_op::Response::ResponseRange(rr)) => rr.kvs.first().cloned(),
+        _ => None,
+    }
+    .ok_or_else(|| Error::NotFound(format!("file {name} was read once already")))?;
+    Ok(File {
+        name: name.into(),
+        bytes: data.value,
+        meta,
         revision: data.mod_revision,
     })
 }
@@ -322,4 +342,136 @@ mod tests {
         assert!(parse_mode("0999").is_err());
         assert!(check_name(&format!("a/{}", "x".repeat(300))).is_err());
     }
+}
+
+/// Where agents place files: the nodes `on` selects place each file whose name matches the glob
+/// `files` at `path` (a directory when it ends with `/`: the file keeps its last name segment;
+/// `{node}` in it is the placing node's name),
+/// with the file's mode, owner and group unless the rule sets them, and run `then` after a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRule {
+    pub name: String,
+    /// A glob over file names (`*` within a segment, `**` across).
+    pub files: String,
+    /// A label selector: the nodes that place the files.
+    pub on: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// A command (program and arguments) run after the file changed on the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<String>,
+}
+
+/// A path an agent writes to: absolute, with no `.` or `..` segment and no NUL (the agent checks
+/// again before writing).
+pub fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?}: not absolute"));
+    }
+    if path.contains('\0') || path.split('/').any(|s| s == "." || s == "..") {
+        return Err(format!("path {path:?}: holds . or .. or a NUL"));
+    }
+    Ok(())
+}
+
+impl SyncRule {
+    /// Checks what YAML cannot: the name, glob, selector, path and mode.
+    pub fn validate(&self) -> Result<(), String> {
+        keys::check_name("rule name", &self.name)?;
+        if self.files.is_empty() {
+            return Err("`files` (a glob over file names) is empty".into());
+        }
+        let s = crate::model::selector::Selector::parse(&self.on).map_err(|e| e.to_string())?;
+        if s.requirements.is_empty() {
+            return Err("`on` selects every node: name the labels".into());
+        }
+        check_path(&self.path)?;
+        if let Some(m) = &self.mode {
+            parse_mode(m).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Whether a node with `labels` places files by this rule.
+    pub fn selects(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        crate::model::selector::Selector::parse(&self.on)
+            .is_ok_and(|s| !s.requirements.is_empty() && s.matches(labels))
+    }
+
+    /// Whether this rule places file `name`.
+    pub fn takes(&self, name: &str) -> bool {
+        crate::glob::matches(&self.files, name)
+    }
+
+    /// Where file `name` goes on node `node` (`{node}` in the path is the node's name).
+    pub fn dest(&self, name: &str, node: &str) -> String {
+        let path = self.path.replace("{node}", node);
+        if path.ends_with('/') {
+            format!("{path}{}", name.rsplit('/').next().unwrap_or(name))
+        } else {
+            path
+        }
+    }
+}
+
+/// Parses a sync rules file: one rule or a list.
+pub fn parse_sync(text: &str) -> Result<Vec<SyncRule>, String> {
+    let rules: Vec<SyncRule> = match serde_yaml::from_str::<Vec<SyncRule>>(text) {
+        Ok(r) => r,
+        Err(list_err) => match serde_yaml::from_str::<SyncRule>(text) {
+            Ok(r) => vec![r],
+            Err(_) if text.trim_start().starts_with('-') => return Err(list_err.to_string()),
+            Err(e) => return Err(e.to_string()),
+        },
+    };
+    for r in &rules {
+        r.validate()
+            .map_err(|e| format!("sync rule {:?}: {e}", r.name))?;
+    }
+    Ok(rules)
+}
+
+/// Stores sync rules, replacing those of the same names, in one txn.
+pub async fn apply_sync(client: &Client, rules: &[SyncRule]) -> Result<(), Error> {
+    let ops = rules
+        .iter()
+        .map(|r| kv::put(&keys::file_sync(&r.name), r, 0))
+        .collect();
+    kv::txn(client, vec![], ops, vec![]).await?;
+    Ok(())
+}
+
+/// The stored sync rules, and the revision they were read at.
+pub async fn list_sync(client: &Client) -> Result<(Vec<SyncRule>, i64), Error> {
+    let (kvs, rev) = kv::get_prefix(client, keys::FILE_SYNC, 0, false).await?;
+    let rules = kvs
+        .iter()
+        .map(|kv| kv::decode::<SyncRule>(kv).map_err(Error::Corrupt))
+        .collect::<Result<_, _>>()?;
+    Ok((rules, rev))
+}
+
+pub async fn remove_sync(client: &Client, name: &str) -> Result<(), Error> {
+    if kv::delete_one(client, &keys::file_sync(name)).await? == 0 {
+        return Err(Error::NotFound(format!("no sync rule {name}")));
+    }
+    Ok(())
+}
+
+/// What a node's agent did with a file: `/eden/nodes/NODE/files/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// "placed" or "failed".
+    pub status: String,
+    pub path: String,
+    /// The revision of the file's bytes placed (or tried).
+    pub revision: i64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    pub time: u64,
 }

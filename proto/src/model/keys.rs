@@ -108,6 +108,10 @@ pub fn file_readers(name: &str) -> String {
 pub fn file_sync(rule: &str) -> String {
     format!("{FILE_SYNC}{rule}")
 }
+/// What node `node`'s agent did with file `name`.
+pub fn placement(node: &str, name: &str) -> String {
+    format!("{NODES}{node}/files/{name}")
+}
 pub fn sealkey(node: &str) -> String {
     format!("{SEALKEYS}{node}")
 }

@@ -7,6 +7,7 @@
 //! /eden/nodes/NODE/facts           Facts (objects)              agent NODE; kept after it stops
 //! /eden/nodes/NODE/owner           instance id, text            agent NODE (claims the name once)
 //! /eden/nodes/NODE/alive           Alive (objects)              agent NODE, under its lease
+//! /eden/nodes/NODE/files/NAME      Placement (files)            agent NODE (placing file NAME)
 //! /eden/nodes/NODE/labels          {key: value} (nodes)         operator only (`eden node label`)
 //! /eden/nodes/NODE/tasks/ID        TaskSpec, slim (tasks)       operator or reactor; task lease
 //! /eden/tasks/ID                   TaskSpec (tasks)             operator or reactor; task lease
@@ -53,6 +54,7 @@ pub mod nodes;
 pub mod objects;
 pub mod readers;
 pub mod rules;
+pub mod sealing;
 pub mod selector;
 pub mod tasks;
 pub mod template;

@@ -8,7 +8,8 @@
 //! In a task's scope: `node.name`, `node.labels.KEY`, `node.facts.*` (the running node), `vars["NODE"].NAME`
 //! (any node's variable) and `vars.cluster.NAME` (cluster-wide variables). Variables are looked
 //! up by name ([`Vars`]): the agent loads only those a template names, each with its own read,
-//! which the server allows only when the variable's readers include the node.
+//! which the server allows only when the variable's readers include the node. Files the same way:
+//! `files["NODE/PATH"]` is a file's text, loaded when named, readable only by its readers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -25,55 +26,74 @@ use crate::model::objects::{Facts, TaskSpec};
 pub struct Context {
     pub node: NodeContext,
     pub vars: Vars,
+    pub files: Files,
 }
 
-/// The variables a task's templates read, loaded by name: a template that names a variable not
-/// loaded yet fails, and the variable is recorded as asked for ([`Vars::missing`]); the caller
-/// loads it (or learns it may not) and renders again.
-#[derive(Debug, Default, Clone)]
-pub struct Vars(Arc<VarsState>);
-
+/// Values a template reads, loaded by key when it asks: a template that names one not loaded yet
+/// fails, and the key is recorded as asked for ([`Lazy::missing`]); the caller loads it (or
+/// learns it may not) and renders again.
 #[derive(Debug, Default)]
-struct VarsState {
-    /// scope (node name or "cluster") -> name -> value.
-    known: Mutex<BTreeMap<String, BTreeMap<String, serde_json::Value>>>,
+struct Lazy {
+    known: Mutex<BTreeMap<String, serde_json::Value>>,
     /// Looked up and found missing: not asked for again.
-    absent: Mutex<BTreeSet<(String, String)>>,
-    asked: Mutex<BTreeSet<(String, String)>>,
+    absent: Mutex<BTreeSet<String>>,
+    asked: Mutex<BTreeSet<String>>,
 }
 
-impl Vars {
-    pub fn insert(&self, scope: &str, name: &str, value: serde_json::Value) {
-        self.0
+impl Lazy {
+    fn insert(&self, key: String, value: serde_json::Value) {
+        self.known.lock().unwrap().insert(key, value);
+    }
+
+    fn absent(&self, key: String) {
+        self.absent.lock().unwrap().insert(key);
+    }
+
+    fn missing(&self) -> Vec<String> {
+        let known = self.known.lock().unwrap();
+        let absent = self.absent.lock().unwrap();
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|k| !absent.contains(*k) && !known.contains_key(*k))
+            .cloned()
+            .collect()
+    }
+
+    fn get(&self, key: String) -> Option<Value> {
+        let v = self
             .known
             .lock()
             .unwrap()
-            .entry(scope.into())
-            .or_default()
-            .insert(name.into(), value);
+            .get(&key)
+            .map(Value::from_serialize);
+        self.asked.lock().unwrap().insert(key);
+        v
+    }
+}
+
+/// The variables a task's templates read (`vars["NODE"].NAME`, `vars.cluster.NAME`), loaded by
+/// name ([`Lazy`]).
+#[derive(Debug, Default, Clone)]
+pub struct Vars(Arc<Lazy>);
+
+impl Vars {
+    pub fn insert(&self, scope: &str, name: &str, value: serde_json::Value) {
+        self.0.insert(format!("{scope}/{name}"), value);
     }
 
     /// Records that a variable does not exist (a template naming it fails as undefined).
     pub fn absent(&self, scope: &str, name: &str) {
-        self.0
-            .absent
-            .lock()
-            .unwrap()
-            .insert((scope.into(), name.into()));
+        self.0.absent(format!("{scope}/{name}"));
     }
 
     /// Variables a template asked for that are neither loaded nor known to be absent.
     pub fn missing(&self) -> Vec<(String, String)> {
-        let known = self.0.known.lock().unwrap();
-        let absent = self.0.absent.lock().unwrap();
         self.0
-            .asked
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(s, n)| !absent.contains(&(s.clone(), n.clone())))
-            .filter(|(s, n)| !known.get(s).is_some_and(|m| m.contains_key(n)))
-            .cloned()
+            .missing()
+            .into_iter()
+            .filter_map(|k| k.split_once('/').map(|(s, n)| (s.into(), n.into())))
             .collect()
     }
 }
@@ -102,15 +122,40 @@ struct Scope {
 
 impl Object for Scope {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let name = key.as_str()?;
-        let state = &self.vars.0;
-        state
-            .asked
-            .lock()
-            .unwrap()
-            .insert((self.scope.clone(), name.to_string()));
-        let known = state.known.lock().unwrap();
-        known.get(&self.scope)?.get(name).map(Value::from_serialize)
+        self.vars.0.get(format!("{}/{}", self.scope, key.as_str()?))
+    }
+}
+
+/// The files a task's templates read (`files["web1/tls/ca.crt"]`, as text), loaded by name
+/// ([`Lazy`]).
+#[derive(Debug, Default, Clone)]
+pub struct Files(Arc<Lazy>);
+
+impl Files {
+    pub fn insert(&self, name: &str, text: String) {
+        self.0.insert(name.into(), serde_json::Value::String(text));
+    }
+
+    /// Records that a file does not exist (a template naming it fails as undefined).
+    pub fn absent(&self, name: &str) {
+        self.0.absent(name.into());
+    }
+
+    /// Files a template asked for that are neither loaded nor known to be absent.
+    pub fn missing(&self) -> Vec<String> {
+        self.0.missing()
+    }
+}
+
+impl Serialize for Files {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Value::from_dyn_object(Arc::new(self.clone())).serialize(s)
+    }
+}
+
+impl Object for Files {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.0.get(key.as_str()?.to_string())
     }
 }
 

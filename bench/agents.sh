@@ -8,6 +8,7 @@
 #   bench/agents.sh                       # N = 1,000 and N = 10,000
 #   COUNTS="10000 10000 10000" bench/agents.sh   # repeated runs
 #   EDEN_LOG=debug bench/agents.sh        # the members' log level (default warn)
+#   FILE_BYTES=16384 COUNTS=1000 bench/agents.sh   # then one 16 KiB file placed on every agent
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/setup.sh"
@@ -38,7 +39,7 @@ for n in ${COUNTS:-1000 10000}; do
   echo "== run $run: N = $n ($(date -u +%H:%M:%S))"
   # The bench bounds each phase itself; the outer timeout only guards against a bench bug.
   status=0
-  timeout 900 "$EDEN" --endpoints "$EPS" bench agents --count "$n" \
+  timeout 900 "$EDEN" --endpoints "$EPS" bench agents --count "$n" --file-bytes "${FILE_BYTES:-0}" \
     --server-pid "${spids[0]}" --server-pid "${spids[1]}" --server-pid "${spids[2]}" || status=$?
   [ "$status" -eq 0 ] || { echo "run $run: the bench failed (exit $status)"; failed=$((failed + 1)); }
   for i in 1 2 3; do

@@ -459,3 +459,59 @@ async fn the_http_ports_speak_tls_and_metrics_want_a_certificate() {
         .0
     );
 }
+
+/// The webhook port can present the operator's own certificate (senders such as Alertmanager
+/// trust a CA of their choosing), not the cluster's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_port_presents_the_operators_certificate() {
+    let other = tempfile::tempdir().unwrap();
+    let o = other.path().join("pki");
+    let od = o.display().to_string();
+    eden_tests::run_eden_ok(&["pki".into(), "init".into(), od.clone()]);
+    eden_tests::run_eden_ok(&[
+        "pki".into(),
+        "issue".into(),
+        od.clone(),
+        "--member".into(),
+        "hooks=127.0.0.1".into(),
+    ]);
+    let f = |n: &str| o.join(n).display().to_string();
+    let waddr = format!("127.0.0.1:{}", free_port());
+    let (cert, key) = (f("member-hooks.crt"), f("member-hooks.key"));
+    let c = eden_tests::Cluster::start_tls(
+        1,
+        &[
+            "--webhook-addr",
+            &waddr,
+            "--webhook-cert-file",
+            &cert,
+            "--webhook-key-file",
+            &key,
+        ],
+    )
+    .await;
+    let out = c.eden(&["hook", "create", "h"]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let auth = format!("Authorization: Bearer {}", out.stdout.trim());
+    let hook = format!("https://{waddr}/hooks/h");
+    let post = |ca: &str| {
+        curl(&[
+            "--cacert",
+            ca,
+            "-X",
+            "POST",
+            "-H",
+            &auth,
+            "-d",
+            "{}",
+            "-w",
+            " %{http_code}",
+            &hook,
+        ])
+    };
+    let (ok, said) = post(&f("ca.crt"));
+    assert!(ok && said.ends_with(" 200"), "{said}");
+    // The cluster's CA does not vouch for it.
+    let cluster_ca = c.pki.clone().unwrap().join("ca.crt");
+    assert!(!post(&cluster_ca.display().to_string()).0);
+}

@@ -21,9 +21,11 @@ use eden_agent::agent::KeepAlivePace;
 use eden_proto::client::{Backoff, Client};
 use eden_proto::etcdserverpb::WatchCreateRequest;
 use eden_proto::keys::prefix_end;
+use eden_proto::model::files;
 use eden_proto::model::keys;
 use eden_proto::model::kv;
 use eden_proto::model::objects::{now_ms, Alive, Claim, Facts, Status, TaskResult, TaskSpec};
+use eden_proto::model::readers::Readers;
 use eden_proto::model::tasks::{self, NewTask, Targets};
 use eden_proto::mvccpb::event::EventType;
 use hdrhistogram::Histogram;
@@ -55,6 +57,11 @@ pub struct AgentsArgs {
     /// Give up when the task did not finish on every agent in this time.
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
     pub run_timeout: Duration,
+    /// After the task, place one file of this many bytes on every agent (0: no file phase):
+    /// each simulated agent watches the files' metadata as an agent does, reads the file when
+    /// it changes and records its placement.
+    #[arg(long, default_value_t = 0)]
+    pub file_bytes: usize,
 }
 
 /// A count of errors by kind (the error's text, shortened).
@@ -90,6 +97,8 @@ struct Stats {
     hist: Mutex<Option<Histogram<u64>>>,
     results: AtomicU64,
     answer_errors: ErrorKinds,
+    /// Agents that placed the file of the file phase.
+    placed: AtomicU64,
 }
 
 /// How long one request of a simulated agent may take before it counts as a timeout.
@@ -218,6 +227,32 @@ struct SimAgent {
     leases: Arc<Mutex<Vec<i64>>>,
     slot: usize,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// The file to place when its metadata changes (the file phase), if any.
+    file: Option<String>,
+}
+
+/// What a simulated agent does when a file it places changed: read it, record the placement
+/// (a real agent also writes it to disk).
+async fn place(client: &Client, node: &str, name: &str) -> Result<(), String> {
+    let f = files::get(client, name, 0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let p = files::Placement {
+        status: "placed".into(),
+        path: format!("/bench/{name}"),
+        revision: f.revision,
+        error: String::new(),
+        time: now_ms(),
+    };
+    kv::txn(
+        client,
+        vec![],
+        vec![kv::put(&keys::placement(node, name), &p, 0)],
+        vec![],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 async fn sim_agent(a: SimAgent, mut lease: i64) {
@@ -229,7 +264,18 @@ async fn sim_agent(a: SimAgent, mut lease: i64) {
         leases,
         slot,
         stop,
+        file,
     } = a;
+    let mut files_watch = file.as_ref().map(|_| {
+        client.watch(
+            WatchCreateRequest {
+                key: keys::FILES_META.into(),
+                range_end: prefix_end(keys::FILES_META.as_bytes()),
+                ..Default::default()
+            },
+            Duration::from_secs(3600),
+        )
+    });
     let prefix = keys::assignments(&name);
     let mut w = client.watch(
         WatchCreateRequest {
@@ -280,6 +326,29 @@ async fn sim_agent(a: SimAgent, mut lease: i64) {
                     }
                 };
                 next = tokio::time::Instant::now() + wait;
+            }
+            m = async { match files_watch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
+                let Some(Ok(m)) = m else { return };
+                let Some(file) = &file else { continue };
+                let changed = m.events.iter().any(|e| {
+                    e.r#type == EventType::Put as i32
+                        && e.kv.as_ref().is_some_and(|kv| kv.key == keys::file_meta(file).as_bytes())
+                });
+                if changed {
+                    let (client, name, file, stats) = (client.clone(), name.clone(), file.clone(), stats.clone());
+                    tokio::spawn(async move {
+                        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+                        for _ in 0..20 {
+                            match timed(place(&client, &name, &file)).await {
+                                Ok(()) => { stats.placed.fetch_add(1, Ordering::Relaxed); return; }
+                                Err(e) => {
+                                    stats.answer_errors.add(&format!("placing: {e}"));
+                                    tokio::time::sleep(backoff.next_delay()).await;
+                                }
+                            }
+                        }
+                    });
+                }
             }
             m = w.recv() => {
                 let Some(Ok(m)) = m else { return };
@@ -367,6 +436,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         .map(|_| Client::with_tls(endpoints, super::bench::tls()).map(Arc::new))
         .collect::<Result<_, _>>()?;
     let run_id: u32 = rand::random();
+    let file = (a.file_bytes > 0).then(|| format!("cluster/bench-{run_id:08x}"));
     let names: Vec<String> = (0..a.count)
         .map(|i| format!("sim-{run_id:08x}-{i:05}"))
         .collect();
@@ -396,7 +466,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
     let register_deadline = tokio::time::Instant::now() + a.register_timeout;
     let mut joins = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let (client, name, sem, ttl, stats, leases, stop) = (
+        let (client, name, sem, ttl, stats, leases, stop, file) = (
             clients[i % conns].clone(),
             name.clone(),
             sem.clone(),
@@ -404,6 +474,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
             stats.clone(),
             leases.clone(),
             stop.clone(),
+            file.clone(),
         );
         joins.push(tokio::spawn(async move {
             let _p = sem.acquire().await;
@@ -421,6 +492,7 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
                             leases,
                             slot: i,
                             stop,
+                            file,
                         };
                         tokio::spawn(sim_agent(agent, l));
                         return true;
@@ -544,6 +616,50 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
             quiet: false,
         })??;
     let all = t1.elapsed();
+    // The file phase: one file for every agent, from the put to the last placement recorded.
+    let placed = match &file {
+        None => None,
+        Some(name) => {
+            *phase.lock().unwrap() = format!("placing {name} on every agent");
+            let bytes: Vec<u8> = (0..a.file_bytes).map(|i| (i % 251) as u8).collect();
+            let t2 = Instant::now();
+            files::put(
+                &client,
+                name,
+                &bytes,
+                files::FileMeta {
+                    mode: 0o644,
+                    readers: Readers::parse(&["bench=agents".to_string()])
+                        .map_err(Failure::usage)?,
+                    writer: files::writer_of(&client),
+                    time: now_ms(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let stored = t2.elapsed();
+            let give_up = Instant::now() + a.run_timeout;
+            while stats.placed.load(Ordering::Relaxed) < a.count as u64 {
+                if Instant::now() > give_up {
+                    return Err(Failure {
+                        code: crate::exit::UNAVAILABLE,
+                        message: format!(
+                            "the file was placed on {} of {} agents within {} s; errors by kind: {}",
+                            stats.placed.load(Ordering::Relaxed),
+                            a.count,
+                            a.run_timeout.as_secs(),
+                            kinds_text(&stats.answer_errors.take())
+                        ),
+                        quiet: false,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let all = t2.elapsed();
+            let _ = files::remove(&client, name).await;
+            Some((stored, all))
+        }
+    };
     let run_errors = stats.keepalive_errors.load(Ordering::Relaxed) - e1;
     let run_kinds = stats.keepalive_kinds.take();
     let answer_kinds = stats.answer_errors.take();
@@ -609,6 +725,9 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         "terms_after": terms1,
         "elections": elections,
         "server_peak_rss_mib": peak_rss,
+        "file_bytes": a.file_bytes,
+        "file_stored_seconds": placed.map(|p| p.0.as_secs_f64()),
+        "file_last_placed_seconds": placed.map(|p| p.1.as_secs_f64()),
     });
     if out.format == Format::Json {
         out.json(&v)?;
@@ -641,6 +760,15 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
         ))?;
         if !answer_kinds.is_empty() {
             out.line(&format!("  answer retries: {}", kinds_text(&answer_kinds)))?;
+        }
+        if let Some((stored, all)) = placed {
+            out.line(&format!(
+                "file of {} bytes: stored in {:.3} s, read and placed by all {} agents after {:.2} s",
+                a.file_bytes,
+                stored.as_secs_f64(),
+                a.count,
+                all.as_secs_f64()
+            ))?;
         }
         let show = |t: &[Option<u64>]| {
             t.iter()

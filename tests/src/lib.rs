@@ -1175,3 +1175,28 @@ impl Cluster {
             .to_path_buf()
     }
 }
+
+/// Fails unless `r` is etcd's "permission denied".
+pub fn denied<T: std::fmt::Debug>(r: Result<T, eden_proto::client::ClientError>, what: &str) {
+    match r {
+        Err(e) if e.is_permission_denied() => {}
+        other => panic!("{what}: expected permission denied, got {other:?}"),
+    }
+}
+
+/// A watch of one key by `client`: its responses (the first says created, or created and
+/// canceled).
+pub fn watch_key(
+    client: &Arc<Client>,
+    key: &str,
+) -> tokio::sync::mpsc::Receiver<
+    Result<eden_proto::etcdserverpb::WatchResponse, eden_proto::client::ClientError>,
+> {
+    client.watch(
+        eden_proto::etcdserverpb::WatchCreateRequest {
+            key: key.into(),
+            ..Default::default()
+        },
+        Duration::from_secs(30),
+    )
+}

@@ -10,9 +10,8 @@ use std::time::Duration;
 use eden_proto::client::{Client, ClientError};
 use eden_proto::etcdserverpb::{
     compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchCreateRequest,
 };
-use eden_tests::{wait_for, Cluster};
+use eden_tests::{denied, wait_for, watch_key, Cluster};
 
 fn range(key: &str) -> RangeRequest {
     RangeRequest {
@@ -37,33 +36,12 @@ fn put(key: &str, value: &str) -> PutRequest {
     }
 }
 
-fn denied<T: std::fmt::Debug>(r: Result<T, ClientError>, what: &str) {
-    match r {
-        Err(e) if e.is_permission_denied() => {}
-        other => panic!("{what}: expected permission denied, got {other:?}"),
-    }
-}
-
 async fn value(c: &Client, key: &str) -> Result<Option<String>, ClientError> {
     Ok(c.range(range(key))
         .await?
         .kvs
         .first()
         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
-}
-
-/// A watch of `key` by `client`: the first response (created, or created and canceled).
-async fn watch(
-    client: &std::sync::Arc<Client>,
-    key: &str,
-) -> tokio::sync::mpsc::Receiver<Result<eden_proto::etcdserverpb::WatchResponse, ClientError>> {
-    client.watch(
-        WatchCreateRequest {
-            key: key.into(),
-            ..Default::default()
-        },
-        Duration::from_secs(30),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +98,7 @@ async fn a_registered_token_is_read_by_the_nodes_its_readers_allow_and_by_no_oth
     );
     // b may read the token, but not the range around it (nothing is filtered after the fact).
     denied(b.range(prefix("/eden/vars/a/")).await, "b's prefix");
-    let first = watch(&cc, token).await.recv().await.unwrap().unwrap();
+    let first = watch_key(&cc, token).recv().await.unwrap().unwrap();
     assert!(
         first.canceled && first.cancel_reason.contains("permission denied"),
         "{first:?}"
@@ -163,7 +141,7 @@ async fn a_registered_token_is_read_by_the_nodes_its_readers_allow_and_by_no_oth
         value(&cc, token).await.unwrap().as_deref(),
         Some("\"s3cret\"")
     );
-    let mut w = watch(&cc, token).await;
+    let mut w = watch_key(&cc, token);
     let created = w.recv().await.unwrap().unwrap();
     assert!(created.created && !created.canceled, "{created:?}");
     // ...until the label goes: its open watch is canceled with the reason, its reads refused.

@@ -4,16 +4,8 @@
 
 use std::time::Duration;
 
-use eden_proto::client::{Client, ClientError};
-use eden_proto::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest};
-use eden_tests::Cluster;
-
-fn denied<T: std::fmt::Debug>(r: Result<T, ClientError>, what: &str) {
-    match r {
-        Err(e) if e.is_permission_denied() => {}
-        other => panic!("{what}: expected permission denied, got {other:?}"),
-    }
-}
+use eden_proto::etcdserverpb::{PutRequest, RangeRequest};
+use eden_tests::{denied, watch_key, Cluster};
 
 fn range(key: &str, prefix: bool) -> RangeRequest {
     RangeRequest {
@@ -25,20 +17,6 @@ fn range(key: &str, prefix: bool) -> RangeRequest {
         },
         ..Default::default()
     }
-}
-
-/// A watch of `key` by `client`: its responses.
-async fn watch(
-    client: &std::sync::Arc<Client>,
-    key: &str,
-) -> tokio::sync::mpsc::Receiver<Result<eden_proto::etcdserverpb::WatchResponse, ClientError>> {
-    client.watch(
-        WatchCreateRequest {
-            key: key.into(),
-            ..Default::default()
-        },
-        Duration::from_secs(30),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +69,7 @@ async fn a_file_is_read_by_the_nodes_its_readers_allow_now_and_by_no_other() {
     let data = "/eden/files/data/a/tls/ca.key";
     denied(cc.range(range(data, false)).await, "get");
     denied(cc.range(range("/eden/files/data/", true)).await, "prefix");
-    let first = watch(&cc, data).await.recv().await.unwrap().unwrap();
+    let first = watch_key(&cc, data).recv().await.unwrap().unwrap();
     assert!(first.canceled, "{first:?}");
     // Every node sees what files exist (to place them), not their bytes.
     let o = c.eden_as("node-c", &["file", "ls", "-l"]).await;
@@ -124,7 +102,7 @@ async fn a_file_is_read_by_the_nodes_its_readers_allow_now_and_by_no_other() {
         cc.range(range(data, false)).await.unwrap().kvs[0].value,
         bytes
     );
-    let mut w = watch(&cc, data).await;
+    let mut w = watch_key(&cc, data);
     let created = w.recv().await.unwrap().unwrap();
     assert!(created.created && !created.canceled, "{created:?}");
     let o = c.eden(&["node", "label", "c", "role-"]).await;

@@ -423,7 +423,24 @@ async fn members_and_operators_renew_their_certificates_with_no_downtime() {
     let first: Vec<_> = (0..3).map(|i| cert_at(&own(i))).collect();
     assert_eq!(first[0].not_after - first[0].issued_at, 45);
 
-    // The operator renews theirs with the certificate itself: same identity and lifetime.
+    // Once a member has handed the CA to the cluster (it does so after it starts), the operator
+    // renews theirs with the certificate itself: same identity and lifetime.
+    let admin = c.client();
+    wait_for(
+        "the CA to be published",
+        Duration::from_secs(30),
+        || async {
+            admin
+                .range(RangeRequest {
+                    key: b"/eden/pki/ca".to_vec(),
+                    count_only: true,
+                    ..Default::default()
+                })
+                .await
+                .is_ok_and(|r| r.count == 1)
+        },
+    )
+    .await;
     let before = cert_at(&pki.join("admin-ops.crt"));
     let o = c.eden_as("admin-ops", &["cert", "renew"]).await;
     assert_eq!(o.code, Some(0), "{o:?}");

@@ -175,16 +175,9 @@ pub async fn own_tls(a: &AgentArgs, endpoints: &[String]) -> Result<Option<Tls>,
     })
 }
 
+/// Writes a PEM file whole (the agent's placing: a temporary file renamed over it).
 fn write_new(path: &std::path::Path, text: &str, mode: u32) -> Result<(), Failure> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()))
+    eden_agent::place::write_atomically(path, text.as_bytes(), mode, None, None)
         .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
 }
 

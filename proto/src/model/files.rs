@@ -421,14 +421,7 @@ impl SyncRule {
 
 /// Parses a sync rules file: one rule or a list.
 pub fn parse_sync(text: &str) -> Result<Vec<SyncRule>, String> {
-    let rules: Vec<SyncRule> = match serde_yaml::from_str::<Vec<SyncRule>>(text) {
-        Ok(r) => r,
-        Err(list_err) => match serde_yaml::from_str::<SyncRule>(text) {
-            Ok(r) => vec![r],
-            Err(_) if text.trim_start().starts_with('-') => return Err(list_err.to_string()),
-            Err(e) => return Err(e.to_string()),
-        },
-    };
+    let rules: Vec<SyncRule> = crate::model::rules::one_or_list(text)?;
     for r in &rules {
         r.validate()
             .map_err(|e| format!("sync rule {:?}: {e}", r.name))?;

@@ -148,16 +148,21 @@ pub fn duration(what: &str, s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{what} {s:?}: {e}"))
 }
 
+/// A YAML file holding one item or a list of them.
+pub fn one_or_list<T: serde::de::DeserializeOwned>(text: &str) -> Result<Vec<T>, String> {
+    match serde_yaml::from_str::<Vec<T>>(text) {
+        Ok(r) => Ok(r),
+        Err(list_err) => match serde_yaml::from_str::<T>(text) {
+            Ok(r) => Ok(vec![r]),
+            Err(_) if text.trim_start().starts_with('-') => Err(list_err.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
 /// Parses a rules file: one rule or a list. Err explains what is wrong, with the rule's name.
 pub fn parse(text: &str) -> Result<Vec<Rule>, String> {
-    let rules: Vec<Rule> = match serde_yaml::from_str::<Vec<Rule>>(text) {
-        Ok(r) => r,
-        Err(list_err) => match serde_yaml::from_str::<Rule>(text) {
-            Ok(r) => vec![r],
-            Err(_) if text.trim_start().starts_with('-') => return Err(list_err.to_string()),
-            Err(e) => return Err(e.to_string()),
-        },
-    };
+    let rules: Vec<Rule> = one_or_list(text)?;
     for r in &rules {
         validate(r).map_err(|e| format!("rule {:?}: {e}", r.name))?;
     }

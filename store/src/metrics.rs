@@ -39,6 +39,7 @@ pub struct Metrics {
     pub watch_streams: IntGauge,
     pub slow_watchers: IntGauge,
     pub fsync: Histogram,
+    pub proposals_batched: Histogram,
     pub grpc: HistogramVec,
 }
 
@@ -72,6 +73,18 @@ impl Metrics {
         .expect("metric");
         registry
             .register(Box::new(fsync.clone()))
+            .expect("register");
+        let proposals_batched = Histogram::with_opts(
+            HistogramOpts::new(
+                "eden_raft_proposals_per_entry",
+                "Commands in each batch entry the leader proposed (group commit; lone commands \
+                 are not counted).",
+            )
+            .buckets(prometheus::exponential_buckets(2.0, 2.0, 10).expect("buckets")),
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(proposals_batched.clone()))
             .expect("register");
         let grpc = HistogramVec::new(
             HistogramOpts::from(Opts::new(
@@ -146,6 +159,7 @@ impl Metrics {
                 "Watches catching up from storage.",
             ),
             fsync,
+            proposals_batched,
             grpc,
             registry,
         }

@@ -30,6 +30,7 @@ use crate::membership::{self, MembershipChange, MembershipError};
 use crate::mvcc::Mvcc;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{from_payload, peer_channel, to_payload, MemberTls, PeerNetwork};
+use crate::raft::propose::Proposer;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Command, Member, Raft, Reply, Response};
 use crate::watch::{WatchHub, DEFAULT_RING_REVISIONS};
@@ -193,6 +194,8 @@ pub struct Node {
     cluster_id: u64,
     config: NodeConfig,
     raft: Raft,
+    /// Client writes go through it: group commit ([`crate::raft::propose`]).
+    proposer: Proposer,
     sm: Arc<StateMachine>,
     peers: Mutex<BTreeMap<(String, Lane), PeerClient<Channel>>>,
     /// The certificate this member presents to other members, and to its clients (the same one,
@@ -308,6 +311,7 @@ impl Node {
             id,
             cluster_id,
             config,
+            proposer: Proposer::start(raft.clone()),
             raft,
             sm,
             peers: Mutex::new(BTreeMap::new()),
@@ -685,9 +689,9 @@ impl Node {
         } else {
             None
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.client_write(cmd)).await {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.proposer.write(cmd)).await {
             Err(_) => Err(ForwardError::Failed(errors::TIMEOUT.into())),
-            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Ok(resp)) => Ok(resp),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(ForwardError::NotLeader)
             }

@@ -462,3 +462,142 @@ async fn a_member_refuses_peer_messages_from_another_cluster() {
     // The cluster itself is unaffected.
     assert!(c.put(0, "k", "v").await.is_ok());
 }
+
+/// Group commit: writes that arrive together go into the log as one entry, and each still gets
+/// its own revision, its own reply and its own compare: 300 puts of distinct keys and 100
+/// compare-and-set increments of one counter, all at once. The revisions of the writes that
+/// changed something are exactly the run after the start (none shared, none skipped), each key
+/// holds its put's revision, the counter counts the increments that succeeded, and the metrics
+/// show batches of more than one command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_and_keep_their_own_revisions() {
+    use eden_proto::etcdserverpb::{compare, request_op, Compare, RequestOp, TxnRequest};
+    let metrics = format!("127.0.0.1:{}", eden_tests::free_port());
+    let c = Cluster::start(
+        1,
+        &["--metrics-addr", &metrics, "--no-reactor", "--insecure"],
+    )
+    .await;
+    let client = c.client();
+    let start = c.put(0, "counter", "0").await.expect("first put");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let r = client
+                .put(PutRequest {
+                    key: format!("k{i:03}").into(),
+                    value: format!("v{i}").into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("put");
+            (Some(i), r.header.unwrap().revision, true)
+        });
+    }
+    for _ in 0..100 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            // Read, then increment if nobody wrote in between.
+            let got = client
+                .range(RangeRequest {
+                    key: "counter".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("range");
+            let kv = &got.kvs[0];
+            let n: u64 = String::from_utf8_lossy(&kv.value).parse().unwrap();
+            let r = client
+                .txn(TxnRequest {
+                    compare: vec![Compare {
+                        key: "counter".into(),
+                        result: compare::CompareResult::Equal as i32,
+                        target: compare::CompareTarget::Mod as i32,
+                        target_union: Some(compare::TargetUnion::ModRevision(kv.mod_revision)),
+                        ..Default::default()
+                    }],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestPut(PutRequest {
+                            key: "counter".into(),
+                            value: (n + 1).to_string().into(),
+                            ..Default::default()
+                        })),
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .expect("txn");
+            (None, r.header.unwrap().revision, r.succeeded)
+        });
+    }
+    let mut changed = Vec::new();
+    let mut puts = BTreeMap::new();
+    let mut increments = 0u64;
+    while let Some(r) = tasks.join_next().await {
+        let (put, rev, succeeded) = r.unwrap();
+        match put {
+            Some(i) => {
+                puts.insert(i, rev);
+                changed.push(rev);
+            }
+            None if succeeded => {
+                increments += 1;
+                changed.push(rev);
+            }
+            None => {}
+        }
+    }
+    changed.sort_unstable();
+    let expected: Vec<i64> = (start + 1..=start + changed.len() as i64).collect();
+    assert_eq!(
+        changed, expected,
+        "one revision per write that changed something"
+    );
+    assert!(increments >= 1, "at least one increment succeeds");
+    let all = client
+        .range(RangeRequest {
+            key: "k".into(),
+            range_end: prefix_end(b"k"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.kvs.len(), 300);
+    for kv in &all.kvs {
+        let i: usize = String::from_utf8_lossy(&kv.key[1..]).parse().unwrap();
+        assert_eq!(
+            kv.mod_revision, puts[&i],
+            "k{i:03} holds its put's revision"
+        );
+        assert_eq!(kv.value, format!("v{i}").into_bytes());
+    }
+    let counter = client
+        .range(RangeRequest {
+            key: "counter".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(counter.kvs[0].value, increments.to_string().into_bytes());
+    let text = http_get(&metrics, "/metrics").await;
+    let batches: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("eden_raft_proposals_per_entry_count "))
+        .unwrap_or_else(|| panic!("no batch histogram in:\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(batches >= 1.0, "some writes shared an entry:\n{text}");
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics port");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}

@@ -17,6 +17,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod propose;
 pub mod state_machine;
 
 use std::fmt;
@@ -69,6 +70,23 @@ pub enum Command {
         member: u64,
         alarm: i32,
     },
+    /// Commands the leader gathered into one entry (group commit, [`propose`]): applied in order,
+    /// each as if it were an entry of its own, answered with [`Reply::Batch`]. Never nested.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// About the bytes this command takes in the log (for sizing batches).
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Command::Kv { op } => op.len() + 8,
+            Command::PublishMember {
+                name, client_urls, ..
+            } => name.len() + client_urls.iter().map(|u| u.len() + 8).sum::<usize>() + 16,
+            Command::Batch(cmds) => cmds.iter().map(Command::approx_size).sum::<usize>() + 8,
+            _ => 32,
+        }
+    }
 }
 
 /// The state machine's answer to a command.
@@ -92,6 +110,8 @@ pub enum Reply {
         ttl: i64,
     },
     Refused(ApplyError),
+    /// One response per command of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 /// Client URLs and name a member published.

@@ -1,8 +1,9 @@
 //! The state machine: applies committed [`Command`]s to MVCC, builds and installs snapshots.
 //!
 //! Invariant: a run of entries is applied into one WriteBatch that also holds the last applied log id
-//! and the membership, written synced before openraft (and so the client) hears of the result. Only
-//! then are the events published to the watch hub and lease deadlines updated.
+//! and the membership, written (not synced: the synced log makes it redoable, see `apply`) before
+//! openraft (and so the client) hears of the result. Only then are the events published to the
+//! watch hub and lease deadlines updated.
 //!
 //! A snapshot is every record of the state-machine column families plus the revision metadata, read
 //! from one RocksDB snapshot (so it matches the applied log id stored with it). It is kept whole in
@@ -88,6 +89,8 @@ impl StateMachine {
         Ok(self.engine.get_meta(META_MEMBERS)?.unwrap_or_default())
     }
 
+    /// Applies one entry's command; a batch's commands one after the other, each answered with
+    /// the revision after it, as consecutive entries would be.
     fn apply_command(
         b: &mut ApplyBatch<'_>,
         cmd: &Command,
@@ -96,7 +99,35 @@ impl StateMachine {
         lease_changes: &mut Vec<(i64, Option<i64>)>,
         alarms: &mut Option<BTreeSet<(u64, i32)>>,
     ) -> Result<Reply, EngineError> {
+        let Command::Batch(cmds) = cmd else {
+            return Self::apply_one(b, cmd, members, engine, lease_changes, alarms);
+        };
+        let mut answers = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let result = Self::apply_one(b, cmd, members, engine, lease_changes, alarms)?;
+            answers.push(Response {
+                revision: b.revision(),
+                result,
+            });
+        }
+        Ok(Reply::Batch(answers))
+    }
+
+    fn apply_one(
+        b: &mut ApplyBatch<'_>,
+        cmd: &Command,
+        members: &mut Option<BTreeMap<u64, MemberAttrs>>,
+        engine: &Engine,
+        lease_changes: &mut Vec<(i64, Option<i64>)>,
+        alarms: &mut Option<BTreeSet<(u64, i32)>>,
+    ) -> Result<Reply, EngineError> {
         let outcome: Result<Reply, MvccError> = match cmd {
+            Command::Batch(_) => {
+                return Err(EngineError::Corrupt {
+                    cf: CF_LOG,
+                    msg: "a batch entry inside a batch entry".into(),
+                })
+            }
             Command::Kv { op } => match RequestOp::decode(op.as_slice()) {
                 Ok(op) => b.apply_op(&op).map(|r| Reply::Kv(r.encode_to_vec())),
                 Err(e) => {
@@ -481,8 +512,13 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
         if let Some(a) = &alarms {
             self.engine.put_meta(&mut batch, META_ALARMS, a);
         }
+        // Not synced: the log entries are (log_store.rs), in the same RocksDB write-ahead log, so
+        // any later synced write (the next append, a vote, a purge) makes this batch durable too,
+        // and after a power loss before that the applied id stored with it is older and openraft
+        // applies the entries again from the log. A process crash (kill -9) loses nothing: RocksDB
+        // hands every write to the kernel before it returns.
         self.engine
-            .write_sync(batch)
+            .write_nosync(batch)
             .map_err(StateMachine::write_err)?;
         self.mvcc.committed(rev, compacted_to);
         self.hub.publish(events);

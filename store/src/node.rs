@@ -31,6 +31,9 @@ use crate::mvcc::Mvcc;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{from_payload, peer_channel, to_payload, MemberTls, PeerNetwork};
 use crate::raft::propose::Proposer;
+use forward::{Forwarded, Forwarder};
+
+mod forward;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Command, Member, Raft, Reply, Response};
 use crate::watch::{WatchHub, DEFAULT_RING_REVISIONS};
@@ -196,6 +199,8 @@ pub struct Node {
     raft: Raft,
     /// Client writes go through it: group commit ([`crate::raft::propose`]).
     proposer: Proposer,
+    /// Writes proposed here while a follower go to the leader through it, batched.
+    forwarder: Forwarder,
     sm: Arc<StateMachine>,
     peers: Mutex<BTreeMap<(String, Lane), PeerClient<Channel>>>,
     /// The certificate this member presents to other members, and to its clients (the same one,
@@ -312,6 +317,7 @@ impl Node {
             cluster_id,
             config,
             proposer: Proposer::start(raft.clone()),
+            forwarder: Forwarder::start(cluster_id),
             raft,
             sm,
             peers: Mutex::new(BTreeMap::new()),
@@ -623,24 +629,24 @@ impl Node {
             Err(ForwardError::Exhausted(e)) => Step::Done(Err(Status::resource_exhausted(e))),
             Err(ForwardError::NotLeader) => Step::Again,
         };
-        let cluster = self.cluster_id;
         self.at_leader(
             Lane::Writes,
             || {
                 let cmd = cmd.clone();
                 async move { done(self.propose_local(cmd).await) }
             },
-            |mut client, left| {
-                let payload = to_payload(&cmd, cluster);
+            |client, left| {
+                let cmd = cmd.clone();
+                let leader = self.leader().unwrap_or(0);
                 async move {
-                    match tokio::time::timeout(left, client.forward(payload)).await {
-                        Err(_) => Step::Done(Err(errors::timeout())),
-                        Ok(Ok(reply)) => match from_payload(reply.get_ref()) {
-                            Ok(r) => done(r),
-                            Err(e) => Step::Done(Err(internal(format!("bad forward reply: {e}")))),
-                        },
-                        Ok(Err(status)) if is_connect_error(&status) => Step::Again,
-                        Ok(Err(status)) => {
+                    match self.forwarder.forward(leader, client, cmd, left).await {
+                        Forwarded::TimedOut => Step::Done(Err(errors::timeout())),
+                        Forwarded::Answer(r) => done(r),
+                        Forwarded::BadReply(e) => {
+                            Step::Done(Err(internal(format!("bad forward reply: {e}"))))
+                        }
+                        Forwarded::Failed(status) if is_connect_error(&status) => Step::Again,
+                        Forwarded::Failed(status) => {
                             tracing::warn!(code = ?status.code(), "forwarding a write failed: {}", status.message());
                             Step::Done(Err(errors::leader_changed()))
                         }
@@ -654,6 +660,11 @@ impl Node {
     /// Proposes on this member only; `NotLeader` when it does not lead (and the write surely was
     /// not committed).
     pub async fn propose_local(&self, cmd: Command) -> Result<Response, ForwardError> {
+        if matches!(cmd, Command::Batch(_)) {
+            // Only the proposer makes batches; one from elsewhere would stop every member's Raft
+            // core when applied (a batch inside a batch).
+            return Err(ForwardError::Failed("a batch cannot be proposed".into()));
+        }
         let from_client = matches!(cmd, Command::Kv { .. } | Command::LeaseGrant { .. });
         if let Command::Kv { op } = &cmd {
             if !self.is_leader() {

@@ -601,3 +601,63 @@ async fn http_get(addr: &str, path: &str) -> String {
     s.read_to_end(&mut buf).await.unwrap();
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+/// Writes through a follower are forwarded to the leader together (`ForwardBatch`): 200 puts at
+/// once through one follower each get their own answer, with the revision their key holds on
+/// every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
+    let c = Cluster::start(3, &["--no-reactor"]).await;
+    let leader = c.wait_leader().await;
+    let f = follower(&c, leader);
+    let client = c.client_of(f);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let r = client
+                .put(PutRequest {
+                    key: format!("f{i:03}").into(),
+                    value: format!("v{i}").into(),
+                    prev_kv: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("put through a follower");
+            assert!(r.prev_kv.is_none(), "a new key has no previous value");
+            (i, r.header.unwrap().revision)
+        });
+    }
+    let mut revs = BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let (i, rev) = r.unwrap();
+        revs.insert(i, rev);
+    }
+    let distinct: std::collections::BTreeSet<i64> = revs.values().copied().collect();
+    assert_eq!(distinct.len(), 200, "one revision per write");
+    let last = *distinct.last().unwrap();
+    let c = &c;
+    for m in 0..3 {
+        wait_for(
+            "every member to apply the writes",
+            Duration::from_secs(10),
+            || async move { c.local_revision(m).await.is_some_and(|r| r >= last) },
+        )
+        .await;
+        let all = c
+            .client_of(m)
+            .range(RangeRequest {
+                key: "f".into(),
+                range_end: prefix_end(b"f"),
+                serializable: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.kvs.len(), 200);
+        for kv in &all.kvs {
+            let i: usize = String::from_utf8_lossy(&kv.key[1..]).parse().unwrap();
+            assert_eq!(kv.mod_revision, revs[&i], "member {m}: f{i:03}");
+        }
+    }
+}

@@ -118,13 +118,15 @@ impl Peer for PeerService {
         Self::reply(&self.node.raft().install_snapshot(req).await)
     }
 
-    async fn forward(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+    async fn forward_batch(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         authz::require_member(&self.node, &request)?;
         self.check(request.get_ref())?;
-        let cmd: Command = from_payload(request.get_ref()).map_err(bad)?;
+        let cmds: Vec<Command> = from_payload(request.get_ref()).map_err(bad)?;
         let node = self.node.clone();
-        self.on_client_runtime(async move { node.propose_local(cmd).await })
-            .await
+        self.on_client_runtime(async move {
+            futures::future::join_all(cmds.into_iter().map(|cmd| node.propose_local(cmd))).await
+        })
+        .await
     }
 
     async fn read_index(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

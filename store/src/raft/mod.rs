@@ -44,8 +44,11 @@ impl fmt::Display for Member {
 /// One entry of the replicated log: every change to the store is one of these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    /// A KV write: an etcd `RequestOp` (put, delete range or txn), prost-encoded.
+    /// A KV write: an etcd `RequestOp` (put, delete range or txn), prost-encoded. (As bytes:
+    /// bincode writes a `Vec<u8>` the same way either way, but reads and writes bytes one by
+    /// one without `serde_bytes`.)
     Kv {
+        #[serde(with = "serde_bytes")]
         op: Vec<u8>,
     },
     Compact {
@@ -102,7 +105,7 @@ pub enum Reply {
     #[default]
     Done,
     /// A prost-encoded `ResponseOp` for a [`Command::Kv`].
-    Kv(Vec<u8>),
+    Kv(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The alarms an Alarm command raised or cleared.
     Alarms(Vec<(u64, i32)>),
     LeaseGranted {
@@ -148,4 +151,36 @@ pub(crate) fn sto_err(
     e: impl std::error::Error + 'static,
 ) -> StorageError {
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shapes log entries and snapshots had before their bytes were `serde_bytes`: what is
+    /// on disk and on the wire must read the same.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    enum OldCommand {
+        Kv { op: Vec<u8> },
+    }
+
+    #[test]
+    fn bytes_are_encoded_as_before() {
+        let op = vec![1u8, 2, 3, 250];
+        let new = bincode::serialize(&Command::Kv { op: op.clone() }).unwrap();
+        let old = bincode::serialize(&OldCommand::Kv { op: op.clone() }).unwrap();
+        assert_eq!(new, old);
+        let back: Command = bincode::deserialize(&old).unwrap();
+        assert_eq!(back, Command::Kv { op: op.clone() });
+        let records_old = vec![("kv".to_string(), op.clone(), op.clone())];
+        let records_new = vec![(
+            "kv".to_string(),
+            serde_bytes::ByteBuf::from(op.clone()),
+            serde_bytes::ByteBuf::from(op),
+        )];
+        assert_eq!(
+            bincode::serialize(&records_old).unwrap(),
+            bincode::serialize(&records_new).unwrap()
+        );
+    }
 }

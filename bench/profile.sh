@@ -53,9 +53,14 @@ sleep 1
 perf record -F 999 -g -p "$lpid" -o "$work/perf.data" -- sleep "$dur" 2> "$work/perf-record.log"
 wait "$bench_pid" || true
 cat "$work/bench.txt"
+# (head closes the pipe early: not a failure.)
+set +o pipefail
 perf report -i "$work/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
   | grep -v '^#' | grep -E '^ +[0-9]' | head -40 > "$work/self.txt"
 perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null \
   | grep -v '^#' | grep -E '^ +[0-9]' | head -60 > "$work/children.txt"
+perf report -i "$work/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null \
+  | grep -E '^ +[0-9]|Samples' > "$work/threads.txt"
+echo "== samples by thread (999 per second per busy core)"; cat "$work/threads.txt"
 echo "== self (top 40)"; cat "$work/self.txt"
 echo "== children (top 60)"; cat "$work/children.txt"

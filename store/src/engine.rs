@@ -6,12 +6,13 @@
 use std::path::Path;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options,
+    WriteBatch, WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::keys::{ALL_CFS, CF_META};
+use crate::keys::{ALL_CFS, CF_KV, CF_LOG, CF_META, CF_REV};
 
 /// A storage failure: the member itself is broken (disk, corruption), not the request.
 #[derive(Debug, thiserror::Error)]
@@ -29,18 +30,43 @@ pub struct Engine {
     dir: std::path::PathBuf,
 }
 
+/// RocksDB memory a member uses by default, in MiB (`eden server --storage-memory-mb`).
+pub const DEFAULT_MEMORY_MB: usize = 64;
+
 impl Engine {
-    /// Opens (or creates) the database under `dir`.
+    /// Opens (or creates) the database under `dir` with the default memory budget.
     pub fn open(dir: &Path) -> Result<Engine> {
+        Engine::open_with(dir, DEFAULT_MEMORY_MB)
+    }
+
+    /// Opens (or creates) the database under `dir`, its memory bounded by `memory_mb`: half for
+    /// memtables (all column families together: RocksDB's write buffer manager flushes the
+    /// largest when they reach it), half for one block cache shared by every column family (index
+    /// and filter blocks counted in it). RocksDB's defaults (64 MiB of memtable per column family,
+    /// up to two each, and a cache per family) let six families take close to a gigabyte.
+    pub fn open_with(dir: &Path, memory_mb: usize) -> Result<Engine> {
+        let budget = memory_mb.max(8) << 20;
+        let cache = rocksdb::Cache::new_lru_cache(budget / 2);
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_compression_type(DBCompressionType::Lz4);
         opts.set_keep_log_file_num(4);
+        opts.set_db_write_buffer_size(budget / 2);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(DBCompressionType::Lz4);
+            // The data families take most writes; the log, meta and lease families are small
+            // or short-lived. Each memtable is flushed at this size (or earlier, by the manager).
+            let big = *name == CF_KV || *name == CF_REV || *name == CF_LOG;
+            cf_opts.set_write_buffer_size(if big { budget / 8 } else { budget / 32 });
+            cf_opts.set_max_write_buffer_number(2);
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            cf_opts.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
@@ -132,4 +158,41 @@ pub fn decode<T: DeserializeOwned>(cf: &'static str, raw: &[u8]) -> Result<T> {
         cf,
         msg: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Memtables stay within half the budget however much is written (RocksDB's defaults would
+    /// hold 64 MiB per column family before flushing).
+    #[test]
+    fn memtables_stay_within_the_memory_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open_with(dir.path(), 16).unwrap();
+        let value = vec![7u8; 1024];
+        for chunk in 0..40 {
+            let mut batch = WriteBatch::default();
+            for i in 0..1024u32 {
+                let key = [chunk as u32, i].map(u32::to_be_bytes).concat();
+                batch.put_cf(engine.cf(CF_KV), key, &value);
+            }
+            engine.write_nosync(batch).unwrap();
+        }
+        let memtables: u64 = ALL_CFS
+            .iter()
+            .map(|cf| {
+                engine
+                    .db
+                    .property_int_value_cf(engine.cf(cf), "rocksdb.cur-size-all-mem-tables")
+                    .unwrap()
+                    .unwrap_or(0)
+            })
+            .sum();
+        // 40 MiB written; half of 16 MiB for memtables, plus one being flushed.
+        assert!(
+            memtables <= 12 << 20,
+            "memtables hold {memtables} bytes after 40 MiB of writes"
+        );
+    }
 }

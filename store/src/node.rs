@@ -77,6 +77,8 @@ pub struct NodeConfig {
     pub progress_notify_interval: Duration,
     /// How many recent revisions the watch hub keeps in memory for synced watchers.
     pub watch_ring_revisions: usize,
+    /// RocksDB's memory (memtables and block cache), in MiB.
+    pub storage_memory_mb: usize,
     /// Join a running cluster through these client endpoints (on a fresh data dir only).
     pub join: Option<Vec<String>>,
     /// After joining, stay a learner until an operator promotes this member.
@@ -123,6 +125,7 @@ impl NodeConfig {
             max_txn_ops: 128,
             progress_notify_interval: Duration::from_secs(600),
             watch_ring_revisions: DEFAULT_RING_REVISIONS,
+            storage_memory_mb: crate::engine::DEFAULT_MEMORY_MB,
             join: None,
             stay_learner: false,
             quota_bytes: DEFAULT_QUOTA_BYTES,
@@ -233,7 +236,11 @@ impl Node {
     /// client and peer ports (the grpc module above serves them).
     pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let sm = StateMachine::open(&config.data_dir, config.watch_ring_revisions)?;
+        let sm = StateMachine::open_with(
+            &config.data_dir,
+            config.watch_ring_revisions,
+            config.storage_memory_mb,
+        )?;
         let engine = sm.engine.clone();
         let stored_id: Option<u64> = engine.get_meta(META_SELF)?;
         let joining = stored_id.is_none() && config.join.is_some();

@@ -83,6 +83,10 @@ pub struct ServerArgs {
     /// Recent revisions kept in memory for watchers; slower ones read from disk [default: 4096].
     #[arg(long)]
     pub watch_ring_revisions: Option<usize>,
+    /// RocksDB's memory in MiB: half for memtables (all column families together), half for the
+    /// block cache [default: 64].
+    #[arg(long)]
+    pub storage_memory_mb: Option<usize>,
     /// Space quota in bytes: past it, writes that add data fail with "database space exceeded"
     /// and a NOSPACE alarm [default: 2147483648].
     #[arg(long)]
@@ -189,6 +193,7 @@ struct FileConfig {
     max_files_bytes: Option<u64>,
     watch_progress_notify_interval: Option<u64>,
     watch_ring_revisions: Option<usize>,
+    storage_memory_mb: Option<usize>,
     quota_bytes: Option<i64>,
     auto_compaction_mode: Option<String>,
     auto_compaction_retention: Option<String>,
@@ -391,6 +396,9 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
     }
     if let Some(v) = args.watch_ring_revisions.or(file.watch_ring_revisions) {
         c.watch_ring_revisions = v.max(1);
+    }
+    if let Some(v) = args.storage_memory_mb.or(file.storage_memory_mb) {
+        c.storage_memory_mb = v.max(8);
     }
     if let Some(v) = args.event_allow.clone().or(file.event_allow) {
         c.events.allow = v.into_iter().filter(|g| !g.is_empty()).collect();

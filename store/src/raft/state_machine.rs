@@ -64,7 +64,17 @@ impl StateMachine {
         data_dir: &std::path::Path,
         ring_revisions: usize,
     ) -> Result<Arc<StateMachine>, EngineError> {
-        let engine = Arc::new(Engine::open(&data_dir.join("db"))?);
+        Self::open_with(data_dir, ring_revisions, crate::engine::DEFAULT_MEMORY_MB)
+    }
+
+    /// [`StateMachine::open`] with RocksDB's memory bounded by `memory_mb`
+    /// ([`Engine::open_with`]).
+    pub fn open_with(
+        data_dir: &std::path::Path,
+        ring_revisions: usize,
+        memory_mb: usize,
+    ) -> Result<Arc<StateMachine>, EngineError> {
+        let engine = Arc::new(Engine::open_with(&data_dir.join("db"), memory_mb)?);
         let mvcc = Arc::new(Mvcc::open(engine.clone())?);
         let hub = Arc::new(WatchHub::new(mvcc.current_rev(), ring_revisions));
         let leases = Arc::new(LeaseKeeper::new());

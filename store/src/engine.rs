@@ -30,8 +30,11 @@ pub struct Engine {
     dir: std::path::PathBuf,
 }
 
-/// RocksDB memory a member uses by default, in MiB (`eden server --storage-memory-mb`).
-pub const DEFAULT_MEMORY_MB: usize = 64;
+/// RocksDB memory a member uses by default, in MiB (`eden server --storage-memory-mb`). 64 was
+/// tried first: after etcd's `check perf --load=l` (half a gigabyte of data) memtables that small
+/// flushed faster than two cores could compact, writes stalled, appends outlived the 100 ms
+/// openraft gives them and a 100,000-key load never finished (design/benchmarks.md).
+pub const DEFAULT_MEMORY_MB: usize = 256;
 
 impl Engine {
     /// Opens (or creates) the database under `dir` with the default memory budget.

@@ -84,7 +84,7 @@ pub struct ServerArgs {
     #[arg(long)]
     pub watch_ring_revisions: Option<usize>,
     /// RocksDB's memory in MiB: half for memtables (all column families together), half for the
-    /// block cache [default: 64].
+    /// block cache [default: 256].
     #[arg(long)]
     pub storage_memory_mb: Option<usize>,
     /// Space quota in bytes: past it, writes that add data fail with "database space exceeded"

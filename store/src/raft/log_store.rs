@@ -132,6 +132,16 @@ impl LogStore {
     /// gone: a range that starts there gets the run from the first stored index. A hole inside the
     /// stored log is corruption and an error.
     fn read_run<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, StorageError> {
+        self.read_run_limited(range, usize::MAX)
+    }
+
+    /// [`LogStore::read_run`], stopping after the entry that takes the run past `max_bytes` (at
+    /// least one entry).
+    fn read_run_limited<RB: RangeBounds<u64>>(
+        &self,
+        range: RB,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         let start = match range.start_bound() {
             Bound::Included(&i) => i,
             Bound::Excluded(&i) => i + 1,
@@ -140,7 +150,12 @@ impl LogStore {
         let mut it = self.engine.db.raw_iterator_cf(self.engine.cf(CF_LOG));
         it.seek(log_key(start));
         let mut out: Vec<Entry> = Vec::new();
+        let mut bytes = 0usize;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if bytes >= max_bytes {
+                break;
+            }
+            bytes += v.len();
             let key = dec_log_key(k);
             if !range.contains(&key) {
                 break;
@@ -176,12 +191,27 @@ impl LogStore {
     }
 }
 
+/// Bytes of log entries in one append request to a follower, about: openraft 0.9 gives each
+/// request `heartbeat_interval` (100 ms by default) and counts entries, not bytes, and one entry
+/// can be a batch of many writes (decision 0015); past the timeout, replication retries the same
+/// request forever.
+pub const MAX_APPEND_BYTES: usize = 2 << 20;
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         self.read_run(range)
+    }
+
+    /// What replication sends: entries from `start`, up to [`MAX_APPEND_BYTES`].
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_run_limited(start..end, MAX_APPEND_BYTES)
     }
 }
 
@@ -268,5 +298,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             log_key(log_id.index + 1),
         );
         self.engine.write_sync(batch).map_err(Self::write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Command;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(Command::Kv { op: vec![7; bytes] }),
+        }
+    }
+
+    /// Replication reads about MAX_APPEND_BYTES of entries at a time, never none; other reads get
+    /// the whole range.
+    #[tokio::test]
+    async fn replication_reads_a_bounded_run_of_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::new(Arc::new(Engine::open(dir.path()).unwrap()));
+        log.append_entries((1..=10).map(|i| entry(i, 1 << 20)))
+            .unwrap();
+        let some = log.limited_get_log_entries(1, 11).await.unwrap();
+        let n = some.len() as u64;
+        assert!((2..=3).contains(&n), "{n} entries of 1 MiB");
+        assert_eq!(some[0].log_id.index, 1);
+        let rest = log.limited_get_log_entries(1 + n, 11).await.unwrap();
+        assert_eq!(rest[0].log_id.index, 1 + n);
+        let big = log.limited_get_log_entries(10, 11).await.unwrap();
+        assert_eq!(big.len(), 1, "one entry larger than the limit still goes");
+        assert_eq!(log.try_get_log_entries(1..11).await.unwrap().len(), 10);
+        log.append_entries((11..=20).map(|i| entry(i, 100)))
+            .unwrap();
+        assert_eq!(log.limited_get_log_entries(11, 21).await.unwrap().len(), 10);
     }
 }

@@ -103,6 +103,33 @@ pub struct PeerNetwork {
     pub local_ip: Option<IpAddr>,
     pub cluster_id: u64,
     pub tls: Arc<MemberTls>,
+    channels: Channels,
+}
+
+/// One connection per peer address (and certificate generation), shared by every client openraft
+/// asks for. openraft 0.9 asks for a new client for each leadership check (every read-index
+/// round) and each vote; each used to open its own TCP (and TLS) connection.
+type Channels =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Option<PeerClient<Channel>>)>>>;
+
+fn shared_client(
+    channels: &Channels,
+    addr: &str,
+    local_ip: Option<IpAddr>,
+    tls: &MemberTls,
+) -> Option<PeerClient<Channel>> {
+    let generation = tls.generation();
+    let mut m = channels.lock().expect("peer channels lock");
+    if let Some((g, c)) = m.get(addr) {
+        if *g == generation {
+            return c.clone();
+        }
+    }
+    let c = peer_channel(addr, local_ip, tls.get().as_ref())
+        .ok()
+        .map(PeerClient::new);
+    m.insert(addr.to_string(), (generation, c.clone()));
+    c
 }
 
 impl PeerNetwork {
@@ -117,6 +144,7 @@ impl PeerNetwork {
                 .filter(|ip| !ip.is_unspecified()),
             cluster_id,
             tls,
+            channels: Default::default(),
         }
     }
 }
@@ -133,6 +161,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             local_ip: self.local_ip,
             tls: self.tls.clone(),
             generation: 0,
+            channels: self.channels.clone(),
         };
         c.connect();
         c
@@ -148,6 +177,7 @@ pub struct PeerConn {
     tls: Arc<MemberTls>,
     /// Of the certificate `client` presents.
     generation: u64,
+    channels: Channels,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,9 +194,7 @@ type PeerRpc =
 impl PeerConn {
     fn connect(&mut self) {
         self.generation = self.tls.generation();
-        self.client = peer_channel(&self.addr, self.local_ip, self.tls.get().as_ref())
-            .ok()
-            .map(PeerClient::new);
+        self.client = shared_client(&self.channels, &self.addr, self.local_ip, &self.tls);
     }
 
     async fn call<Req, Resp, E>(

@@ -24,9 +24,9 @@ use super::{Command, Member, NodeId, Raft, Response};
 pub const IN_FLIGHT: usize = 2;
 /// Commands in one batch entry, at most.
 pub const MAX_BATCH_COMMANDS: usize = 1024;
-/// Bytes of commands in one batch entry, at most (a single larger command goes alone): with
-/// openraft's 300 entries per append request, a peer message stays under the peer port's limit.
-pub const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// Bytes of commands in one batch entry, at most (a single larger command goes alone). Replication
+/// sends about [`super::log_store::MAX_APPEND_BYTES`] of entries per request.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 pub type WriteError =
     openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, Member>>;

@@ -5,10 +5,12 @@
 //!
 //! - [`log_store::LogStore`]: the Raft log and vote in RocksDB, synced before openraft hears they
 //!   are stored.
-//! - [`state_machine::StateMachine`]: applies committed commands to [`crate::mvcc`] in one synced
+//! - [`state_machine::StateMachine`]: applies committed commands to [`crate::mvcc`] in one
 //!   WriteBatch with the last applied log id, then publishes the events to the watch hub. It also
 //!   builds and installs snapshots.
 //! - [`network::PeerNetwork`]: Raft RPCs over tonic gRPC on the peer port.
+//! - [`propose::Proposer`]: group commit: the leader's client writes that arrive together go into
+//!   one [`Command::Batch`] entry.
 //!
 //! MVCC and the watch hub know nothing of openraft; this module is the only place they meet.
 

@@ -8,16 +8,15 @@
 //! or [`MAX_BATCH_BYTES`] go in one. Every command gets its own answer, what the leader's
 //! `propose_local` answered for it; a failed call answers each of its commands with the failure.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::Status;
 
 use super::ForwardError;
 use crate::raft::network::{from_payload, to_payload};
+use crate::raft::propose::{gather, Limits};
 use crate::raft::{Command, Response};
 use eden_proto::peer::peer_client::PeerClient;
 
@@ -89,42 +88,20 @@ impl Forwarder {
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Item>, cluster_id: u64) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    // Items taken from the channel that did not fit the last batch (too large, another leader).
-    let mut waiting: VecDeque<Item> = VecDeque::new();
-    loop {
-        let first = match waiting.pop_front() {
-            Some(i) => i,
-            None => match rx.recv().await {
-                Some(i) => i,
-                None => return,
-            },
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut bytes = first.size;
-        let mut batch = vec![first];
-        let mut kept = VecDeque::new();
-        while batch.len() < MAX_BATCH_COMMANDS {
-            let Some(item) = waiting.pop_front().or_else(|| rx.try_recv().ok()) else {
-                break;
-            };
-            if item.leader != batch[0].leader || bytes + item.size > MAX_BATCH_BYTES {
-                kept.push_back(item);
-                continue;
-            }
-            bytes += item.size;
-            batch.push(item);
-        }
-        kept.extend(waiting.drain(..));
-        waiting = kept;
-        tokio::spawn(async move {
-            send(batch, cluster_id).await;
-            drop(slot);
-        });
-    }
+async fn run(rx: mpsc::UnboundedReceiver<Item>, cluster_id: u64) {
+    let limits = Limits {
+        in_flight: IN_FLIGHT,
+        max_items: MAX_BATCH_COMMANDS,
+        max_bytes: MAX_BATCH_BYTES,
+    };
+    gather(
+        rx,
+        limits,
+        |i| i.size,
+        |first, i| i.leader == first.leader,
+        |batch| send(batch, cluster_id),
+    )
+    .await
 }
 
 async fn send(batch: Vec<Item>, cluster_id: u64) {

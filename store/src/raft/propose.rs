@@ -14,6 +14,7 @@
 //! a whole (this member no longer leads, or Raft stopped) refuses each of its commands with the
 //! same error, and none of them was committed.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -62,42 +63,84 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Command, usize, Reply)>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut next: Option<(Command, usize, Reply)> = None;
+/// Limits of one gathered batch ([`gather`]).
+pub(crate) struct Limits {
+    /// Batches being sent at a time: what arrives while all are taken joins the next one.
+    pub in_flight: usize,
+    pub max_items: usize,
+    /// Bytes of items in one batch (a single larger item goes alone).
+    pub max_bytes: usize,
+}
+
+/// The gathering loop of group commit and of followers' forwards: takes the first item, waits
+/// for a free slot, adds what has arrived meanwhile (while it fits the limits and `joins` the
+/// first), and hands the batch to `send` on its own task, which holds the slot until it is done.
+/// Items that did not fit wait for the next batch, in order. Ends when the channel closes.
+pub(crate) async fn gather<T, S, F>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+    limits: Limits,
+    size: impl Fn(&T) -> usize,
+    joins: impl Fn(&T, &T) -> bool,
+    send: S,
+) where
+    T: Send + 'static,
+    S: Fn(Vec<T>) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.in_flight));
+    let mut waiting: VecDeque<T> = VecDeque::new();
     loop {
-        let first = match next.take() {
-            Some(p) => p,
+        let first = match waiting.pop_front() {
+            Some(i) => i,
             None => match rx.recv().await {
-                Some(p) => p,
+                Some(i) => i,
                 None => return,
             },
         };
-        // Wait for a slot first: what arrives while every slot is taken joins this batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = first.1;
+        let mut bytes = size(&first);
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_COMMANDS {
-            match rx.try_recv() {
-                Ok(p) if bytes + p.1 > MAX_BATCH_BYTES => {
-                    next = Some(p);
-                    break;
-                }
-                Ok(p) => {
-                    bytes += p.1;
-                    batch.push(p);
-                }
-                Err(_) => break,
+        let mut kept = VecDeque::new();
+        while batch.len() < limits.max_items {
+            let Some(item) = waiting.pop_front().or_else(|| rx.try_recv().ok()) else {
+                break;
+            };
+            if !joins(&batch[0], &item) || bytes + size(&item) > limits.max_bytes {
+                kept.push_back(item);
+                continue;
             }
+            bytes += size(&item);
+            batch.push(item);
         }
-        let raft = raft.clone();
+        kept.extend(waiting.drain(..));
+        waiting = kept;
+        let sending = send(batch);
         tokio::spawn(async move {
-            propose(&raft, batch).await;
+            sending.await;
             drop(slot);
         });
     }
+}
+
+async fn run(raft: Raft, rx: mpsc::UnboundedReceiver<(Command, usize, Reply)>) {
+    let limits = Limits {
+        in_flight: IN_FLIGHT,
+        max_items: MAX_BATCH_COMMANDS,
+        max_bytes: MAX_BATCH_BYTES,
+    };
+    gather(
+        rx,
+        limits,
+        |p| p.1,
+        |_, _| true,
+        |batch| {
+            let raft = raft.clone();
+            async move { propose(&raft, batch).await }
+        },
+    )
+    .await
 }
 
 /// Proposes one entry for the gathered commands and answers each of them.

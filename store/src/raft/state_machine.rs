@@ -45,6 +45,15 @@ pub struct StateMachine {
     pub snapshot_path: PathBuf,
 }
 
+/// What a run of entries changes besides its WriteBatch: the member list and alarms (loaded on
+/// first use, stored once at the end) and the lease deadlines to update once it is written.
+#[derive(Default)]
+struct RunChanges {
+    members: Option<BTreeMap<u64, MemberAttrs>>,
+    alarms: Option<BTreeSet<(u64, i32)>>,
+    lease_changes: Vec<(i64, Option<i64>)>,
+}
+
 /// The snapshot's format: a version tag and the raw records.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
@@ -107,17 +116,15 @@ impl StateMachine {
     fn apply_command(
         b: &mut ApplyBatch<'_>,
         cmd: &Command,
-        members: &mut Option<BTreeMap<u64, MemberAttrs>>,
         engine: &Engine,
-        lease_changes: &mut Vec<(i64, Option<i64>)>,
-        alarms: &mut Option<BTreeSet<(u64, i32)>>,
+        run: &mut RunChanges,
     ) -> Result<Reply, EngineError> {
         let Command::Batch(cmds) = cmd else {
-            return Self::apply_one(b, cmd, members, engine, lease_changes, alarms);
+            return Self::apply_one(b, cmd, engine, run);
         };
         let mut answers = Vec::with_capacity(cmds.len());
         for cmd in cmds {
-            let result = Self::apply_one(b, cmd, members, engine, lease_changes, alarms)?;
+            let result = Self::apply_one(b, cmd, engine, run)?;
             answers.push(Response {
                 revision: b.revision(),
                 result,
@@ -129,10 +136,8 @@ impl StateMachine {
     fn apply_one(
         b: &mut ApplyBatch<'_>,
         cmd: &Command,
-        members: &mut Option<BTreeMap<u64, MemberAttrs>>,
         engine: &Engine,
-        lease_changes: &mut Vec<(i64, Option<i64>)>,
-        alarms: &mut Option<BTreeSet<(u64, i32)>>,
+        run: &mut RunChanges,
     ) -> Result<Reply, EngineError> {
         let outcome: Result<Reply, MvccError> = match cmd {
             Command::Batch(_) => {
@@ -155,11 +160,11 @@ impl StateMachine {
                 .map(|_| Reply::Done)
                 .map_err(Into::into),
             Command::LeaseGrant { id, ttl } => b.lease_grant(*id, *ttl).map(|_| {
-                lease_changes.push((*id, Some(*ttl)));
+                run.lease_changes.push((*id, Some(*ttl)));
                 Reply::LeaseGranted { id: *id, ttl: *ttl }
             }),
             Command::LeaseRevoke { id } => b.lease_revoke(*id).map(|_| {
-                lease_changes.push((*id, None));
+                run.lease_changes.push((*id, None));
                 Reply::Done
             }),
             Command::Alarm {
@@ -167,10 +172,10 @@ impl StateMachine {
                 member,
                 alarm,
             } => {
-                if alarms.is_none() {
-                    *alarms = Some(engine.get_meta(META_ALARMS)?.unwrap_or_default());
+                if run.alarms.is_none() {
+                    run.alarms = Some(engine.get_meta(META_ALARMS)?.unwrap_or_default());
                 }
-                let set = alarms.as_mut().expect("loaded above");
+                let set = run.alarms.as_mut().expect("loaded above");
                 let changed: Vec<(u64, i32)> = if *activate {
                     set.insert((*member, *alarm))
                         .then_some((*member, *alarm))
@@ -194,10 +199,10 @@ impl StateMachine {
                 name,
                 client_urls,
             } => {
-                if members.is_none() {
-                    *members = Some(engine.get_meta(META_MEMBERS)?.unwrap_or_default());
+                if run.members.is_none() {
+                    run.members = Some(engine.get_meta(META_MEMBERS)?.unwrap_or_default());
                 }
-                let m = members.as_mut().expect("loaded above");
+                let m = run.members.as_mut().expect("loaded above");
                 m.insert(
                     *id,
                     MemberAttrs {
@@ -488,24 +493,15 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
         let mut responses = Vec::new();
         let mut last_applied = None;
         let mut membership: Option<StoredMembership> = None;
-        let mut members: Option<BTreeMap<u64, MemberAttrs>> = None;
-        let mut lease_changes = Vec::new();
-        let mut alarms: Option<BTreeSet<(u64, i32)>> = None;
+        let mut run = RunChanges::default();
         for entry in entries {
             last_applied = Some(entry.log_id);
             let reply = match &entry.payload {
                 EntryPayload::Blank => Reply::Done,
                 EntryPayload::Normal(cmd) => {
                     crate::metrics::metrics().proposals_applied.inc();
-                    StateMachine::apply_command(
-                        &mut b,
-                        cmd,
-                        &mut members,
-                        &self.engine,
-                        &mut lease_changes,
-                        &mut alarms,
-                    )
-                    .map_err(StateMachine::write_err)?
+                    StateMachine::apply_command(&mut b, cmd, &self.engine, &mut run)
+                        .map_err(StateMachine::write_err)?
                 }
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
@@ -523,10 +519,10 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
         if let Some(m) = &membership {
             self.engine.put_meta(&mut batch, META_MEMBERSHIP, m);
         }
-        if let Some(m) = &members {
+        if let Some(m) = &run.members {
             self.engine.put_meta(&mut batch, META_MEMBERS, m);
         }
-        if let Some(a) = &alarms {
+        if let Some(a) = &run.alarms {
             self.engine.put_meta(&mut batch, META_ALARMS, a);
         }
         // Not synced: the log entries are (log_store.rs), in the same RocksDB write-ahead log, so
@@ -539,7 +535,7 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
             .map_err(StateMachine::write_err)?;
         self.mvcc.committed(rev, compacted_to);
         self.hub.publish(events);
-        for (id, change) in lease_changes {
+        for (id, change) in run.lease_changes {
             match change {
                 Some(ttl) => self.leases.granted(id, ttl),
                 None => self.leases.revoked(id),

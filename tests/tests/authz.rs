@@ -312,6 +312,13 @@ async fn the_peer_port_answers_members_only() {
         r.expect_err("a node's peer call was answered").code(),
         tonic::Code::PermissionDenied
     );
+    // Forwarded writes are proposed as they come: a node must never reach them (it would write
+    // past the authorizer).
+    let r = pc.forward_batch(eden_proto::peer::Payload::default()).await;
+    assert_eq!(
+        r.expect_err("a node's forwarded writes were taken").code(),
+        tonic::Code::PermissionDenied
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,6 +34,7 @@ use eden_proto::model::readers::Readers;
 use eden_proto::model::users::{self, Perm};
 use eden_proto::pki;
 
+use crate::keys::KeyRange;
 use crate::mvcc::Mvcc;
 
 /// Who is asking, as the authorizer sees it.
@@ -271,20 +272,21 @@ pub fn may_read_key(caller: &Caller, key: &[u8], facts: &dyn Facts) -> bool {
     check_read(caller, key, &[], facts).is_ok()
 }
 
-/// Whether a change to `key` may change what `caller` may read or write (its labels, its
+/// The keys whose changes may change what `caller` may read or write (its labels, its
 /// assignments, a variable's readers): its watches are checked again after such a change.
-pub fn affects(caller: &Caller, key: &[u8]) -> bool {
-    let node = match caller {
-        Caller::Root(_) => return false,
-        Caller::User(_) => return key.starts_with(users::AUTH.as_bytes()),
-        Caller::Node(n) => n,
-    };
-    if key.starts_with(keys::READERS.as_bytes()) {
-        return true;
-    }
-    match keys::rest(key, &keys::node_prefix(node)) {
-        Some(leaf) => leaf == "labels" || leaf.starts_with("tasks/"),
-        None => false,
+pub fn rights_ranges(caller: &Caller) -> Vec<KeyRange> {
+    let prefix = |p: &str| KeyRange::new(p.as_bytes(), &eden_proto::keys::prefix_end(p.as_bytes()));
+    match caller {
+        Caller::Root(_) => Vec::new(),
+        Caller::User(_) => vec![prefix(users::AUTH)],
+        Caller::Node(node) => {
+            let mine = keys::node_prefix(node);
+            vec![
+                prefix(keys::READERS),
+                KeyRange::new(format!("{mine}labels").as_bytes(), &[]),
+                prefix(&format!("{mine}tasks/")),
+            ]
+        }
     }
 }
 

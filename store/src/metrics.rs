@@ -6,7 +6,8 @@
 //! `etcd_server_proposals_{committed,applied,failed}_total`, `etcd_mvcc_db_total_size_in_bytes`,
 //! `etcd_debugging_mvcc_keys_total`, `etcd_debugging_mvcc_{watcher,watch_stream,slow_watcher}_total`,
 //! `etcd_disk_wal_fsync_duration_seconds`, `grpc_server_handling_seconds{grpc_method}`, plus
-//! `eden_raft_term`, `eden_raft_applied_index` and `eden_leases_total`.
+//! `eden_raft_term`, `eden_raft_applied_index`, `eden_leases_total` and
+//! `eden_watch_stream_wakeups_total`.
 //!
 //! Counters and histograms are updated where things happen; the gauges that describe state (term,
 //! leader, applied index, db size, keys, leases) are read when Prometheus scrapes.
@@ -38,6 +39,7 @@ pub struct Metrics {
     pub watchers: IntGauge,
     pub watch_streams: IntGauge,
     pub slow_watchers: IntGauge,
+    pub watch_wakeups: IntCounter,
     pub fsync: Histogram,
     pub proposals_batched: Histogram,
     pub grpc: HistogramVec,
@@ -157,6 +159,10 @@ impl Metrics {
             slow_watchers: gauge(
                 "etcd_debugging_mvcc_slow_watcher_total",
                 "Watches catching up from storage.",
+            ),
+            watch_wakeups: counter(
+                "eden_watch_stream_wakeups_total",
+                "Times a watch stream was woken by new revisions with a key it watches.",
             ),
             fsync,
             proposals_batched,

@@ -1,8 +1,9 @@
 //! The watch hub: where applied revisions become visible to watchers.
 //!
 //! Events are raised in exactly one place: the state machine publishes each durable batch of
-//! revisions here. The hub keeps the most recent revisions in a ring and a `latest` counter that
-//! streams subscribe to; it never pushes to anyone. Each watch stream pulls what it needs:
+//! revisions here. The hub keeps the most recent revisions in a ring and the latest revision, and
+//! hands each revision to the streams that watch one of its keys (below). A stream that falls
+//! behind pulls what it needs:
 //!
 //! ```text
 //!   apply ──publish──▶ ring [first ..= latest] ──▶ stream A (synced: reads the ring)
@@ -19,20 +20,42 @@
 //! watchers need it, and at most [`HISTORY_READERS`] chunks at a time. Without it, 10,000 agents'
 //! watches each read their own copy of the same 1,000 revisions, and a member grew past 12 GB
 //! (issue 11).
+//!
+//! Streams are woken only by revisions they care about: each stream tells the hub which key ranges
+//! it watches ([`WatchHub::watch_range`]), and [`WatchHub::publish`] hands each revision to the
+//! [`Signal`] of every stream with a range that holds one of its keys. A stream with no matching
+//! revision is never woken, so 10,000 agents each watching their own assignments cost the member
+//! nothing while other agents' keys change (issue 15). Exact keys and prefixes are found by hash
+//! lookups (one per distinct prefix length in use); other ranges are checked one by one.
+//!
+//! The index only vouches for revisions published after a range was added (the revision
+//! `watch_range` returns): a watcher that starts earlier reads the revisions before that whole, from
+//! the ring or storage, as before. So does a stream whose signal overflowed
+//! ([`MAX_PENDING_REVISIONS`] unread revisions: a stream that does not keep up) or a member that
+//! installed a snapshot.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::{watch, OnceCell, Semaphore};
+use tokio::sync::{Notify, OnceCell, Semaphore};
 
+use crate::keys::{prefix_end, KeyRange};
 use crate::mvcc::RevEvents;
+
+/// A stream's signal holds at most this many unread revisions; past it, the stream reads what it
+/// missed from the ring or storage.
+pub const MAX_PENDING_REVISIONS: usize = 4096;
 
 /// How many recent revisions the ring keeps by default.
 pub const DEFAULT_RING_REVISIONS: usize = 4096;
 
 pub struct WatchHub {
     ring: RwLock<VecDeque<Arc<RevEvents>>>,
-    latest: watch::Sender<i64>,
+    latest: AtomicI64,
+    /// Which streams watch which keys. Held while a batch is published (and `latest` moves), so a
+    /// range added at revision R is signaled every matching revision after R.
+    index: Mutex<Index>,
     capacity: usize,
     /// Chunks of history read from storage for watchers behind the ring.
     pub history: HistoryCache,
@@ -124,46 +147,144 @@ impl HistoryCache {
 
 impl WatchHub {
     pub fn new(current_rev: i64, capacity: usize) -> WatchHub {
-        let (latest, _) = watch::channel(current_rev);
         WatchHub {
             ring: RwLock::new(VecDeque::new()),
-            latest,
+            latest: AtomicI64::new(current_rev),
             capacity: capacity.max(1),
             history: HistoryCache::default(),
+            index: Mutex::new(Index::default()),
         }
     }
 
-    /// Publishes durable revisions (in order) and wakes the streams.
+    /// Publishes durable revisions (in order) and wakes the streams that watch one of their keys.
     pub fn publish(&self, revs: Vec<RevEvents>) {
         let Some(last) = revs.last().map(|r| r.rev) else {
             return;
         };
+        let revs: Vec<Arc<RevEvents>> = revs.into_iter().map(Arc::new).collect();
         {
             let mut ring = self.ring.write().expect("ring lock");
-            for r in revs {
-                ring.push_back(Arc::new(r));
-            }
+            ring.extend(revs.iter().cloned());
             while ring.len() > self.capacity {
                 ring.pop_front();
             }
         }
-        self.latest.send_replace(last);
+        let mut woken: HashMap<StreamId, Arc<Signal>> = HashMap::new();
+        let index = self.index.lock().expect("watch index lock");
+        let mut hits = Vec::new();
+        for r in &revs {
+            hits.clear();
+            for e in &r.events {
+                if let Some(kv) = &e.kv {
+                    index.matches(&kv.key, &mut hits);
+                }
+            }
+            hits.sort_unstable();
+            hits.dedup();
+            for id in &hits {
+                if let Some(s) = index.streams.get(id) {
+                    s.signal.push(r);
+                    woken.entry(*id).or_insert_with(|| s.signal.clone());
+                }
+            }
+        }
+        self.latest.store(last, Ordering::SeqCst);
+        drop(index);
+        for s in woken.values() {
+            s.notify.notify_one();
+        }
     }
 
-    /// After a snapshot was installed: history jumped, so the ring is dropped and streams catch up
-    /// from storage.
+    /// After a snapshot was installed: history jumped, so the ring is dropped and every stream
+    /// reads what it missed from storage.
     pub fn reset(&self, rev: i64) {
         self.ring.write().expect("ring lock").clear();
         self.history.clear();
-        self.latest.send_replace(rev);
+        let index = self.index.lock().expect("watch index lock");
+        let signals: Vec<Arc<Signal>> = index.streams.values().map(|s| s.signal.clone()).collect();
+        for s in &signals {
+            s.overflow(rev);
+        }
+        self.latest.store(rev, Ordering::SeqCst);
+        drop(index);
+        for s in signals {
+            s.notify.notify_one();
+        }
+    }
+
+    /// A new stream: its id and the signal that wakes it.
+    pub fn open_stream(&self) -> (StreamId, Arc<Signal>) {
+        let mut index = self.index.lock().expect("watch index lock");
+        index.next += 1;
+        let id = index.next;
+        let signal = Arc::new(Signal::default());
+        index.streams.insert(
+            id,
+            StreamEntry {
+                signal: signal.clone(),
+                shapes: Vec::new(),
+            },
+        );
+        (id, signal)
+    }
+
+    /// Forgets a stream and every range it watched.
+    pub fn close_stream(&self, id: StreamId) {
+        let mut index = self.index.lock().expect("watch index lock");
+        if let Some(entry) = index.streams.remove(&id) {
+            for shape in entry.shapes {
+                index.unplace(id, &shape);
+            }
+        }
+    }
+
+    /// Signals `stream` every revision after the one returned that has a key in `range`.
+    pub fn watch_range(&self, stream: StreamId, range: &KeyRange) -> i64 {
+        let mut index = self.index.lock().expect("watch index lock");
+        if !index.streams.contains_key(&stream) {
+            return self.latest();
+        }
+        let shape = Shape::of(range);
+        index.place(stream, &shape);
+        if let Some(entry) = index.streams.get_mut(&stream) {
+            entry.shapes.push(shape);
+        }
+        self.latest()
+    }
+
+    /// Stops signaling `stream` for `range` (added before with [`WatchHub::watch_range`]).
+    pub fn unwatch_range(&self, stream: StreamId, range: &KeyRange) {
+        let mut index = self.index.lock().expect("watch index lock");
+        let shape = Shape::of(range);
+        let Some(entry) = index.streams.get_mut(&stream) else {
+            return;
+        };
+        let Some(at) = entry.shapes.iter().position(|s| *s == shape) else {
+            return;
+        };
+        entry.shapes.swap_remove(at);
+        index.unplace(stream, &shape);
     }
 
     pub fn latest(&self) -> i64 {
-        *self.latest.borrow()
+        self.latest.load(Ordering::SeqCst)
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.latest.subscribe()
+    /// What `stream`'s signal holds, and the revision up to which it holds everything the
+    /// stream's ranges match (unless it overflowed).
+    pub fn take(&self, signal: &Signal) -> Taken {
+        let mut p = signal.state.lock().expect("signal lock");
+        // Read under the signal's lock: a revision published later than this is pushed after the
+        // take; one pushed before it is in `revs` (or was dropped) and counted in `last`.
+        let latest = self.latest();
+        let revs = std::mem::take(&mut p.revs);
+        let overflowed = std::mem::replace(&mut p.overflowed, false);
+        let upto = latest.max(p.last);
+        Taken {
+            revs,
+            overflowed,
+            upto,
+        }
     }
 
     /// The revisions `[from, to]` if the ring still holds `from`; None if the caller must read them
@@ -182,6 +303,184 @@ impl WatchHub {
                 .cloned()
                 .collect(),
         )
+    }
+}
+
+/// A watch stream's id in the hub.
+pub type StreamId = u64;
+
+/// What wakes one watch stream: the revisions published since it last looked that have a key it
+/// watches.
+#[derive(Default)]
+pub struct Signal {
+    state: Mutex<Pending>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    revs: Vec<Arc<RevEvents>>,
+    /// More than [`MAX_PENDING_REVISIONS`] went unread: `revs` was dropped.
+    overflowed: bool,
+    /// The highest revision pushed or dropped: `latest` may not show it yet when the stream takes.
+    last: i64,
+}
+
+impl Signal {
+    /// Waits until a revision for this stream was published (returns at once if one was since the
+    /// last wait).
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+
+    fn push(&self, r: &Arc<RevEvents>) {
+        let mut p = self.state.lock().expect("signal lock");
+        p.last = p.last.max(r.rev);
+        if p.overflowed {
+            return;
+        }
+        if p.revs.len() >= MAX_PENDING_REVISIONS {
+            p.revs = Vec::new();
+            p.overflowed = true;
+            return;
+        }
+        p.revs.push(r.clone());
+    }
+
+    fn overflow(&self, rev: i64) {
+        let mut p = self.state.lock().expect("signal lock");
+        p.revs = Vec::new();
+        p.overflowed = true;
+        p.last = p.last.max(rev);
+    }
+}
+
+/// What a stream took from its signal.
+pub struct Taken {
+    /// The revisions (ascending) with a key in one of the stream's ranges.
+    pub revs: Vec<Arc<RevEvents>>,
+    /// Revisions were dropped: everything up to `upto` must be read from the ring or storage.
+    pub overflowed: bool,
+    /// Every revision up to this one that matched a range of the stream is in `revs`.
+    pub upto: i64,
+}
+
+/// How a watched range is indexed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    Exact(Vec<u8>),
+    Prefix(Vec<u8>),
+    Range(KeyRange),
+}
+
+impl Shape {
+    fn of(r: &KeyRange) -> Shape {
+        if r.single {
+            Shape::Exact(r.start.clone())
+        } else if !r.start.is_empty() && r.end.as_deref() == Some(prefix_end(&r.start).as_slice()) {
+            Shape::Prefix(r.start.clone())
+        } else {
+            Shape::Range(r.clone())
+        }
+    }
+}
+
+struct StreamEntry {
+    signal: Arc<Signal>,
+    shapes: Vec<Shape>,
+}
+
+/// How many of a stream's ranges have one shape.
+type Counts = HashMap<StreamId, usize>;
+
+#[derive(Default)]
+struct Index {
+    next: StreamId,
+    streams: HashMap<StreamId, StreamEntry>,
+    exact: HashMap<Vec<u8>, Counts>,
+    prefixes: HashMap<Vec<u8>, Counts>,
+    /// The lengths of the prefixes in `prefixes`, each with how many prefixes have it.
+    prefix_lens: BTreeMap<usize, usize>,
+    ranges: Vec<(KeyRange, StreamId)>,
+}
+
+impl Index {
+    /// Appends the streams with a range holding `key`.
+    fn matches(&self, key: &[u8], out: &mut Vec<StreamId>) {
+        if let Some(c) = self.exact.get(key) {
+            out.extend(c.keys());
+        }
+        for &len in self.prefix_lens.range(..=key.len()).map(|(l, _)| l) {
+            if let Some(c) = self.prefixes.get(&key[..len]) {
+                out.extend(c.keys());
+            }
+        }
+        out.extend(
+            self.ranges
+                .iter()
+                .filter(|(r, _)| r.contains(key))
+                .map(|(_, s)| *s),
+        );
+    }
+
+    fn place(&mut self, stream: StreamId, shape: &Shape) {
+        match shape {
+            Shape::Exact(k) => {
+                *self
+                    .exact
+                    .entry(k.clone())
+                    .or_default()
+                    .entry(stream)
+                    .or_default() += 1
+            }
+            Shape::Prefix(p) => {
+                let counts = self.prefixes.entry(p.clone()).or_default();
+                if counts.is_empty() {
+                    *self.prefix_lens.entry(p.len()).or_default() += 1;
+                }
+                *counts.entry(stream).or_default() += 1;
+            }
+            Shape::Range(r) => self.ranges.push((r.clone(), stream)),
+        }
+    }
+
+    fn unplace(&mut self, stream: StreamId, shape: &Shape) {
+        fn dec(map: &mut HashMap<Vec<u8>, Counts>, k: &[u8], stream: StreamId) -> bool {
+            let Some(counts) = map.get_mut(k) else {
+                return false;
+            };
+            if let Some(n) = counts.get_mut(&stream) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&stream);
+                }
+            }
+            let gone = counts.is_empty();
+            if gone {
+                map.remove(k);
+            }
+            gone
+        }
+        match shape {
+            Shape::Exact(k) => {
+                dec(&mut self.exact, k, stream);
+            }
+            Shape::Prefix(p) => {
+                if dec(&mut self.prefixes, p, stream) {
+                    if let Some(n) = self.prefix_lens.get_mut(&p.len()) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.prefix_lens.remove(&p.len());
+                        }
+                    }
+                }
+            }
+            Shape::Range(r) => {
+                if let Some(at) = self.ranges.iter().position(|(x, s)| *s == stream && x == r) {
+                    self.ranges.swap_remove(at);
+                }
+            }
+        }
     }
 }
 
@@ -266,5 +565,81 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(Arc::ptr_eq(&chunk, &again));
+    }
+
+    fn put(rev: i64, key: &str) -> RevEvents {
+        use eden_proto::mvccpb::{Event, KeyValue};
+        RevEvents {
+            rev,
+            events: vec![Event {
+                kv: Some(KeyValue {
+                    key: key.as_bytes().to_vec(),
+                    mod_revision: rev,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn taken_revs(t: &Taken) -> Vec<i64> {
+        t.revs.iter().map(|r| r.rev).collect()
+    }
+
+    #[test]
+    fn a_stream_is_handed_only_the_revisions_of_its_ranges() {
+        let hub = WatchHub::new(0, 16);
+        let (a, sa) = hub.open_stream();
+        let (b, sb) = hub.open_stream();
+        let prefix = |p: &str| KeyRange::new(p.as_bytes(), &prefix_end(p.as_bytes()));
+        assert_eq!(hub.watch_range(a, &KeyRange::new(b"k", b"")), 0);
+        hub.watch_range(a, &prefix("p/"));
+        hub.watch_range(b, &KeyRange::new(b"m", b"n"));
+        hub.watch_range(b, &prefix("p/"));
+        hub.publish(vec![
+            put(1, "k"),
+            put(2, "kk"),
+            put(3, "p/x"),
+            put(4, "mm"),
+            put(5, "p"),
+        ]);
+        let ta = hub.take(&sa);
+        assert_eq!(
+            (taken_revs(&ta), ta.upto, ta.overflowed),
+            (vec![1, 3], 5, false)
+        );
+        assert_eq!(taken_revs(&hub.take(&sb)), vec![3, 4]);
+        // Removing one of two equal ranges keeps the other; closing a stream forgets it.
+        hub.watch_range(a, &prefix("p/"));
+        hub.unwatch_range(a, &prefix("p/"));
+        hub.unwatch_range(b, &KeyRange::new(b"m", b"n"));
+        hub.publish(vec![put(6, "p/y"), put(7, "ma")]);
+        assert_eq!(taken_revs(&hub.take(&sa)), vec![6]);
+        assert_eq!(taken_revs(&hub.take(&sb)), vec![6]);
+        hub.unwatch_range(a, &prefix("p/"));
+        hub.close_stream(b);
+        hub.publish(vec![put(8, "p/z"), put(9, "k")]);
+        assert_eq!(taken_revs(&hub.take(&sa)), vec![9]);
+        assert!(hub.index.lock().unwrap().prefixes.is_empty());
+        assert!(hub.index.lock().unwrap().prefix_lens.is_empty());
+    }
+
+    #[test]
+    fn a_stream_that_does_not_keep_up_reads_whole_history_instead() {
+        let hub = WatchHub::new(0, 16);
+        let (a, sa) = hub.open_stream();
+        hub.watch_range(a, &KeyRange::new(b"k", b""));
+        let n = MAX_PENDING_REVISIONS as i64 + 10;
+        hub.publish((1..=n).map(|r| put(r, "k")).collect());
+        let t = hub.take(&sa);
+        assert!(t.overflowed && t.revs.is_empty() && t.upto == n);
+        // Then it is handed revisions again.
+        hub.publish(vec![put(n + 1, "k")]);
+        let t = hub.take(&sa);
+        assert_eq!((taken_revs(&t), t.overflowed), (vec![n + 1], false));
+        // A snapshot install makes every stream read history whole.
+        hub.reset(n + 100);
+        let t = hub.take(&sa);
+        assert!(t.overflowed && t.upto == n + 100);
     }
 }

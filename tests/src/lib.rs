@@ -172,6 +172,31 @@ pub fn run_eden_ok(args: &[String]) {
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.
+/// The body (with the status line and headers) of a plain HTTP GET, e.g. a member's `/metrics`.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("http port");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// One unlabeled metric's value from a member's metrics port.
+pub async fn metric(addr: &str, name: &str) -> f64 {
+    let text = http_get(addr, "/metrics").await;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,

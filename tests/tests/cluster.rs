@@ -580,7 +580,7 @@ async fn concurrent_writes_share_log_entries_and_keep_their_own_revisions() {
         .await
         .unwrap();
     assert_eq!(counter.kvs[0].value, increments.to_string().into_bytes());
-    let text = http_get(&metrics, "/metrics").await;
+    let text = eden_tests::http_get(&metrics, "/metrics").await;
     let batches: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix("eden_raft_proposals_per_entry_count "))
@@ -588,18 +588,6 @@ async fn concurrent_writes_share_log_entries_and_keep_their_own_revisions() {
         .parse()
         .unwrap();
     assert!(batches >= 1.0, "some writes shared an entry:\n{text}");
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("metrics port");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Writes through a follower are forwarded to the leader together (`ForwardBatch`): 200 puts at

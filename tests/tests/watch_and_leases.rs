@@ -329,3 +329,87 @@ async fn many_watches_share_one_stream() {
         (0, b"a".to_vec())
     );
 }
+
+/// A watch stream is woken only by revisions with a key it watches (the hub's index): 50 idle
+/// streams, each on its own prefix, are not woken while 200 keys elsewhere change, and the one
+/// that a write concerns still gets it. Before the index, every revision woke every stream
+/// (about 10,000 wake-ups here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_watch_streams_are_not_woken_by_other_keys() {
+    const IDLE: usize = 50;
+    const WRITES: usize = 200;
+    let metrics = format!("127.0.0.1:{}", eden_tests::free_port());
+    let c = Cluster::start(1, &["--metrics-addr", &metrics, "--no-reactor"]).await;
+    let client = c.client();
+    let ch = eden_tests::channel_for(&c.members[0].endpoint()).await;
+    let open = |prefix: String| {
+        let ch = ch.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(
+                    WatchCreateRequest {
+                        key: prefix.clone().into(),
+                        range_end: prefix_end(prefix.as_bytes()),
+                        ..Default::default()
+                    },
+                )),
+            })
+            .await
+            .unwrap();
+            let mut stream = WatchClient::new(ch)
+                .watch(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(stream.message().await.unwrap().unwrap().created);
+            (tx, stream)
+        }
+    };
+    let mut idle = Vec::new();
+    for i in 0..IDLE {
+        idle.push(open(format!("idle/{i:02}/")).await);
+    }
+    let (_busy_tx, mut busy) = open("busy/".into()).await;
+    let before = eden_tests::metric(&metrics, "eden_watch_stream_wakeups_total").await;
+    for i in 0..WRITES {
+        client
+            .put(PutRequest {
+                key: format!("busy/{i:03}").into(),
+                value: "v".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut seen = 0;
+    while seen < WRITES {
+        let m = tokio::time::timeout(Duration::from_secs(10), busy.message())
+            .await
+            .expect("the busy stream's events")
+            .unwrap()
+            .unwrap();
+        seen += m.events.len();
+    }
+    let woken = eden_tests::metric(&metrics, "eden_watch_stream_wakeups_total").await - before;
+    assert!(
+        woken <= WRITES as f64,
+        "{woken} wake-ups for {WRITES} writes that concern one stream of {}",
+        IDLE + 1
+    );
+    // A write under one idle prefix reaches its stream.
+    client
+        .put(PutRequest {
+            key: "idle/07/k".into(),
+            value: "v".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), idle[7].1.message())
+        .await
+        .expect("idle/07's event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.events[0].kv.as_ref().unwrap().key, b"idle/07/k".to_vec());
+}

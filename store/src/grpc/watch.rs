@@ -1,8 +1,10 @@
 //! The etcd Watch service: many watches on one bidirectional stream.
 //!
-//! Each stream runs one task that pulls from the [`WatchHub`](crate::watch::WatchHub): on every new
-//! revision it brings each of its watchers from its `next_rev` up to the latest revision, from the
-//! hub's ring or, for a watcher that fell behind, from storage. A revision's events always go out in
+//! Each stream runs one task, woken by the [`WatchHub`](crate::watch::WatchHub) only for revisions
+//! with a key one of its watchers (or its caller's rights) depends on: it then brings each watcher
+//! from its `next_rev` up to the latest revision, from the revisions its signal handed over, or,
+//! for a watcher that starts in the past or a stream that fell behind, from the hub's ring or
+//! storage. A revision's events always go out in
 //! one response (atomic), each watcher's revisions in order and once (ordered, unique, reliable), and
 //! a watcher whose next revision was compacted is canceled with the compact revision (so a client
 //! knows to re-list, then resume: resumable, bookmarkable with progress notifications).
@@ -32,6 +34,7 @@ use crate::keys::KeyRange;
 use crate::metrics::metrics;
 use crate::mvcc::RevEvents;
 use crate::node::Node;
+use crate::watch::{Signal, StreamId, Taken};
 use eden_proto::model::certs;
 use eden_proto::pki::CertInfo;
 
@@ -57,6 +60,9 @@ pub struct Watcher {
     pub progress_notify: bool,
     /// Catching up from storage (the ring no longer holds its next revision).
     pub slow: bool,
+    /// From this revision on, the stream's signal hands over every revision this watcher needs;
+    /// revisions before it are read whole from the ring or storage.
+    pub indexed_from: i64,
 }
 
 impl Watcher {
@@ -74,6 +80,7 @@ impl Watcher {
             prev_kv: req.prev_kv,
             progress_notify: req.progress_notify,
             slow: false,
+            indexed_from: i64::MAX,
         }
     }
 
@@ -145,8 +152,11 @@ struct StreamTask {
     /// The certificate the stream was opened with: checked again after each revocation, and the
     /// stream closed when it is revoked.
     cert: Option<CertInfo>,
-    /// The revision up to which revocations were looked for.
-    revocations_checked: i64,
+    /// The keys whose changes may change the caller's rights.
+    rights: Vec<KeyRange>,
+    /// The stream's id in the hub, and what wakes it.
+    hub_id: StreamId,
+    signal: Arc<Signal>,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
@@ -160,25 +170,36 @@ impl StreamTask {
         tx: mpsc::Sender<Result<WatchResponse, Status>>,
     ) -> StreamTask {
         metrics().watch_streams.inc();
-        let revocations_checked = node.hub().latest();
+        let (hub_id, signal) = node.hub().open_stream();
+        let rights = auth::rights_ranges(&caller);
+        for r in &rights {
+            node.hub().watch_range(hub_id, r);
+        }
+        if cert.is_some() {
+            node.hub().watch_range(hub_id, &revoked_range());
+        }
         StreamTask {
             node,
             caller,
             cert,
-            revocations_checked,
+            rights,
+            hub_id,
+            signal,
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
         }
     }
 
-    fn insert(&mut self, w: Watcher) {
+    fn insert(&mut self, mut w: Watcher) {
         metrics().watchers.inc();
+        w.indexed_from = self.node.hub().watch_range(self.hub_id, &w.range) + 1;
         self.watchers.insert(w.id, w);
     }
 
     fn remove(&mut self, id: i64) -> Option<Watcher> {
         let w = self.watchers.remove(&id)?;
+        self.node.hub().unwatch_range(self.hub_id, &w.range);
         metrics().watchers.dec();
         if w.slow {
             metrics().slow_watchers.dec();
@@ -206,6 +227,7 @@ impl Drop for StreamTask {
         for id in ids {
             self.remove(id);
         }
+        self.node.hub().close_stream(self.hub_id);
         metrics().watch_streams.dec();
     }
 }
@@ -219,7 +241,7 @@ impl StreamTask {
     }
 
     async fn run(&mut self, mut inbound: Streaming<WatchRequest>) -> Result<(), Status> {
-        let mut latest_rx = self.node.hub().subscribe();
+        let signal = self.signal.clone();
         let mut progress = tokio::time::interval(self.node.config().progress_notify_interval);
         progress.tick().await;
         loop {
@@ -228,7 +250,7 @@ impl StreamTask {
                     Ok(Some(req)) => if self.handle(req).await.is_err() { return Ok(()) },
                     Ok(None) | Err(_) => return Ok(()),
                 },
-                changed = latest_rx.changed() => if changed.is_err() { return Ok(()) },
+                _ = signal.wait() => metrics().watch_wakeups.inc(),
                 _ = progress.tick() => {
                     match self.catch_up().await {
                         Ok(_) => {}
@@ -361,131 +383,179 @@ impl StreamTask {
         Ok(())
     }
 
-    /// Refuses to go on when a revision since the last look revoked the stream's certificate.
-    fn check_revocations(&mut self, latest: i64) -> Result<(), CatchUpError> {
+    /// Refuses to go on when one of the revisions taken (or, after an overflow, any revision)
+    /// revoked the stream's certificate.
+    fn check_revocations(&self, taken: &Taken) -> Result<(), CatchUpError> {
         let Some(info) = &self.cert else {
             return Ok(());
         };
-        if latest <= self.revocations_checked {
-            return Ok(());
-        }
-        let touched = match self.node.hub().recent(self.revocations_checked + 1, latest) {
-            Some(revs) => revs.iter().any(|r| {
-                r.events.iter().any(|e| {
-                    e.kv.as_ref()
-                        .is_some_and(|kv| kv.key.starts_with(certs::REVOKED.as_bytes()))
-                })
-            }),
-            // Too far behind to tell: look.
-            None => true,
-        };
-        self.revocations_checked = latest;
+        let revoked = revoked_range();
+        let touched = taken.overflowed
+            || taken.revs.iter().any(|r| {
+                r.events
+                    .iter()
+                    .any(|e| e.kv.as_ref().is_some_and(|kv| revoked.contains(&kv.key)))
+            });
         if touched {
             authz::still_valid(&self.node, info).map_err(CatchUpError::Refused)?;
         }
         Ok(())
     }
 
-    /// Brings every watcher up to the hub's latest revision; returns that revision.
+    /// Brings every watcher up to the latest revision; returns that revision.
     async fn catch_up(&mut self) -> Result<i64, CatchUpError> {
-        let latest = self.node.hub().latest();
-        self.check_revocations(latest)?;
-        let ids: Vec<i64> = self.watchers.keys().copied().collect();
-        for id in ids {
-            while let Some(w) = self.watchers.get(&id).cloned() {
-                if w.next_rev > latest {
-                    break;
-                }
-                let revs = match self.node.hub().recent(w.next_rev, latest) {
-                    Some(r) => {
-                        self.set_slow(id, false);
-                        r
-                    }
-                    None => {
-                        self.set_slow(id, true);
-                        let node = self.node.clone();
-                        let from = w.next_rev;
-                        let got = self
-                            .node
-                            .hub()
-                            .history
-                            .read(from, move || {
-                                node.mvcc().events_between(from, latest, CATCHUP_REVISIONS)
-                            })
-                            .await
-                            .map_err(CatchUpError::Storage)?;
-                        match got {
-                            Some(chunk) => chunk.iter().cloned().collect(),
-                            None => {
-                                // The watcher's next revision was compacted before it got there.
-                                let compact = self.node.mvcc().compact_rev();
-                                self.remove(id);
-                                self.send(WatchResponse {
-                                    header: Some(self.node.header_at(latest)),
-                                    watch_id: id,
-                                    canceled: true,
-                                    compact_revision: compact,
-                                    ..Default::default()
-                                })
-                                .await
-                                .map_err(|_| CatchUpError::Closed)?;
-                                break;
-                            }
-                        }
-                    }
-                };
-                let Some(last) = revs.last().map(|r| r.rev) else {
-                    // Nothing stored between next_rev and latest (cannot happen with a contiguous
-                    // history, but never spin).
-                    if let Some(w) = self.watchers.get_mut(&id) {
-                        w.next_rev = latest + 1;
-                    }
-                    break;
-                };
-                let mut events = Vec::new();
-                let mut sent_to = w.next_rev - 1;
-                let mut denied = None;
-                for r in &revs {
-                    if self.rights_changed(r) {
-                        if let Err(why) = self.still_allowed(&w) {
-                            denied = Some(why);
-                            break;
-                        }
-                    }
-                    let mut selected = w.select(r);
-                    if !events.is_empty() && events.len() + selected.len() > MAX_EVENTS_PER_RESPONSE
-                    {
-                        self.send_events(id, sent_to, std::mem::take(&mut events))
-                            .await?;
-                    }
-                    events.append(&mut selected);
-                    sent_to = r.rev;
-                }
-                if let Some(why) = denied {
-                    // What it could read until its rights changed, then the reason it stops.
-                    if !events.is_empty() {
-                        self.send_events(id, sent_to, events).await?;
-                    }
-                    self.remove(id);
-                    self.send(WatchResponse {
-                        header: Some(self.node.header_at(sent_to)),
-                        watch_id: id,
-                        canceled: true,
-                        cancel_reason: format!("{}: {why}", errors::PERMISSION_DENIED),
-                        ..Default::default()
-                    })
-                    .await?;
-                    break;
-                }
-                if !events.is_empty() {
-                    self.send_events(id, last, events).await?;
-                }
-                if let Some(w) = self.watchers.get_mut(&id) {
-                    w.next_rev = last + 1;
-                }
+        let taken = self.node.hub().take(&self.signal);
+        self.check_revocations(&taken)?;
+        let upto = taken.upto;
+        if taken.overflowed {
+            // The signal dropped revisions: read everything up to `upto` whole.
+            for w in self.watchers.values_mut() {
+                w.indexed_from = w.indexed_from.max(upto + 1);
             }
         }
-        Ok(latest)
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            let Some(w) = self.watchers.get(&id) else {
+                continue;
+            };
+            // The revisions the hub's index does not vouch for, read whole.
+            let unindexed = upto.min(w.indexed_from - 1);
+            if w.next_rev <= unindexed && !self.scan(id, unindexed).await? {
+                continue;
+            }
+            // Then only the revisions the signal handed over.
+            let Some(w) = self.watchers.get(&id).cloned() else {
+                continue;
+            };
+            let start = taken.revs.partition_point(|r| r.rev < w.next_rev);
+            if !self.deliver(&w, &taken.revs[start..]).await? {
+                continue;
+            }
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.next_rev = w.next_rev.max(upto + 1);
+            }
+        }
+        Ok(upto)
+    }
+
+    /// Reads watcher `id`'s revisions up to `target` from the ring or storage and sends what it
+    /// wants of them; false when the watcher ended on the way (compacted or denied).
+    async fn scan(&mut self, id: i64, target: i64) -> Result<bool, CatchUpError> {
+        while let Some(w) = self.watchers.get(&id).cloned() {
+            if w.next_rev > target {
+                return Ok(true);
+            }
+            let revs = match self.node.hub().recent(w.next_rev, target) {
+                Some(r) => {
+                    self.set_slow(id, false);
+                    r
+                }
+                None => {
+                    self.set_slow(id, true);
+                    let node = self.node.clone();
+                    let from = w.next_rev;
+                    let got = self
+                        .node
+                        .hub()
+                        .history
+                        .read(from, move || {
+                            node.mvcc().events_between(from, target, CATCHUP_REVISIONS)
+                        })
+                        .await
+                        .map_err(CatchUpError::Storage)?;
+                    match got {
+                        Some(chunk) => chunk
+                            .iter()
+                            .take_while(|r| r.rev <= target)
+                            .cloned()
+                            .collect(),
+                        None => {
+                            // The watcher's next revision was compacted before it got there.
+                            let compact = self.node.mvcc().compact_rev();
+                            self.remove(id);
+                            self.send(WatchResponse {
+                                header: Some(self.node.header_at(target)),
+                                watch_id: id,
+                                canceled: true,
+                                compact_revision: compact,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(|_| CatchUpError::Closed)?;
+                            return Ok(false);
+                        }
+                    }
+                }
+            };
+            let Some(last) = revs.last().map(|r| r.rev) else {
+                // Nothing stored between next_rev and the target (cannot happen with a contiguous
+                // history, but never spin).
+                if let Some(w) = self.watchers.get_mut(&id) {
+                    w.next_rev = target + 1;
+                }
+                return Ok(true);
+            };
+            if !self.deliver(&w, &revs).await? {
+                return Ok(false);
+            }
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.next_rev = last + 1;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Sends watcher `w` what it wants of `revs` (ascending, from its next revision on), a
+    /// revision's events always in one response; false when the caller's rights changed on the
+    /// way so that it may no longer watch (it is then canceled, with the reason).
+    async fn deliver(
+        &mut self,
+        w: &Watcher,
+        revs: &[Arc<RevEvents>],
+    ) -> Result<bool, CatchUpError> {
+        let id = w.id;
+        let mut events = Vec::new();
+        let mut sent_to = w.next_rev - 1;
+        let mut denied = None;
+        for r in revs {
+            if self.rights_changed(r) {
+                if let Err(why) = self.still_allowed(w) {
+                    denied = Some(why);
+                    break;
+                }
+            }
+            let mut selected = w.select(r);
+            if selected.is_empty() {
+                continue;
+            }
+            if !events.is_empty() && events.len() + selected.len() > MAX_EVENTS_PER_RESPONSE {
+                self.send_events(id, sent_to, std::mem::take(&mut events))
+                    .await?;
+            }
+            events.append(&mut selected);
+            sent_to = r.rev;
+        }
+        if let Some(why) = denied {
+            // What it could read until its rights changed, then the reason it stops.
+            if !events.is_empty() {
+                self.send_events(id, sent_to, events).await?;
+            }
+            self.remove(id);
+            self.send(WatchResponse {
+                header: Some(self.node.header_at(sent_to)),
+                watch_id: id,
+                canceled: true,
+                cancel_reason: format!("{}: {why}", errors::PERMISSION_DENIED),
+                ..Default::default()
+            })
+            .await?;
+            return Ok(false);
+        }
+        if !events.is_empty() {
+            let last = revs.last().map_or(sent_to, |r| r.rev);
+            self.send_events(id, last, events).await?;
+        }
+        Ok(true)
     }
 
     /// Whether revision `r` changed what this stream's caller may read.
@@ -493,7 +563,7 @@ impl StreamTask {
         !self.caller.is_root()
             && r.events.iter().any(|e| {
                 e.kv.as_ref()
-                    .is_some_and(|kv| auth::affects(&self.caller, &kv.key))
+                    .is_some_and(|kv| self.rights.iter().any(|x| x.contains(&kv.key)))
             })
     }
 
@@ -517,6 +587,12 @@ impl StreamTask {
         .await
         .map_err(|_| CatchUpError::Closed)
     }
+}
+
+/// Revocation lists: a stream opened with a certificate is checked again after a change here.
+fn revoked_range() -> KeyRange {
+    let p = certs::REVOKED.as_bytes();
+    KeyRange::new(p, &crate::keys::prefix_end(p))
 }
 
 enum CatchUpError {

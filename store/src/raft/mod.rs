@@ -20,10 +20,10 @@
 pub mod log_store;
 pub mod network;
 pub mod propose;
+pub mod snapshot;
 pub mod state_machine;
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -134,7 +134,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapshot::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -6,12 +6,11 @@
 //! watch hub and lease deadlines updated.
 //!
 //! A snapshot is every record of the state-machine column families plus the revision metadata, read
-//! from one RocksDB snapshot (so it matches the applied log id stored with it). It is kept whole in
-//! memory (`Cursor<Vec<u8>>`, openraft 0.9's default): fine for a configuration store of megabytes,
-//! a known limit for gigabytes. The latest one is also written to `snapshot.bin` in the data dir.
+//! from one RocksDB snapshot (so it matches the applied log id stored with it), streamed into
+//! `snapshot.bin` in the data dir and from there to followers (`snapshot.rs`). Installing one
+//! still gathers its records into one RocksDB write batch (one atomic write).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,19 +19,20 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use prost::Message;
 use rocksdb::WriteBatch;
-use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 use tokio::sync::Notify;
 
 use super::{
     sto_err, Command, Entry, LogId, MemberAttrs, Reply, Response, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
-use crate::engine::{decode, encode, Engine, EngineError};
+use crate::engine::{decode, Engine, EngineError};
 use crate::keys::*;
 use crate::lease::LeaseKeeper;
 use crate::mvcc::{ApplyBatch, Mvcc, MvccError};
 use crate::watch::WatchHub;
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use super::snapshot::{self, BodyWriter, SnapshotFile};
 
 /// Everything the state machine touches; shared with the gRPC services.
 pub struct StateMachine {
@@ -53,18 +53,6 @@ struct RunChanges {
     alarms: Option<BTreeSet<(u64, i32)>>,
     lease_changes: Vec<(i64, Option<i64>)>,
 }
-
-/// The snapshot's format: a version tag and the raw records.
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    format: u32,
-    /// (column family, key, value); the meta column family carries only [`SM_META_KEYS`].
-    /// (Keys and values as `ByteBuf`: the same bytes in the file as `Vec<u8>`, read and written
-    /// at once instead of one by one.)
-    records: Vec<(String, ByteBuf, ByteBuf)>,
-}
-
-const SNAPSHOT_FORMAT: u32 = 1;
 
 impl StateMachine {
     /// Opens the state machine of a data dir: the RocksDB database under `db/` and the latest
@@ -220,9 +208,9 @@ impl StateMachine {
         }
     }
 
-    fn build(&self) -> Result<(SnapshotMeta, Vec<u8>), EngineError> {
+    /// The meta of the snapshot `snap` makes (the applied log id and membership it holds).
+    fn snapshot_meta(&self, snap: &rocksdb::Snapshot) -> Result<SnapshotMeta, EngineError> {
         let e = &self.engine;
-        let snap = e.db.snapshot();
         let meta_get = |k: &[u8]| snap.get_cf(e.cf(CF_META), k);
         let applied: Option<LogId> = match meta_get(META_APPLIED)? {
             Some(raw) => decode(CF_META, &raw)?,
@@ -232,83 +220,72 @@ impl StateMachine {
             Some(raw) => decode(CF_META, &raw)?,
             None => StoredMembership::default(),
         };
-        let mut records = Vec::new();
-        for cf in SM_CFS {
-            let mut it = snap.raw_iterator_cf(e.cf(cf));
-            it.seek_to_first();
-            while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                records.push((cf.to_string(), ByteBuf::from(k), ByteBuf::from(v)));
-                it.next();
-            }
-            it.status()?;
-        }
-        for k in SM_META_KEYS {
-            if let Some(v) = meta_get(k)? {
-                records.push((
-                    CF_META.to_string(),
-                    ByteBuf::from(k.to_vec()),
-                    ByteBuf::from(v),
-                ));
-            }
-        }
-        let data = encode(&SnapshotBody {
-            format: SNAPSHOT_FORMAT,
-            records,
-        });
         let id = format!(
             "{}-{}-{}",
             applied.map_or(0, |l| l.leader_id.term),
             applied.map_or(0, |l| l.index),
             rand::random::<u32>()
         );
-        let meta = SnapshotMeta {
+        Ok(SnapshotMeta {
             last_log_id: applied,
             last_membership: membership,
             snapshot_id: id,
-        };
-        Ok((meta, data))
+        })
     }
 
-    fn save_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> std::io::Result<()> {
-        let meta_raw = encode(meta);
-        let mut buf = Vec::with_capacity(8 + meta_raw.len() + data.len());
-        buf.extend_from_slice(&(meta_raw.len() as u64).to_be_bytes());
-        buf.extend_from_slice(&meta_raw);
-        buf.extend_from_slice(data);
-        let tmp = self.snapshot_path.with_extension("tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
+    /// Streams the records of `snap` into `w` as a snapshot body.
+    fn write_body<W: Write + Seek>(
+        &self,
+        snap: &rocksdb::Snapshot,
+        w: W,
+    ) -> Result<W, SnapshotError> {
+        let e = &self.engine;
+        let mut body = BodyWriter::new(w)?;
+        for cf in SM_CFS {
+            let mut it = snap.raw_iterator_cf(e.cf(cf));
+            it.seek_to_first();
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                body.record(cf, k, v)?;
+                it.next();
+            }
+            it.status().map_err(EngineError::from)?;
         }
-        std::fs::rename(&tmp, &self.snapshot_path)
+        for k in SM_META_KEYS {
+            if let Some(v) = snap.get_cf(e.cf(CF_META), k).map_err(EngineError::from)? {
+                body.record(CF_META, k, &v)?;
+            }
+        }
+        Ok(body.finish()?)
     }
 
-    fn load_snapshot_file(&self) -> std::io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
-        let buf = match std::fs::read(&self.snapshot_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "corrupt snapshot.bin");
-        if buf.len() < 8 {
-            return Err(bad());
-        }
-        let n = u64::from_be_bytes(buf[..8].try_into().map_err(|_| bad())?) as usize;
-        let meta: SnapshotMeta =
-            bincode::deserialize(buf.get(8..8 + n).ok_or_else(bad)?).map_err(|_| bad())?;
-        Ok(Some((meta, buf[8 + n..].to_vec())))
+    /// Builds a snapshot into `snapshot.bin` (through a temporary file, synced, then renamed).
+    fn build_file(&self) -> Result<SnapshotMeta, SnapshotError> {
+        let snap = self.engine.db.snapshot();
+        let meta = self.snapshot_meta(&snap)?;
+        let tmp = self.snapshot_path.with_extension("build");
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        snapshot::write_header(&mut w, &meta)?;
+        let w = self.write_body(&snap, w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.snapshot_path)?;
+        Ok(meta)
     }
 
-    fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), EngineError> {
-        let body: SnapshotBody = decode(CF_META, data)?;
-        if body.format != SNAPSHOT_FORMAT {
-            return Err(EngineError::Corrupt {
-                cf: CF_META,
-                msg: format!("unknown snapshot format {}", body.format),
-            });
+    /// The meta of the snapshot in `snapshot.bin`, if there is one.
+    fn snapshot_file_meta(&self) -> std::io::Result<Option<SnapshotMeta>> {
+        match std::fs::File::open(&self.snapshot_path) {
+            Ok(f) => Ok(Some(
+                snapshot::read_header(&mut std::io::BufReader::new(f))?.0,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
+    }
+
+    /// Installs a snapshot body read from `body`: every state-machine record replaced in one
+    /// synced write batch with the applied log id and membership of `meta`.
+    fn install(&self, meta: &SnapshotMeta, body: &mut impl Read) -> Result<(), SnapshotError> {
         let e = &self.engine;
         let mut batch = WriteBatch::default();
         for cf in SM_CFS {
@@ -318,21 +295,21 @@ impl StateMachine {
                 batch.delete_cf(e.cf(cf), k);
                 it.next();
             }
-            it.status()?;
+            it.status().map_err(EngineError::from)?;
         }
         for k in SM_META_KEYS {
             batch.delete_cf(e.cf(CF_META), k);
         }
-        for (cf, k, v) in &body.records {
-            let cf = ALL_CFS
-                .iter()
-                .find(|c| **c == cf.as_str())
-                .ok_or(EngineError::Corrupt {
-                    cf: CF_META,
-                    msg: format!("snapshot names unknown column family {cf}"),
-                })?;
+        snapshot::read_body(body, |cf, k, v| {
+            let cf = ALL_CFS.iter().find(|c| **c == cf).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("snapshot names unknown column family {cf}"),
+                )
+            })?;
             batch.put_cf(e.cf(cf), k, v);
-        }
+            Ok(())
+        })?;
         e.put_meta(&mut batch, META_APPLIED, &meta.last_log_id);
         e.put_meta(&mut batch, META_MEMBERSHIP, &meta.last_membership);
         e.write_sync(batch)?;
@@ -343,6 +320,35 @@ impl StateMachine {
         self.compactor.notify_one();
         Ok(())
     }
+
+    /// Installs the snapshot received into `received` and makes it `snapshot.bin` (the header,
+    /// then the body copied; synced, then renamed).
+    fn install_received(
+        &self,
+        meta: &SnapshotMeta,
+        mut received: std::fs::File,
+    ) -> Result<(), SnapshotError> {
+        received.seek(SeekFrom::Start(0))?;
+        self.install(meta, &mut std::io::BufReader::new(&received))?;
+        received.seek(SeekFrom::Start(0))?;
+        let tmp = self.snapshot_path.with_extension("install");
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        snapshot::write_header(&mut w, meta)?;
+        std::io::copy(&mut received, &mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.snapshot_path)?;
+        Ok(())
+    }
+}
+
+/// A snapshot could not be built or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("snapshot file: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// The first bytes of a backup file made by `eden snapshot save`.
@@ -360,22 +366,22 @@ impl StateMachine {
     /// magic | body length (u64 BE) | body (the Raft snapshot body) | CRC32 of all before |
     /// zero padding to a multiple of 512 bytes | SHA-256 of all before
     /// ```
-    pub fn backup(&self) -> Result<(Vec<u8>, i64), EngineError> {
+    pub fn backup(&self) -> Result<(Vec<u8>, i64), SnapshotError> {
         use sha2::Digest;
-        let (_meta, data) = self.build()?;
-        let body: SnapshotBody = decode(CF_META, &data)?;
-        let rev = body
-            .records
-            .iter()
-            .find(|(cf, k, _)| cf == CF_META && k.as_slice() == META_REVISION)
-            .map(|(_, _, v)| decode::<i64>(CF_META, v))
-            .transpose()?
-            .unwrap_or(crate::mvcc::INITIAL_REVISION);
-        let mut out =
-            Vec::with_capacity(BACKUP_MAGIC.len() + 8 + data.len() + 4 + BACKUP_PAGE + 32);
-        out.extend_from_slice(BACKUP_MAGIC);
-        out.extend_from_slice(&(data.len() as u64).to_be_bytes());
-        out.extend_from_slice(&data);
+        let snap = self.engine.db.snapshot();
+        let rev = match snap
+            .get_cf(self.engine.cf(CF_META), META_REVISION)
+            .map_err(EngineError::from)?
+        {
+            Some(raw) => decode::<i64>(CF_META, &raw)?,
+            None => crate::mvcc::INITIAL_REVISION,
+        };
+        let mut w = std::io::Cursor::new(Vec::new());
+        w.write_all(BACKUP_MAGIC)?;
+        w.write_all(&0u64.to_be_bytes())?;
+        let mut out = self.write_body(&snap, w)?.into_inner();
+        let len = (out.len() - BACKUP_MAGIC.len() - 8) as u64;
+        out[BACKUP_MAGIC.len()..BACKUP_MAGIC.len() + 8].copy_from_slice(&len.to_be_bytes());
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out.resize(out.len().div_ceil(BACKUP_PAGE) * BACKUP_PAGE, 0);
@@ -419,21 +425,23 @@ impl StateMachine {
                 data_dir.display()
             );
         }
-        let body: SnapshotBody = decode(CF_META, body)?;
         std::fs::create_dir_all(data_dir)?;
         let engine = Engine::open(&data_dir.join("db"))?;
         let mut batch = WriteBatch::default();
-        for (cf, k, v) in &body.records {
+        snapshot::read_body(&mut &body[..], |cf, k, v| {
             // The old cluster's members and their alarms don't carry over.
-            if cf == CF_META && (k.as_slice() == META_MEMBERS || k.as_slice() == META_ALARMS) {
-                continue;
+            if cf == CF_META && (k == META_MEMBERS || k == META_ALARMS) {
+                return Ok(());
             }
-            let cf = ALL_CFS
-                .iter()
-                .find(|c| **c == cf.as_str())
-                .ok_or_else(|| anyhow::anyhow!("the backup names an unknown column family {cf}"))?;
+            let cf = ALL_CFS.iter().find(|c| **c == cf).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the backup names an unknown column family {cf}"),
+                )
+            })?;
             batch.put_cf(engine.cf(cf), k, v);
-        }
+            Ok(())
+        })?;
         engine.write_sync(batch)?;
         Ok(engine
             .get_meta::<i64>(META_REVISION)?
@@ -444,25 +452,23 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for Arc<StateMachine> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let sm = self.clone();
-        let (meta, data) = tokio::task::spawn_blocking(
-            move || -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
-                let (meta, data) = sm.build().map_err(StateMachine::read_err)?;
-                sm.save_snapshot_file(&meta, &data).map_err(|e| {
-                    sto_err(
-                        ErrorVerb::Write,
-                        ErrorSubject::Snapshot(Some(meta.signature())),
-                        e,
-                    )
-                })?;
-                Ok((meta, data))
-            },
-        )
-        .await
-        .map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(None), e))??;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        let meta = tokio::task::spawn_blocking(move || sm.build_file())
+            .await
+            .map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(None), e))?
+            .map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(None), e))?;
+        let snapshot = SnapshotFile::open_body(&self.snapshot_path)
+            .await
+            .map_err(|e| {
+                sto_err(
+                    ErrorVerb::Read,
+                    ErrorSubject::Snapshot(Some(meta.signature())),
+                    e,
+                )
+            })?;
+        tracing::info!(snapshot = %meta.snapshot_id, "built snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(snapshot),
         })
     }
 }
@@ -551,37 +557,42 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachine> {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let path = self.snapshot_path.with_extension("recv");
+        Ok(Box::new(
+            SnapshotFile::create(&path)
+                .await
+                .map_err(StateMachine::write_err)?,
+        ))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        let received = snapshot.finish().await.map_err(StateMachine::write_err)?;
         let sm = self.clone();
         let meta2 = meta.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            sm.install(&meta2, &data).map_err(StateMachine::write_err)?;
-            sm.save_snapshot_file(&meta2, &data)
-                .map_err(StateMachine::write_err)?;
-            Ok(())
-        })
-        .await
-        .map_err(StateMachine::write_err)??;
+        tokio::task::spawn_blocking(move || sm.install_received(&meta2, received))
+            .await
+            .map_err(StateMachine::write_err)?
+            .map_err(StateMachine::write_err)?;
+        let _ = std::fs::remove_file(self.snapshot_path.with_extension("recv"));
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        match self.load_snapshot_file().map_err(StateMachine::read_err)? {
-            Some((meta, data)) => Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            })),
-            None => Ok(None),
-        }
+        let Some(meta) = self.snapshot_file_meta().map_err(StateMachine::read_err)? else {
+            return Ok(None);
+        };
+        let snapshot = SnapshotFile::open_body(&self.snapshot_path)
+            .await
+            .map_err(StateMachine::read_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(snapshot),
+        }))
     }
 }

@@ -1,4 +1,4 @@
-//! Generates the etcd v3 API (packages etcdserverpb, mvccpb, authpb) eden's peer protocol and its join call.
+//! Generates the etcd v3 API (packages etcdserverpb, mvccpb, authpb, v3electionpb, v3lockpb), eden's peer protocol and its join call.
 //! protoc comes from protoc-bin-vendored, so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/etcd/rpc.proto",
                 "proto/etcd/kv.proto",
                 "proto/etcd/auth.proto",
+                "proto/etcd/v3election.proto",
+                "proto/etcd/v3lock.proto",
                 "proto/eden/peer.proto",
                 "proto/eden/join.proto",
             ],

@@ -32,7 +32,6 @@ pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
 pub const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 pub const TIMEOUT: &str = "etcdserver: request timed out";
 pub const NOT_SUPPORTED_FOR_LEARNER: &str = "etcdserver: rpc not supported for learner";
-pub const NO_ALARM_TYPE: &str = "etcdserver: no alarm type given";
 pub const UNKNOWN_ALARM_ACTION: &str = "etcdserver: unknown alarm action";
 /// The start of "server stopped: WHY" (a member whose Raft core stopped).
 pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";

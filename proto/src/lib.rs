@@ -26,6 +26,16 @@ pub mod etcdserverpb {
     #![allow(clippy::all)]
     tonic::include_proto!("etcdserverpb");
 }
+/// etcd's Election service (leader election on keys under a name).
+pub mod v3electionpb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("v3electionpb");
+}
+/// etcd's Lock service (distributed locks on keys under a name).
+pub mod v3lockpb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("v3lockpb");
+}
 
 pub mod peer {
     #![allow(clippy::all)]

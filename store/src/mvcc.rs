@@ -322,6 +322,28 @@ impl Mvcc {
         Ok((hasher.finalize(), compact, rev))
     }
 
+    /// A hash of what the store holds (etcd's Maintenance.Hash, which etcd documents as for
+    /// testing only): the key-value history as [`Mvcc::hash_kv`] sees it at the current revision,
+    /// then the leases and the keys attached to them. Members that applied the same entries agree,
+    /// whatever their compactors did.
+    pub fn hash(&self) -> Result<u32, MvccError> {
+        let (kv, _, _) = self.hash_kv(0)?;
+        let mut h = crc32fast::Hasher::new();
+        h.update(&kv.to_be_bytes());
+        let snap = self.engine.db.snapshot();
+        for cf in [CF_LEASE, CF_LEASE_KEYS] {
+            let mut it = snap.raw_iterator_cf(self.engine.cf(cf));
+            it.seek_to_first();
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                h.update(k);
+                h.update(v);
+                it.next();
+            }
+            it.status().map_err(EngineError::from)?;
+        }
+        Ok(h.finalize())
+    }
+
     /// Every lease in the store with its granted TTL.
     pub fn leases(&self) -> Result<Vec<(i64, LeaseRecord)>, EngineError> {
         let mut it = self.engine.db.raw_iterator_cf(self.engine.cf(CF_LEASE));

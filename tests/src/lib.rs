@@ -610,6 +610,25 @@ impl Cluster {
     }
 
     /// A client over every member (the admin's, on a TLS cluster).
+    /// The etcd-client crate connected to `endpoints` of the cluster: over TLS as its admin when
+    /// the cluster is secure (EDEN_TEST_TLS=1).
+    pub async fn etcd_client(&self, endpoints: &[String]) -> etcd_client::Client {
+        let Some(pki) = &self.pki else {
+            return etcd_client::Client::connect(endpoints, None).await.unwrap();
+        };
+        let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("ca.crt")))
+            .identity(etcd_client::Identity::from_pem(
+                read("admin.crt"),
+                read("admin.key"),
+            ));
+        let eps: Vec<String> = endpoints.iter().map(|e| format!("https://{e}")).collect();
+        etcd_client::Client::connect(eps, Some(etcd_client::ConnectOptions::new().with_tls(tls)))
+            .await
+            .unwrap()
+    }
+
     pub fn client(&self) -> Arc<Client> {
         self.client_as("admin")
     }

@@ -532,6 +532,36 @@ async fn the_authorization_matrix_over_every_rpc_and_caller() {
         let mut mt = MaintenanceClient::new(ch.clone());
         let mut au = AuthClient::new(ch.clone());
         let mut jn = eden_proto::join::join_client::JoinClient::new(ch.clone());
+        let mut lk = eden_proto::v3lockpb::lock_client::LockClient::new(ch.clone());
+        let mut el = eden_proto::v3electionpb::election_client::ElectionClient::new(ch.clone());
+        // Lock and campaign under a name, then let go at once (the next caller takes its turn).
+        let locked = lk
+            .lock(eden_proto::v3lockpb::LockRequest {
+                name: b"/app/lock".to_vec(),
+                lease: 0,
+            })
+            .await;
+        if let Ok(r) = &locked {
+            lk.unlock(eden_proto::v3lockpb::UnlockRequest {
+                key: r.get_ref().key.clone(),
+            })
+            .await
+            .unwrap();
+        }
+        let campaigned = el
+            .campaign(eden_proto::v3electionpb::CampaignRequest {
+                name: b"/app/election".to_vec(),
+                lease: 0,
+                value: b"me".to_vec(),
+            })
+            .await;
+        if let Ok(r) = &campaigned {
+            el.resign(eden_proto::v3electionpb::ResignRequest {
+                leader: r.get_ref().leader.clone(),
+            })
+            .await
+            .unwrap();
+        }
         let (csr, _) =
             eden_proto::pki::new_csr(&eden_proto::pki::Identity::Admin("x".into())).unwrap();
         let nested = TxnRequest {
@@ -594,6 +624,14 @@ async fn the_authorization_matrix_over_every_rpc_and_caller() {
                     })
                     .await,
                 ),
+            ),
+            (
+                ("lock under /app/", [true, false, false, true]),
+                allowed(&locked),
+            ),
+            (
+                ("campaign under /app/", [true, false, false, true]),
+                allowed(&campaigned),
             ),
             (
                 ("lease grant", [true, true, true, true]),

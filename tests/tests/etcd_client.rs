@@ -12,27 +12,8 @@ use etcd_client::{
 };
 use tonic::Code;
 
-/// The etcd-client crate connected to the cluster: over TLS as its admin when the cluster is
-/// secure (EDEN_TEST_TLS=1).
 async fn connect(c: &Cluster) -> Client {
-    let Some(pki) = &c.pki else {
-        return Client::connect(c.endpoints(), None).await.unwrap();
-    };
-    let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
-    let tls = etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(read("ca.crt")))
-        .identity(etcd_client::Identity::from_pem(
-            read("admin.crt"),
-            read("admin.key"),
-        ));
-    let eps: Vec<String> = c
-        .endpoints()
-        .iter()
-        .map(|e| format!("https://{e}"))
-        .collect();
-    Client::connect(eps, Some(etcd_client::ConnectOptions::new().with_tls(tls)))
-        .await
-        .unwrap()
+    c.etcd_client(&c.endpoints()).await
 }
 
 fn status(e: Error) -> (Code, String) {
@@ -425,4 +406,81 @@ async fn leases_members_and_status() {
             && s.raft_term() >= 1
             && s.raft_index() >= s.raft_applied_index().min(s.raft_index())
     );
+}
+
+/// Hash and HashKV agree across members; an alarm of type NONE is disarmed as etcd does (nothing
+/// to do, no error); Defragment answers without a header, as etcd's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_alarm_none_and_defragment_answer_as_etcd_does() {
+    use etcd_client::{AlarmAction, AlarmType};
+    let c = Cluster::start(3, &["--no-reactor"]).await;
+    let mut cl = connect(&c).await;
+    let lease = cl.lease_grant(600, None).await.unwrap().id();
+    for i in 0..20 {
+        cl.put(
+            format!("h/{i}"),
+            "v",
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    }
+    let rev = cl
+        .delete("h/0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let mut each = Vec::new();
+    for ep in c.endpoints() {
+        each.push(c.etcd_client(&[ep]).await);
+    }
+    // Once every member applied the last write, their hashes are equal.
+    let mut hashes = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        hashes.clear();
+        for m in &mut each {
+            let h = m.hash().await.unwrap();
+            let r = h.header().unwrap().revision();
+            hashes.push((r, h.hash()));
+        }
+        if hashes.iter().all(|h| *h == hashes[0] && h.0 >= rev) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hashes differ: {hashes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kv: Vec<u32> = {
+        let mut v = Vec::new();
+        for m in &mut each {
+            v.push(m.hash_kv(rev).await.unwrap().hash());
+        }
+        v
+    };
+    assert!(kv.iter().all(|h| *h == kv[0]), "HashKV differs: {kv:?}");
+    // A new key changes the hash (once the member asked applied it).
+    let put = cl.put("h/new", "v", None).await.unwrap();
+    let after = put.header().unwrap().revision();
+    loop {
+        let h = each[0].hash().await.unwrap();
+        if h.header().unwrap().revision() >= after {
+            assert_ne!(h.hash(), hashes[0].1);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let none = cl
+        .alarm(AlarmAction::Deactivate, AlarmType::None, None)
+        .await
+        .unwrap();
+    assert!(none.alarms().is_empty());
+    let d = cl.defragment().await.unwrap();
+    assert!(d.header().is_none(), "etcd's Defragment has no header");
 }

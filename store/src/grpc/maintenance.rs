@@ -58,10 +58,10 @@ impl Maintenance for MaintenanceService {
                     .filter(|(_, a)| req.alarm == AlarmType::None as i32 || *a == req.alarm)
                     .collect(),
             ),
+            // etcd does nothing for an alarm of type NONE (clientv3 sends DEACTIVATE NONE for
+            // member 0 only after expanding it into each alarm raised; older clients send it as is).
+            Ok(_) if req.alarm == AlarmType::None as i32 => Vec::new(),
             Ok(action) => {
-                if req.alarm == AlarmType::None as i32 {
-                    return Err(errors::invalid(errors::NO_ALARM_TYPE));
-                }
                 let activate = action == AlarmAction::Activate;
                 let r = self
                     .node
@@ -132,14 +132,21 @@ impl Maintenance for MaintenanceService {
         tokio::task::spawn_blocking(move || node.sm().engine.defragment())
             .await
             .map_err(errors::internal)?;
-        Ok(Response::new(DefragmentResponse {
-            header: Some(self.node.header()),
-        }))
+        // etcd's Defragment answers without a header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
-        Err(not_yet("hash"))
+        let node = self.node.clone();
+        let hash = tokio::task::spawn_blocking(move || node.mvcc().hash())
+            .await
+            .map_err(errors::internal)?
+            .map_err(crate::grpc::kv::mvcc_status)?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.node.header()),
+            hash,
+        }))
     }
 
     async fn hash_kv(

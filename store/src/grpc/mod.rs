@@ -5,6 +5,7 @@
 pub mod auth_service;
 pub mod authz;
 pub mod cluster;
+pub mod concurrency;
 pub mod join;
 pub mod kv;
 pub mod lease;
@@ -27,6 +28,8 @@ use eden_proto::etcdserverpb::watch_server::WatchServer;
 use eden_proto::join::join_server::JoinServer;
 use eden_proto::peer::peer_server::PeerServer;
 use eden_proto::tls_listener::{self, ClientAuth};
+use eden_proto::v3electionpb::election_server::ElectionServer;
+use eden_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt};
@@ -154,7 +157,15 @@ pub async fn serve_client(
         .add_service(JoinServer::new(join::JoinService::new(node.clone())))
         .add_service(AuthServer::new(auth_service::AuthService {
             node: node.clone(),
-        }));
+        }))
+        .add_service(
+            ElectionServer::new(concurrency::ElectionService { node: node.clone() })
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            LockServer::new(concurrency::LockService { node: node.clone() })
+                .max_decoding_message_size(max),
+        );
     serve_on(router, listener, tls, shutdown).await
 }
 

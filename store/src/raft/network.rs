@@ -220,15 +220,27 @@ impl PeerConn {
         let mut payload = to_payload(req, self.cluster_id);
         payload.to = self.target;
         let fut = which(client, payload);
+        // Only a peer that cannot be reached at all is Unreachable: openraft then pauses
+        // replication to it for 500 ms. A call that was too slow for its deadline (an append
+        // request on a busy member gets the heartbeat interval) or failed otherwise is a network
+        // error, retried at once; treating those as unreachable stalled commits for half a
+        // second at a time under load.
         let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
             Err(_) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                return Err(RPCError::Network(NetworkError::new(&Msg(format!(
                     "timeout talking to {}",
                     self.addr
                 )))))
             }
-            Ok(Err(status)) => {
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                    "{}: {}",
+                    self.addr,
+                    status.message()
+                )))))
+            }
+            Ok(Err(status)) => {
+                return Err(RPCError::Network(NetworkError::new(&Msg(format!(
                     "{}: {}",
                     self.addr,
                     status.message()

@@ -318,3 +318,136 @@ async fn etcdctl_check_perf_small_load_passes() {
         o.stderr
     );
 }
+
+/// An etcdctl command left running, its output read as it comes; killed when dropped.
+struct Running {
+    child: std::process::Child,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    got: String,
+}
+
+impl Running {
+    fn start(eps: &[String], args: &[&str]) -> Running {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(eps.join(","))
+            .args(eden_tests::tls_flags_for(eps))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl is installed");
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            rx,
+            got: String::new(),
+        }
+    }
+
+    /// Waits until the output holds `text`; returns the output so far.
+    async fn wait_text(&mut self, text: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.got.contains(text) {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(b)) => self.got.push_str(&String::from_utf8_lossy(&b)),
+                _ => panic!("no {text:?} in etcdctl's output: {:?}", self.got),
+            }
+        }
+        self.got.clone()
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Sends SIGINT, as Ctrl-C would.
+    fn interrupt(&self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// etcdctl's `lock` and `elect` (etcd's concurrency recipes over KV and Watch, client side):
+/// a second holder waits until the first's lease expires after it was killed, and a second
+/// candidate leads once the first resigns on Ctrl-C, which an observer sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lock_and_elect() {
+    let c = Cluster::start(3, &[]).await;
+    let eps = c.endpoints();
+    let keys_under = |prefix: &'static str| {
+        let eps = eps.clone();
+        move || {
+            let o = etcdctl(&eps, &["get", "--prefix", "--keys-only", prefix], None);
+            o.stdout.lines().filter(|l| !l.is_empty()).count()
+        }
+    };
+
+    let mut first = Running::start(&eps[..1], &["lock", "--ttl", "3", "L"]);
+    first.wait_text("L/", Duration::from_secs(20)).await;
+    let mut second = Running::start(
+        &eps[1..2],
+        &["lock", "--ttl", "3", "L", "echo", "second holder"],
+    );
+    let waiting = keys_under("L/");
+    wait_for("the second holder queued", Duration::from_secs(20), || {
+        let n = waiting();
+        async move { n == 2 }
+    })
+    .await;
+    assert!(!second.exited(), "two holders of one lock");
+    // Killed without unlocking: the lock passes when its lease expires.
+    let _ = first.child.kill();
+    second
+        .wait_text("second holder", Duration::from_secs(30))
+        .await;
+    let done = second.child.wait().unwrap();
+    assert!(done.success());
+    assert_eq!(keys_under("L/")(), 0, "the lock's keys are gone");
+
+    let mut one = Running::start(&eps[..1], &["elect", "E", "p1"]);
+    one.wait_text("p1", Duration::from_secs(20)).await;
+    let mut observer = Running::start(&eps[2..], &["elect", "-l", "E"]);
+    observer.wait_text("p1", Duration::from_secs(20)).await;
+    let mut two = Running::start(&eps[1..2], &["elect", "E", "p2"]);
+    let queued = keys_under("E/");
+    wait_for(
+        "the second candidate queued",
+        Duration::from_secs(20),
+        || {
+            let n = queued();
+            async move { n == 2 }
+        },
+    )
+    .await;
+    assert!(!two.got.contains("p2") && !two.exited(), "two leaders");
+    one.interrupt();
+    two.wait_text("p2", Duration::from_secs(20)).await;
+    observer.wait_text("p2", Duration::from_secs(20)).await;
+    assert!(
+        one.child.wait().unwrap().success(),
+        "the first resigned and exited"
+    );
+}

@@ -55,12 +55,13 @@ impl SnapshotFile {
         Ok(SnapshotFile { file, start: 0 })
     }
 
-    /// Writes out what was received (to disk) and gives the file back.
-    pub async fn finish(mut self) -> io::Result<std::fs::File> {
+    /// Writes out what was received (to disk); gives the file back with where its body starts
+    /// (0 for a file received, past the header for `snapshot.bin`).
+    pub async fn finish(mut self) -> io::Result<(std::fs::File, u64)> {
         use tokio::io::AsyncWriteExt;
         self.file.flush().await?;
         self.file.sync_all().await?;
-        Ok(self.file.into_std().await)
+        Ok((self.file.into_std().await, self.start))
     }
 }
 

@@ -321,16 +321,16 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Installs the snapshot received into `received` and makes it `snapshot.bin` (the header,
-    /// then the body copied; synced, then renamed).
+    /// Installs the snapshot body in `received` from byte `start` on and makes it `snapshot.bin`
+    /// (the header, then the body copied; synced, then renamed).
     fn install_received(
         &self,
         meta: &SnapshotMeta,
-        mut received: std::fs::File,
+        (mut received, start): (std::fs::File, u64),
     ) -> Result<(), SnapshotError> {
-        received.seek(SeekFrom::Start(0))?;
+        received.seek(SeekFrom::Start(start))?;
         self.install(meta, &mut std::io::BufReader::new(&received))?;
-        received.seek(SeekFrom::Start(0))?;
+        received.seek(SeekFrom::Start(start))?;
         let tmp = self.snapshot_path.with_extension("install");
         let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         snapshot::write_header(&mut w, meta)?;

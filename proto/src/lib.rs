@@ -15,26 +15,31 @@
 pub mod mvccpb {
     #![allow(clippy::all)]
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 pub mod authpb {
     #![allow(clippy::all)]
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 pub mod etcdserverpb {
     #![allow(clippy::all)]
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 /// etcd's Election service (leader election on keys under a name).
 pub mod v3electionpb {
     #![allow(clippy::all)]
     tonic::include_proto!("v3electionpb");
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 /// etcd's Lock service (distributed locks on keys under a name).
 pub mod v3lockpb {
     #![allow(clippy::all)]
     tonic::include_proto!("v3lockpb");
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 pub mod peer {

@@ -5,6 +5,8 @@
 #   etcd-client          etcdctl 3.4, for the conformance tests
 #   etcd-server          etcd 3.4, which the robustness suite's checks must also pass
 #   openssl              the files tests make a CA with it, as an operator's task would
+#   curl, python3(-venv) the HTTP/JSON gateway's tests: curl, and etcd3gw (PyPI) in a virtual
+#                        environment at ~/.cache/eden-pyclients
 set -euo pipefail
 need=()
 command -v clang >/dev/null 2>&1 || need+=(clang)
@@ -13,10 +15,21 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# A third-party client of etcd's HTTP/JSON gateway, pinned, for tests/tests/gateway.rs.
+venv="$HOME/.cache/eden-pyclients"
+if ! "$venv/bin/python" -c 'import etcd3gw' >/dev/null 2>&1; then
+  echo "installing etcd3gw into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q etcd3gw==2.7.0
 fi

@@ -13,19 +13,11 @@ use axum::serve::ListenerExt;
 
 use crate::metrics::{metrics, ServerHealth};
 
-/// Serves `/metrics` and `/health` until `shutdown` resolves.
-/// Serves `/metrics` and `/health` until `shutdown`: over TLS when `tls` is given (a secure
-/// member: its certificate, and a client certificate from the cluster's CA unless anonymous
-/// scrapes are allowed), else plaintext.
-pub async fn serve(
-    server: Arc<dyn ServerHealth>,
-    listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let checker = server.clone();
+/// `/metrics` and `/health` of `server` (served on `--metrics-addr`, and on the client port
+/// beside etcd's gateway).
+pub fn routes(server: Arc<dyn ServerHealth>) -> axum::Router {
     let s1 = server.clone();
-    let app = axum::Router::new()
+    axum::Router::new()
         .route(
             "/metrics",
             get(move || {
@@ -63,7 +55,20 @@ pub async fn serve(
                     }
                 }
             }),
-        );
+        )
+}
+
+/// Serves `/metrics` and `/health` until `shutdown`: over TLS when `tls` is given (a secure
+/// member: its certificate, and a client certificate from the cluster's CA unless anonymous
+/// scrapes are allowed), else plaintext.
+pub async fn serve(
+    server: Arc<dyn ServerHealth>,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let checker = server.clone();
+    let app = routes(server);
     if let Some(config) = tls {
         use eden_proto::tls_listener::{PeerCert, TlsListener};
         // A certificate revoked (or expired) since its connection was made is refused, as on the

@@ -7,7 +7,7 @@ use eden_proto::etcdserverpb::cluster_server::Cluster;
 use eden_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    MemberUpdateRequest, MemberUpdateResponse,
+    MemberUpdateRequest, MemberUpdateResponse, ResponseHeader,
 };
 use tonic::{Request, Response, Status};
 
@@ -31,6 +31,17 @@ fn one_peer_url(urls: &[String]) -> Result<String, Status> {
 impl ClusterService {
     fn members(&self) -> Result<Vec<Member>, Status> {
         self.node.members().map_err(internal)
+    }
+}
+
+impl ClusterService {
+    /// etcd's Cluster header: the cluster, member and term, no revision (membership is not in
+    /// the keyspace's revisions).
+    fn header(&self) -> ResponseHeader {
+        ResponseHeader {
+            revision: 0,
+            ..self.node.header()
+        }
     }
 }
 
@@ -60,7 +71,7 @@ impl Cluster for ClusterService {
             is_learner: req.is_learner,
         };
         Ok(Response::new(MemberAddResponse {
-            header: Some(self.node.header()),
+            header: Some(self.header()),
             member: Some(member),
             members: self.members()?,
         }))
@@ -76,7 +87,7 @@ impl Cluster for ClusterService {
             .change_membership(MembershipChange::Remove { id })
             .await?;
         Ok(Response::new(MemberRemoveResponse {
-            header: Some(self.node.header()),
+            header: Some(self.header()),
             members: self.members()?,
         }))
     }
@@ -95,7 +106,7 @@ impl Cluster for ClusterService {
             })
             .await?;
         Ok(Response::new(MemberUpdateResponse {
-            header: Some(self.node.header()),
+            header: Some(self.header()),
             members: self.members()?,
         }))
     }
@@ -110,7 +121,7 @@ impl Cluster for ClusterService {
             self.node.read_barrier().await?;
         }
         Ok(Response::new(MemberListResponse {
-            header: Some(self.node.header()),
+            header: Some(self.header()),
             members: self.members()?,
         }))
     }
@@ -125,7 +136,7 @@ impl Cluster for ClusterService {
             .change_membership(MembershipChange::Promote { id })
             .await?;
         Ok(Response::new(MemberPromoteResponse {
-            header: Some(self.node.header()),
+            header: Some(self.header()),
             members: self.members()?,
         }))
     }

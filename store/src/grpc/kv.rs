@@ -32,26 +32,32 @@ pub fn mvcc_status(e: MvccError) -> Status {
     }
 }
 
-/// Puts this member's header on a response's nested headers too (etcd fills them all).
+/// Puts this member's header on a response; a txn's nested responses get a header with their
+/// revision only, as etcd 3.4 and 3.5 give them.
 fn set_headers(resp: &mut ResponseOp, h: &ResponseHeader) {
-    let with_rev = |rev: i64| ResponseHeader {
-        revision: rev,
-        ..*h
+    fill_headers(resp, h, true);
+}
+
+fn fill_headers(resp: &mut ResponseOp, h: &ResponseHeader, top: bool) {
+    let make = |old: &Option<ResponseHeader>| {
+        let revision = old.as_ref().map_or(h.revision, |x| x.revision);
+        Some(if top {
+            ResponseHeader { revision, ..*h }
+        } else {
+            ResponseHeader {
+                revision,
+                ..Default::default()
+            }
+        })
     };
     match &mut resp.response {
-        Some(response_op::Response::ResponseRange(r)) => {
-            r.header = Some(with_rev(r.header.map_or(h.revision, |x| x.revision)))
-        }
-        Some(response_op::Response::ResponsePut(r)) => {
-            r.header = Some(with_rev(r.header.map_or(h.revision, |x| x.revision)))
-        }
-        Some(response_op::Response::ResponseDeleteRange(r)) => {
-            r.header = Some(with_rev(r.header.map_or(h.revision, |x| x.revision)))
-        }
+        Some(response_op::Response::ResponseRange(r)) => r.header = make(&r.header),
+        Some(response_op::Response::ResponsePut(r)) => r.header = make(&r.header),
+        Some(response_op::Response::ResponseDeleteRange(r)) => r.header = make(&r.header),
         Some(response_op::Response::ResponseTxn(t)) => {
-            t.header = Some(with_rev(t.header.map_or(h.revision, |x| x.revision)));
+            t.header = make(&t.header);
             for r in &mut t.responses {
-                set_headers(r, h);
+                fill_headers(r, h, false);
             }
         }
         None => {}
@@ -178,10 +184,13 @@ impl KvService {
         for _ in 0..GUARD_ATTEMPTS {
             match self.write(guarded(&op, &seen)).await?.response {
                 Some(response_op::Response::ResponseTxn(mut t)) if t.succeeded => {
-                    return t
+                    let mut resp = t
                         .responses
                         .pop()
-                        .ok_or_else(|| internal("a guarded write answered nothing"));
+                        .ok_or_else(|| internal("a guarded write answered nothing"))?;
+                    // The write's answer is the top one: the member's full header.
+                    set_headers(&mut resp, &t.header.unwrap_or_default());
+                    return Ok(resp);
                 }
                 Some(response_op::Response::ResponseTxn(_)) => {
                     crate::metrics::metrics().authorized_writes_rechecked.inc();

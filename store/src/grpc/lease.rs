@@ -10,7 +10,7 @@ use eden_proto::etcdserverpb::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -71,38 +71,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let (caller, cert) = authz::caller_and_cert(&self.node, &request)?;
-        self.node.refuse_learner()?;
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(req)) = inbound.message().await {
-                // A revoked certificate's keep-alives stop at once.
-                let checked = match &cert {
-                    Some(info) => authz::still_valid(&node, info),
-                    None => Ok(()),
-                };
-                if let Err(denied) = checked.and_then(|_| allow_lease(&node, &caller, req.id)) {
-                    let _ = tx.send(Err(denied)).await;
-                    return;
-                }
-                let resp = match node.lease_query(LeaseQuery::KeepAlive(req.id)).await {
-                    Ok(LeaseAnswer::Ttl(ttl)) => Ok(LeaseKeepAliveResponse {
-                        header: Some(node.header()),
-                        id: req.id,
-                        ttl,
-                    }),
-                    Ok(other) => Err(internal(format!("unexpected lease answer {other:?}"))),
-                    Err(e) => Err(e),
-                };
-                let failed = resp.is_err();
-                if tx.send(resp).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        self.keep_alive(request)
     }
 
     async fn lease_time_to_live(
@@ -162,6 +131,48 @@ impl Lease for LeaseService {
                 .map(|(id, _)| LeaseStatus { id })
                 .collect(),
         }))
+    }
+}
+
+impl LeaseService {
+    /// Answers each keep-alive of `request`'s stream (from gRPC or the HTTP/JSON gateway),
+    /// checked as its caller.
+    pub fn keep_alive<S>(&self, request: Request<S>) -> Result<Response<KeepAliveStream>, Status>
+    where
+        S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + 'static,
+    {
+        let (caller, cert) = authz::caller_and_cert(&self.node, &request)?;
+        self.node.refuse_learner()?;
+        let mut inbound = Box::pin(request.into_inner());
+        let (tx, rx) = mpsc::channel(16);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(req)) = inbound.next().await {
+                // A revoked certificate's keep-alives stop at once.
+                let checked = match &cert {
+                    Some(info) => authz::still_valid(&node, info),
+                    None => Ok(()),
+                };
+                if let Err(denied) = checked.and_then(|_| allow_lease(&node, &caller, req.id)) {
+                    let _ = tx.send(Err(denied)).await;
+                    return;
+                }
+                let resp = match node.lease_query(LeaseQuery::KeepAlive(req.id)).await {
+                    Ok(LeaseAnswer::Ttl(ttl)) => Ok(LeaseKeepAliveResponse {
+                        header: Some(node.header()),
+                        id: req.id,
+                        ttl,
+                    }),
+                    Ok(other) => Err(internal(format!("unexpected lease answer {other:?}"))),
+                    Err(e) => Err(e),
+                };
+                let failed = resp.is_err();
+                if tx.send(resp).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth_service;
 pub mod authz;
 pub mod cluster;
 pub mod concurrency;
+pub mod gateway;
 pub mod join;
 pub mod kv;
 pub mod lease;
@@ -67,14 +68,18 @@ pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<Tcp
 /// from. On the client port a caller may come without one (`ClientAuth::Optional`), for the join
 /// call: every other service refuses it ([`authz::caller`]); the peer port requires one in the
 /// handshake.
-fn tls_config(node: &Node, auth: ClientAuth) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+fn tls_config(
+    node: &Node,
+    auth: ClientAuth,
+    alpn: &[&[u8]],
+) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
     let (Some(cert), Some(tls)) = (node.server_cert(), node.tls()) else {
         return Ok(None);
     };
-    Ok(Some(
-        tls_listener::config_with(cert, &tls.ca_pem, auth, b"h2")
-            .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
-    ))
+    let mut config = tls_listener::config_with(cert, &tls.ca_pem, auth, alpn[0])
+        .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    Arc::make_mut(&mut config).alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Some(config))
 }
 
 /// Serves `router` on `listener` until `shutdown`: over TLS with `tls` (handshakes done
@@ -132,40 +137,46 @@ pub async fn serve_client(
     // (CVE-2023-44487). The same for streams the server resets itself because a client sent on a
     // stream that had just closed (h2 counts those over the connection's whole life, 1,024 by
     // default: a busy connection of agents that lives for days would reach it).
-    let tls = tls_config(&node, ClientAuth::Optional)?;
+    //
+    // HTTP/1.1 is accepted too, for etcd's HTTP/JSON gateway (gateway.rs) on the same port.
+    let tls = tls_config(&node, ClientAuth::Optional, &[b"h2", b"http/1.1"])?;
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(
+        KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService { node: node.clone() }).max_decoding_message_size(max),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService { node: node.clone() }).max_decoding_message_size(max),
+    )
+    .add_service(ClusterServer::new(cluster::ClusterService {
+        node: node.clone(),
+    }))
+    .add_service(MaintenanceServer::new(maintenance::MaintenanceService {
+        node: node.clone(),
+    }))
+    .add_service(JoinServer::new(join::JoinService::new(node.clone())))
+    .add_service(AuthServer::new(auth_service::AuthService {
+        node: node.clone(),
+    }))
+    .add_service(
+        ElectionServer::new(concurrency::ElectionService { node: node.clone() })
+            .max_decoding_message_size(max),
+    )
+    .add_service(
+        LockServer::new(concurrency::LockService { node: node.clone() })
+            .max_decoding_message_size(max),
+    );
+    // JSON spells bytes in base64 (4 bytes for 3) and adds its own syntax.
+    let gateway = gateway::router(node.clone(), 2 * max);
+    let routes = grpc.routes().into_axum_router().merge(gateway);
     let router = Server::builder()
         .http2_max_pending_accept_reset_streams(Some(CLIENT_MAX_PENDING_RESETS))
         .http2_max_local_error_reset_streams(Some(CLIENT_MAX_LOCAL_RESETS))
+        .accept_http1(true)
         .layer(RpcTimer)
-        .add_service(
-            KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max),
-        )
-        .add_service(
-            WatchServer::new(watch::WatchService { node: node.clone() })
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            LeaseServer::new(lease::LeaseService { node: node.clone() })
-                .max_decoding_message_size(max),
-        )
-        .add_service(ClusterServer::new(cluster::ClusterService {
-            node: node.clone(),
-        }))
-        .add_service(MaintenanceServer::new(maintenance::MaintenanceService {
-            node: node.clone(),
-        }))
-        .add_service(JoinServer::new(join::JoinService::new(node.clone())))
-        .add_service(AuthServer::new(auth_service::AuthService {
-            node: node.clone(),
-        }))
-        .add_service(
-            ElectionServer::new(concurrency::ElectionService { node: node.clone() })
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            LockServer::new(concurrency::LockService { node: node.clone() })
-                .max_decoding_message_size(max),
-        );
+        .add_routes(tonic::service::Routes::from(routes).prepare());
     serve_on(router, listener, tls, shutdown).await
 }
 
@@ -180,7 +191,7 @@ pub async fn serve_peer(
     // Peers are trusted: a follower whose forwarded writes time out while queued resets many
     // streams before they are accepted, which h2 would otherwise answer with GOAWAY
     // (ENHANCE_YOUR_CALM), failing every request on the connection.
-    let tls = tls_config(&node, ClientAuth::Required)?;
+    let tls = tls_config(&node, ClientAuth::Required, &[b"h2"])?;
     let router = Server::builder()
         .http2_max_pending_accept_reset_streams(Some(100_000))
         .add_service(
@@ -207,9 +218,9 @@ pub struct TimedRpc<S> {
     inner: S,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for TimedRpc<S>
+impl<S, B, RB> tower::Service<http::Request<B>> for TimedRpc<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -221,22 +232,40 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        // Paths are /etcdserverpb.KV/Range.
-        let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
-        let service = parts
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("etcdserverpb.")
-            .to_string();
-        let method = parts.next().unwrap_or("").to_string();
+        // Paths are /etcdserverpb.KV/Range, or the gateway's /v3/kv/range.
+        let path = req.uri().path();
+        let (service, method) = if path.starts_with("/etcdserverpb.")
+            || path.starts_with("/v3electionpb.")
+            || path.starts_with("/v3lockpb.")
+            || path.starts_with("/eden.")
+        {
+            let mut parts = path.trim_start_matches('/').splitn(2, '/');
+            let service = parts.next().unwrap_or("");
+            let service = service.rsplit('.').next().unwrap_or(service).to_string();
+            (service, parts.next().unwrap_or("").to_string())
+        } else if path.starts_with("/v3") {
+            // The gateway's routes are a fixed set; anything else under them is "not found".
+            let route = path.split_once('/').map(|(_, r)| r).unwrap_or("");
+            let route = route.split_once('/').map(|(_, r)| r).unwrap_or("");
+            ("gateway".to_string(), route.to_string())
+        } else {
+            ("http".to_string(), path.to_string())
+        };
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let r = fut.await;
-            crate::metrics::metrics()
-                .grpc
-                .with_label_values(&[&service, &method])
-                .observe(start.elapsed().as_secs_f64());
+            // Paths that name nothing served are not counted (their labels would be unbounded).
+            let served = r.as_ref().is_ok_and(|resp| {
+                resp.status() != http::StatusCode::NOT_FOUND
+                    && resp.headers().get("grpc-status").is_none_or(|s| s != "12")
+            });
+            if served {
+                crate::metrics::metrics()
+                    .grpc
+                    .with_label_values(&[&service, &method])
+                    .observe(start.elapsed().as_secs_f64());
+            }
             r
         })
     }

@@ -22,7 +22,7 @@ use eden_proto::etcdserverpb::{
     WatchResponse,
 };
 use eden_proto::mvccpb::{event::EventType, Event};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -122,6 +122,19 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.open(request)
+    }
+}
+
+/// A stream of watch requests, from gRPC or from the HTTP/JSON gateway.
+pub type Inbound = Pin<Box<dyn Stream<Item = Result<WatchRequest, Status>> + Send>>;
+
+impl WatchService {
+    /// Opens a watch stream fed by `request`'s stream of requests, checked as its caller.
+    pub fn open<S>(&self, request: Request<S>) -> Result<Response<WatchStream>, Status>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + 'static,
+    {
         self.node.refuse_learner()?;
         let wants_leader = request
             .metadata()
@@ -131,7 +144,7 @@ impl Watch for WatchService {
             return Err(errors::no_leader());
         }
         let (caller, cert) = authz::caller_and_cert(&self.node, &request)?;
-        let inbound = request.into_inner();
+        let inbound: Inbound = Box::pin(request.into_inner());
         let (tx, rx) = mpsc::channel(64);
         let node = self.node.clone();
         tokio::spawn(async move {
@@ -240,15 +253,15 @@ impl StreamTask {
         self.tx.send(Ok(resp)).await.map_err(|_| Closed)
     }
 
-    async fn run(&mut self, mut inbound: Streaming<WatchRequest>) -> Result<(), Status> {
+    async fn run(&mut self, mut inbound: Inbound) -> Result<(), Status> {
         let signal = self.signal.clone();
         let mut progress = tokio::time::interval(self.node.config().progress_notify_interval);
         progress.tick().await;
         loop {
             tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => if self.handle(req).await.is_err() { return Ok(()) },
-                    Ok(None) | Err(_) => return Ok(()),
+                msg = inbound.next() => match msg {
+                    Some(Ok(req)) => if self.handle(req).await.is_err() { return Ok(()) },
+                    None | Some(Err(_)) => return Ok(()),
                 },
                 _ = signal.wait() => metrics().watch_wakeups.inc(),
                 _ = progress.tick() => {

@@ -1122,6 +1122,15 @@ impl Node {
         }
     }
 
+    /// A published client address as a URL, with the scheme clients must use to reach it.
+    fn client_url(&self, addr: &str) -> String {
+        if addr.contains("://") {
+            return addr.to_string();
+        }
+        let scheme = if self.secure() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    }
+
     /// The members with their published names and client URLs.
     pub fn members(&self) -> Result<Vec<PbMember>, EngineError> {
         let attrs = self.sm.members()?;
@@ -1135,7 +1144,9 @@ impl Node {
                     id: *id,
                     name: a.map_or_else(|| node.name.clone(), |a| a.name.clone()),
                     peer_ur_ls: vec![format!("http://{}", node.peer_addr)],
-                    client_ur_ls: a.map(|a| a.client_urls.clone()).unwrap_or_default(),
+                    client_ur_ls: a
+                        .map(|a| a.client_urls.iter().map(|u| self.client_url(u)).collect())
+                        .unwrap_or_default(),
                     is_learner: !voters.contains(id),
                 }
             })
@@ -1266,9 +1277,8 @@ impl Node {
 
     /// Publishes this member's name and client URL through the log, as etcd members do.
     async fn publish_self(self: Arc<Self>) {
-        // A bare HOST:PORT, not a URL: etcdctl's --cluster and Go clients' endpoint sync dial the
-        // advertised client URLs and send them as the HTTP/2 authority, which must not carry a
-        // scheme (design/decisions/0005-client-urls.md).
+        // Stored as a bare HOST:PORT; the member list gives it as a URL with the scheme of the
+        // cluster (`members`; design/decisions/0018-client-urls-with-a-scheme.md).
         let url = self.config.client_addr.clone();
         loop {
             if let Ok(attrs) = self.sm.members() {

@@ -786,7 +786,7 @@ impl Cluster {
                 if let Some(m) = list
                     .members
                     .iter()
-                    .find(|m| m.client_ur_ls.contains(&endpoint))
+                    .find(|m| m.client_ur_ls.iter().any(|u| same_endpoint(u, &endpoint)))
                 {
                     return m.id;
                 }
@@ -1243,4 +1243,12 @@ pub fn watch_key(
         },
         Duration::from_secs(30),
     )
+}
+
+/// Whether a member's client URL (`http://HOST:PORT` or `https://HOST:PORT`) names `endpoint`
+/// (`HOST:PORT`).
+pub fn same_endpoint(url: &str, endpoint: &str) -> bool {
+    url.trim_start_matches("http://")
+        .trim_start_matches("https://")
+        == endpoint
 }

@@ -274,11 +274,13 @@ async fn etcdctl_cluster_views() {
         // the start; the client addresses come with each member's publication.)
         // The member list is each member's own view (as in etcd 3.4), so a follower may answer
         // before it applied the last publication: wait for a complete answer.
+        // Client URLs carry the scheme clients must use, as etcd's do.
         || async {
             let list = ok(&eps, &["member", "list"]);
+            let scheme = if c.pki.is_some() { "https" } else { "http" };
             c.members.iter().all(|m| {
                 list.contains(&format!(
-                    ", started, {}, http://{}, {}, false",
+                    ", started, {}, http://{}, {scheme}://{}, false",
                     m.name, m.peer_addr, m.client_addr
                 ))
             })

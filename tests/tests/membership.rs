@@ -15,7 +15,11 @@ async fn member_id(client: &Client, endpoint: &str) -> u64 {
     let list = client.member_list().await.unwrap();
     list.members
         .iter()
-        .find(|m| m.client_ur_ls.iter().any(|u| u == endpoint))
+        .find(|m| {
+            m.client_ur_ls
+                .iter()
+                .any(|u| eden_tests::same_endpoint(u, endpoint))
+        })
         .map(|m| m.id)
         .unwrap()
 }

@@ -45,7 +45,11 @@ async fn endpoints(client: &Client, cluster: bool) -> Result<Vec<String>, Failur
         .members
         .iter()
         .filter_map(|m| m.client_ur_ls.first())
-        .map(|u| u.trim_start_matches("http://").to_string())
+        .map(|u| {
+            u.trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .to_string()
+        })
         .collect())
 }
 

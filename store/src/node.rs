@@ -34,10 +34,12 @@ use crate::raft::propose::Proposer;
 use forward::{Forwarded, Forwarder};
 
 mod forward;
+mod leadership;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Command, Member, Raft, Reply, Response};
 use crate::watch::{WatchHub, DEFAULT_RING_REVISIONS};
 use eden_proto::tls_listener::ServerCert;
+pub use leadership::{LeadershipError, LeadershipRequest};
 
 /// etcd's default space quota: 2 GiB.
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 << 30;
@@ -224,6 +226,10 @@ pub struct Node {
     proposals: Arc<tokio::sync::Semaphore>,
     /// Refusals to record as `audit/denied/...` events ([`Node::audit_denied`]).
     audit: tokio::sync::mpsc::Sender<(String, String)>,
+    /// One leadership transfer at a time ([`Node::move_leader`]), and whether one holds back
+    /// proposals and read-index rounds on this leader now.
+    transfer: tokio::sync::Mutex<()>,
+    transferring: std::sync::atomic::AtomicBool,
 }
 
 /// Refusals recorded per identity and minute; more are counted into the next one recorded.
@@ -336,6 +342,8 @@ impl Node {
             core_stopped: tokio::sync::watch::channel(None).0,
             stopping: tokio::sync::watch::channel(false).0,
             proposals: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_PROPOSALS)),
+            transfer: tokio::sync::Mutex::new(()),
+            transferring: std::sync::atomic::AtomicBool::new(false),
             audit,
         });
         node.spawn_loop(node.clone().watch_core());
@@ -672,6 +680,10 @@ impl Node {
             // core when applied (a batch inside a batch).
             return Err(ForwardError::Failed("a batch cannot be proposed".into()));
         }
+        if self.transferring() {
+            // Handing leadership over: the write goes to the next leader.
+            return Err(ForwardError::NotLeader);
+        }
         let from_client = matches!(cmd, Command::Kv { .. } | Command::LeaseGrant { .. });
         if let Command::Kv { op } = &cmd {
             if !self.is_leader() {
@@ -794,6 +806,9 @@ impl Node {
 
     /// On the leader: confirms leadership with a quorum and returns the read index.
     pub async fn read_index_local(&self) -> Result<u64, ForwardError> {
+        if self.transferring() {
+            return Err(ForwardError::NotLeader);
+        }
         match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.get_read_log_id()).await {
             Err(_) => Err(ForwardError::Failed(errors::TIMEOUT.into())),
             Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),

@@ -203,7 +203,11 @@ impl Maintenance for MaintenanceService {
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
-        Err(not_yet("move leader"))
+        let to = request.into_inner().target_id;
+        self.node.move_leader(to).await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.node.header()),
+        }))
     }
 
     async fn downgrade(

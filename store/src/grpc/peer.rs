@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::grpc::authz;
 use crate::membership::MembershipChange;
-use crate::node::{LeaseQuery, Node};
+use crate::node::{LeadershipRequest, LeaseQuery, Node};
 use crate::raft::network::{from_payload, to_payload};
 use crate::raft::{Command, TypeConfig};
 
@@ -142,6 +142,20 @@ impl Peer for PeerService {
         self.check(request.get_ref())?;
         let change: MembershipChange = from_payload(request.get_ref()).map_err(bad)?;
         Self::reply(&self.node.change_membership_local(change).await)
+    }
+
+    async fn leadership(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        authz::require_member(&self.node, &request)?;
+        self.check(request.get_ref())?;
+        let req: LeadershipRequest = from_payload(request.get_ref()).map_err(bad)?;
+        let node = self.node.clone();
+        self.on_client_runtime(async move {
+            match req {
+                LeadershipRequest::MoveTo(to) => node.move_leader_local(to).await,
+                LeadershipRequest::CampaignNow => node.campaign_now().await,
+            }
+        })
+        .await
     }
 
     async fn lease_query(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

@@ -75,6 +75,12 @@ async fn move_leader_hands_leadership_over_while_writes_go_on() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("Leadership transferred"), "{out}");
     assert_eq!(c.wait_leader().await, first);
+    // And eden's CLI, by name.
+    let name = c.members[target].name.clone();
+    let o = c.eden(&["member", "move-leader", &name]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("Leadership transferred to"), "{o:?}");
+    assert_eq!(c.wait_leader().await, target);
 
     stop.store(true, Ordering::Relaxed);
     let (acked, failed) = writer.await.unwrap();
@@ -116,6 +122,12 @@ async fn move_leader_is_refused_for_a_learner_or_a_stranger() {
         let e = ec.move_leader(to).await.unwrap_err().to_string();
         assert!(e.contains("etcdserver: bad leader transferee"), "{e}");
     }
+    // eden's CLI says the same, with its exit code for a refusal.
+    let o = c
+        .eden(&["member", "move-leader", &format!("{learner:x}")])
+        .await;
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(o.stderr.contains("bad leader transferee"), "{o:?}");
     // On one voter a move to itself is a no-op, as in etcd.
     ec.move_leader(leader).await.unwrap();
     wait_for("the leader to stay", Duration::from_secs(5), || async {

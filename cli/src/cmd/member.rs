@@ -1,12 +1,13 @@
-//! `eden member list|add|remove|promote|update`, like etcdctl's member commands. Members can be
+//! `eden member list|add|remove|promote|update|move-leader`, like etcdctl's member commands. Members can be
 //! named by name or by hex id.
 
 use clap::Subcommand;
 use eden_proto::client::{Client, Retry};
 use eden_proto::etcdserverpb::cluster_client::ClusterClient;
+use eden_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use eden_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
-    ResponseHeader,
+    MoveLeaderRequest, ResponseHeader,
 };
 use serde_json::json;
 
@@ -31,6 +32,9 @@ pub enum MemberCmd {
     Remove { member: String },
     /// Promote a learner that caught up to a voter.
     Promote { member: String },
+    /// Make a voter the leader (etcdctl's move-leader); writes pause for about the followers'
+    /// leader lease (2 × the election timeout) while leadership moves.
+    MoveLeader { member: String },
     /// Change a member's peer address.
     Update {
         member: String,
@@ -188,6 +192,19 @@ pub async fn run(client: &Client, out: &Printer, c: MemberCmd) -> Result<(), Fai
                 .await?;
             let cluster = resp.header.map_or(0, |h| h.cluster_id);
             out.line(&format!("Member {id:x} promoted in cluster {cluster:x}"))?;
+            Ok(())
+        }
+        MemberCmd::MoveLeader { member } => {
+            let id = resolve(client, &member).await?;
+            client
+                .call(Retry::Write, |ch| async move {
+                    MaintenanceClient::new(ch)
+                        .move_leader(MoveLeaderRequest { target_id: id })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?;
+            out.line(&format!("Leadership transferred to {member} ({id:x})"))?;
             Ok(())
         }
         MemberCmd::Update { member, peer_addr } => {

@@ -231,10 +231,13 @@ fn target(cli: &Cli) -> Result<(Vec<String>, Option<Presented>), Failure> {
 }
 
 async fn run_client(cli: Cli) -> Result<(), Failure> {
-    // Restoring a backup is local: no cluster, so no config file or certificates to read.
+    // Restoring or checking a backup is local: no cluster, so no config file or certificates to
+    // read.
     let offline = matches!(
         cli.command,
-        Command::Snapshot(cmd::snapshot::SnapshotCmd::Restore { .. })
+        Command::Snapshot(
+            cmd::snapshot::SnapshotCmd::Restore { .. } | cmd::snapshot::SnapshotCmd::Status { .. }
+        )
     );
     let (endpoints, presented) = if offline {
         (vec!["127.0.0.1:2379".to_string()], None)

@@ -1,4 +1,10 @@
-//! `eden snapshot save FILE` and `eden snapshot restore FILE --data-dir DIR`.
+//! `eden snapshot save FILE`, `eden snapshot status FILE` and `eden snapshot restore FILE
+//! --data-dir DIR`.
+//!
+//! The file is eden's backup format (laid out like etcd's snapshot stream, so `etcdctl snapshot
+//! save` against eden writes the same file), not etcd's bbolt database: `etcdctl snapshot status`
+//! and `etcdctl snapshot restore` cannot read it ("invalid database"); `eden snapshot status`
+//! does, and says so when it is given an etcd snapshot.
 //!
 //! save: a consistent backup of the store from one member, written to FILE.part, synced, then
 //! renamed (a crash never leaves a partial FILE).
@@ -14,12 +20,16 @@ use eden_proto::client::Client;
 use eden_store::raft::state_machine::StateMachine;
 
 use crate::exit::{Failure, USAGE_OR_SETUP};
-use crate::printer::Printer;
+use crate::printer::{Format, Printer};
+use serde_json::json;
 
 #[derive(Subcommand)]
 pub enum SnapshotCmd {
     /// Save a consistent backup of the store to FILE.
     Save { file: PathBuf },
+    /// Check a backup whole and show what it holds (revision, keys, leases), as `etcdctl
+    /// snapshot status` does for etcd's files.
+    Status { file: PathBuf },
     /// Restore a backup into a new data dir.
     Restore {
         file: PathBuf,
@@ -50,10 +60,46 @@ pub async fn run(client: &Client, out: &Printer, c: SnapshotCmd) -> Result<(), F
             };
             write().map_err(|e| io_failure(format!("writing {}", file.display()), e))?;
             out.line(&format!(
-                "Snapshot saved at {} (revision {rev}, {} bytes)",
+                "Snapshot saved at {} (revision {rev}, {} bytes; eden's backup format: `eden snapshot status` reads it, etcd's tools cannot)",
                 file.display(),
                 bytes.len()
             ))?;
+        }
+        SnapshotCmd::Status { file } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| io_failure(format!("reading {}", file.display()), e))?;
+            let st = StateMachine::backup_status(&bytes)
+                .map_err(|e| Failure::usage(format!("{}: {e:#}", file.display())))?;
+            if out.format == Format::Json {
+                out.json(&json!({
+                    "hash": st.hash,
+                    "revision": st.revision,
+                    "compactRevision": st.compacted,
+                    "totalKey": st.versions,
+                    "keys": st.keys,
+                    "leases": st.leases,
+                    "totalSize": st.size,
+                }))?;
+            } else {
+                out.table(
+                    &[
+                        "HASH",
+                        "REVISION",
+                        "TOTAL KEYS",
+                        "KEYS",
+                        "LEASES",
+                        "TOTAL SIZE",
+                    ],
+                    &[vec![
+                        format!("{:08x}", st.hash),
+                        st.revision.to_string(),
+                        st.versions.to_string(),
+                        st.keys.to_string(),
+                        st.leases.to_string(),
+                        st.size.to_string(),
+                    ]],
+                )?;
+            }
         }
         SnapshotCmd::Restore { file, data_dir } => {
             let bytes = std::fs::read(&file)

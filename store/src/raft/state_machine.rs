@@ -392,8 +392,20 @@ impl StateMachine {
 
     /// Checks a backup's SHA-256, magic and CRC; returns the snapshot body's bytes.
     fn backup_body(backup: &[u8]) -> anyhow::Result<&[u8]> {
+        Self::checked_backup(backup).map(|(body, _)| body)
+    }
+
+    /// The body of a checked backup and its CRC32.
+    fn checked_backup(backup: &[u8]) -> anyhow::Result<(&[u8], u32)> {
         use sha2::Digest;
         let head = BACKUP_MAGIC.len() + 8;
+        if is_etcd_snapshot(backup) {
+            anyhow::bail!(
+                "this is an etcd snapshot (a bbolt database), not an eden backup: eden reads only \
+                 the files `eden snapshot save` (or `etcdctl snapshot save` against eden) writes; \
+                 copy keys out of etcd with a client instead"
+            );
+        }
         if backup.len() < head + 4 + 32 || !backup.starts_with(BACKUP_MAGIC) {
             anyhow::bail!("not an eden backup file");
         }
@@ -410,9 +422,70 @@ impl StateMachine {
         if crc32fast::hash(&content[..end]) != crc {
             anyhow::bail!("the backup file is corrupt (checksum mismatch)");
         }
-        Ok(&content[head..end])
+        Ok((&content[head..end], crc))
     }
 
+    /// What a backup holds (`eden snapshot status`, as `etcdctl snapshot status` for etcd's),
+    /// after checking it whole.
+    pub fn backup_status(backup: &[u8]) -> anyhow::Result<BackupStatus> {
+        let (body, hash) = Self::checked_backup(backup)?;
+        let mut st = BackupStatus {
+            hash,
+            size: backup.len() as u64,
+            ..Default::default()
+        };
+        let mut last_key: Option<Vec<u8>> = None;
+        snapshot::read_body(&mut &body[..], |cf, k, v| {
+            let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+            match cf {
+                CF_KV => {
+                    st.versions += 1;
+                    // The escaped user key, then the revision (8 bytes).
+                    let user = &k[..k.len().saturating_sub(8)];
+                    if last_key.as_deref() != Some(user) {
+                        st.keys += 1;
+                        last_key = Some(user.to_vec());
+                    }
+                }
+                CF_LEASE => st.leases += 1,
+                CF_META if k == META_REVISION => {
+                    st.revision = decode::<i64>(CF_META, v).map_err(|e| bad(e.to_string()))?
+                }
+                CF_META if k == META_COMPACT => {
+                    st.compacted = decode::<i64>(CF_META, v).map_err(|e| bad(e.to_string()))?
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+        Ok(st)
+    }
+}
+
+/// What `eden snapshot status` says of a backup.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BackupStatus {
+    /// The CRC32 the backup carries (of everything before it).
+    pub hash: u32,
+    /// The store revision it holds, and the revision compacted up to.
+    pub revision: i64,
+    pub compacted: i64,
+    /// Distinct keys with history kept, and every version of them (etcd's "total keys" counts
+    /// every version too).
+    pub keys: u64,
+    pub versions: u64,
+    pub leases: u64,
+    /// The file's size in bytes.
+    pub size: u64,
+}
+
+/// Whether `bytes` start like an etcd snapshot: a bbolt database, whose first page is a meta page
+/// with bbolt's magic after the 16-byte page header.
+pub fn is_etcd_snapshot(bytes: &[u8]) -> bool {
+    bytes.len() >= 20 && bytes[16..20] == 0xED0C_DAEDu32.to_le_bytes()
+}
+
+impl StateMachine {
     /// Writes a backup into a new data dir, as the state of a new cluster: the keys, their history
     /// since the last compaction and the leases come along; the Raft log, the membership and the
     /// member list do not (the new members bootstrap a new cluster with `--initial-cluster`).

@@ -413,3 +413,102 @@ async fn idle_watch_streams_are_not_woken_by_other_keys() {
         .unwrap();
     assert_eq!(m.events[0].kv.as_ref().unwrap().key, b"idle/07/k".to_vec());
 }
+
+/// A revision larger than the request limit reaches a watch that asked for fragments in pieces
+/// under the limit, all but the last marked `fragment` (as etcd sends them); a watch that did
+/// not ask gets it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_split_a_large_revision_for_watches_that_ask() {
+    use eden_proto::etcdserverpb::{request_op, RequestOp, TxnRequest};
+    const LIMIT: usize = 128 * 1024;
+    let c = Cluster::start(
+        1,
+        &[
+            "--max-request-bytes",
+            &LIMIT.to_string(),
+            "--max-file-bytes",
+            "65536",
+        ],
+    )
+    .await;
+    let client = c.client();
+    let put = |k: usize, fill: u8| PutRequest {
+        key: format!("frag/{k}").into(),
+        value: vec![fill; 30 * 1024],
+        ..Default::default()
+    };
+    for k in 0..4 {
+        client.put(put(k, b'a')).await.unwrap();
+    }
+    // One revision of 4 x 30 KiB with their previous values: over the limit with prev_kv.
+    let txn = client
+        .txn(TxnRequest {
+            success: (0..4)
+                .map(|k| RequestOp {
+                    request: Some(request_op::Request::RequestPut(put(k, b'b'))),
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rev = txn.header.unwrap().revision;
+
+    let watch = |fragment: bool| {
+        let ep = c.members[0].endpoint();
+        async move {
+            let ch = eden_tests::channel_for(&ep).await;
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(
+                    WatchCreateRequest {
+                        key: "frag/".into(),
+                        range_end: prefix_end(b"frag/"),
+                        start_revision: rev,
+                        prev_kv: true,
+                        fragment,
+                        ..Default::default()
+                    },
+                )),
+            })
+            .await
+            .unwrap();
+            let mut stream = WatchClient::new(ch)
+                .max_decoding_message_size(16 << 20)
+                .watch(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut parts = Vec::new();
+            let mut events = 0;
+            while events < 4 {
+                let m = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                    .await
+                    .expect("watch responses in time")
+                    .unwrap()
+                    .unwrap();
+                if m.events.is_empty() {
+                    continue;
+                }
+                events += m.events.len();
+                parts.push((
+                    prost::Message::encoded_len(&m),
+                    m.fragment,
+                    m.header.unwrap().revision,
+                ));
+            }
+            drop(tx);
+            parts
+        }
+    };
+    let whole = watch(false).await;
+    assert_eq!(whole.len(), 1, "{whole:?}");
+    assert!(whole[0].0 > LIMIT && !whole[0].1, "{whole:?}");
+    let pieces = watch(true).await;
+    assert!(pieces.len() >= 2, "{pieces:?}");
+    for (i, (len, fragment, r)) in pieces.iter().enumerate() {
+        assert!(*len < LIMIT, "{pieces:?}");
+        assert_eq!(*fragment, i + 1 < pieces.len(), "{pieces:?}");
+        assert_eq!(*r, rev);
+    }
+}

@@ -9,8 +9,11 @@
 //! a watcher whose next revision was compacted is canceled with the compact revision (so a client
 //! knows to re-list, then resume: resumable, bookmarkable with progress notifications).
 //!
-//! Known shortcut: fragmenting a single huge revision (WatchCreateRequest.fragment) is not done;
-//! such a revision is sent whole.
+//! A response holds at most [`MAX_EVENTS_PER_RESPONSE`] events and, past its first revision, at
+//! most `--max-request-bytes` (more revisions go in the next response). One revision larger than
+//! that goes whole, unless the watch asked for fragments (`fragment`, as etcd's): then it is split
+//! into responses under the limit, each but the last marked `fragment`, as etcd's
+//! `sendFragments` does.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -23,6 +26,7 @@ use eden_proto::etcdserverpb::{
 };
 use eden_proto::mvccpb::{event::EventType, Event};
 use futures::{Stream, StreamExt};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -58,6 +62,8 @@ pub struct Watcher {
     pub no_delete: bool,
     pub prev_kv: bool,
     pub progress_notify: bool,
+    /// Split a response larger than the request limit (etcd's `fragment`).
+    pub fragment: bool,
     /// Catching up from storage (the ring no longer holds its next revision).
     pub slow: bool,
     /// From this revision on, the stream's signal hands over every revision this watcher needs;
@@ -79,6 +85,7 @@ impl Watcher {
             no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: req.prev_kv,
             progress_notify: req.progress_notify,
+            fragment: req.fragment,
             slow: false,
             indexed_from: i64::MAX,
         }
@@ -527,7 +534,9 @@ impl StreamTask {
         revs: &[Arc<RevEvents>],
     ) -> Result<bool, CatchUpError> {
         let id = w.id;
+        let limit = self.node.config().max_request_bytes;
         let mut events = Vec::new();
+        let mut bytes = 0;
         let mut sent_to = w.next_rev - 1;
         let mut denied = None;
         for r in revs {
@@ -541,17 +550,22 @@ impl StreamTask {
             if selected.is_empty() {
                 continue;
             }
-            if !events.is_empty() && events.len() + selected.len() > MAX_EVENTS_PER_RESPONSE {
-                self.send_events(id, sent_to, std::mem::take(&mut events))
+            let size: usize = selected.iter().map(event_len).sum();
+            if !events.is_empty()
+                && (events.len() + selected.len() > MAX_EVENTS_PER_RESPONSE || bytes + size > limit)
+            {
+                self.send_events(w, sent_to, std::mem::take(&mut events))
                     .await?;
+                bytes = 0;
             }
+            bytes += size;
             events.append(&mut selected);
             sent_to = r.rev;
         }
         if let Some(why) = denied {
             // What it could read until its rights changed, then the reason it stops.
             if !events.is_empty() {
-                self.send_events(id, sent_to, events).await?;
+                self.send_events(w, sent_to, events).await?;
             }
             self.remove(id);
             self.send(WatchResponse {
@@ -566,7 +580,7 @@ impl StreamTask {
         }
         if !events.is_empty() {
             let last = revs.last().map_or(sent_to, |r| r.rev);
-            self.send_events(id, last, events).await?;
+            self.send_events(w, last, events).await?;
         }
         Ok(true)
     }
@@ -590,16 +604,62 @@ impl StreamTask {
         )
     }
 
-    async fn send_events(&self, id: i64, rev: i64, events: Vec<Event>) -> Result<(), CatchUpError> {
-        self.send(WatchResponse {
+    /// Sends `events` to watcher `w` at revision `rev`: in one response, or, when `w` asked for
+    /// fragments and they are larger than the request limit, in pieces under it.
+    async fn send_events(
+        &self,
+        w: &Watcher,
+        rev: i64,
+        events: Vec<Event>,
+    ) -> Result<(), CatchUpError> {
+        let resp = WatchResponse {
             header: Some(self.node.header_at(rev)),
-            watch_id: id,
+            watch_id: w.id,
             events,
             ..Default::default()
-        })
-        .await
-        .map_err(|_| CatchUpError::Closed)
+        };
+        let limit = self.node.config().max_request_bytes;
+        for part in fragments(resp, w.fragment, limit) {
+            self.send(part).await.map_err(|_| CatchUpError::Closed)?;
+        }
+        Ok(())
     }
+}
+
+/// What one event adds to an encoded response (its field tag, length and bytes).
+fn event_len(e: &Event) -> usize {
+    let n = e.encoded_len();
+    1 + prost::length_delimiter_len(n) + n
+}
+
+/// `resp` as it goes out: whole, unless `fragment` is asked and it holds more than one event and
+/// is at least `limit` bytes; then in pieces each under `limit` (or of one event), all but the
+/// last marked `fragment` (etcd's `sendFragments`).
+fn fragments(resp: WatchResponse, fragment: bool, limit: usize) -> Vec<WatchResponse> {
+    if !fragment || resp.events.len() < 2 || resp.encoded_len() < limit {
+        return vec![resp];
+    }
+    let base = WatchResponse {
+        events: Vec::new(),
+        fragment: true,
+        ..resp.clone()
+    };
+    let base_len = base.encoded_len();
+    let mut out = Vec::new();
+    let mut cur = base.clone();
+    let mut size = base_len;
+    for e in resp.events {
+        let add = event_len(&e);
+        if !cur.events.is_empty() && size + add >= limit {
+            out.push(std::mem::replace(&mut cur, base.clone()));
+            size = base_len;
+        }
+        size += add;
+        cur.events.push(e);
+    }
+    cur.fragment = false;
+    out.push(cur);
+    out
 }
 
 /// Revocation lists: a stream opened with a certificate is checked again after a change here.
@@ -618,5 +678,67 @@ enum CatchUpError {
 impl From<Closed> for CatchUpError {
     fn from(_: Closed) -> Self {
         CatchUpError::Closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eden_proto::mvccpb::KeyValue;
+
+    fn event(key: &str, value_len: usize) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                key: key.as_bytes().to_vec(),
+                value: vec![b'x'; value_len],
+                mod_revision: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn response(events: Vec<Event>) -> WatchResponse {
+        WatchResponse {
+            watch_id: 3,
+            events,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_large_response_is_split_under_the_limit_only_when_asked() {
+        let events: Vec<Event> = (0..10).map(|i| event(&format!("k{i}"), 1000)).collect();
+        let resp = response(events.clone());
+        assert_eq!(fragments(resp.clone(), false, 2500), vec![resp.clone()]);
+        assert_eq!(fragments(resp.clone(), true, 1 << 20), vec![resp.clone()]);
+        let parts = fragments(resp, true, 2500);
+        assert_eq!(
+            parts.len(),
+            5,
+            "two events of about 1 KB fit under 2,500 bytes"
+        );
+        for (i, p) in parts.iter().enumerate() {
+            assert!(p.encoded_len() < 2500);
+            assert_eq!(p.fragment, i + 1 < parts.len());
+            assert_eq!(p.watch_id, 3);
+        }
+        let joined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, events);
+    }
+
+    #[test]
+    fn one_event_larger_than_the_limit_goes_alone() {
+        let events = vec![event("a", 10), event("big", 5000), event("b", 10)];
+        let parts = fragments(response(events.clone()), true, 1000);
+        let sizes: Vec<usize> = parts.iter().map(|p| p.events.len()).collect();
+        assert_eq!(sizes, vec![1, 1, 1]);
+        assert_eq!(
+            parts.iter().map(|p| p.fragment).collect::<Vec<_>>(),
+            vec![true, true, false]
+        );
+        // One event alone is never marked as a fragment.
+        let one = fragments(response(vec![event("big", 5000)]), true, 1000);
+        assert_eq!((one.len(), one[0].fragment), (1, false));
     }
 }

@@ -119,7 +119,7 @@ impl NodeConfig {
             peer_addr: peer_addr.to_string(),
             listen_peer_addr: peer_addr.to_string(),
             initial_cluster: vec![(name.to_string(), peer_addr.to_string())],
-            snapshot_count: 10_000,
+            snapshot_count: 100_000,
             snapshot_catchup_entries: 5_000,
             heartbeat_ms: 100,
             election_timeout_ms: 1_000,

@@ -53,7 +53,7 @@ pub struct ServerArgs {
     /// With --join: stay a learner until `eden member promote` (instead of promoting itself).
     #[arg(long)]
     pub stay_learner: bool,
-    /// Take a snapshot after this many applied entries [default: 10000].
+    /// Take a snapshot after this many applied entries [default: 100000, as etcd].
     #[arg(long)]
     pub snapshot_count: Option<u64>,
     /// Entries kept after a snapshot for slow followers [default: 5000].

@@ -3,7 +3,7 @@
 # --insecure), etcdctl check perf --load=m and --load=l (each writes for 60 s and deletes what it
 # wrote), then 100,000 keys of 256 bytes from 64 clients, the tail of compare.sh on eden alone.
 # Prints check perf's verdicts, the load's figures, the members' CPU and memory during the load,
-# and their disk use after it. Stops what it started.
+# and their disk use and memory after it. Stops what it started.
 #
 #   bench/big-store.sh
 #   PERF=1 bench/big-store.sh     # also perf record --call-graph dwarf on member 1 for 4 s of the load
@@ -53,4 +53,4 @@ if [ -n "${PERF:-}" ]; then
 fi
 wait "$load"
 tail -5 "$work/load.out"
-for i in 1 2 3; do echo "member $i after: $(du -sm "$work/eden-$i" | cut -f1) MiB on disk"; done
+for i in 1 2 3; do echo "member $i after: $(du -sm "$work/eden-$i" | cut -f1) MiB on disk, $(ps -o rss= -p "${pids[$((i-1))]}" | awk '{printf "%.0f", $1/1024}') MiB resident"; done

@@ -136,6 +136,12 @@ enum Command {
     Reactor(cmd::reactor::ReactorCmd),
 }
 
+/// jemalloc rather than glibc's malloc: after a burst of large writes, glibc kept a member's freed
+/// memory (about 1 GiB after `etcdctl check perf --load=l`); jemalloc gives it back
+/// (design/decisions/0021-jemalloc.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let cli = Cli::parse();
     if matches!(

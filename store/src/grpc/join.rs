@@ -174,7 +174,14 @@ impl Join for JoinService {
         let info = cert.ok_or_else(|| {
             Status::failed_precondition("eden: this member is insecure (no certificates)")
         })?;
-        let (ca, _) = self.read::<CaKeys>(keys::PKI_CA)?.ok_or_else(|| {
+        // This member may not have applied the CA's publication yet (a follower a moment behind):
+        // before saying there is none, read it as the cluster has it now.
+        let mut ca = self.read::<CaKeys>(keys::PKI_CA)?;
+        if ca.is_none() {
+            self.node.read_barrier().await?;
+            ca = self.read::<CaKeys>(keys::PKI_CA)?;
+        }
+        let (ca, _) = ca.ok_or_else(|| {
             Status::failed_precondition(
                 "eden: this cluster cannot issue certificates: no member gave it the CA's key",
             )

@@ -1252,3 +1252,34 @@ pub fn same_endpoint(url: &str, endpoint: &str) -> bool {
         .trim_start_matches("https://")
         == endpoint
 }
+
+/// `etcdctl ARGS` (API 3) against `eps`, as the admin on a secure cluster: success, stdout, stderr.
+pub fn etcdctl(eps: &[String], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(eps.join(","))
+        .args(tls_flags_for(eps))
+        .args(args)
+        .output()
+        .expect("etcdctl is installed (scripts/setup.sh)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `eden ARGS` with no cluster of the harness (local commands, or flags of its own): exit code,
+/// stdout, stderr.
+pub fn eden_local(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(eden_bin())
+        .args(args)
+        .output()
+        .expect("run eden");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eden_proto::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest};
-use eden_tests::{free_port, wait_for, Cluster};
+use eden_tests::{eden_local, etcdctl, free_port, wait_for, Cluster};
 
 fn all_keys(rev: i64) -> RangeRequest {
     RangeRequest {
@@ -226,22 +226,6 @@ async fn the_quota_trips_and_compaction_defrag_and_disarm_recover() {
         .unwrap();
 }
 
-fn etcdctl(eps: &[String], args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(eps.join(","))
-        .args(eden_tests::tls_flags_for(eps))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_member_endpoint_alarm_and_snapshot_commands() {
     let mut c = Cluster::start(3, &[]).await;
@@ -356,7 +340,7 @@ async fn etcdctl_member_endpoint_alarm_and_snapshot_commands() {
     assert_eq!(kv.get(&b"k"[..]).map(|v| v.as_slice()), Some(&b"v"[..]));
 
     // The file is eden's format: `eden snapshot status` reads it, etcd's tools cannot.
-    let o = eden_cli(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
+    let o = eden_local(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
     assert_eq!(o.0, 0, "{o:?}");
     let st: serde_json::Value = serde_json::from_str(&o.1).unwrap();
     let rev = c
@@ -379,7 +363,7 @@ async fn etcdctl_member_endpoint_alarm_and_snapshot_commands() {
     bytes[mid] ^= 0xff;
     let bad = dir.path().join("bad.db");
     std::fs::write(&bad, bytes).unwrap();
-    let o = eden_cli(&["snapshot", "status", bad.to_str().unwrap()]);
+    let o = eden_local(&["snapshot", "status", bad.to_str().unwrap()]);
     assert!(o.0 == 2 && o.2.contains("corrupt"), "{o:?}");
 
     // etcd's own snapshot: eden says what it is rather than "not an eden backup".
@@ -400,26 +384,13 @@ async fn etcdctl_member_endpoint_alarm_and_snapshot_commands() {
             dir.path().join("r").to_str().unwrap(),
         ],
     ] {
-        let o = eden_cli(&args);
+        let o = eden_local(&args);
         assert!(
             o.0 == 2 && o.2.contains("this is an etcd snapshot"),
             "{args:?}: {o:?}"
         );
     }
     assert!(!dir.path().join("r").join("db").exists());
-}
-
-/// `eden ARGS` with no cluster (local commands): exit code, stdout, stderr.
-fn eden_cli(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(eden_tests::eden_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,29 +2,12 @@
 //! leadership between the members of a three-member eden while a client keeps writing; a move to
 //! a learner or to a stranger is refused with etcd's error, a move to the leader does nothing.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eden_proto::etcdserverpb::{PutRequest, RangeRequest};
-use eden_tests::{wait_for, Cluster};
-
-fn etcdctl(eps: &[String], args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(eps.join(","))
-        .args(eden_tests::tls_flags_for(eps))
-        .args(args)
-        .output()
-        .expect("etcdctl is installed");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use eden_tests::{etcdctl, wait_for, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_leader_hands_leadership_over_while_writes_go_on() {

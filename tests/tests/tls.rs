@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use eden_tests::{eden_bin, free_port, wait_for};
+use eden_tests::{eden_bin, eden_local as eden, free_port, wait_for};
 
 struct Killed(Child);
 
@@ -15,15 +15,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn eden(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(eden_bin()).args(args).output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,18 @@ pub fn router(node: Arc<Node>, max_body: usize) -> Router {
         }};
     }
 
+    macro_rules! bidi {
+        ($svc:ident . $method:ident, $req:ty, $keep_open:expr) => {{
+            let svc = $svc.clone();
+            post(move |req: HttpRequest| {
+                let svc = svc.clone();
+                async move {
+                    bidi_stream::<$req, _, _>(req, max_body, $keep_open, move |r| svc.$method(r))
+                }
+            })
+        }};
+    }
+
     let mut r = Router::new();
     for v in PREFIXES {
         let routes: Vec<(&str, MethodRouter)> = vec![
@@ -87,31 +99,15 @@ pub fn router(node: Arc<Node>, max_body: usize) -> Router {
             ("/kv/deleterange", unary!(kv.delete_range)),
             ("/kv/txn", unary!(kv.txn)),
             ("/kv/compaction", unary!(kv.compact)),
-            ("/watch", {
-                let watch = watch.clone();
-                post(move |req: HttpRequest| {
-                    let watch = watch.clone();
-                    async move {
-                        bidi_stream::<WatchRequest, _, _>(req, max_body, true, move |r| {
-                            watch.open(r)
-                        })
-                    }
-                })
-            }),
+            // The watch stays open after the body ends, as etcd's (the caller hangs up).
+            ("/watch", bidi!(watch.open, WatchRequest, true)),
             ("/lease/grant", unary!(lease.lease_grant)),
             ("/lease/revoke", unary!(lease.lease_revoke)),
             ("/kv/lease/revoke", unary!(lease.lease_revoke)),
-            ("/lease/keepalive", {
-                let lease = lease.clone();
-                post(move |req: HttpRequest| {
-                    let lease = lease.clone();
-                    async move {
-                        bidi_stream::<LeaseKeepAliveRequest, _, _>(req, max_body, false, move |r| {
-                            lease.keep_alive(r)
-                        })
-                    }
-                })
-            }),
+            (
+                "/lease/keepalive",
+                bidi!(lease.keep_alive, LeaseKeepAliveRequest, false),
+            ),
             ("/lease/timetolive", unary!(lease.lease_time_to_live)),
             ("/kv/lease/timetolive", unary!(lease.lease_time_to_live)),
             ("/lease/leases", unary!(lease.lease_leases)),

@@ -550,7 +550,7 @@ impl StreamTask {
             if selected.is_empty() {
                 continue;
             }
-            let size: usize = selected.iter().map(event_len).sum();
+            let size: usize = selected.iter().map(approx_len).sum();
             if !events.is_empty()
                 && (events.len() + selected.len() > MAX_EVENTS_PER_RESPONSE || bytes + size > limit)
             {
@@ -624,6 +624,16 @@ impl StreamTask {
         }
         Ok(())
     }
+}
+
+/// About what one event adds to a response: its keys and values, read off their lengths (no
+/// encoding pass on the fan-out path; the byte cap between revisions is a soft one).
+fn approx_len(e: &Event) -> usize {
+    let kv = |kv: &Option<eden_proto::mvccpb::KeyValue>| {
+        kv.as_ref()
+            .map_or(0, |kv| kv.key.len() + kv.value.len() + 32)
+    };
+    kv(&e.kv) + kv(&e.prev_kv)
 }
 
 /// What one event adds to an encoded response (its field tag, length and bytes).

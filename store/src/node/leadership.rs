@@ -126,10 +126,9 @@ impl Node {
         // Nothing goes out now: let the followers' leader lease run out.
         let lease = Duration::from_millis(self.config.election_timeout_ms * 2);
         tokio::time::sleep(lease + LEASE_MARGIN).await;
-        let client = self
+        let mut client = self
             .peer_client(&target, Lane::Control)
             .map_err(|e| LeadershipError::Failed(e.message().to_string()))?;
-        let mut client = client;
         let asked = client.leadership(to_payload(&LeadershipRequest::CampaignNow, self.cluster_id));
         match tokio::time::timeout(REQUEST_TIMEOUT, asked).await {
             Ok(Ok(reply)) => match from_payload::<Result<(), LeadershipError>>(reply.get_ref()) {

@@ -390,12 +390,7 @@ impl StateMachine {
         Ok((out, rev))
     }
 
-    /// Checks a backup's SHA-256, magic and CRC; returns the snapshot body's bytes.
-    fn backup_body(backup: &[u8]) -> anyhow::Result<&[u8]> {
-        Self::checked_backup(backup).map(|(body, _)| body)
-    }
-
-    /// The body of a checked backup and its CRC32.
+    /// Checks a backup's SHA-256, magic and CRC; returns the snapshot body's bytes and the CRC32.
     fn checked_backup(backup: &[u8]) -> anyhow::Result<(&[u8], u32)> {
         use sha2::Digest;
         let head = BACKUP_MAGIC.len() + 8;
@@ -491,7 +486,7 @@ impl StateMachine {
     /// member list do not (the new members bootstrap a new cluster with `--initial-cluster`).
     /// Returns the store revision restored.
     pub fn restore_backup(backup: &[u8], data_dir: &std::path::Path) -> anyhow::Result<i64> {
-        let body = Self::backup_body(backup)?;
+        let (body, _) = Self::checked_backup(backup)?;
         if data_dir.join("db").exists() {
             anyhow::bail!(
                 "{} already holds a data dir: restore into a new one",

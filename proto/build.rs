@@ -1,4 +1,4 @@
-//! Generates the etcd v3 API (packages etcdserverpb, mvccpb, authpb, v3electionpb, v3lockpb), eden's peer protocol and its join call.
+//! Generates the etcd v3 API (packages etcdserverpb, mvccpb, authpb, v3electionpb, v3lockpb), eden's peer protocol, its join call and its forming call.
 //! protoc comes from protoc-bin-vendored, so no system protoc is needed.
 //!
 //! The etcd packages also get serde implementations in etcd's JSON mapping (pbjson): what etcd's
@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/etcd/v3lock.proto",
                 "proto/eden/peer.proto",
                 "proto/eden/join.proto",
+                "proto/eden/forming.proto",
             ],
             &["proto"],
         )?;

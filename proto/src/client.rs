@@ -161,6 +161,12 @@ async fn connect(ep: &str, tls: Option<&Tls>) -> std::result::Result<Channel, St
         .map_err(|e| format!("{ep}: {e}"))
 }
 
+/// A connection to one endpoint (`host:port` or a URL), with the client's TLS when given: for
+/// calls that must reach that server and no other (forming a cluster asks each in turn).
+pub async fn channel_to(ep: &str, tls: Option<&Tls>) -> std::result::Result<Channel, String> {
+    connect(&normalize(ep, tls.is_some()), tls).await
+}
+
 /// An endpoint as a URL: `https://` when the client speaks TLS (a member's advertised
 /// `http://` URL included), else `http://` for a bare `host:port`.
 fn normalize(ep: &str, tls: bool) -> String {

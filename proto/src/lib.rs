@@ -50,6 +50,11 @@ pub mod join {
     #![allow(clippy::all)]
     tonic::include_proto!("eden.join");
 }
+/// Forming a new cluster (`eden server --bootstrap-expect`): discovery and promises.
+pub mod forming {
+    #![allow(clippy::all)]
+    tonic::include_proto!("eden.forming");
+}
 
 pub mod client;
 pub mod errors;

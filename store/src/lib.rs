@@ -12,6 +12,7 @@
 //!   auth       the authorizer: who may read, write or call what (rules over the keyspace and
 //!              the facts in the store: labels, readers, assignments)
 //!   membership etcd's membership rules as plain decisions (plan, outcome, already done)
+//!   forming    a new cluster from servers that find each other (--bootstrap-expect): promises
 //!   raft/      the seam: openraft log store, state machine, network
 //!   events     the event policy and gate (size, tag globs, rate, retention buckets)
 //!   watch      watch hub (recent revisions; streams pull, slow ones catch up from storage)
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod engine;
 pub mod errors;
 pub mod events;
+pub mod forming;
 pub mod grpc;
 pub mod http;
 pub mod keys;

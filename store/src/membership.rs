@@ -59,6 +59,16 @@ fn refuse(code: Code, message: &str) -> MembershipError {
     }
 }
 
+/// A member's id: a stable 64-bit hash of its name (FNV-1a), never 0.
+pub fn member_id(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in name.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h.max(1)
+}
+
 /// Strips a URL scheme: members are addressed as HOST:PORT.
 pub fn peer_addr_of(url: &str) -> String {
     url.trim()

@@ -85,6 +85,10 @@ pub struct NodeConfig {
     pub join: Option<Vec<String>>,
     /// After joining, stay a learner until an operator promotes this member.
     pub stay_learner: bool,
+    /// Start (on a fresh data dir) as a member of this running cluster that named this member
+    /// when it formed: the leader replicates the membership to it, so it never initializes one
+    /// (see [`crate::forming`]).
+    pub member_of: Option<u64>,
     /// Past this many bytes on disk, writes that add data are refused with a NOSPACE alarm.
     pub quota_bytes: i64,
     /// Automatic history compaction, if any.
@@ -130,6 +134,7 @@ impl NodeConfig {
             storage_memory_mb: crate::engine::DEFAULT_MEMORY_MB,
             join: None,
             stay_learner: false,
+            member_of: None,
             quota_bytes: DEFAULT_QUOTA_BYTES,
             auto_compaction: None,
             tls: None,
@@ -140,15 +145,7 @@ impl NodeConfig {
     }
 }
 
-/// A member's id: a stable 64-bit hash of its name (FNV-1a), never 0.
-pub fn member_id(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in name.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h.max(1)
-}
+pub use crate::membership::member_id;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ClusterInfo {
@@ -249,11 +246,15 @@ impl Node {
         )?;
         let engine = sm.engine.clone();
         let stored_id: Option<u64> = engine.get_meta(META_SELF)?;
-        let joining = stored_id.is_none() && config.join.is_some();
+        let joining = stored_id.is_none() && (config.join.is_some() || config.member_of.is_some());
         let stored: Option<ClusterInfo> = engine.get_meta(META_CLUSTER)?;
         let joined = joining || stored.as_ref().is_some_and(|c| c.joined);
         let (id, cluster_id) = match (stored_id, &config.join) {
             (Some(id), _) => (id, stored.map_or(0, |c| c.cluster_id)),
+            (None, _) if config.member_of.is_some() => (
+                member_id(&config.name),
+                config.member_of.unwrap_or_default(),
+            ),
             (None, Some(endpoints)) => {
                 join_cluster(endpoints, &config.peer_addr, config.tls.clone()).await?
             }

@@ -319,6 +319,11 @@ impl Member {
         self.client_addr.clone()
     }
 
+    /// The arguments it is (re)started with, to change before it starts.
+    pub fn args_mut(&mut self) -> &mut Vec<String> {
+        &mut self.args
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -477,6 +482,49 @@ impl Cluster {
         }
     }
 
+    /// `n` servers that form a cluster by themselves (`--bootstrap-expect expect --join` every
+    /// server's client address), none started yet: start them with [`Cluster::spawn`]. With
+    /// `tls`, each has a certificate from one CA (`eden pki init`).
+    pub fn forming(n: usize, expect: usize, extra: &[&str], tls: bool) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let specs: Vec<(String, u16, (String, Option<String>))> = (0..n)
+            .map(|i| (format!("m{i}"), free_port(), peer_addrs(None, i)))
+            .collect();
+        let list: Vec<String> = specs
+            .iter()
+            .map(|(_, cp, _)| format!("127.0.0.1:{cp}"))
+            .collect();
+        let pki = tls.then(|| make_pki(dir.path(), &specs));
+        let mut members = Vec::new();
+        for (name, cp, peer) in specs {
+            let mode = ["--join".to_string(), list.join(",")];
+            let mut flags: Vec<String> = vec!["--bootstrap-expect".into(), expect.to_string()];
+            flags.extend(extra.iter().map(|s| s.to_string()));
+            if let Some(pki) = &pki {
+                flags.extend(member_flags(pki, &name));
+            }
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            members.push(Member::new(dir.path(), &name, cp, peer, mode, &flags));
+        }
+        if let Some(pki) = &pki {
+            let mut r = registry().lock().unwrap();
+            for m in &members {
+                r.insert(m.endpoint(), pki.clone());
+            }
+        }
+        Cluster {
+            members,
+            net: None,
+            pki,
+            _dir: dir,
+        }
+    }
+
+    /// Starts member `i` (one made by [`Cluster::forming`], or one that was stopped).
+    pub fn spawn(&mut self, i: usize) {
+        self.members[i].spawn();
+    }
+
     /// The `--initial-cluster` value the members were started with.
     pub fn initial_cluster(&self) -> String {
         self.members
@@ -509,18 +557,7 @@ impl Cluster {
             .iter()
             .map(|(name, _, (pa, _))| format!("{name}={pa}"))
             .collect();
-        let pki = tls.then(|| {
-            let pki = dir.path().join("pki");
-            let mut args = vec!["pki".to_string(), "init".into(), pki.display().to_string()];
-            for (name, _, (pa, _)) in &specs {
-                // Valid for the client port's 127.0.0.1 and its advertised peer address (which
-                // is another loopback IP behind a PeerNet proxy).
-                let host = pa.rsplit_once(':').map_or(pa.as_str(), |(h, _)| h);
-                args.extend(["--member".to_string(), format!("{name}=127.0.0.1+{host}")]);
-            }
-            run_eden_ok(&args);
-            pki
-        });
+        let pki = tls.then(|| make_pki(dir.path(), &specs));
         let mut members = Vec::new();
         for (name, cp, peer) in specs {
             let mode = ["--initial-cluster".to_string(), initial.join(",")];
@@ -945,6 +982,23 @@ impl Cluster {
 }
 
 /// Member `i`'s advertised peer address and, behind a [`PeerNet`] proxy, its listen address.
+/// A member to be: its name, client port, advertised peer address and the one it listens on.
+type MemberSpec = (String, u16, (String, Option<String>));
+
+/// The cluster's CA and a certificate for each member (`eden pki init` in `dir/pki`).
+fn make_pki(dir: &Path, specs: &[MemberSpec]) -> PathBuf {
+    let pki = dir.join("pki");
+    let mut args = vec!["pki".to_string(), "init".into(), pki.display().to_string()];
+    for (name, _, (pa, _)) in specs {
+        // Valid for the client port's 127.0.0.1 and its advertised peer address (which
+        // is another loopback IP behind a PeerNet proxy).
+        let host = pa.rsplit_once(':').map_or(pa.as_str(), |(h, _)| h);
+        args.extend(["--member".to_string(), format!("{name}=127.0.0.1+{host}")]);
+    }
+    run_eden_ok(&args);
+    pki
+}
+
 fn peer_addrs(net: Option<&PeerNet>, i: usize) -> (String, Option<String>) {
     match net {
         None => (format!("127.0.0.1:{}", free_port()), None),

@@ -347,11 +347,16 @@ pub fn check_data_dir_mode(data_dir: &Path, insecure: bool) -> anyhow::Result<()
 }
 
 /// Whether a data dir already holds a member's data (anything but pki/).
-fn has_data(data_dir: &Path) -> bool {
+/// True when the data dir holds a member's data (its certificates and a promise made while
+/// forming a cluster do not count).
+pub(crate) fn has_data(data_dir: &Path) -> bool {
     std::fs::read_dir(data_dir).is_ok_and(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .any(|e| e.file_name() != "pki")
+        entries.filter_map(Result::ok).any(|e| {
+            !matches!(
+                e.file_name().to_str(),
+                Some("pki" | eden_store::forming::FORMING_FILE | "forming.tmp")
+            )
+        })
     })
 }
 

@@ -53,6 +53,11 @@ pub struct ServerArgs {
     /// With --join: stay a learner until `eden member promote` (instead of promoting itself).
     #[arg(long)]
     pub stay_learner: bool,
+    /// Form a new cluster once this many servers started with the same --join list (their
+    /// client addresses) have found each other; when a cluster runs there already, join it.
+    /// Ignored once the data dir holds data.
+    #[arg(long, requires = "join")]
+    pub bootstrap_expect: Option<u32>,
     /// Take a snapshot after this many applied entries [default: 100000, as etcd].
     #[arg(long)]
     pub snapshot_count: Option<u64>,
@@ -183,6 +188,7 @@ struct FileConfig {
     initial_cluster: Option<String>,
     join: Option<Vec<String>>,
     stay_learner: Option<bool>,
+    bootstrap_expect: Option<u32>,
     snapshot_count: Option<u64>,
     snapshot_catchup_entries: Option<u64>,
     heartbeat_interval: Option<u64>,
@@ -319,6 +325,19 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
     c.stay_learner = args.stay_learner || file.stay_learner.unwrap_or(false);
     if c.join.is_some() && (args.initial_cluster.is_some() || file.initial_cluster.is_some()) {
         bail!("give either --join or --initial-cluster, not both");
+    }
+    let bootstrap_expect = args.bootstrap_expect.or(file.bootstrap_expect);
+    if let Some(n) = bootstrap_expect {
+        if args.initial_cluster.is_some() || file.initial_cluster.is_some() {
+            bail!("give either --bootstrap-expect or --initial-cluster, not both");
+        }
+        let Some(list) = &c.join else {
+            bail!("--bootstrap-expect needs --join (every server's client address)");
+        };
+        eden_store::forming::check_expect(n, list, &client_addr).map_err(anyhow::Error::msg)?;
+        if c.stay_learner {
+            bail!("--stay-learner is for joining a running cluster, not --bootstrap-expect");
+        }
     }
     if let Some(ic) = args.initial_cluster.clone().or(file.initial_cluster) {
         c.initial_cluster = parse_initial_cluster(&ic)?;
@@ -461,6 +480,7 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
             .or(file.webhook_max_bytes)
             .unwrap_or(1 << 20),
         own_cert: false,
+        bootstrap_expect,
     };
     Ok((c, extras))
 }
@@ -545,6 +565,72 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
     r
 }
 
+/// Forms a cluster (`--bootstrap-expect`): answers the forming call on the client port (a second
+/// handle on the bound socket, so callers queue for the member that follows) until the cluster is
+/// decided; returns the config to start the member with.
+async fn form(
+    mut config: NodeConfig,
+    expect: u32,
+    client_listener: &tokio::net::TcpListener,
+) -> anyhow::Result<NodeConfig> {
+    use eden_store::forming::{Forming, Outcome};
+    use std::os::fd::AsFd;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let me = eden_proto::forming::Server {
+        name: config.name.clone(),
+        peer_addr: config.peer_addr.clone(),
+        client_addr: config.client_addr.clone(),
+    };
+    let state = Forming::new(me, expect, &config.data_dir)?;
+    let tls = match &config.tls {
+        Some(t) => Some((
+            eden_proto::tls_listener::ServerCert::new(&t.cert_pem, &t.key_pem)
+                .map_err(|e| anyhow::anyhow!("this member's certificate: {e}"))?,
+            t.ca_pem.clone(),
+        )),
+        None => None,
+    };
+    let dup = std::net::TcpListener::from(client_listener.as_fd().try_clone_to_owned()?);
+    dup.set_nonblocking(true)?;
+    let dup = tokio::net::TcpListener::from_std(dup)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(eden_store::grpc::serve_forming(
+        state.clone(),
+        dup,
+        tls,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let endpoints = config.join.clone().unwrap_or_default();
+    tracing::info!(expect, join = ?endpoints, "forming a cluster");
+    let peers = eden_store::forming::GrpcPeers(config.tls.clone());
+    let outcome = state.run(&endpoints, &peers).await;
+    let _ = stop.send(());
+    server.await??;
+    match outcome {
+        Outcome::Bootstrap(members) => {
+            tracing::info!(?members, "bootstrapping the cluster that formed");
+            config.initial_cluster = members;
+            config.join = None;
+        }
+        Outcome::Member { cluster_id } => {
+            tracing::info!(
+                cluster = format!("{cluster_id:x}"),
+                "the cluster formed without waiting for this member: starting as its member"
+            );
+            config.member_of = Some(cluster_id);
+            config.join = None;
+        }
+        Outcome::Join(endpoints) => {
+            tracing::info!(?endpoints, "a cluster runs already: joining it");
+            config.join = Some(endpoints);
+        }
+    }
+    Ok(config)
+}
+
 /// What a member runs besides the store: metrics, a reactor runtime, the webhook intake.
 /// How long a member whose Raft core stopped keeps answering (with errors and a 503 /health)
 /// before it exits.
@@ -574,6 +660,8 @@ struct Extras {
     /// The member's certificate is its own, in DATA_DIR/pki (made at bootstrap or got with a
     /// join token), so it renews it; one given with --cert-file is the operator's to replace.
     own_cert: bool,
+    /// Form a new cluster with this many servers (`--bootstrap-expect`).
+    bootstrap_expect: Option<u32>,
 }
 
 async fn serve(
@@ -606,6 +694,12 @@ async fn serve(
                 .with_context(|| format!("binding the webhook address {a}"))?,
         ),
         None => None,
+    };
+    let config = match extras.bootstrap_expect {
+        Some(n) if !crate::cmd::pki::has_data(&config.data_dir) => {
+            form(config, n, &client_listener).await?
+        }
+        _ => config,
     };
     let node = raft_rt.spawn(Node::start(config)).await??;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -35,7 +35,7 @@ pub fn cert_info(der: &[u8]) -> Result<pki::CertInfo, String> {
 }
 
 /// The certificate of a request's connection (TLS already checked it against the cluster's CA).
-fn peer_cert<T>(req: &Request<T>) -> Result<pki::CertInfo, Status> {
+pub(crate) fn peer_cert<T>(req: &Request<T>) -> Result<pki::CertInfo, Status> {
     let der = req
         .peer_certs()
         .and_then(|c| c.first().cloned())

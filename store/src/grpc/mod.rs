@@ -6,6 +6,7 @@ pub mod auth_service;
 pub mod authz;
 pub mod cluster;
 pub mod concurrency;
+pub mod forming;
 pub mod gateway;
 pub mod join;
 pub mod kv;
@@ -26,6 +27,7 @@ use eden_proto::etcdserverpb::kv_server::KvServer;
 use eden_proto::etcdserverpb::lease_server::LeaseServer;
 use eden_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use eden_proto::etcdserverpb::watch_server::WatchServer;
+use eden_proto::forming::forming_server::FormingServer;
 use eden_proto::join::join_server::JoinServer;
 use eden_proto::peer::peer_server::PeerServer;
 use eden_proto::tls_listener::{self, ClientAuth};
@@ -157,6 +159,9 @@ pub async fn serve_client(
         node: node.clone(),
     }))
     .add_service(JoinServer::new(join::JoinService::new(node.clone())))
+    .add_service(FormingServer::new(forming::FormingService::Running(
+        node.clone(),
+    )))
     .add_service(AuthServer::new(auth_service::AuthService {
         node: node.clone(),
     }))
@@ -178,6 +183,30 @@ pub async fn serve_client(
         .layer(RpcTimer)
         .add_routes(tonic::service::Routes::from(routes).prepare());
     serve_on(router, listener, tls, shutdown).await
+}
+
+/// Serves the forming call alone on the client port of a server that has no data yet and forms a
+/// cluster ([`crate::forming`]), until `shutdown`: over TLS with the member's certificate and its
+/// CA (a client certificate required) when `tls` is given.
+pub async fn serve_forming(
+    state: Arc<crate::forming::Forming>,
+    listener: TcpListener,
+    tls: Option<(Arc<tls_listener::ServerCert>, String)>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let config = match &tls {
+        Some((cert, ca_pem)) => Some(
+            tls_listener::config_with(cert.clone(), ca_pem, ClientAuth::Required, b"h2")
+                .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+        ),
+        None => None,
+    };
+    let router =
+        Server::builder().add_service(FormingServer::new(forming::FormingService::Forming {
+            state,
+            secure: tls.is_some(),
+        }));
+    serve_on(router, listener, config, shutdown).await
 }
 
 /// Serves the peer port until `shutdown` resolves. Raft's messages are handled on the runtime

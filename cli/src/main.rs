@@ -78,6 +78,9 @@ enum Command {
     /// Member commands.
     #[command(subcommand)]
     Member(cmd::member::MemberCmd),
+    /// The cluster as autopilot sees it, and autopilot's settings.
+    #[command(subcommand)]
+    Cluster(cmd::cluster::ClusterCmd),
     /// The status of every member: leader, term, revision, raft index, db size.
     Status,
     /// Compact the history up to a revision.
@@ -274,6 +277,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Txn(a) => cmd::txn::run(&client, &out, a).await,
         Command::Lease(c) => cmd::lease::run(&client, &out, c).await,
         Command::Member(c) => cmd::member::run(&client, &out, c).await,
+        Command::Cluster(c) => cmd::cluster::run(&client, &out, c).await,
         Command::Status => cmd::status::run(&client, &out).await,
         Command::Compact(a) => cmd::compact::run(&client, &out, a).await,
         Command::Endpoint(c) => cmd::endpoint::run(&client, &out, c).await,

@@ -36,10 +36,24 @@ use crate::raft::{Member, TypeConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MembershipChange {
-    Add { peer_addr: String, learner: bool },
-    Remove { id: u64 },
-    Promote { id: u64 },
-    Update { id: u64, peer_addr: String },
+    Add {
+        peer_addr: String,
+        learner: bool,
+    },
+    Remove {
+        id: u64,
+    },
+    Promote {
+        id: u64,
+    },
+    /// A voter becomes a learner (autopilot: voters beyond its ideal count).
+    Demote {
+        id: u64,
+    },
+    Update {
+        id: u64,
+        peer_addr: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +65,9 @@ pub enum MembershipError {
         message: String,
     },
 }
+
+/// Demoting a member that is not a voter.
+pub const NOT_A_VOTER: &str = "eden: the member is not a voter";
 
 fn refuse(code: Code, message: &str) -> MembershipError {
     MembershipError::Refused {
@@ -167,6 +184,23 @@ pub fn plan(change: MembershipChange, view: &View) -> Result<Plan, MembershipErr
             }
             (ChangeMembers::AddVoterIds(BTreeSet::from([id])), true, None)
         }
+        MembershipChange::Demote { id } => {
+            if !nodes.contains_key(&id) {
+                return Err(refuse(Code::NotFound, ERR_NOT_FOUND));
+            }
+            if !voters.contains(&id) {
+                return Err(refuse(Code::FailedPrecondition, NOT_A_VOTER));
+            }
+            if voters.len() == 1 {
+                return Err(refuse(Code::FailedPrecondition, ERR_NOT_ENOUGH_STARTED));
+            }
+            // Kept as a learner (openraft's `retain`).
+            (
+                ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                true,
+                None,
+            )
+        }
         MembershipChange::Update { id, peer_addr } => {
             let peer_addr = peer_addr_of(&peer_addr);
             let Some(old) = nodes.get(&id) else {
@@ -222,6 +256,7 @@ pub fn already_done(
     match (change, refusal) {
         (MembershipChange::Remove { .. }, ERR_NOT_FOUND) => Some(None),
         (MembershipChange::Promote { .. }, ERR_NOT_LEARNER) => Some(None),
+        (MembershipChange::Demote { .. }, NOT_A_VOTER) => Some(None),
         (MembershipChange::Add { peer_addr, .. }, ERR_PEER_EXISTS) => {
             let addr = peer_addr_of(peer_addr);
             nodes

@@ -7,7 +7,8 @@
 //! `etcd_debugging_mvcc_keys_total`, `etcd_debugging_mvcc_{watcher,watch_stream,slow_watcher}_total`,
 //! `etcd_disk_wal_fsync_duration_seconds`, `grpc_server_handling_seconds{grpc_method}`, plus
 //! `eden_raft_term`, `eden_raft_applied_index`, `eden_leases_total` and
-//! `eden_watch_stream_wakeups_total`.
+//! `eden_watch_stream_wakeups_total`, `eden_autopilot_actions_total{action}` and
+//! `eden_cluster_failure_tolerance`.
 //!
 //! Counters and histograms are updated where things happen; the gauges that describe state (term,
 //! leader, applied index, db size, keys, leases) are read when Prometheus scrapes.
@@ -15,8 +16,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -43,6 +44,8 @@ pub struct Metrics {
     pub fsync: Histogram,
     pub proposals_batched: Histogram,
     pub grpc: HistogramVec,
+    pub autopilot_actions: IntCounterVec,
+    pub failure_tolerance: IntGauge,
 }
 
 /// The process's metrics (one member per process).
@@ -98,7 +101,24 @@ impl Metrics {
         )
         .expect("metric");
         registry.register(Box::new(grpc.clone())).expect("register");
+        let autopilot_actions = IntCounterVec::new(
+            Opts::new(
+                "eden_autopilot_actions_total",
+                "Membership changes the leader's autopilot made (promoted, demoted, removed).",
+            ),
+            &["action"],
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(autopilot_actions.clone()))
+            .expect("register");
         Metrics {
+            autopilot_actions,
+            failure_tolerance: gauge(
+                "eden_cluster_failure_tolerance",
+                "How many voters may fail with the cluster still committing (set by the leader's \
+                 autopilot).",
+            ),
             has_leader: gauge("etcd_server_has_leader", "1 if this member knows a leader."),
             leader_changes: counter(
                 "etcd_server_leader_changes_seen_total",

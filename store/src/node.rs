@@ -33,11 +33,13 @@ use crate::raft::network::{from_payload, peer_channel, to_payload, MemberTls, Pe
 use crate::raft::propose::Proposer;
 use forward::{Forwarded, Forwarder};
 
+mod autopilot;
 mod forward;
 mod leadership;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Command, Member, Raft, Reply, Response};
 use crate::watch::{WatchHub, DEFAULT_RING_REVISIONS};
+pub use autopilot::{decide, Candidate, Decision, Probe};
 use eden_proto::tls_listener::ServerCert;
 pub use leadership::{LeadershipError, LeadershipRequest};
 
@@ -227,6 +229,8 @@ pub struct Node {
     /// proposals and read-index rounds on this leader now.
     transfer: tokio::sync::Mutex<()>,
     transferring: std::sync::atomic::AtomicBool,
+    /// What the leader's autopilot tracks between rounds ([`autopilot`]).
+    autopilot: Mutex<autopilot::Tracked>,
 }
 
 /// Refusals recorded per identity and minute; more are counted into the next one recorded.
@@ -345,6 +349,7 @@ impl Node {
             proposals: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_PROPOSALS)),
             transfer: tokio::sync::Mutex::new(()),
             transferring: std::sync::atomic::AtomicBool::new(false),
+            autopilot: Mutex::new(Default::default()),
             audit,
         });
         node.spawn_loop(node.clone().watch_core());
@@ -355,6 +360,7 @@ impl Node {
             node.spawn_loop(node.clone().auto_compact_loop(policy));
         }
         node.spawn_loop(node.clone().publish_self());
+        node.spawn_loop(node.clone().autopilot_loop());
         if joined && !node.config.stay_learner {
             node.spawn_loop(node.clone().promote_self());
         }
@@ -1004,11 +1010,16 @@ impl Node {
             .collect()
     }
 
-    /// A member that joined as a learner promotes itself once it is in sync.
+    /// A member that joined as a learner promotes itself once it is in sync, unless autopilot
+    /// is on (it decides who votes).
     pub(crate) async fn promote_self(self: std::sync::Arc<Self>) {
         loop {
             if !self.is_learner() {
                 return;
+            }
+            if self.autopilot_settings().enabled {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
             match self
                 .change_membership(MembershipChange::Promote { id: self.id })

@@ -486,9 +486,25 @@ impl Cluster {
     /// server's client address), none started yet: start them with [`Cluster::spawn`]. With
     /// `tls`, each has a certificate from one CA (`eden pki init`).
     pub fn forming(n: usize, expect: usize, extra: &[&str], tls: bool) -> Cluster {
+        Self::forming_with(n, expect, extra, tls, None)
+    }
+
+    /// [`Cluster::forming`] with every peer link through a proxy that can cut it
+    /// ([`Cluster::net`]); call it inside a tokio runtime.
+    pub fn forming_partitionable(n: usize, expect: usize, extra: &[&str], tls: bool) -> Cluster {
+        Self::forming_with(n, expect, extra, tls, Some(Arc::new(PeerNet::default())))
+    }
+
+    fn forming_with(
+        n: usize,
+        expect: usize,
+        extra: &[&str],
+        tls: bool,
+        net: Option<Arc<PeerNet>>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let specs: Vec<(String, u16, (String, Option<String>))> = (0..n)
-            .map(|i| (format!("m{i}"), free_port(), peer_addrs(None, i)))
+        let specs: Vec<MemberSpec> = (0..n)
+            .map(|i| (format!("m{i}"), free_port(), peer_addrs(net.as_deref(), i)))
             .collect();
         let list: Vec<String> = specs
             .iter()
@@ -514,7 +530,7 @@ impl Cluster {
         }
         Cluster {
             members,
-            net: None,
+            net,
             pki,
             _dir: dir,
         }

@@ -5,6 +5,7 @@ pub mod alarm;
 pub mod bench;
 pub mod bench_agents;
 pub mod cert;
+pub mod cluster;
 pub mod compact;
 pub mod del;
 pub mod endpoint;

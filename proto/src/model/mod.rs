@@ -38,6 +38,8 @@
 //! /eden/reactors/NAME              Rule (rules)                 operator (`eden reactor apply`)
 //! /eden/reactor/leader             runtime id, text (rules)     the active reactor runtime, lease
 //! /eden/reactor/cursor             Cursor (rules)               the active reactor runtime
+//! /eden/cluster/autopilot          AutopilotSettings (cluster)  admin (`eden cluster autopilot`);
+//!                                                               the leader's autopilot reads it
 //! ```
 //!
 //! Every change to these keys is also an event ([`events`]): the log is the event bus. A node
@@ -45,6 +47,7 @@
 //! tasks, hooks and rules are the operator's. "cluster" is therefore not a valid node name.
 
 pub mod certs;
+pub mod cluster;
 pub mod events;
 pub mod files;
 pub mod hooks;

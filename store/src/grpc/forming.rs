@@ -130,3 +130,24 @@ impl FormingApi for FormingService {
         }))
     }
 }
+
+/// `eden.forming.Autopilot` on the client port: what the leader's autopilot sees, asked of the
+/// leader by any member. Members and admins only.
+pub struct AutopilotService {
+    pub node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl eden_proto::forming::autopilot_server::Autopilot for AutopilotService {
+    async fn state(
+        &self,
+        req: Request<eden_proto::forming::StateRequest>,
+    ) -> Result<Response<eden_proto::forming::StateResponse>, Status> {
+        FormingService::Running(self.node.clone()).check(&req)?;
+        let status = self.node.autopilot_status().await?;
+        Ok(Response::new(eden_proto::forming::StateResponse {
+            status_json: serde_json::to_string(&status)
+                .map_err(|e| errors::internal(e.to_string()))?,
+        }))
+    }
+}

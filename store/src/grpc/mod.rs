@@ -27,6 +27,7 @@ use eden_proto::etcdserverpb::kv_server::KvServer;
 use eden_proto::etcdserverpb::lease_server::LeaseServer;
 use eden_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use eden_proto::etcdserverpb::watch_server::WatchServer;
+use eden_proto::forming::autopilot_server::AutopilotServer;
 use eden_proto::forming::forming_server::FormingServer;
 use eden_proto::join::join_server::JoinServer;
 use eden_proto::peer::peer_server::PeerServer;
@@ -162,6 +163,9 @@ pub async fn serve_client(
     .add_service(FormingServer::new(forming::FormingService::Running(
         node.clone(),
     )))
+    .add_service(AutopilotServer::new(forming::AutopilotService {
+        node: node.clone(),
+    }))
     .add_service(AuthServer::new(auth_service::AuthService {
         node: node.clone(),
     }))

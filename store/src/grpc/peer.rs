@@ -149,13 +149,18 @@ impl Peer for PeerService {
         self.check(request.get_ref())?;
         let req: LeadershipRequest = from_payload(request.get_ref()).map_err(bad)?;
         let node = self.node.clone();
-        self.on_client_runtime(async move {
-            match req {
-                LeadershipRequest::MoveTo(to) => node.move_leader_local(to).await,
-                LeadershipRequest::CampaignNow => node.campaign_now().await,
+        match req {
+            LeadershipRequest::Probe => Self::reply(&node.probe_local()),
+            LeadershipRequest::AutopilotState => Self::reply(&node.autopilot_status_local()),
+            LeadershipRequest::MoveTo(to) => {
+                self.on_client_runtime(async move { node.move_leader_local(to).await })
+                    .await
             }
-        })
-        .await
+            LeadershipRequest::CampaignNow => {
+                self.on_client_runtime(async move { node.campaign_now().await })
+                    .await
+            }
+        }
     }
 
     async fn lease_query(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

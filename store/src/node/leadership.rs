@@ -27,6 +27,11 @@ pub enum LeadershipRequest {
     MoveTo(u64),
     /// To the target of a transfer: start an election now.
     CampaignNow,
+    /// From the leader's autopilot: are you there, in which term, how far is your log? (answered
+    /// with a [`super::Probe`]).
+    Probe,
+    /// To the leader: what autopilot sees (answered with a `Result<ClusterStatus, _>`).
+    AutopilotState,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,701 @@
+//! Autopilot: the leader keeps the cluster's voters healthy by itself (issue 17; Consul's
+//! autopilot and hashicorp/raft-autopilot's rules, design/clustering.md).
+//!
+//! Every half second the leader probes every other member over the peer port and reads its
+//! replication progress: a server is healthy when it answered within the last-contact
+//! threshold, in the leader's term, and trails the log by at most max-trailing-logs. Then at most
+//! one change per round, in this order ([`decide`]):
+//! 1. promote a standby that has been healthy for the stabilization time, while there are fewer
+//!    healthy voters than the target (ideal-voters, or the largest odd number of healthy servers
+//!    below it);
+//! 2. remove a voter unhealthy for dead-server-after, once the healthy voters reach the target
+//!    (its replacement came first), never when the others would lose their quorum or fall below
+//!    min-quorum: autopilot then waits and says why;
+//! 3. remove a standby unhealthy for dead-server-after;
+//! 4. demote voters beyond ideal-voters (a lowered setting, or servers that promoted
+//!    themselves).
+//!
+//! Every action is logged, counted (`eden_autopilot_actions_total`), recorded as an event
+//! (`cluster/promoted/NAME`, `cluster/removed/NAME`, `cluster/demoted/NAME`) and shown by
+//! `eden cluster status` with why.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eden_proto::etcdserverpb::RangeRequest;
+use eden_proto::model::cluster::{
+    Action, AutopilotSettings, ClusterStatus, ServerHealth, AUTOPILOT_KEY,
+};
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+use super::{Lane, LeadershipError, LeadershipRequest, Node, Step};
+use crate::errors;
+use crate::membership::MembershipChange;
+use crate::raft::network::{from_payload, to_payload};
+use crate::raft::Command;
+
+/// How often the leader looks.
+const ROUND: Duration = Duration::from_millis(500);
+/// How long a probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// A member's answer to the leader's probe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Probe {
+    pub term: u64,
+    pub last_log_index: u64,
+}
+
+/// What the leader remembers of each server between rounds (reset when its term changes).
+#[derive(Default)]
+pub(crate) struct Tracked {
+    term: u64,
+    servers: BTreeMap<u64, Seen>,
+    last_action: Option<Action>,
+    status: Option<ClusterStatus>,
+}
+
+struct Seen {
+    last_contact: Option<Instant>,
+    term: u64,
+    healthy: bool,
+    since: Instant,
+}
+
+/// A server as [`decide`] sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub id: u64,
+    pub name: String,
+    pub voter: bool,
+    pub leader: bool,
+    pub healthy: bool,
+    /// How long it has been healthy (or unhealthy).
+    pub stable_for: Duration,
+    pub lag: u64,
+    pub zone: String,
+}
+
+/// One round's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Promote(u64, String),
+    Remove(u64, String),
+    Demote(u64, String),
+    /// Nothing to do now, and why autopilot does not act (None: all is well).
+    Wait(Option<String>),
+}
+
+fn odd_floor(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else if n % 2 == 1 {
+        n
+    } else {
+        n - 1
+    }
+}
+
+/// How many voters autopilot aims for: ideal-voters while that many servers are healthy, else
+/// the largest odd number of healthy servers below it (at least one).
+pub fn target(s: &AutopilotSettings, healthy_servers: usize) -> usize {
+    (s.ideal_voters as usize)
+        .min(odd_floor(healthy_servers))
+        .max(1)
+}
+
+/// How many voters may fail with the cluster still committing.
+pub fn failure_tolerance(voters: usize, healthy_voters: usize) -> usize {
+    let quorum = voters / 2 + 1;
+    healthy_voters.saturating_sub(quorum)
+}
+
+/// The one change of a round (see the module's rules).
+pub fn decide(s: &AutopilotSettings, servers: &[Candidate]) -> Decision {
+    let stabilization = Duration::from_secs(s.stabilization_s);
+    let dead_after = Duration::from_secs(s.dead_server_after_s);
+    let voters: Vec<&Candidate> = servers.iter().filter(|c| c.voter).collect();
+    let healthy_voters = voters.iter().filter(|c| c.healthy).count();
+    let healthy = servers.iter().filter(|c| c.healthy).count();
+    let target = target(s, healthy);
+    let voters_in = |zone: &str| voters.iter().filter(|v| v.zone == zone).count();
+
+    // 1. Promote a stable standby while healthy voters are short of the target.
+    if healthy_voters < target {
+        let mut ready: Vec<&Candidate> = servers
+            .iter()
+            .filter(|c| !c.voter && c.healthy && c.stable_for >= stabilization)
+            .collect();
+        ready.sort_by(|a, b| {
+            (voters_in(&a.zone), a.lag, &a.name).cmp(&(voters_in(&b.zone), b.lag, &b.name))
+        });
+        if let Some(c) = ready.first() {
+            return Decision::Promote(
+                c.id,
+                format!(
+                    "{healthy_voters} healthy voter(s) of {target} wanted; {} has been healthy \
+                     for {} s",
+                    c.name,
+                    c.stable_for.as_secs()
+                ),
+            );
+        }
+    }
+    // 2. Remove a voter dead for long enough, once that is safe.
+    let mut dead: Vec<&&Candidate> = voters
+        .iter()
+        .filter(|c| !c.healthy && c.stable_for >= dead_after)
+        .collect();
+    dead.sort_by_key(|c| std::cmp::Reverse(c.stable_for));
+    if let Some(d) = dead.first() {
+        let left = voters.len() - 1;
+        let quorum_left = left / 2 + 1;
+        if healthy_voters < voters.len() / 2 + 1 {
+            return Decision::Wait(Some(format!(
+                "{} of {} voters are unhealthy: the cluster has no quorum to change itself; \
+                 waiting for voters to come back",
+                voters.len() - healthy_voters,
+                voters.len()
+            )));
+        }
+        if healthy_voters < target {
+            return Decision::Wait(Some(format!(
+                "{} is dead but no standby has been healthy for {} s to replace it; waiting",
+                d.name, s.stabilization_s
+            )));
+        }
+        if healthy_voters < quorum_left || left < (s.min_quorum as usize).max(1) {
+            return Decision::Wait(Some(format!(
+                "removing {} would leave {left} voter(s) (min-quorum {}, {healthy_voters} \
+                 healthy); waiting",
+                d.name, s.min_quorum
+            )));
+        }
+        return Decision::Remove(
+            d.id,
+            format!(
+                "voter {} unhealthy for {} s (dead-server-after {} s)",
+                d.name,
+                d.stable_for.as_secs(),
+                s.dead_server_after_s
+            ),
+        );
+    }
+    // 3. Remove a standby dead for long enough.
+    if let Some(d) = servers
+        .iter()
+        .find(|c| !c.voter && !c.healthy && c.stable_for >= dead_after)
+    {
+        return Decision::Remove(
+            d.id,
+            format!(
+                "standby {} unhealthy for {} s (dead-server-after {} s)",
+                d.name,
+                d.stable_for.as_secs(),
+                s.dead_server_after_s
+            ),
+        );
+    }
+    // 4. Demote voters beyond ideal-voters (never the leader).
+    if healthy_voters > s.ideal_voters as usize {
+        let mut extra: Vec<&&Candidate> = voters.iter().filter(|c| !c.leader).collect();
+        extra.sort_by(|a, b| {
+            (voters_in(&b.zone), !b.healthy, b.lag, &b.name).cmp(&(
+                voters_in(&a.zone),
+                !a.healthy,
+                a.lag,
+                &a.name,
+            ))
+        });
+        if let Some(c) = extra.first() {
+            return Decision::Demote(
+                c.id,
+                format!(
+                    "{healthy_voters} healthy voters, ideal-voters {}",
+                    s.ideal_voters
+                ),
+            );
+        }
+    }
+    if healthy_voters < target {
+        let waiting = servers.iter().any(|c| !c.voter && c.healthy);
+        return Decision::Wait(Some(if waiting {
+            format!(
+                "{healthy_voters} healthy voter(s) of {target} wanted; a standby is promoted \
+                 once healthy for {} s",
+                s.stabilization_s
+            )
+        } else {
+            format!("{healthy_voters} healthy voter(s) of {target} wanted; no healthy standby")
+        }));
+    }
+    Decision::Wait(None)
+}
+
+impl Node {
+    /// The settings stored in the cluster, as this member has applied them (the defaults when
+    /// none are stored or they do not parse).
+    pub fn autopilot_settings(&self) -> AutopilotSettings {
+        let r = self.mvcc().range(&RangeRequest {
+            key: AUTOPILOT_KEY.as_bytes().to_vec(),
+            ..Default::default()
+        });
+        r.ok()
+            .and_then(|r| r.kvs.into_iter().next())
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+            .unwrap_or_default()
+    }
+
+    /// This member's answer to the leader's probe.
+    pub fn probe_local(&self) -> Probe {
+        let m = self.raft.metrics().borrow().clone();
+        Probe {
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+        }
+    }
+
+    async fn probe(&self, peer_addr: &str) -> Option<Probe> {
+        let mut client = self.peer_client(peer_addr, Lane::Control).ok()?;
+        let asked = client.leadership(to_payload(&LeadershipRequest::Probe, self.cluster_id));
+        let reply = tokio::time::timeout(PROBE_TIMEOUT, asked)
+            .await
+            .ok()?
+            .ok()?;
+        from_payload::<Probe>(reply.get_ref()).ok()
+    }
+
+    /// The leader's autopilot, every [`ROUND`]; other members only forget what they tracked.
+    pub(crate) async fn autopilot_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ROUND);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !self.is_leader() {
+                *self.autopilot.lock().unwrap() = Tracked::default();
+                continue;
+            }
+            self.autopilot_round().await;
+        }
+    }
+
+    async fn autopilot_round(&self) {
+        let settings = self.autopilot_settings();
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let joint = membership.get_joint_config().len() > 1;
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let nodes: BTreeMap<u64, crate::raft::Member> =
+            membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let names = self.sm.members().unwrap_or_default();
+        let last = m.last_log_index.unwrap_or(0);
+        let probes: Vec<(u64, Option<Probe>)> = futures::future::join_all(
+            nodes
+                .iter()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(id, n)| async move { (*id, self.probe(&n.peer_addr).await) }),
+        )
+        .await;
+        let now = Instant::now();
+        let threshold = Duration::from_millis(settings.last_contact_threshold_ms);
+        let mut candidates = Vec::new();
+        let mut servers = Vec::new();
+        {
+            let mut t = self.autopilot.lock().unwrap();
+            if t.term != m.current_term {
+                *t = Tracked {
+                    term: m.current_term,
+                    last_action: t.last_action.take(),
+                    ..Default::default()
+                };
+            }
+            t.servers.retain(|id, _| nodes.contains_key(id));
+            for (id, p) in &probes {
+                let seen = t.servers.entry(*id).or_insert(Seen {
+                    last_contact: None,
+                    term: 0,
+                    healthy: false,
+                    since: now,
+                });
+                if let Some(p) = p {
+                    seen.last_contact = Some(now);
+                    seen.term = p.term;
+                }
+            }
+            for (id, node) in &nodes {
+                let is_self = *id == self.id;
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map_or(0, |l| l.index);
+                let lag = if is_self {
+                    0
+                } else {
+                    last.saturating_sub(matched)
+                };
+                let seen = t.servers.entry(*id).or_insert(Seen {
+                    last_contact: None,
+                    term: 0,
+                    healthy: false,
+                    since: now,
+                });
+                if is_self {
+                    seen.last_contact = Some(now);
+                    seen.term = m.current_term;
+                }
+                let contact = seen.last_contact.map(|c| now.duration_since(c));
+                let reason = match contact {
+                    _ if is_self => String::new(),
+                    None => "never answered the leader".to_string(),
+                    Some(c) if c > threshold => {
+                        format!("no contact for {} ms", c.as_millis())
+                    }
+                    _ if seen.term != m.current_term => {
+                        format!("in term {}, the leader in {}", seen.term, m.current_term)
+                    }
+                    _ if lag > settings.max_trailing_logs => {
+                        format!("trails the log by {lag} entries")
+                    }
+                    _ => String::new(),
+                };
+                let healthy = reason.is_empty();
+                if healthy != seen.healthy {
+                    seen.healthy = healthy;
+                    seen.since = now;
+                }
+                let name = names
+                    .get(id)
+                    .map(|a| a.name.clone())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| node.name.clone());
+                let voter = voters.contains(id);
+                candidates.push(Candidate {
+                    id: *id,
+                    name: name.clone(),
+                    voter,
+                    leader: is_self,
+                    healthy,
+                    stable_for: now.duration_since(seen.since),
+                    lag,
+                    zone: String::new(),
+                });
+                servers.push(ServerHealth {
+                    id: *id,
+                    name,
+                    peer_addr: node.peer_addr.clone(),
+                    role: if is_self {
+                        "leader"
+                    } else if voter {
+                        "voter"
+                    } else {
+                        "standby"
+                    }
+                    .into(),
+                    healthy,
+                    reason,
+                    last_contact_ms: contact.map(|c| c.as_millis() as u64),
+                    lag,
+                    term: seen.term,
+                    stable_ms: now.duration_since(seen.since).as_millis() as u64,
+                    zone: String::new(),
+                });
+            }
+        }
+        let healthy_voters = candidates.iter().filter(|c| c.voter && c.healthy).count();
+        let tolerance = failure_tolerance(voters.len(), healthy_voters);
+        crate::metrics::metrics()
+            .failure_tolerance
+            .set(tolerance as i64);
+        let decision = if !settings.enabled {
+            Decision::Wait(Some(
+                "autopilot is off (eden cluster autopilot set --enabled true)".into(),
+            ))
+        } else if joint {
+            Decision::Wait(Some("a membership change is under way".into()))
+        } else {
+            decide(&settings, &candidates)
+        };
+        let waiting = match &decision {
+            Decision::Wait(w) => w.clone(),
+            _ => None,
+        };
+        {
+            let mut t = self.autopilot.lock().unwrap();
+            t.status = Some(ClusterStatus {
+                leader: self.id,
+                term: m.current_term,
+                servers,
+                voters: voters.len() as u32,
+                healthy_voters: healthy_voters as u32,
+                failure_tolerance: tolerance as u32,
+                settings: settings.clone(),
+                last_action: t.last_action.clone(),
+                waiting,
+            });
+        }
+        let (change, action, id, why) = match decision {
+            Decision::Wait(_) => return,
+            Decision::Promote(id, why) => (MembershipChange::Promote { id }, "promoted", id, why),
+            Decision::Remove(id, why) => (MembershipChange::Remove { id }, "removed", id, why),
+            Decision::Demote(id, why) => (MembershipChange::Demote { id }, "demoted", id, why),
+        };
+        let name = candidates
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        match self.change_membership_local(change).await {
+            Ok(_) => {
+                tracing::info!(server = %name, id = %format!("{id:x}"), %why, "autopilot {action} a server");
+                crate::metrics::metrics()
+                    .autopilot_actions
+                    .with_label_values(&[action])
+                    .inc();
+                let at_ms = eden_proto::model::objects::now_ms();
+                self.autopilot.lock().unwrap().last_action = Some(Action {
+                    action: action.into(),
+                    server: name.clone(),
+                    why: why.clone(),
+                    at_ms,
+                });
+                self.record_cluster_event(action, &name, id, &why).await;
+            }
+            Err(e) => {
+                tracing::info!(server = %name, error = ?e, "autopilot could not change the membership")
+            }
+        }
+    }
+
+    /// `cluster/ACTION/NAME`, an explicit event in the log.
+    async fn record_cluster_event(&self, action: &str, name: &str, id: u64, why: &str) {
+        use eden_proto::model::events::{self, Event};
+        let ev = Event {
+            tag: format!("cluster/{action}/{name}"),
+            revision: 0,
+            time: eden_proto::model::objects::now_ms(),
+            source: format!("member:{}", self.config.name),
+            labels: Default::default(),
+            data: serde_json::json!({ "server": name, "id": format!("{id:x}"), "why": why }),
+        };
+        let mut op = events::put(&ev);
+        if self.admit_events(&mut op).await.is_err() {
+            return;
+        }
+        if let Err(e) = self
+            .propose(Command::Kv {
+                op: prost::Message::encode_to_vec(&op),
+            })
+            .await
+        {
+            tracing::debug!(error = %e, "could not record an autopilot action as an event");
+        }
+    }
+
+    /// On the leader: what autopilot sees (None until its first round).
+    pub fn autopilot_status_local(&self) -> Result<ClusterStatus, LeadershipError> {
+        if !self.is_leader() {
+            return Err(LeadershipError::NotLeader);
+        }
+        self.autopilot
+            .lock()
+            .unwrap()
+            .status
+            .clone()
+            .ok_or_else(|| {
+                LeadershipError::Failed("autopilot has not looked yet; try again".into())
+            })
+    }
+
+    /// What the leader's autopilot sees, from any member.
+    pub async fn autopilot_status(&self) -> Result<ClusterStatus, Status> {
+        let cluster = self.cluster_id;
+        let answer = |r: Result<ClusterStatus, LeadershipError>| match r {
+            Ok(s) => Step::Done(Ok(s)),
+            Err(LeadershipError::NotLeader) => Step::Again,
+            Err(LeadershipError::BadTransferee) => Step::Again,
+            Err(LeadershipError::Failed(e)) => Step::Done(Err(errors::unavailable(&e))),
+        };
+        self.at_leader(
+            Lane::Control,
+            || async move { answer(self.autopilot_status_local()) },
+            |mut client, left| async move {
+                let asked =
+                    client.leadership(to_payload(&LeadershipRequest::AutopilotState, cluster));
+                match tokio::time::timeout(left, asked).await {
+                    Ok(Ok(reply)) => {
+                        match from_payload::<Result<ClusterStatus, LeadershipError>>(
+                            reply.get_ref(),
+                        ) {
+                            Ok(r) => answer(r),
+                            Err(e) => Step::Done(Err(errors::internal(format!(
+                                "bad autopilot reply: {e}"
+                            )))),
+                        }
+                    }
+                    _ => Step::Again,
+                }
+            },
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: u64, voter: bool, healthy: bool, secs: u64) -> Candidate {
+        Candidate {
+            id,
+            name: format!("s{id}"),
+            voter,
+            leader: id == 1,
+            healthy,
+            stable_for: Duration::from_secs(secs),
+            lag: 0,
+            zone: String::new(),
+        }
+    }
+
+    fn settings() -> AutopilotSettings {
+        AutopilotSettings {
+            dead_server_after_s: 60,
+            stabilization_s: 10,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn targets_and_tolerance() {
+        let s = settings();
+        assert_eq!(target(&s, 5), 3);
+        assert_eq!(target(&s, 2), 1);
+        assert_eq!(target(&s, 0), 1);
+        let five = AutopilotSettings {
+            ideal_voters: 5,
+            ..s
+        };
+        assert_eq!(target(&five, 4), 3);
+        assert_eq!(target(&five, 7), 5);
+        assert_eq!(failure_tolerance(3, 3), 1);
+        assert_eq!(failure_tolerance(3, 2), 0);
+        assert_eq!(failure_tolerance(5, 5), 2);
+        assert_eq!(failure_tolerance(3, 1), 0);
+    }
+
+    #[test]
+    fn standbys_are_promoted_only_when_stable_and_needed() {
+        let s = settings();
+        // One voter, two standbys: the stable one is promoted.
+        let d = decide(
+            &s,
+            &[
+                c(1, true, true, 100),
+                c(2, false, true, 5),
+                c(3, false, true, 30),
+            ],
+        );
+        assert!(matches!(d, Decision::Promote(3, _)), "{d:?}");
+        // Three healthy voters: standbys stay standbys.
+        let d = decide(
+            &s,
+            &[
+                c(1, true, true, 100),
+                c(2, true, true, 100),
+                c(3, true, true, 100),
+                c(4, false, true, 100),
+            ],
+        );
+        assert_eq!(d, Decision::Wait(None));
+    }
+
+    #[test]
+    fn a_dead_voter_is_replaced_first_then_removed() {
+        let s = settings();
+        let dead_for = |secs| {
+            vec![
+                c(1, true, true, 100),
+                c(2, true, true, 100),
+                c(3, true, false, secs),
+                c(4, false, true, 100),
+            ]
+        };
+        // Not dead long enough, but unhealthy: the standby is promoted right away (add first).
+        assert!(matches!(decide(&s, &dead_for(5)), Decision::Promote(4, _)));
+        // Replaced: four voters, three healthy; the dead one goes once dead-server-after passed.
+        let mut replaced = dead_for(61);
+        replaced[3].voter = true;
+        assert!(matches!(decide(&s, &replaced), Decision::Remove(3, _)));
+        replaced[2].stable_for = Duration::from_secs(30);
+        assert_eq!(decide(&s, &replaced), Decision::Wait(None));
+    }
+
+    #[test]
+    fn never_removes_what_would_lose_quorum_and_says_why() {
+        let s = settings();
+        // Two of three voters dead: no quorum, wait.
+        let d = decide(
+            &s,
+            &[
+                c(1, true, true, 100),
+                c(2, true, false, 100),
+                c(3, true, false, 100),
+            ],
+        );
+        assert!(
+            matches!(&d, Decision::Wait(Some(w)) if w.contains("no quorum")),
+            "{d:?}"
+        );
+        // min-quorum 3 with three voters: the dead one stays.
+        let strict = AutopilotSettings {
+            min_quorum: 3,
+            ..settings()
+        };
+        let d = decide(
+            &strict,
+            &[
+                c(1, true, true, 100),
+                c(2, true, true, 100),
+                c(3, true, false, 100),
+            ],
+        );
+        assert!(
+            matches!(&d, Decision::Wait(Some(w)) if w.contains("min-quorum")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn voters_beyond_the_ideal_are_demoted_never_the_leader() {
+        let s = settings();
+        let d = decide(
+            &s,
+            &[
+                c(1, true, true, 100),
+                c(2, true, true, 100),
+                c(3, true, true, 100),
+                c(4, true, true, 100),
+                c(5, true, true, 100),
+            ],
+        );
+        assert!(matches!(d, Decision::Demote(id, _) if id != 1), "{d:?}");
+    }
+
+    #[test]
+    fn a_dead_standby_is_removed() {
+        let s = settings();
+        let d = decide(
+            &s,
+            &[
+                c(1, true, true, 100),
+                c(2, true, true, 100),
+                c(3, true, true, 100),
+                c(4, false, false, 61),
+            ],
+        );
+        assert!(matches!(d, Decision::Remove(4, _)), "{d:?}");
+    }
+}

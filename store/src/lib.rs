@@ -11,8 +11,8 @@
 //!              membership changes), lease deadlines, compactor; its loops stop on shutdown
 //!   auth       the authorizer: who may read, write or call what (rules over the keyspace and
 //!              the facts in the store: labels, readers, assignments)
-//!   membership etcd's membership rules as plain decisions (plan, outcome, already done)
 //!   forming    a new cluster from servers that find each other (--bootstrap-expect): promises
+//!   membership etcd's membership rules as plain decisions (plan, outcome, already done)
 //!   raft/      the seam: openraft log store, state machine, network
 //!   events     the event policy and gate (size, tag globs, rate, retention buckets)
 //!   watch      watch hub (recent revisions; streams pull, slow ones catch up from storage)

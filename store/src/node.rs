@@ -87,6 +87,8 @@ pub struct NodeConfig {
     pub join: Option<Vec<String>>,
     /// After joining, stay a learner until an operator promotes this member.
     pub stay_learner: bool,
+    /// This server's zone (a rack, a room, a data centre): autopilot spreads voters over zones.
+    pub zone: Option<String>,
     /// Start (on a fresh data dir) as a member of this running cluster that named this member
     /// when it formed: the leader replicates the membership to it, so it never initializes one
     /// (see [`crate::forming`]).
@@ -136,6 +138,7 @@ impl NodeConfig {
             storage_memory_mb: crate::engine::DEFAULT_MEMORY_MB,
             join: None,
             stay_learner: false,
+            zone: None,
             member_of: None,
             quota_bytes: DEFAULT_QUOTA_BYTES,
             auto_compaction: None,
@@ -361,6 +364,7 @@ impl Node {
         }
         node.spawn_loop(node.clone().publish_self());
         node.spawn_loop(node.clone().autopilot_loop());
+        node.spawn_loop(node.clone().publish_zone());
         if joined && !node.config.stay_learner {
             node.spawn_loop(node.clone().promote_self());
         }

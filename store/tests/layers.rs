@@ -9,6 +9,7 @@ const LAYERS: &[&str] = &[
     "http",
     "node",
     "auth",
+    "forming",
     "membership",
     "raft",
     "events",

@@ -1,7 +1,8 @@
 //! Autopilot (issue 17), with real processes: five servers with ideal-voters 3 keep three voters
 //! and two standbys; a voter killed with SIGKILL, or cut off from the others by the peer-link
 //! proxy, is replaced by a standby and then removed, with no acknowledged write lost and the
-//! failure tolerance back to 1; two voters dead at once in a three-voter cluster are never
+//! failure tolerance back to 1; a leader stopped with `--leave` hands over and a standby takes
+//! its place; two voters dead at once in a three-voter cluster are never
 //! removed, and autopilot says why it waits.
 
 use std::collections::BTreeSet;
@@ -51,12 +52,21 @@ async fn roles(c: &Cluster) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
 
 /// Five servers formed with --bootstrap-expect 3: three voters, then two standbys, all healthy.
 async fn five(partitionable: bool) -> Cluster {
+    five_with(partitionable, &[]).await
+}
+
+async fn five_with(partitionable: bool, extra: &[&str]) -> Cluster {
+    let flags: Vec<&str> = FAST.iter().chain(extra).copied().collect();
     let mut c = if partitionable {
-        Cluster::forming_partitionable(5, 3, FAST, tls_by_default())
+        Cluster::forming_partitionable(5, 3, &flags, tls_by_default())
     } else {
-        Cluster::forming(5, 3, FAST, tls_by_default())
+        Cluster::forming(5, 3, &flags, tls_by_default())
     };
+    // Three zones: z0, z1, z2, z0, z1.
     for i in 0..5 {
+        c.members[i]
+            .args_mut()
+            .extend(["--zone".to_string(), format!("z{}", i % 3)]);
         c.spawn(i);
     }
     wait_for(
@@ -69,7 +79,7 @@ async fn five(partitionable: bool) -> Cluster {
             s.voters == 3
                 && s.healthy_voters == 3
                 && s.servers.len() == 5
-                && s.servers.iter().all(|m| m.healthy)
+                && s.servers.iter().all(|m| m.healthy && !m.zone.is_empty())
                 && s.failure_tolerance == 1
         },
     )
@@ -297,4 +307,37 @@ async fn two_dead_voters_of_three_are_never_removed_and_autopilot_says_why() {
         "{s:?}"
     );
     assert_eq!(s.last_action, None, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_leave_hands_over_and_a_standby_takes_its_place() {
+    let mut c = five_with(false, &["--leave"]).await;
+    let leader = c.wait_leader().await;
+    let name = c.members[leader].name.clone();
+    let (stop, task) = writer(&c);
+    let code = tokio::task::block_in_place(|| c.stop(leader));
+    assert_eq!(code, Some(0), "{}", c.members[leader].log_text());
+    assert!(
+        c.members[leader].log_text().contains("left the cluster"),
+        "{}",
+        c.members[leader].log_text()
+    );
+    until(
+        &c,
+        "a standby to take the leaver's place",
+        Duration::from_secs(30),
+        |s| {
+            s.voters == 3
+                && s.healthy_voters == 3
+                && s.servers.len() == 4
+                && !s.servers.iter().any(|m| m.name == name)
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = task.await.unwrap();
+    all_present(&c, &acked).await;
+    // It left: autopilot promoted a standby and removed nobody.
+    assert_eq!(event_tags(&c, "cluster/promoted/").await.len(), 1);
+    assert!(event_tags(&c, "cluster/removed/").await.is_empty());
 }

@@ -58,6 +58,13 @@ pub struct ServerArgs {
     /// Ignored once the data dir holds data.
     #[arg(long, requires = "join")]
     pub bootstrap_expect: Option<u32>,
+    /// This server's zone (a rack, a room, a data centre): autopilot spreads voters over zones.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// On SIGINT or SIGTERM, leave the cluster: hand leadership over (when it leads), then remove
+    /// this member, so that autopilot promotes a standby in its place.
+    #[arg(long)]
+    pub leave: bool,
     /// Take a snapshot after this many applied entries [default: 100000, as etcd].
     #[arg(long)]
     pub snapshot_count: Option<u64>,
@@ -189,6 +196,8 @@ struct FileConfig {
     join: Option<Vec<String>>,
     stay_learner: Option<bool>,
     bootstrap_expect: Option<u32>,
+    zone: Option<String>,
+    leave: Option<bool>,
     snapshot_count: Option<u64>,
     snapshot_catchup_entries: Option<u64>,
     heartbeat_interval: Option<u64>,
@@ -326,6 +335,11 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
     if c.join.is_some() && (args.initial_cluster.is_some() || file.initial_cluster.is_some()) {
         bail!("give either --join or --initial-cluster, not both");
     }
+    c.zone = args.zone.clone().or(file.zone);
+    if let Some(z) = &c.zone {
+        eden_proto::model::keys::check_name("zone", z).map_err(anyhow::Error::msg)?;
+    }
+    let leave = args.leave || file.leave.unwrap_or(false);
     let bootstrap_expect = args.bootstrap_expect.or(file.bootstrap_expect);
     if let Some(n) = bootstrap_expect {
         if args.initial_cluster.is_some() || file.initial_cluster.is_some() {
@@ -481,6 +495,7 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
             .unwrap_or(1 << 20),
         own_cert: false,
         bootstrap_expect,
+        leave,
     };
     Ok((c, extras))
 }
@@ -636,6 +651,9 @@ async fn form(
 /// before it exits.
 pub const CORE_STOPPED_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a member stopped with `--leave` tries to hand leadership over and remove itself.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `eden server` ends with this error when its Raft core stopped; it exits with
 /// [`crate::exit::MEMBER_FAILED`].
 #[derive(Debug, thiserror::Error)]
@@ -662,6 +680,8 @@ struct Extras {
     own_cert: bool,
     /// Form a new cluster with this many servers (`--bootstrap-expect`).
     bootstrap_expect: Option<u32>,
+    /// Leave the cluster when stopped (`--leave`).
+    leave: bool,
 }
 
 async fn serve(
@@ -804,9 +824,10 @@ async fn serve(
     }
     tracing::info!(id = format!("{:x}", node.id()), "eden server ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut signalled = false;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); signalled = true; }
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); signalled = true; }
         _ = node.removed() => {
             // Finish answering what is in flight (the change that removed this member, when it led).
             tracing::warn!("removed from the cluster: shutting down in 2 s");
@@ -826,6 +847,13 @@ async fn serve(
             tokio::time::sleep(CORE_STOPPED_GRACE).await;
             let _ = stop_tx.send(true);
             return Err(CoreStopped(why).into());
+        }
+    }
+    if signalled && extras.leave {
+        match tokio::time::timeout(LEAVE_TIMEOUT, node.leave()).await {
+            Ok(Ok(())) => tracing::info!("left the cluster"),
+            Ok(Err(e)) => tracing::warn!(reason = %e.message(), "could not leave the cluster"),
+            Err(_) => tracing::warn!("could not leave the cluster in {LEAVE_TIMEOUT:?}"),
         }
     }
     if let Some((rt, task)) = reactor {

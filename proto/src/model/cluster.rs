@@ -10,6 +10,13 @@ use crate::model::{kv, Error};
 
 /// Where autopilot's settings live. Absent: the defaults.
 pub const AUTOPILOT_KEY: &str = "/eden/cluster/autopilot";
+/// Each server's zone (`eden server --zone Z`), `/eden/cluster/zones/NAME`, written by that
+/// server: autopilot spreads voters over zones.
+pub const ZONES: &str = "/eden/cluster/zones/";
+
+pub fn zone_key(server: &str) -> String {
+    format!("{ZONES}{server}")
+}
 
 /// How autopilot keeps the cluster (Consul's autopilot settings, by the same names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

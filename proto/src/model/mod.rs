@@ -40,6 +40,7 @@
 //! /eden/reactor/cursor             Cursor (rules)               the active reactor runtime
 //! /eden/cluster/autopilot          AutopilotSettings (cluster)  admin (`eden cluster autopilot`);
 //!                                                               the leader's autopilot reads it
+//! /eden/cluster/zones/NAME         zone, text (cluster)         server NAME (`--zone`)
 //! ```
 //!
 //! Every change to these keys is also an event ([`events`]): the log is the event bus. A node

@@ -15,6 +15,9 @@
 //! 4. demote voters beyond ideal-voters (a lowered setting, or servers that promoted
 //!    themselves).
 //!
+//! Zones (`eden server --zone Z`, kept in `/eden/cluster/zones/NAME`) break ties: a standby in a
+//! zone with fewer voters is promoted first, a voter in the most crowded zone demoted first.
+//!
 //! Every action is logged, counted (`eden_autopilot_actions_total`), recorded as an event
 //! (`cluster/promoted/NAME`, `cluster/removed/NAME`, `cluster/demoted/NAME`) and shown by
 //! `eden cluster status` with why.
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use eden_proto::etcdserverpb::RangeRequest;
 use eden_proto::model::cluster::{
-    Action, AutopilotSettings, ClusterStatus, ServerHealth, AUTOPILOT_KEY,
+    zone_key, Action, AutopilotSettings, ClusterStatus, ServerHealth, AUTOPILOT_KEY, ZONES,
 };
 use serde::{Deserialize, Serialize};
 use tonic::Status;
@@ -248,6 +251,55 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Each server's zone by name, as this member has applied them.
+    fn zones(&self) -> BTreeMap<String, String> {
+        let prefix = ZONES.as_bytes().to_vec();
+        let r = self.mvcc().range(&RangeRequest {
+            range_end: eden_proto::keys::prefix_end(&prefix),
+            key: prefix,
+            ..Default::default()
+        });
+        r.map(|r| {
+            r.kvs
+                .into_iter()
+                .filter_map(|kv| {
+                    let name = String::from_utf8(kv.key).ok()?;
+                    let name = name.strip_prefix(ZONES)?.to_string();
+                    Some((name, String::from_utf8(kv.value).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Keeps `/eden/cluster/zones/NAME` saying this server's `--zone` (removed without one).
+    pub(crate) async fn publish_zone(self: Arc<Self>) {
+        let name = self.config.name.clone();
+        let want = self.config.zone.clone().filter(|z| !z.is_empty());
+        loop {
+            let have = self.zones().get(&name).cloned();
+            if have == want {
+                return;
+            }
+            let op = match &want {
+                Some(z) => {
+                    eden_proto::model::kv::put_raw(&zone_key(&name), z.clone().into_bytes(), 0)
+                }
+                None => eden_proto::model::kv::delete(&zone_key(&name)),
+            };
+            if self
+                .propose(Command::Kv {
+                    op: prost::Message::encode_to_vec(&op),
+                })
+                .await
+                .is_ok()
+            {
+                continue;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// This member's answer to the leader's probe.
     pub fn probe_local(&self) -> Probe {
         let m = self.raft.metrics().borrow().clone();
@@ -290,6 +342,7 @@ impl Node {
         let nodes: BTreeMap<u64, crate::raft::Member> =
             membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
         let names = self.sm.members().unwrap_or_default();
+        let zones = self.zones();
         let last = m.last_log_index.unwrap_or(0);
         let probes: Vec<(u64, Option<Probe>)> = futures::future::join_all(
             nodes
@@ -372,6 +425,7 @@ impl Node {
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| node.name.clone());
                 let voter = voters.contains(id);
+                let zone = zones.get(&name).cloned().unwrap_or_default();
                 candidates.push(Candidate {
                     id: *id,
                     name: name.clone(),
@@ -380,7 +434,7 @@ impl Node {
                     healthy,
                     stable_for: now.duration_since(seen.since),
                     lag,
-                    zone: String::new(),
+                    zone: zone.clone(),
                 });
                 servers.push(ServerHealth {
                     id: *id,
@@ -400,7 +454,7 @@ impl Node {
                     lag,
                     term: seen.term,
                     stable_ms: now.duration_since(seen.since).as_millis() as u64,
-                    zone: String::new(),
+                    zone,
                 });
             }
         }
@@ -682,6 +736,39 @@ mod tests {
             ],
         );
         assert!(matches!(d, Decision::Demote(id, _) if id != 1), "{d:?}");
+    }
+
+    #[test]
+    fn voters_are_spread_over_zones() {
+        let s = settings();
+        let z = |mut c: Candidate, zone: &str| {
+            c.zone = zone.into();
+            c
+        };
+        // Voters in a and b; the standby in c goes first, even with more lag.
+        let mut in_c = z(c(4, false, true, 100), "c");
+        in_c.lag = 5;
+        let d = decide(
+            &s,
+            &[
+                z(c(1, true, true, 100), "a"),
+                z(c(2, true, true, 100), "b"),
+                z(c(3, false, true, 100), "a"),
+                in_c,
+            ],
+        );
+        assert!(matches!(d, Decision::Promote(4, _)), "{d:?}");
+        // Too many voters: the one sharing a zone goes back to standby.
+        let d = decide(
+            &s,
+            &[
+                z(c(1, true, true, 100), "a"),
+                z(c(2, true, true, 100), "b"),
+                z(c(3, true, true, 100), "c"),
+                z(c(4, true, true, 100), "a"),
+            ],
+        );
+        assert!(matches!(d, Decision::Demote(4, _)), "{d:?}");
     }
 
     #[test]

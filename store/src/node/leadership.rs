@@ -169,6 +169,30 @@ impl Node {
         }
     }
 
+    /// Leaves the cluster (`eden server --leave` when stopped): hands leadership to the voter
+    /// furthest along when this member leads, then asks the leader to remove this member.
+    pub async fn leave(&self) -> Result<(), Status> {
+        if self.is_leader() {
+            let to = {
+                let m = self.raft.metrics().borrow().clone();
+                let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+                m.replication.as_ref().and_then(|r| {
+                    r.iter()
+                        .filter(|(id, _)| **id != self.id && voters.contains(id))
+                        .max_by_key(|(_, l)| l.as_ref().map_or(0, |l| l.index))
+                        .map(|(id, _)| *id)
+                })
+            };
+            if let Some(to) = to {
+                tracing::info!(to = %format!("{to:x}"), "leaving: handing leadership over");
+                self.move_leader(to).await?;
+            }
+        }
+        self.change_membership(crate::membership::MembershipChange::Remove { id: self.id })
+            .await
+            .map(|_| ())
+    }
+
     /// On the target of a transfer: campaign now (the leader has gone quiet for the lease).
     pub async fn campaign_now(&self) -> Result<(), LeadershipError> {
         if self.is_learner() {

@@ -536,6 +536,23 @@ impl Cluster {
         }
     }
 
+    /// What the leader's autopilot reports (`eden cluster status`), asked of any member; None
+    /// when no member answers.
+    pub async fn autopilot_status(&self) -> Option<eden_proto::model::cluster::ClusterStatus> {
+        use eden_proto::forming::autopilot_client::AutopilotClient;
+        let r = self
+            .client()
+            .call(eden_proto::client::Retry::Read, |ch| async move {
+                AutopilotClient::new(ch)
+                    .state(eden_proto::forming::StateRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await
+            .ok()?;
+        serde_json::from_str(&r.status_json).ok()
+    }
+
     /// Starts member `i` (one made by [`Cluster::forming`], or one that was stopped).
     pub fn spawn(&mut self, i: usize) {
         self.members[i].spawn();

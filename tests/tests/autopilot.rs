@@ -10,10 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eden_proto::client::Retry;
 use eden_proto::etcdserverpb::{PutRequest, RangeRequest};
-use eden_proto::forming::autopilot_client::AutopilotClient;
-use eden_proto::forming::StateRequest;
 use eden_proto::model::cluster::ClusterStatus;
 use eden_tests::{tls_by_default, wait_for, Cluster};
 
@@ -25,19 +22,8 @@ const FAST: &[&str] = &[
     "400",
 ];
 
-/// What the leader's autopilot reports, asked of any member.
 async fn status(c: &Cluster) -> Option<ClusterStatus> {
-    let r = c
-        .client()
-        .call(Retry::Read, |ch| async move {
-            AutopilotClient::new(ch)
-                .state(StateRequest {})
-                .await
-                .map(|r| r.into_inner())
-        })
-        .await
-        .ok()?;
-    serde_json::from_str(&r.status_json).ok()
+    c.autopilot_status().await
 }
 
 /// (voters, standbys) by name, from the member list.

@@ -454,6 +454,13 @@ enum Fault {
     CutOutgoing,
     /// A member removed, and a new one joins in its place.
     ReplaceMember,
+    /// Autopilot mode: a member killed for longer than dead-server-after; autopilot replaces it
+    /// (a standby promoted when it was a voter) and removes it; restarted, it finds itself
+    /// removed and stops; a new server joins as a standby.
+    KillPastGrace,
+    /// Autopilot mode: a member isolated for longer than dead-server-after; the same, after the
+    /// partition heals.
+    IsolatePastGrace,
 }
 
 fn seed_and_secs() -> (u64, u64) {
@@ -482,6 +489,56 @@ async fn eden_histories_hold_under_faults() {
         IsolateRandom,
         CutOutgoing,
         ReplaceMember,
+    ];
+    run(c, &faults, seed, secs).await;
+}
+
+/// Autopilot acting while the faults run: five servers formed with --bootstrap-expect 3 (three
+/// voters, two standbys), members killed and partitioned for longer than the grace period (8 s
+/// of dead-server-after here, after 2 s without contact) as well as more briefly (at most 6 s);
+/// autopilot replaces and removes them, new servers join.
+///
+///   EDEN_ROBUSTNESS_SECS=600 cargo test --workspace --test robustness autopilot -- --nocapture
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eden_histories_hold_while_autopilot_acts() {
+    let (seed, secs) = seed_and_secs();
+    eprintln!(
+        "robustness (eden, autopilot): seed {seed}, {secs} s (replay with \
+         EDEN_ROBUSTNESS_SEED={seed})"
+    );
+    let mut c = Cluster::forming_partitionable(5, 3, &[], eden_tests::tls_by_default());
+    for i in 0..5 {
+        c.spawn(i);
+    }
+    wait_for(
+        "three voters and two standbys",
+        Duration::from_secs(60),
+        || async {
+            c.autopilot_status()
+                .await
+                .is_some_and(|s| s.voters == 3 && s.healthy_voters == 3 && s.servers.len() == 5)
+        },
+    )
+    .await;
+    let set = c
+        .eden(&[
+            "cluster",
+            "autopilot",
+            "set",
+            "--dead-server-after",
+            "8s",
+            "--stabilization",
+            "1s",
+        ])
+        .await;
+    assert_eq!(set.code, Some(0), "{set:?}");
+    use Fault::*;
+    let faults = [
+        KillPastGrace,
+        IsolatePastGrace,
+        KillRandom,
+        IsolateRandom,
+        KillLeader,
     ];
     run(c, &faults, seed, secs).await;
 }
@@ -612,7 +669,66 @@ async fn inject(c: &mut Cluster, fault: Fault, rng: &mut rand::rngs::StdRng) -> 
             .await;
             Some(format!("remove m{v}; m{new} joins and becomes a voter"))
         }
+        Fault::KillPastGrace | Fault::IsolatePastGrace => {
+            let name = c.members[v].name.clone();
+            let kill = fault == Fault::KillPastGrace;
+            if kill {
+                c.kill(v);
+            } else {
+                c.net
+                    .clone()
+                    .expect("a partitionable cluster")
+                    .isolate(v, n);
+            }
+            // Autopilot removes it (after promoting a standby, when it was a voter).
+            let removed = gone_from_autopilot(c, &name, Duration::from_secs(60)).await;
+            if kill {
+                c.restart(v);
+            } else {
+                c.net.clone().expect("a partitionable cluster").heal();
+            }
+            if !removed {
+                return Some(format!(
+                    "{} m{v} past the grace period: autopilot did not remove it in 60 s",
+                    if kill { "kill -9" } else { "isolate" }
+                ));
+            }
+            // It finds itself removed and stops; a fresh server joins in its place.
+            c.wait_exited(v).await;
+            let new = c.join(&[]);
+            let joined = c.members[new].name.clone();
+            wait_for(
+                "the new server to be healthy",
+                Duration::from_secs(60),
+                || async {
+                    c.autopilot_status().await.is_some_and(|s| {
+                        s.servers.iter().any(|m| m.name == joined && m.healthy)
+                            && s.healthy_voters == 3
+                    })
+                },
+            )
+            .await;
+            Some(format!(
+                "{} m{v} past the grace period: autopilot removed it; it stopped; m{new} joined",
+                if kill { "kill -9" } else { "isolate" }
+            ))
+        }
     }
+}
+
+/// Waits until the leader's autopilot no longer lists `name`; false after `timeout`.
+async fn gone_from_autopilot(c: &Cluster, name: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if c.autopilot_status()
+            .await
+            .is_some_and(|s| !s.servers.iter().any(|m| m.name == name))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
 
 /// Each running member's (term, leader) from its Status; None for a member that did not answer.
@@ -702,6 +818,10 @@ async fn run_with(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64, load: 
         )
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Every fault is undone (a replaced member by a new one): as many run at the end.
+    let members_at_start = (0..c.members.len())
+        .filter(|i| c.members[*i].is_running())
+        .count();
     let rec = Arc::new(Recorder {
         base: Instant::now(),
         history: Mutex::default(),
@@ -900,7 +1020,7 @@ async fn run_with(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64, load: 
         .collect();
     assert_eq!(
         live.len(),
-        3,
+        members_at_start,
         "{}",
         report(&schedule, "members missing", format!("{live:?}"))
     );

@@ -17,6 +17,10 @@ pub const TASK_UNREACHABLE: i32 = 6;
 /// `eden server`: the member's Raft core stopped at run time (a storage failure or a bug); the
 /// process exits so that its supervisor restarts it.
 pub const MEMBER_FAILED: i32 = 7;
+/// `eden server` in a cluster that forms and heals itself (`--join`, `--bootstrap-expect`): this
+/// member was removed (autopilot replaced it); its supervisor restarts it, and it joins again as
+/// a new standby with a fresh copy (its old data kept aside in DATA_DIR/removed-TIME).
+pub const MEMBER_REMOVED: i32 = 9;
 /// The cluster's authorizer refused the request: this identity may not do it ("etcdserver:
 /// permission denied"; the member's log says which rule).
 pub const PERMISSION_DENIED: i32 = 8;

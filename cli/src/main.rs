@@ -161,6 +161,8 @@ fn main() {
                 eprintln!("Error: {e:#}");
                 if e.is::<cmd::server::CoreStopped>() {
                     exit::MEMBER_FAILED
+                } else if e.is::<cmd::server::Removed>() {
+                    exit::MEMBER_REMOVED
                 } else {
                     exit::USAGE_OR_SETUP
                 }

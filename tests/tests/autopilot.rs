@@ -1,7 +1,8 @@
 //! Autopilot (issue 17), with real processes: five servers with ideal-voters 3 keep three voters
 //! and two standbys; a voter killed with SIGKILL, or cut off from the others by the peer-link
 //! proxy, is replaced by a standby and then removed, with no acknowledged write lost and the
-//! failure tolerance back to 1; a leader stopped with `--leave` hands over and a standby takes
+//! failure tolerance back to 1 (the partitioned one, healed, stops; started again it comes back
+//! as a new standby with a fresh copy); a leader stopped with `--leave` hands over and a standby takes
 //! its place; two voters dead at once in a three-voter cluster are never
 //! removed, and autopilot says why it waits.
 
@@ -236,6 +237,13 @@ async fn a_partitioned_voter_is_replaced_and_never_splits_the_cluster() {
     // and its members, and writes go on.
     c.net.as_ref().unwrap().heal();
     c.wait_exited(victim).await;
+    assert!(
+        c.members[victim]
+            .log_text()
+            .contains("start it again to join as a new standby"),
+        "{}",
+        c.members[victim].log_text()
+    );
     let before = c.put(leader, "after-heal", "1").await;
     assert!(before.is_ok(), "{before:?}");
     stop.store(true, Ordering::Relaxed);
@@ -248,6 +256,35 @@ async fn a_partitioned_voter_is_replaced_and_never_splits_the_cluster() {
         "{s:?}"
     );
     assert!(!s.servers.iter().any(|m| m.name == victim_name));
+    // Started again (as its supervisor would), it sets its stale data aside and comes back as a
+    // new standby with a fresh copy.
+    c.restart(victim);
+    until(
+        &c,
+        "the removed server back as a standby",
+        Duration::from_secs(40),
+        |s| {
+            s.servers.len() == 5
+                && s.voters == 3
+                && s.servers
+                    .iter()
+                    .any(|m| m.name == victim_name && m.role == "standby" && m.healthy)
+        },
+    )
+    .await;
+    assert!(std::fs::read_dir(&c.members[victim].data_dir)
+        .unwrap()
+        .any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("removed-")));
+    wait_for(
+        "the new standby to have the writes",
+        Duration::from_secs(20),
+        || async { c.local_get(victim, "after-heal").await.as_deref() == Some(&b"1"[..]) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -496,6 +496,7 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
         own_cert: false,
         bootstrap_expect,
         leave,
+        rejoin: c.join.is_some(),
     };
     Ok((c, extras))
 }
@@ -550,6 +551,9 @@ fn lower_thread_priority() {
 /// elections).
 pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
     let (mut config, mut extras) = resolve(args)?;
+    if config.join.is_some() {
+        set_aside_removed_data(&config.data_dir)?;
+    }
     if extras.insecure {
         tracing::warn!(
             "--insecure: plaintext ports and no authorization; anyone who reaches {} may read \
@@ -651,6 +655,45 @@ async fn form(
 /// before it exits.
 pub const CORE_STOPPED_GRACE: Duration = Duration::from_secs(5);
 
+/// `eden server` ends with this error when it was removed from a cluster it joined by itself
+/// (`--join`, `--bootstrap-expect`); it exits with [`crate::exit::MEMBER_REMOVED`] and, started
+/// again, joins as a new standby.
+#[derive(Debug, thiserror::Error)]
+#[error("this member was removed from the cluster; start it again to join as a new standby")]
+pub struct Removed;
+
+/// The marker a removed member leaves in its data dir: the next start sets the old data aside.
+const REMOVED_MARKER: &str = "removed";
+
+/// A member that was removed comes back with a fresh copy, never its stale data: everything but
+/// its certificates moves to DATA_DIR/removed-TIME.
+fn set_aside_removed_data(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let marker = data_dir.join(REMOVED_MARKER);
+    if !marker.exists() {
+        return Ok(());
+    }
+    let aside = data_dir.join(format!(
+        "removed-{}",
+        eden_proto::model::objects::now_ms() / 1000
+    ));
+    std::fs::create_dir_all(&aside)?;
+    for e in std::fs::read_dir(data_dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name == "pki" || name.starts_with("removed") {
+            continue;
+        }
+        std::fs::rename(e.path(), aside.join(&*name))?;
+    }
+    std::fs::remove_file(&marker)?;
+    tracing::warn!(
+        old = %aside.display(),
+        "this member was removed from its cluster: its old data is set aside; joining as a new member"
+    );
+    Ok(())
+}
+
 /// How long a member stopped with `--leave` tries to hand leadership over and remove itself.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -682,6 +725,9 @@ struct Extras {
     bootstrap_expect: Option<u32>,
     /// Leave the cluster when stopped (`--leave`).
     leave: bool,
+    /// Started with `--join` (or `--bootstrap-expect`): a removed member comes back as a new
+    /// standby when started again.
+    rejoin: bool,
 }
 
 async fn serve(
@@ -825,6 +871,7 @@ async fn serve(
     tracing::info!(id = format!("{:x}", node.id()), "eden server ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut signalled = false;
+    let mut removed = false;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); signalled = true; }
         _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); signalled = true; }
@@ -832,6 +879,7 @@ async fn serve(
             // Finish answering what is in flight (the change that removed this member, when it led).
             tracing::warn!("removed from the cluster: shutting down in 2 s");
             tokio::time::sleep(Duration::from_secs(2)).await;
+            removed = true;
         }
         r = client => bail!("the client server stopped: {:?}", r),
         r = peer => bail!("the peer server stopped: {:?}", r),
@@ -864,6 +912,10 @@ async fn serve(
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), node.shutdown()).await;
     tracing::info!("eden server stopped");
+    if removed && extras.rejoin {
+        std::fs::write(node.config().data_dir.join(REMOVED_MARKER), b"")?;
+        return Err(Removed.into());
+    }
     Ok(())
 }
 

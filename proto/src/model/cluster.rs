@@ -98,7 +98,8 @@ pub struct ServerHealth {
     pub id: u64,
     pub name: String,
     pub peer_addr: String,
-    /// "leader", "voter" or "standby" (a learner).
+    /// "leader", "voter", "standby" (a learner) or "joining" (a learner not healthy yet: it
+    /// catches up).
     pub role: String,
     pub healthy: bool,
     /// Why not, when not.

@@ -65,6 +65,8 @@ struct Seen {
     term: u64,
     healthy: bool,
     since: Instant,
+    /// Healthy at least once (a learner that never was is still joining: catching up).
+    was_healthy: bool,
 }
 
 /// A server as [`decide`] sees it.
@@ -371,6 +373,7 @@ impl Node {
                     term: 0,
                     healthy: false,
                     since: now,
+                    was_healthy: false,
                 });
                 if let Some(p) = p {
                     seen.last_contact = Some(now);
@@ -394,6 +397,7 @@ impl Node {
                     term: 0,
                     healthy: false,
                     since: now,
+                    was_healthy: false,
                 });
                 if is_self {
                     seen.last_contact = Some(now);
@@ -419,6 +423,8 @@ impl Node {
                     seen.healthy = healthy;
                     seen.since = now;
                 }
+                seen.was_healthy |= healthy;
+                let joining = !seen.was_healthy;
                 let name = names
                     .get(id)
                     .map(|a| a.name.clone())
@@ -444,6 +450,8 @@ impl Node {
                         "leader"
                     } else if voter {
                         "voter"
+                    } else if joining {
+                        "joining"
                     } else {
                         "standby"
                     }

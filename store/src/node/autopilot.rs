@@ -13,7 +13,10 @@
 //!    min-quorum: autopilot then waits and says why;
 //! 3. remove a standby unhealthy for dead-server-after;
 //! 4. demote voters beyond ideal-voters (a lowered setting, or servers that promoted
-//!    themselves).
+//!    themselves);
+//! 5. move leadership away from a leader that has itself been unhealthy for dead-server-after
+//!    (its state machine applies far behind its log, as on a slow disk) to the healthy voter
+//!    furthest along (MoveLeader, decision 0019).
 //!
 //! Zones (`eden server --zone Z`, kept in `/eden/cluster/zones/NAME`) break ties: a standby in a
 //! zone with fewer voters is promoted first, a voter in the most crowded zone demoted first.
@@ -89,6 +92,8 @@ pub enum Decision {
     Promote(u64, String),
     Remove(u64, String),
     Demote(u64, String),
+    /// Move leadership to this voter (the leader itself is unhealthy).
+    Transfer(u64, String),
     /// Nothing to do now, and why autopilot does not act (None: all is well).
     Wait(Option<String>),
 }
@@ -151,7 +156,7 @@ pub fn decide(s: &AutopilotSettings, servers: &[Candidate]) -> Decision {
     // 2. Remove a voter dead for long enough, once that is safe.
     let mut dead: Vec<&&Candidate> = voters
         .iter()
-        .filter(|c| !c.healthy && c.stable_for >= dead_after)
+        .filter(|c| !c.healthy && !c.leader && c.stable_for >= dead_after)
         .collect();
     dead.sort_by_key(|c| std::cmp::Reverse(c.stable_for));
     if let Some(d) = dead.first() {
@@ -220,6 +225,26 @@ pub fn decide(s: &AutopilotSettings, servers: &[Candidate]) -> Decision {
                 format!(
                     "{healthy_voters} healthy voters, ideal-voters {}",
                     s.ideal_voters
+                ),
+            );
+        }
+    }
+    // 5. The leader itself unhealthy (its state machine far behind its log: a slow disk): hand
+    // leadership to the healthy voter furthest along.
+    // Only when that lasts as long as a server takes to count as dead: a burst of writes puts
+    // any leader's state machine behind for a moment.
+    if let Some(l) = servers
+        .iter()
+        .find(|c| c.leader && !c.healthy && c.stable_for >= dead_after)
+    {
+        let mut to: Vec<&&Candidate> = voters.iter().filter(|c| !c.leader && c.healthy).collect();
+        to.sort_by(|a, b| (a.lag, &a.name).cmp(&(b.lag, &b.name)));
+        if let Some(t) = to.first() {
+            return Decision::Transfer(
+                t.id,
+                format!(
+                    "the leader {} is unhealthy; {} is caught up",
+                    l.name, t.name
                 ),
             );
         }
@@ -404,7 +429,11 @@ impl Node {
                     seen.term = m.current_term;
                 }
                 let contact = seen.last_contact.map(|c| now.duration_since(c));
+                let applied_lag = last.saturating_sub(m.last_applied.map_or(0, |l| l.index));
                 let reason = match contact {
+                    _ if is_self && applied_lag > settings.max_trailing_logs => {
+                        format!("applies {applied_lag} entries behind its log")
+                    }
                     _ if is_self => String::new(),
                     None => "never answered the leader".to_string(),
                     Some(c) if c > threshold => {
@@ -500,6 +529,35 @@ impl Node {
         }
         let (change, action, id, why) = match decision {
             Decision::Wait(_) => return,
+            Decision::Transfer(to, why) => {
+                let name = candidates
+                    .iter()
+                    .find(|c| c.id == to)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default();
+                match self.move_leader(to).await {
+                    Ok(()) => {
+                        tracing::info!(to = %name, %why, "autopilot moved leadership");
+                        crate::metrics::metrics()
+                            .autopilot_actions
+                            .with_label_values(&["leadership-transferred"])
+                            .inc();
+                        let at_ms = eden_proto::model::objects::now_ms();
+                        self.autopilot.lock().unwrap().last_action = Some(Action {
+                            action: "leadership-transferred".into(),
+                            server: name.clone(),
+                            why: why.clone(),
+                            at_ms,
+                        });
+                        self.record_cluster_event("leadership-transferred", &name, to, &why)
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::info!(to = %name, error = %e.message(), "autopilot could not move leadership")
+                    }
+                }
+                return;
+            }
             Decision::Promote(id, why) => (MembershipChange::Promote { id }, "promoted", id, why),
             Decision::Remove(id, why) => (MembershipChange::Remove { id }, "removed", id, why),
             Decision::Demote(id, why) => (MembershipChange::Demote { id }, "demoted", id, why),
@@ -777,6 +835,28 @@ mod tests {
             ],
         );
         assert!(matches!(d, Decision::Demote(4, _)), "{d:?}");
+    }
+
+    #[test]
+    fn an_unhealthy_leader_hands_leadership_to_a_caught_up_voter_and_is_never_removed() {
+        let s = settings();
+        let mut behind = c(3, true, true, 100);
+        behind.lag = 7;
+        let d = decide(
+            &s,
+            &[c(1, true, false, 1_000), c(2, true, true, 100), behind],
+        );
+        assert!(matches!(d, Decision::Transfer(2, _)), "{d:?}");
+        // Not for a moment's lag.
+        let d = decide(
+            &s,
+            &[
+                c(1, true, false, 5),
+                c(2, true, true, 100),
+                c(3, true, true, 100),
+            ],
+        );
+        assert!(matches!(d, Decision::Wait(_)), "{d:?}");
     }
 
     #[test]

@@ -697,17 +697,27 @@ async fn inject(c: &mut Cluster, fault: Fault, rng: &mut rand::rngs::StdRng) -> 
             c.wait_exited(v).await;
             let new = c.join(&[]);
             let joined = c.members[new].name.clone();
-            wait_for(
-                "the new server to be healthy",
-                Duration::from_secs(60),
-                || async {
-                    c.autopilot_status().await.is_some_and(|s| {
-                        s.servers.iter().any(|m| m.name == joined && m.healthy)
-                            && s.healthy_voters == 3
-                    })
-                },
-            )
-            .await;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let s = c.autopilot_status().await;
+                if s.as_ref().is_some_and(|s| {
+                    s.servers.iter().any(|m| m.name == joined && m.healthy) && s.healthy_voters == 3
+                }) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let log = c.members[new].log_text();
+                    let lines: Vec<&str> = log.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                    return Some(format!(
+                        "FAILED: {} m{v} past the grace period, m{new} joined but autopilot never \
+                         reported it healthy with three healthy voters in 60 s: {s:#?}\nm{new}'s \
+                         log:\n{tail}",
+                        if kill { "kill -9" } else { "isolate" },
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             Some(format!(
                 "{} m{v} past the grace period: autopilot removed it; it stopped; m{new} joined",
                 if kill { "kill -9" } else { "isolate" }
@@ -890,7 +900,13 @@ async fn run_with(mut c: Cluster, faults: &[Fault], seed: u64, secs: u64, load: 
             let t = rec.base.elapsed().as_millis();
             let fault = faults[rng.gen_range(0..faults.len())];
             if let Some(done) = inject(&mut c, fault, &mut rng).await {
+                let failed = done.starts_with("FAILED");
                 schedule.push(format!("{t} ms: {done}"));
+                assert!(
+                    !failed,
+                    "{}",
+                    report(&schedule, "a fault was not undone", String::new())
+                );
             }
             if load.is_some() {
                 // Settle, then a quiet phase: under load, with no fault, no election.

@@ -27,8 +27,9 @@ pub struct AutopilotSettings {
     /// How many voters to keep (odd: 1, 3, 5 or 7) while that many healthy servers exist; the
     /// largest odd number below it otherwise. Further servers stay standbys (learners).
     pub ideal_voters: u32,
-    /// A voter or standby unhealthy this long (seconds) is removed (a voter once a healthy
-    /// standby has replaced it, or when none can).
+    /// A voter or standby out of contact this long (seconds, past the last-contact threshold) is
+    /// removed (a voter once a healthy standby has replaced it, or when none can). One that
+    /// answers but trails the log (catching up, a slow disk) is unhealthy, never removed.
     pub dead_server_after_s: u64,
     /// A server must be healthy this long (seconds) before it is promoted.
     pub stabilization_s: u64,

@@ -8,10 +8,11 @@
 //! 1. promote a standby that has been healthy for the stabilization time, while there are fewer
 //!    healthy voters than the target (ideal-voters, or the largest odd number of healthy servers
 //!    below it);
-//! 2. remove a voter unhealthy for dead-server-after, once the healthy voters reach the target
+//! 2. remove a voter out of contact for dead-server-after (past the last-contact threshold; one
+//!    that answers but trails is unhealthy, never dead), once the healthy voters reach the target
 //!    (its replacement came first), never when the others would lose their quorum or fall below
 //!    min-quorum: autopilot then waits and says why;
-//! 3. remove a standby unhealthy for dead-server-after;
+//! 3. remove a standby out of contact for dead-server-after;
 //! 4. demote voters beyond ideal-voters (a lowered setting, or servers that promoted
 //!    themselves);
 //! 5. move leadership away from a leader that has itself been unhealthy for dead-server-after
@@ -70,6 +71,8 @@ struct Seen {
     since: Instant,
     /// Healthy at least once (a learner that never was is still joining: catching up).
     was_healthy: bool,
+    /// When this leader first saw it (out of contact since then if it never answered).
+    first_seen: Instant,
 }
 
 /// A server as [`decide`] sees it.
@@ -82,6 +85,10 @@ pub struct Candidate {
     pub healthy: bool,
     /// How long it has been healthy (or unhealthy).
     pub stable_for: Duration,
+    /// How long it has been out of contact beyond the last-contact threshold (None: in
+    /// contact). Only this makes a server dead: one that answers but trails (catching up, a slow
+    /// disk) is unhealthy, never removed.
+    pub unreachable_for: Option<Duration>,
     pub lag: u64,
     pub zone: String,
 }
@@ -153,12 +160,13 @@ pub fn decide(s: &AutopilotSettings, servers: &[Candidate]) -> Decision {
             );
         }
     }
+    let dead_for = |c: &Candidate| c.unreachable_for.filter(|d| *d >= dead_after);
     // 2. Remove a voter dead for long enough, once that is safe.
     let mut dead: Vec<&&Candidate> = voters
         .iter()
-        .filter(|c| !c.healthy && !c.leader && c.stable_for >= dead_after)
+        .filter(|c| !c.leader && dead_for(c).is_some())
         .collect();
-    dead.sort_by_key(|c| std::cmp::Reverse(c.stable_for));
+    dead.sort_by_key(|c| std::cmp::Reverse(c.unreachable_for));
     if let Some(d) = dead.first() {
         let left = voters.len() - 1;
         let quorum_left = left / 2 + 1;
@@ -186,24 +194,21 @@ pub fn decide(s: &AutopilotSettings, servers: &[Candidate]) -> Decision {
         return Decision::Remove(
             d.id,
             format!(
-                "voter {} unhealthy for {} s (dead-server-after {} s)",
+                "voter {} out of contact for {} s past the threshold (dead-server-after {} s)",
                 d.name,
-                d.stable_for.as_secs(),
+                d.unreachable_for.unwrap_or_default().as_secs(),
                 s.dead_server_after_s
             ),
         );
     }
     // 3. Remove a standby dead for long enough.
-    if let Some(d) = servers
-        .iter()
-        .find(|c| !c.voter && !c.healthy && c.stable_for >= dead_after)
-    {
+    if let Some(d) = servers.iter().find(|c| !c.voter && dead_for(c).is_some()) {
         return Decision::Remove(
             d.id,
             format!(
-                "standby {} unhealthy for {} s (dead-server-after {} s)",
+                "standby {} out of contact for {} s past the threshold (dead-server-after {} s)",
                 d.name,
-                d.stable_for.as_secs(),
+                d.unreachable_for.unwrap_or_default().as_secs(),
                 s.dead_server_after_s
             ),
         );
@@ -399,6 +404,7 @@ impl Node {
                     healthy: false,
                     since: now,
                     was_healthy: false,
+                    first_seen: now,
                 });
                 if let Some(p) = p {
                     seen.last_contact = Some(now);
@@ -423,6 +429,7 @@ impl Node {
                     healthy: false,
                     since: now,
                     was_healthy: false,
+                    first_seen: now,
                 });
                 if is_self {
                     seen.last_contact = Some(now);
@@ -468,6 +475,13 @@ impl Node {
                     leader: is_self,
                     healthy,
                     stable_for: now.duration_since(seen.since),
+                    unreachable_for: if is_self {
+                        None
+                    } else {
+                        let silent =
+                            now.duration_since(seen.last_contact.unwrap_or(seen.first_seen));
+                        (silent > threshold).then(|| silent - threshold)
+                    },
                     lag,
                     zone: zone.clone(),
                 });
@@ -675,6 +689,7 @@ mod tests {
             leader: id == 1,
             healthy,
             stable_for: Duration::from_secs(secs),
+            unreachable_for: (!healthy).then(|| Duration::from_secs(secs)),
             lag: 0,
             zone: String::new(),
         }
@@ -749,7 +764,7 @@ mod tests {
         let mut replaced = dead_for(61);
         replaced[3].voter = true;
         assert!(matches!(decide(&s, &replaced), Decision::Remove(3, _)));
-        replaced[2].stable_for = Duration::from_secs(30);
+        replaced[2].unreachable_for = Some(Duration::from_secs(30));
         assert_eq!(decide(&s, &replaced), Decision::Wait(None));
     }
 
@@ -857,6 +872,25 @@ mod tests {
             ],
         );
         assert!(matches!(d, Decision::Wait(_)), "{d:?}");
+    }
+
+    #[test]
+    fn a_server_that_answers_but_trails_is_never_removed() {
+        let s = settings();
+        // A standby catching up (unhealthy for long, but in contact) stays.
+        let mut joining = c(4, false, false, 600);
+        joining.unreachable_for = None;
+        joining.lag = 100_000;
+        let d = decide(
+            &s,
+            &[
+                c(1, true, true, 100),
+                c(2, true, true, 100),
+                c(3, true, true, 100),
+                joining,
+            ],
+        );
+        assert_eq!(d, Decision::Wait(None));
     }
 
     #[test]

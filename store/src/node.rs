@@ -364,7 +364,7 @@ impl Node {
         }
         node.spawn_loop(node.clone().publish_self());
         node.spawn_loop(node.clone().autopilot_loop());
-        node.spawn_loop(node.clone().publish_zone());
+        node.spawn_loop(node.clone().publish_server_info());
         if joined && !node.config.stay_learner {
             node.spawn_loop(node.clone().promote_self());
         }

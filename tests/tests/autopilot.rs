@@ -364,3 +364,31 @@ async fn a_leader_stopped_with_leave_hands_over_and_a_standby_takes_its_place() 
     assert_eq!(event_tags(&c, "cluster/promoted/").await.len(), 1);
     assert!(event_tags(&c, "cluster/removed/").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_with_stay_learner_is_never_promoted() {
+    let mut c = Cluster::start(1, FAST).await;
+    let set = c
+        .eden(&["cluster", "autopilot", "set", "--stabilization", "1s"])
+        .await;
+    assert_eq!(set.code, Some(0), "{set:?}");
+    // The non-voter joins first: it would be the first promoted if autopilot ignored it.
+    let nv = c.join(&["--stay-learner"]);
+    let nv_name = c.members[nv].name.clone();
+    until(
+        &c,
+        "the non-voter to be healthy",
+        Duration::from_secs(30),
+        |s| s.servers.iter().any(|m| m.name == nv_name && m.healthy),
+    )
+    .await;
+    c.join(&[]);
+    c.join(&[]);
+    until(&c, "three voters", Duration::from_secs(40), |s| {
+        s.voters == 3 && s.healthy_voters == 3
+    })
+    .await;
+    let (voters, standbys) = roles(&c).await.unwrap();
+    assert!(!voters.contains(&nv_name), "{voters:?}");
+    assert_eq!(standbys, BTreeSet::from([nv_name]));
+}

@@ -47,10 +47,11 @@ pub struct ServerArgs {
     #[arg(long)]
     pub initial_cluster: Option<String>,
     /// Join a running cluster through any of its members' client addresses (HOST:PORT,...): the
-    /// member is added as a learner and promotes itself once it caught up.
+    /// member is added as a learner; autopilot decides whether it votes.
     #[arg(long, value_delimiter = ',')]
     pub join: Option<Vec<String>>,
-    /// With --join: stay a learner until `eden member promote` (instead of promoting itself).
+    /// With --join: stay a learner (a standby autopilot never promotes) until `eden member
+    /// promote`.
     #[arg(long)]
     pub stay_learner: bool,
     /// Form a new cluster once this many servers started with the same --join list (their

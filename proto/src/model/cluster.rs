@@ -10,12 +10,22 @@ use crate::model::{kv, Error};
 
 /// Where autopilot's settings live. Absent: the defaults.
 pub const AUTOPILOT_KEY: &str = "/eden/cluster/autopilot";
-/// Each server's zone (`eden server --zone Z`), `/eden/cluster/zones/NAME`, written by that
-/// server: autopilot spreads voters over zones.
-pub const ZONES: &str = "/eden/cluster/zones/";
+/// What each server says of itself to autopilot, `/eden/cluster/servers/NAME` ([`ServerInfo`]),
+/// written by that server.
+pub const SERVERS: &str = "/eden/cluster/servers/";
 
-pub fn zone_key(server: &str) -> String {
-    format!("{ZONES}{server}")
+pub fn server_key(server: &str) -> String {
+    format!("{SERVERS}{server}")
+}
+
+/// A server's own settings that autopilot follows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerInfo {
+    /// `eden server --zone Z`: autopilot spreads voters over zones.
+    pub zone: String,
+    /// `eden server --stay-learner`: a standby autopilot never promotes (Consul's non-voter).
+    pub non_voter: bool,
 }
 
 /// How autopilot keeps the cluster (Consul's autopilot settings, by the same names).

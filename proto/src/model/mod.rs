@@ -40,7 +40,8 @@
 //! /eden/reactor/cursor             Cursor (rules)               the active reactor runtime
 //! /eden/cluster/autopilot          AutopilotSettings (cluster)  admin (`eden cluster autopilot`);
 //!                                                               the leader's autopilot reads it
-//! /eden/cluster/zones/NAME         zone, text (cluster)         server NAME (`--zone`)
+//! /eden/cluster/servers/NAME       ServerInfo (cluster)         server NAME (`--zone`,
+//!                                                               `--stay-learner`)
 //! ```
 //!
 //! Every change to these keys is also an event ([`events`]): the log is the event bus. A node

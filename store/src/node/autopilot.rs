@@ -19,8 +19,9 @@
 //!    (its state machine applies far behind its log, as on a slow disk) to the healthy voter
 //!    furthest along (MoveLeader, decision 0019).
 //!
-//! Zones (`eden server --zone Z`, kept in `/eden/cluster/zones/NAME`) break ties: a standby in a
-//! zone with fewer voters is promoted first, a voter in the most crowded zone demoted first.
+//! Zones (`eden server --zone Z`, kept in `/eden/cluster/servers/NAME`) break ties: a standby in
+//! a zone with fewer voters is promoted first, a voter in the most crowded zone demoted first. A
+//! server started with `--stay-learner` is never promoted (Consul's non-voters).
 //!
 //! Every action is logged, counted (`eden_autopilot_actions_total`), recorded as an event
 //! (`cluster/promoted/NAME`, `cluster/removed/NAME`, `cluster/demoted/NAME`) and shown by
@@ -32,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use eden_proto::etcdserverpb::RangeRequest;
 use eden_proto::model::cluster::{
-    zone_key, Action, AutopilotSettings, ClusterStatus, ServerHealth, AUTOPILOT_KEY, ZONES,
+    server_key, Action, AutopilotSettings, ClusterStatus, ServerHealth, ServerInfo, AUTOPILOT_KEY,
+    SERVERS,
 };
 use serde::{Deserialize, Serialize};
 use tonic::Status;
@@ -91,6 +93,8 @@ pub struct Candidate {
     pub unreachable_for: Option<Duration>,
     pub lag: u64,
     pub zone: String,
+    /// Started with `--stay-learner`: never promoted.
+    pub non_voter: bool,
 }
 
 /// One round's decision.
@@ -135,7 +139,11 @@ pub fn decide(s: &AutopilotSettings, servers: &[Candidate]) -> Decision {
     let dead_after = Duration::from_secs(s.dead_server_after_s);
     let voters: Vec<&Candidate> = servers.iter().filter(|c| c.voter).collect();
     let healthy_voters = voters.iter().filter(|c| c.healthy).count();
-    let healthy = servers.iter().filter(|c| c.healthy).count();
+    // Servers that could vote (non-voters never raise the target).
+    let healthy = servers
+        .iter()
+        .filter(|c| c.healthy && (c.voter || !c.non_voter))
+        .count();
     let target = target(s, healthy);
     let voters_in = |zone: &str| voters.iter().filter(|v| v.zone == zone).count();
 
@@ -143,7 +151,7 @@ pub fn decide(s: &AutopilotSettings, servers: &[Candidate]) -> Decision {
     if healthy_voters < target {
         let mut ready: Vec<&Candidate> = servers
             .iter()
-            .filter(|c| !c.voter && c.healthy && c.stable_for >= stabilization)
+            .filter(|c| !c.voter && !c.non_voter && c.healthy && c.stable_for >= stabilization)
             .collect();
         ready.sort_by(|a, b| {
             (voters_in(&a.zone), a.lag, &a.name).cmp(&(voters_in(&b.zone), b.lag, &b.name))
@@ -255,7 +263,9 @@ pub fn decide(s: &AutopilotSettings, servers: &[Candidate]) -> Decision {
         }
     }
     if healthy_voters < target {
-        let waiting = servers.iter().any(|c| !c.voter && c.healthy);
+        let waiting = servers
+            .iter()
+            .any(|c| !c.voter && !c.non_voter && c.healthy);
         return Decision::Wait(Some(if waiting {
             format!(
                 "{healthy_voters} healthy voter(s) of {target} wanted; a standby is promoted \
@@ -283,9 +293,9 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Each server's zone by name, as this member has applied them.
-    fn zones(&self) -> BTreeMap<String, String> {
-        let prefix = ZONES.as_bytes().to_vec();
+    /// What each server said of itself (`/eden/cluster/servers/NAME`), by name.
+    fn server_infos(&self) -> BTreeMap<String, ServerInfo> {
+        let prefix = SERVERS.as_bytes().to_vec();
         let r = self.mvcc().range(&RangeRequest {
             range_end: eden_proto::keys::prefix_end(&prefix),
             key: prefix,
@@ -296,28 +306,31 @@ impl Node {
                 .into_iter()
                 .filter_map(|kv| {
                     let name = String::from_utf8(kv.key).ok()?;
-                    let name = name.strip_prefix(ZONES)?.to_string();
-                    Some((name, String::from_utf8(kv.value).ok()?))
+                    let name = name.strip_prefix(SERVERS)?.to_string();
+                    Some((name, serde_json::from_slice(&kv.value).ok()?))
                 })
                 .collect()
         })
         .unwrap_or_default()
     }
 
-    /// Keeps `/eden/cluster/zones/NAME` saying this server's `--zone` (removed without one).
-    pub(crate) async fn publish_zone(self: Arc<Self>) {
+    /// Keeps `/eden/cluster/servers/NAME` saying this server's `--zone` and `--stay-learner`
+    /// (removed when it has neither).
+    pub(crate) async fn publish_server_info(self: Arc<Self>) {
         let name = self.config.name.clone();
-        let want = self.config.zone.clone().filter(|z| !z.is_empty());
+        let want = ServerInfo {
+            zone: self.config.zone.clone().unwrap_or_default(),
+            non_voter: self.config.stay_learner,
+        };
         loop {
-            let have = self.zones().get(&name).cloned();
+            let have = self.server_infos().get(&name).cloned().unwrap_or_default();
             if have == want {
                 return;
             }
-            let op = match &want {
-                Some(z) => {
-                    eden_proto::model::kv::put_raw(&zone_key(&name), z.clone().into_bytes(), 0)
-                }
-                None => eden_proto::model::kv::delete(&zone_key(&name)),
+            let op = if want == ServerInfo::default() {
+                eden_proto::model::kv::delete(&server_key(&name))
+            } else {
+                eden_proto::model::kv::put(&server_key(&name), &want, 0)
             };
             if self
                 .propose(Command::Kv {
@@ -374,7 +387,7 @@ impl Node {
         let nodes: BTreeMap<u64, crate::raft::Member> =
             membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
         let names = self.sm.members().unwrap_or_default();
-        let zones = self.zones();
+        let infos = self.server_infos();
         let last = m.last_log_index.unwrap_or(0);
         let probes: Vec<(u64, Option<Probe>)> = futures::future::join_all(
             nodes
@@ -467,7 +480,8 @@ impl Node {
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| node.name.clone());
                 let voter = voters.contains(id);
-                let zone = zones.get(&name).cloned().unwrap_or_default();
+                let info = infos.get(&name).cloned().unwrap_or_default();
+                let zone = info.zone.clone();
                 candidates.push(Candidate {
                     id: *id,
                     name: name.clone(),
@@ -484,6 +498,7 @@ impl Node {
                     },
                     lag,
                     zone: zone.clone(),
+                    non_voter: info.non_voter,
                 });
                 servers.push(ServerHealth {
                     id: *id,
@@ -692,6 +707,7 @@ mod tests {
             unreachable_for: (!healthy).then(|| Duration::from_secs(secs)),
             lag: 0,
             zone: String::new(),
+            non_voter: false,
         }
     }
 
@@ -891,6 +907,29 @@ mod tests {
             ],
         );
         assert_eq!(d, Decision::Wait(None));
+    }
+
+    #[test]
+    fn a_non_voter_is_never_promoted() {
+        let s = settings();
+        let mut stays = c(0, false, true, 100);
+        stays.non_voter = true;
+        // It sorts first by name, and still the others are promoted.
+        let servers = vec![
+            c(1, true, true, 100),
+            c(2, false, true, 100),
+            c(3, false, true, 100),
+            stays,
+        ];
+        assert!(matches!(decide(&s, &servers), Decision::Promote(2, _)));
+        let mut two = servers.clone();
+        two[1].voter = true;
+        assert!(matches!(decide(&s, &two), Decision::Promote(3, _)));
+        two[2].voter = true;
+        assert_eq!(decide(&s, &two), Decision::Wait(None));
+        // One voter and a non-voter: it waits, and says no standby can be promoted.
+        let alone = vec![servers[0].clone(), servers[3].clone()];
+        assert_eq!(decide(&s, &alone), Decision::Wait(None));
     }
 
     #[test]

@@ -403,7 +403,6 @@ impl Node {
         self: Arc<Self>,
         mut audits: tokio::sync::mpsc::Receiver<(String, String)>,
     ) {
-        use eden_proto::model::events::{self, Event};
         let mut seen: HashMap<String, (std::time::Instant, u32, u32)> = HashMap::new();
         while let Some((who, why)) = audits.recv().await {
             let e = seen
@@ -421,31 +420,41 @@ impl Node {
             if seen.len() > 10_000 {
                 seen.retain(|_, v| v.0.elapsed() <= Duration::from_secs(60));
             }
-            let time = eden_proto::model::objects::now_ms();
-            let ev = Event {
-                tag: format!("audit/denied/{}", who.replacen(':', "/", 1)),
-                revision: 0,
-                time,
-                source: format!("member:{}", self.config.name),
-                labels: Default::default(),
-                data: serde_json::json!({ "identity": who, "reason": why, "not_recorded_before": dropped }),
-            };
-            let mut op = events::put(&ev);
-            if self.admit_events(&mut op).await.is_err() {
-                continue;
-            }
-            if let Err(e) = self
-                .propose(Command::Kv {
-                    op: prost::Message::encode_to_vec(&op),
-                })
-                .await
-            {
-                tracing::debug!(error = %e, "could not record a refusal as an event");
-            }
+            self.record_event(
+                format!("audit/denied/{}", who.replacen(':', "/", 1)),
+                serde_json::json!({ "identity": who, "reason": why, "not_recorded_before": dropped }),
+            )
+            .await;
         }
     }
 
     /// Runs one of the member's loops until it ends or the member shuts down.
+    /// Records an explicit event from this member (source `member:NAME`) in the log, through
+    /// the event policy; a refusal or a failed proposal is only logged (at debug level).
+    pub(crate) async fn record_event(&self, tag: String, data: serde_json::Value) {
+        use eden_proto::model::events::{self, Event};
+        let ev = Event {
+            tag,
+            revision: 0,
+            time: eden_proto::model::objects::now_ms(),
+            source: format!("member:{}", self.config.name),
+            labels: Default::default(),
+            data,
+        };
+        let mut op = events::put(&ev);
+        if self.admit_events(&mut op).await.is_err() {
+            return;
+        }
+        if let Err(e) = self
+            .propose(Command::Kv {
+                op: prost::Message::encode_to_vec(&op),
+            })
+            .await
+        {
+            tracing::debug!(error = %e, tag = %ev.tag, "could not record an event");
+        }
+    }
+
     fn spawn_loop(&self, work: impl Future<Output = ()> + Send + 'static) {
         let mut stop = self.stopping.subscribe();
         tokio::spawn(async move {

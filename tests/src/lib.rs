@@ -536,6 +536,26 @@ impl Cluster {
         }
     }
 
+    /// The tags of the explicit events stored now (`/eden/events/`) that start with `prefix`.
+    pub async fn event_tags(&self, prefix: &str) -> Vec<String> {
+        let events = eden_proto::model::keys::EVENTS.as_bytes();
+        let r = self
+            .client()
+            .range(RangeRequest {
+                key: events.to_vec(),
+                range_end: eden_proto::keys::prefix_end(events),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        r.kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<serde_json::Value>(&kv.value).ok())
+            .filter_map(|v| v["tag"].as_str().map(String::from))
+            .filter(|t| t.starts_with(prefix))
+            .collect()
+    }
+
     /// What the leader's autopilot reports (`eden cluster status`), asked of any member; None
     /// when no member answers.
     pub async fn autopilot_status(&self) -> Option<eden_proto::model::cluster::ClusterStatus> {
@@ -1015,6 +1035,15 @@ impl Cluster {
 }
 
 /// Member `i`'s advertised peer address and, behind a [`PeerNet`] proxy, its listen address.
+/// `eden server` flags for tests that start many clusters: fast elections, no reactor.
+pub const FAST_ELECTIONS: &[&str] = &[
+    "--no-reactor",
+    "--heartbeat-interval",
+    "50",
+    "--election-timeout",
+    "400",
+];
+
 /// A member to be: its name, client port, advertised peer address and the one it listens on.
 type MemberSpec = (String, u16, (String, Option<String>));
 

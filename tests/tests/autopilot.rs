@@ -15,13 +15,7 @@ use eden_proto::etcdserverpb::{PutRequest, RangeRequest};
 use eden_proto::model::cluster::ClusterStatus;
 use eden_tests::{tls_by_default, wait_for, Cluster};
 
-const FAST: &[&str] = &[
-    "--no-reactor",
-    "--heartbeat-interval",
-    "50",
-    "--election-timeout",
-    "400",
-];
+use eden_tests::FAST_ELECTIONS as FAST;
 
 async fn status(c: &Cluster) -> Option<ClusterStatus> {
     c.autopilot_status().await
@@ -170,24 +164,6 @@ async fn replaced(c: &Cluster, victim: &str) -> ClusterStatus {
     .await
 }
 
-async fn event_tags(c: &Cluster, prefix: &str) -> Vec<String> {
-    let r = c
-        .client()
-        .range(RangeRequest {
-            key: eden_proto::model::keys::EVENTS.as_bytes().to_vec(),
-            range_end: eden_proto::keys::prefix_end(eden_proto::model::keys::EVENTS.as_bytes()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    r.kvs
-        .iter()
-        .filter_map(|kv| serde_json::from_slice::<serde_json::Value>(&kv.value).ok())
-        .filter_map(|v| v["tag"].as_str().map(String::from))
-        .filter(|t| t.starts_with(prefix))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_voter_is_replaced_by_a_standby_then_removed() {
     let mut c = five(false).await;
@@ -210,8 +186,8 @@ async fn a_killed_voter_is_replaced_by_a_standby_then_removed() {
     assert!(!voters_after.contains(&victim_name));
     assert!(s.last_action.is_some());
     // Each action is an event.
-    let promoted = event_tags(&c, "cluster/promoted/").await;
-    let removed = event_tags(&c, "cluster/removed/").await;
+    let promoted = c.event_tags("cluster/promoted/").await;
+    let removed = c.event_tags("cluster/removed/").await;
     assert_eq!(promoted.len(), 1, "{promoted:?}");
     assert_eq!(removed, [format!("cluster/removed/{victim_name}")]);
     // `eden cluster status` shows it.
@@ -361,8 +337,8 @@ async fn a_leader_stopped_with_leave_hands_over_and_a_standby_takes_its_place() 
     let acked = task.await.unwrap();
     all_present(&c, &acked).await;
     // It left: autopilot promoted a standby and removed nobody.
-    assert_eq!(event_tags(&c, "cluster/promoted/").await.len(), 1);
-    assert!(event_tags(&c, "cluster/removed/").await.is_empty());
+    assert_eq!(c.event_tags("cluster/promoted/").await.len(), 1);
+    assert!(c.event_tags("cluster/removed/").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,13 +12,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 /// Fast elections, no reactor: each round of the loop forms a cluster in about a second.
-const FAST: &[&str] = &[
-    "--no-reactor",
-    "--heartbeat-interval",
-    "50",
-    "--election-timeout",
-    "400",
-];
+use eden_tests::FAST_ELECTIONS as FAST;
 
 /// What each started member says: (cluster id, leader, voters by name, learners by name).
 async fn views(c: &Cluster, who: &[usize]) -> Vec<Option<(u64, u64, BTreeSet<String>, usize)>> {
@@ -268,6 +262,13 @@ async fn only_members_and_admins_may_make_the_forming_call() {
         node.as_ref().is_err_and(|e| e.contains("PermissionDenied")),
         "{node:?}"
     );
+    // The refusal is audited, as every other one.
+    wait_for(
+        "the refusal as an audit event",
+        Duration::from_secs(20),
+        || async { !c.event_tags("audit/denied/node/web1").await.is_empty() },
+    )
+    .await;
     // A running member never promises.
     let ch = eden_proto::client::channel_to(&ep, c.tls_of("admin").as_ref())
         .await

@@ -201,25 +201,6 @@ async fn apply(c: &Cluster, name: &str, yaml: &str) {
     assert_eq!(o.code, Some(0), "{}", o.stderr);
 }
 
-/// Tags of the stored explicit events that match a prefix.
-async fn event_tags(c: &Cluster, prefix: &str) -> Vec<String> {
-    let r = c
-        .client()
-        .range(eden_proto::etcdserverpb::RangeRequest {
-            key: eden_proto::model::keys::EVENTS.as_bytes().to_vec(),
-            range_end: eden_proto::keys::prefix_end(eden_proto::model::keys::EVENTS.as_bytes()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    r.kvs
-        .iter()
-        .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-        .filter_map(|v| v["tag"].as_str().map(String::from))
-        .filter(|t| t.starts_with(prefix))
-        .collect()
-}
-
 /// The seed's join story, secure: when a node joins, the issuer makes a token readable by that
 /// node only, and a second rule hands it over to the node the first one was `for` (two nodes join
 /// at the same moment: each gets its own). Another node's template that names it fails before
@@ -322,7 +303,7 @@ async fn killing_the_active_reactor_mid_burst_fires_every_event_exactly_once() {
     eden_tests::wait_for(
         "reactions to start",
         std::time::Duration::from_secs(60),
-        || async { event_tags(&c, "done/").await.len() >= 100 },
+        || async { c.event_tags("done/").await.len() >= 100 },
     )
     .await;
     let active = c.active_reactor().await.unwrap();
@@ -333,10 +314,10 @@ async fn killing_the_active_reactor_mid_burst_fires_every_event_exactly_once() {
     eden_tests::wait_for(
         "every event to be reacted to",
         std::time::Duration::from_secs(120),
-        || async { event_tags(&c, "done/").await.len() >= n },
+        || async { c.event_tags("done/").await.len() >= n },
     )
     .await;
-    let mut done = event_tags(&c, "done/").await;
+    let mut done = c.event_tags("done/").await;
     done.sort();
     let total = done.len();
     done.dedup();
@@ -447,7 +428,7 @@ actions:
     let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
     assert_eq!(v[0]["data"]["annotations"]["summary"], "app down");
-    let fired = event_tags(&c, "reactor/fired/restart-on-alert").await;
+    let fired = c.event_tags("reactor/fired/restart-on-alert").await;
     assert_eq!(fired.len(), 2);
     // Any other JSON body is one event hook/NAME with the body as its data; a hook's token
     // opens only that hook.
@@ -495,7 +476,7 @@ actions:
     eden_tests::wait_for(
         "the rule to fire",
         std::time::Duration::from_secs(20),
-        || async { event_tags(c, "flapping/").await == ["flapping/db"] },
+        || async { c.event_tags("flapping/").await == ["flapping/db"] },
     )
     .await;
     // Three more within the cooldown do not fire again (the runtime has handled them once the
@@ -513,10 +494,10 @@ actions:
     eden_tests::wait_for(
         "the runtime to get past the burst",
         std::time::Duration::from_secs(20),
-        || async { event_tags(c, "marked").await.len() == 1 },
+        || async { c.event_tags("marked").await.len() == 1 },
     )
     .await;
-    assert_eq!(event_tags(c, "flapping/").await, ["flapping/db"]);
+    assert_eq!(c.event_tags("flapping/").await, ["flapping/db"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,7 +532,7 @@ async fn membership_changes_become_member_events() {
     eden_tests::wait_for(
         "member/added",
         std::time::Duration::from_secs(40),
-        || async { event_tags(&c, "member/added/").await == [format!("member/added/{name}")] },
+        || async { c.event_tags("member/added/").await == [format!("member/added/{name}")] },
     )
     .await;
     let id = c.member_id(n).await;
@@ -560,7 +541,7 @@ async fn membership_changes_become_member_events() {
     eden_tests::wait_for(
         "member/removed",
         std::time::Duration::from_secs(40),
-        || async { event_tags(&c, "member/removed/").await == [format!("member/removed/{name}")] },
+        || async { c.event_tags("member/removed/").await == [format!("member/removed/{name}")] },
     )
     .await;
     // A member stopped cleanly gives its runtime's leader key up before it exits (rather than
@@ -765,7 +746,7 @@ async fn a_runtime_whose_cursor_was_compacted_says_so_and_goes_on() {
     };
     emit("ping/1").await;
     eden_tests::wait_for("pong/1", std::time::Duration::from_secs(20), || async {
-        event_tags(&c, "pong/").await == ["pong/1"]
+        c.event_tags("pong/").await == ["pong/1"]
     })
     .await;
     assert_eq!(r.stop(), Some(0));
@@ -784,7 +765,7 @@ async fn a_runtime_whose_cursor_was_compacted_says_so_and_goes_on() {
     eden_tests::wait_for(
         "reactor/compacted",
         std::time::Duration::from_secs(20),
-        || async { !event_tags(&c, "reactor/compacted").await.is_empty() },
+        || async { !c.event_tags("reactor/compacted").await.is_empty() },
     )
     .await;
     let o = c
@@ -804,12 +785,10 @@ async fn a_runtime_whose_cursor_was_compacted_says_so_and_goes_on() {
     // It goes on, and does not guess what it missed.
     emit("ping/4").await;
     eden_tests::wait_for("pong/4", std::time::Duration::from_secs(20), || async {
-        event_tags(&c, "pong/")
-            .await
-            .contains(&"pong/4".to_string())
+        c.event_tags("pong/").await.contains(&"pong/4".to_string())
     })
     .await;
-    assert_eq!(event_tags(&c, "pong/").await, ["pong/1", "pong/4"]);
+    assert_eq!(c.event_tags("pong/").await, ["pong/1", "pong/4"]);
 }
 
 /// A runtime outside the servers acts as the identity its certificate names, with the rights an
@@ -883,8 +862,8 @@ async fn a_reactor_runtime_does_no_more_than_its_identity_may() {
         "the rule within its rights to fire, the other to be refused",
         std::time::Duration::from_secs(30),
         || async {
-            let failed = event_tags(&c, "reactor/failed").await;
-            !event_tags(&c, "pong/1").await.is_empty() && !failed.is_empty()
+            let failed = c.event_tags("reactor/failed").await;
+            !c.event_tags("pong/1").await.is_empty() && !failed.is_empty()
         },
     )
     .await;

@@ -43,7 +43,16 @@ impl FormingService {
         };
         match info.identity {
             Identity::Member(_) | Identity::Admin(_) => Ok(()),
-            _ => Err(errors::permission_denied()),
+            other => {
+                tracing::warn!(caller = %other, "refused: only members and admins may form or read autopilot");
+                if let FormingService::Running(node) = self {
+                    node.audit_denied(
+                        &other.to_string(),
+                        "only members and admins may call Forming and Autopilot",
+                    );
+                }
+                Err(errors::permission_denied())
+            }
         }
     }
 }

@@ -389,13 +389,15 @@ impl Node {
         let names = self.sm.members().unwrap_or_default();
         let infos = self.server_infos();
         let last = m.last_log_index.unwrap_or(0);
-        let probes: Vec<(u64, Option<Probe>)> = futures::future::join_all(
+        let probes: BTreeMap<u64, Option<Probe>> = futures::future::join_all(
             nodes
                 .iter()
                 .filter(|(id, _)| **id != self.id)
                 .map(|(id, n)| async move { (*id, self.probe(&n.peer_addr).await) }),
         )
-        .await;
+        .await
+        .into_iter()
+        .collect();
         let now = Instant::now();
         let threshold = Duration::from_millis(settings.last_contact_threshold_ms);
         let mut candidates = Vec::new();
@@ -410,20 +412,6 @@ impl Node {
                 };
             }
             t.servers.retain(|id, _| nodes.contains_key(id));
-            for (id, p) in &probes {
-                let seen = t.servers.entry(*id).or_insert(Seen {
-                    last_contact: None,
-                    term: 0,
-                    healthy: false,
-                    since: now,
-                    was_healthy: false,
-                    first_seen: now,
-                });
-                if let Some(p) = p {
-                    seen.last_contact = Some(now);
-                    seen.term = p.term;
-                }
-            }
             for (id, node) in &nodes {
                 let is_self = *id == self.id;
                 let matched = m
@@ -447,6 +435,9 @@ impl Node {
                 if is_self {
                     seen.last_contact = Some(now);
                     seen.term = m.current_term;
+                } else if let Some(Some(p)) = probes.get(id) {
+                    seen.last_contact = Some(now);
+                    seen.term = p.term;
                 }
                 let contact = seen.last_contact.map(|c| now.duration_since(c));
                 let applied_lag = last.saturating_sub(m.last_applied.map_or(0, |l| l.index));
@@ -556,91 +547,55 @@ impl Node {
                 waiting,
             });
         }
-        let (change, action, id, why) = match decision {
+        let (action, id, why) = match decision {
             Decision::Wait(_) => return,
-            Decision::Transfer(to, why) => {
-                let name = candidates
-                    .iter()
-                    .find(|c| c.id == to)
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default();
-                match self.move_leader(to).await {
-                    Ok(()) => {
-                        tracing::info!(to = %name, %why, "autopilot moved leadership");
-                        crate::metrics::metrics()
-                            .autopilot_actions
-                            .with_label_values(&["leadership-transferred"])
-                            .inc();
-                        let at_ms = eden_proto::model::objects::now_ms();
-                        self.autopilot.lock().unwrap().last_action = Some(Action {
-                            action: "leadership-transferred".into(),
-                            server: name.clone(),
-                            why: why.clone(),
-                            at_ms,
-                        });
-                        self.record_cluster_event("leadership-transferred", &name, to, &why)
-                            .await;
-                    }
-                    Err(e) => {
-                        tracing::info!(to = %name, error = %e.message(), "autopilot could not move leadership")
-                    }
-                }
-                return;
-            }
-            Decision::Promote(id, why) => (MembershipChange::Promote { id }, "promoted", id, why),
-            Decision::Remove(id, why) => (MembershipChange::Remove { id }, "removed", id, why),
-            Decision::Demote(id, why) => (MembershipChange::Demote { id }, "demoted", id, why),
+            Decision::Promote(id, why) => ("promoted", id, why),
+            Decision::Remove(id, why) => ("removed", id, why),
+            Decision::Demote(id, why) => ("demoted", id, why),
+            Decision::Transfer(id, why) => ("leadership-transferred", id, why),
         };
         let name = candidates
             .iter()
             .find(|c| c.id == id)
             .map(|c| c.name.clone())
             .unwrap_or_default();
-        match self.change_membership_local(change).await {
-            Ok(_) => {
-                tracing::info!(server = %name, id = %format!("{id:x}"), %why, "autopilot {action} a server");
-                crate::metrics::metrics()
-                    .autopilot_actions
-                    .with_label_values(&[action])
-                    .inc();
-                let at_ms = eden_proto::model::objects::now_ms();
-                self.autopilot.lock().unwrap().last_action = Some(Action {
-                    action: action.into(),
-                    server: name.clone(),
-                    why: why.clone(),
-                    at_ms,
-                });
-                self.record_cluster_event(action, &name, id, &why).await;
-            }
-            Err(e) => {
-                tracing::info!(server = %name, error = ?e, "autopilot could not change the membership")
-            }
-        }
-    }
-
-    /// `cluster/ACTION/NAME`, an explicit event in the log.
-    async fn record_cluster_event(&self, action: &str, name: &str, id: u64, why: &str) {
-        use eden_proto::model::events::{self, Event};
-        let ev = Event {
-            tag: format!("cluster/{action}/{name}"),
-            revision: 0,
-            time: eden_proto::model::objects::now_ms(),
-            source: format!("member:{}", self.config.name),
-            labels: Default::default(),
-            data: serde_json::json!({ "server": name, "id": format!("{id:x}"), "why": why }),
+        let change = match action {
+            "promoted" => Some(MembershipChange::Promote { id }),
+            "removed" => Some(MembershipChange::Remove { id }),
+            "demoted" => Some(MembershipChange::Demote { id }),
+            _ => None,
         };
-        let mut op = events::put(&ev);
-        if self.admit_events(&mut op).await.is_err() {
+        let done = match change {
+            Some(c) => self
+                .change_membership_local(c)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}")),
+            None => self
+                .move_leader(id)
+                .await
+                .map_err(|e| e.message().to_string()),
+        };
+        if let Err(e) = done {
+            tracing::info!(server = %name, error = %e, "autopilot could not act: {action}");
             return;
         }
-        if let Err(e) = self
-            .propose(Command::Kv {
-                op: prost::Message::encode_to_vec(&op),
-            })
-            .await
-        {
-            tracing::debug!(error = %e, "could not record an autopilot action as an event");
-        }
+        tracing::info!(server = %name, id = %format!("{id:x}"), %why, "autopilot: {action}");
+        crate::metrics::metrics()
+            .autopilot_actions
+            .with_label_values(&[action])
+            .inc();
+        self.autopilot.lock().unwrap().last_action = Some(Action {
+            action: action.into(),
+            server: name.clone(),
+            why: why.clone(),
+            at_ms: eden_proto::model::objects::now_ms(),
+        });
+        self.record_event(
+            format!("cluster/{action}/{name}"),
+            serde_json::json!({ "server": name, "id": format!("{id:x}"), "why": why }),
+        )
+        .await;
     }
 
     /// On the leader: what autopilot sees (None until its first round).
@@ -927,7 +882,7 @@ mod tests {
         assert!(matches!(decide(&s, &two), Decision::Promote(3, _)));
         two[2].voter = true;
         assert_eq!(decide(&s, &two), Decision::Wait(None));
-        // One voter and a non-voter: it waits, and says no standby can be promoted.
+        // One voter and a non-voter: one server could vote, so one voter is the target.
         let alone = vec![servers[0].clone(), servers[3].clone()];
         assert_eq!(decide(&s, &alone), Decision::Wait(None));
     }

@@ -1,4 +1,5 @@
-//! Generates the etcd v3 API (packages etcdserverpb, mvccpb, authpb, v3electionpb, v3lockpb), eden's peer protocol, its join call and its forming call.
+//! Generates the etcd v3 API (packages etcdserverpb, mvccpb, authpb, v3electionpb, v3lockpb), eden's peer protocol, its join call, its forming call and
+//! its plugin protocol (with gRPC's health service, which plugins serve).
 //! protoc comes from protoc-bin-vendored, so no system protoc is needed.
 //!
 //! The etcd packages also get serde implementations in etcd's JSON mapping (pbjson): what etcd's
@@ -24,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/eden/peer.proto",
                 "proto/eden/join.proto",
                 "proto/eden/forming.proto",
+                "proto/eden/plugin.proto",
+                "proto/grpc/health/v1/health.proto",
             ],
             &["proto"],
         )?;

@@ -56,6 +56,17 @@ pub mod forming {
     tonic::include_proto!("eden.forming");
 }
 
+/// The plugin protocol (design/plugins.md): what the agent asks a resource plugin.
+pub mod plugin_v1 {
+    #![allow(clippy::all)]
+    tonic::include_proto!("eden.plugin.v1");
+}
+/// gRPC's health service, which every plugin serves (go-plugin's convention).
+pub mod health_v1 {
+    #![allow(clippy::all)]
+    tonic::include_proto!("grpc.health.v1");
+}
+
 pub mod client;
 pub mod errors;
 pub mod glob;
@@ -63,5 +74,6 @@ pub mod joining;
 pub mod keys;
 pub mod model;
 pub mod pki;
+pub mod plugin;
 pub mod renewal;
 pub mod tls_listener;

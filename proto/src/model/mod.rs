@@ -42,10 +42,20 @@
 //!                                                               the leader's autopilot reads it
 //! /eden/cluster/servers/NAME       ServerInfo (cluster)         server NAME (`--zone`,
 //!                                                               `--stay-learner`)
+//! /eden/states/NAME                State (states)               operator (`eden apply`); every
+//!                                                               node reads
+//! /eden/plans/NAME                 PlanRequest (states)         operator (`eden apply`, first
+//!                                                               step); every node reads
+//! /eden/plugins/lock/NAME          PluginLock (states)          operator (`eden plugin lock`);
+//!                                                               every node reads
+//! /eden/nodes/NODE/states/NAME     NodeState (states)           agent NODE (applied a state)
+//! /eden/nodes/NODE/plans/NAME      NodePlan (states)            agent NODE (planned a state)
+//! /eden/nodes/NODE/drift/NAME/RES  Drift (states)               agent NODE (found drift)
 //! ```
 //!
 //! Every change to these keys is also an event ([`events`]): the log is the event bus. A node
-//! only ever needs to write its own facts, owner, alive, claims, results and variables; labels,
+//! only ever needs to write its own facts, owner, alive, claims, results, variables, plans,
+//! states and drift; labels,
 //! tasks, hooks and rules are the operator's. "cluster" is therefore not a valid node name.
 
 pub mod certs;
@@ -61,6 +71,7 @@ pub mod readers;
 pub mod rules;
 pub mod sealing;
 pub mod selector;
+pub mod states;
 pub mod tasks;
 pub mod template;
 pub mod tokens;

@@ -56,6 +56,13 @@ pub struct AgentConfig {
     /// What a task's `eden` commands act as: this node (`EDEN_ENDPOINTS`, `EDEN_CACERT`,
     /// `EDEN_CERT`, `EDEN_KEY` and `EDEN_SEAL_KEY` in its environment).
     pub task_env: BTreeMap<String, String>,
+    /// Where plugins are (`eden-plugin-NAME`) [default: DATA_DIR/plugins].
+    pub plugin_dir: Option<PathBuf>,
+    /// The program that serves the built-in plugins (`PROGRAM plugin serve NAME`): the eden
+    /// binary. None: no built-ins.
+    pub builtin_plugins: Option<PathBuf>,
+    /// The names of the built-in plugins.
+    pub builtins: Vec<String>,
 }
 
 impl AgentConfig {
@@ -68,6 +75,9 @@ impl AgentConfig {
             facts_interval: Duration::from_secs(60),
             max_output_bytes: 64 * 1024,
             task_env: BTreeMap::new(),
+            plugin_dir: None,
+            builtin_plugins: None,
+            builtins: vec![],
         }
     }
 }
@@ -129,8 +139,8 @@ async fn until_true(mut rx: watch::Receiver<bool>) {
 }
 
 pub struct Agent {
-    cfg: AgentConfig,
-    client: Arc<Client>,
+    pub(crate) cfg: AgentConfig,
+    pub(crate) client: Arc<Client>,
     instance: String,
     /// This process's run: tells its claims from those of a previous (killed) run.
     run: String,
@@ -145,6 +155,10 @@ pub struct Agent {
     shutdown: watch::Sender<bool>,
     /// Places the files the sync rules select for this node, and reads files for templates.
     placer: Arc<crate::placing::Placer>,
+    /// The resource plugins (desired state).
+    pub(crate) plugins: Arc<crate::plugins::Host>,
+    /// What the states worker keeps between rounds (see [`crate::states`]).
+    pub(crate) states: tokio::sync::Mutex<crate::states::Kept>,
     _lock: DirLock,
 }
 
@@ -182,7 +196,21 @@ impl Agent {
             &cfg.name,
             sealing.clone(),
         ));
+        let plugins = crate::plugins::Host::new(
+            Some(
+                cfg.plugin_dir
+                    .clone()
+                    .unwrap_or_else(|| cfg.data_dir.join("plugins")),
+            ),
+            cfg.builtin_plugins.clone(),
+            &cfg.builtins.iter().map(String::as_str).collect::<Vec<_>>(),
+            cfg.data_dir.join("plugin-sockets"),
+        )
+        .map_err(Error::Invalid)?;
+        let kept = crate::states::Kept::load(&cfg.data_dir);
         let agent = Arc::new(Agent {
+            plugins: Arc::new(plugins),
+            states: tokio::sync::Mutex::new(kept),
             instance: identity.instance,
             run: random_hex(6),
             lease: AtomicI64::new(0),
@@ -301,6 +329,7 @@ impl Agent {
         let facts = tokio::spawn(self.clone().facts_loop());
         let tasks = tokio::spawn(self.clone().assignments_loop());
         let placing = tokio::spawn(self.placer.clone().run());
+        let states = tokio::spawn(self.clone().states_loop());
         let outcome = tokio::select! {
             _ = stop => Ok(()),
             r = keepalive => r.unwrap_or_else(|e| Err(Error::Refused(format!("keep-alive: {e}")))),
@@ -308,6 +337,8 @@ impl Agent {
         };
         facts.abort();
         placing.abort();
+        states.abort();
+        self.plugins.stop_all().await;
         self.stop_cleanly().await;
         outcome
     }
@@ -614,10 +645,19 @@ impl Agent {
     /// Renders the task's templates, loading each variable they name (a variable this node may
     /// not read fails the task here, before anything runs).
     async fn render(&self, spec: &TaskSpec) -> Result<TaskSpec, String> {
+        self.render_with(|ctx| template::render(spec, ctx)).await
+    }
+
+    /// Renders with `f` over this node's context, loading each variable and file the templates
+    /// name (one this node may not read is the error).
+    pub(crate) async fn render_with<T>(
+        &self,
+        f: impl Fn(&Context) -> Result<T, String>,
+    ) -> Result<T, String> {
         let ctx = self.context().await.map_err(|e| e.to_string())?;
         loop {
-            let failed = match template::render(spec, &ctx) {
-                Ok(spec) => return Ok(spec),
+            let failed = match f(&ctx) {
+                Ok(x) => return Ok(x),
                 Err(e) => e,
             };
             let missing = ctx.vars.missing();

@@ -9,6 +9,8 @@ pub mod exec;
 pub mod facts;
 pub mod place;
 pub mod placing;
+pub mod plugins;
 pub mod sealing;
+pub mod states;
 
 pub use eden_proto::model::Error;

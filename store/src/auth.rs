@@ -7,6 +7,8 @@
 //! caller            may read                                  may write
 //! admin:*, member:* everything, every RPC                     everything, every RPC
 //! node:N            /eden/nodes/N/**                          /eden/nodes/N/{facts,owner,alive}
+//!                   /eden/{states,plans,plugins/lock}/**      /eden/nodes/N/{files,states,plans,
+//!                                                               drift}/**
 //!                   /eden/tasks/T, /eden/runs/T/cancel,       /eden/runs/T/{claims,results}/N
 //!                   /eden/runs/T/{claims,results}/N             while /eden/nodes/N/tasks/T exists
 //!                     while /eden/nodes/N/tasks/T exists
@@ -31,6 +33,7 @@ use eden_proto::etcdserverpb::{
 };
 use eden_proto::model::keys;
 use eden_proto::model::readers::Readers;
+use eden_proto::model::states;
 use eden_proto::model::users::{self, Perm};
 use eden_proto::pki;
 
@@ -366,13 +369,16 @@ fn whole_prefixes(node: &str, write: bool) -> Vec<String> {
     p
 }
 
-/// What every node may read: files' metadata and readers, where agents place files, and the
-/// public keys files are sealed to.
-const PUBLIC_TO_NODES: [&str; 4] = [
+/// What every node may read: files' metadata and readers, where agents place files, the public
+/// keys files are sealed to, the desired states and plan requests, and the approved plugins.
+const PUBLIC_TO_NODES: [&str; 7] = [
     keys::FILES_META,
     keys::FILE_READERS,
     keys::FILE_SYNC,
     keys::SEALKEYS,
+    states::STATES,
+    states::PLANS,
+    states::PLUGIN_LOCKS,
 ];
 
 /// A node's own files: their bytes, metadata and readers.
@@ -393,7 +399,11 @@ fn name(s: &str) -> Option<&str> {
 fn key_allowed(node: &str, key: &[u8], write: bool, facts: &dyn Facts) -> bool {
     // Its own registration keys (and, to read, everything under its node prefix).
     if let Some(leaf) = keys::rest(key, &keys::node_prefix(node)) {
-        return !write || matches!(leaf, "facts" | "owner" | "alive") || leaf.starts_with("files/");
+        return !write
+            || matches!(leaf, "facts" | "owner" | "alive")
+            || ["files/", "states/", "plans/", "drift/"]
+                .iter()
+                .any(|p| leaf.starts_with(p));
     }
     // Any node's labels (one at a time): a writer seals a file for the nodes its readers match.
     if !write
@@ -577,5 +587,59 @@ mod tests {
         assert!(!inside(b"/a/", b"/a1", b"/a/"));
         assert!(!inside(b"/a/", b"\0", b"/a/"));
         assert!(!inside(b"/a", b"/a/z", b"/a/"));
+    }
+
+    struct NoFacts;
+    impl Facts for NoFacts {
+        fn labels(&self, _: &str) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+        fn var_readers(&self, _: &str, _: &str) -> Option<Readers> {
+            None
+        }
+        fn file_readers(&self, _: &str) -> Option<Readers> {
+            None
+        }
+        fn file_once(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn exists(&self, _: &[u8]) -> bool {
+            false
+        }
+        fn assigned(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn user_perms(&self, _: &str) -> (bool, Vec<Perm>) {
+            (false, vec![])
+        }
+    }
+
+    #[test]
+    fn a_node_reads_desired_states_and_writes_only_its_own_reports() {
+        let ok = |key: &str, write: bool| key_allowed("web1", key.as_bytes(), write, &NoFacts);
+        for k in [
+            "/eden/states/web",
+            "/eden/plans/web",
+            "/eden/plugins/lock/greeting",
+        ] {
+            assert!(ok(k, false), "{k}");
+            assert!(!ok(k, true), "{k}");
+        }
+        for k in [
+            "/eden/nodes/web1/states/web",
+            "/eden/nodes/web1/plans/web",
+            "/eden/nodes/web1/drift/web/file.motd",
+        ] {
+            assert!(ok(k, true), "{k}");
+        }
+        for k in [
+            "/eden/nodes/web2/states/web",
+            "/eden/nodes/web2/plans/web",
+            "/eden/nodes/web2/drift/web/file.motd",
+        ] {
+            assert!(!ok(k, true) && !ok(k, false), "{k}");
+        }
+        let whole = |p: &str| whole_prefixes("web1", false).iter().any(|x| x == p);
+        assert!(whole("/eden/states/") && whole("/eden/plans/") && whole("/eden/plugins/lock/"));
     }
 }

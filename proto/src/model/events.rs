@@ -13,6 +13,8 @@
 //! | `/eden/runs/ID/cancel` created | `task/canceled/ID` |
 //! | `/eden/files/meta/NAME` written / deleted | `file/written/NAME` (data: its metadata) / `file/removed/NAME` |
 //! | `/eden/nodes/N/files/NAME` written | `file/placed/N/NAME` or `file/failed/N/NAME` (data: path, revision, error) |
+//! | `/eden/nodes/N/states/NAME` written | `state/applied/N/NAME` or `state/failed/N/NAME` (data: what the node did) |
+//! | `/eden/nodes/N/drift/NAME/RES` written | `state/drift/N/RES` (label `state`: NAME; data: the drift, corrected or not) |
 //! | `/eden/vars/N/NAME` written / deleted | `var/set/N/NAME` / `var/removed/N/NAME` |
 //! | `/eden/tokens/ID` created / deleted | `audit/token/created/ID` (data: for whom, expiry) / `audit/token/gone/ID` (used or removed) |
 //! | `/eden/certs/SERIAL` created | `audit/cert/issued/SERIAL` (data: identity, expiry, join or renewal) |
@@ -183,6 +185,27 @@ pub fn derive(
                     none(),
                 ))
             }
+            _ if !deleted && what.starts_with("states/") => {
+                let data = json_of(kv);
+                let status = if data["status"] == "applied" {
+                    "applied"
+                } else {
+                    "failed"
+                };
+                Some(ev(
+                    format!("state/{status}/{node}/{}", &what["states/".len()..]),
+                    data,
+                    none(),
+                ))
+            }
+            _ if !deleted && what.starts_with("drift/") => {
+                let (state, resource) = what["drift/".len()..].split_once('/')?;
+                Some(ev(
+                    format!("state/drift/{node}/{resource}"),
+                    json_of(kv),
+                    [("state".to_string(), state.to_string())].into(),
+                ))
+            }
             _ => None,
         };
     }
@@ -326,6 +349,46 @@ mod tests {
         );
         let ca = kv("/eden/pki/ca", r#"{"cert_pem":"c","key_pem":"k"}"#, 1, 6);
         assert!(derive(EventType::Put, &ca, None, 0).is_none());
+    }
+
+    #[test]
+    fn what_agents_do_with_states_becomes_events() {
+        let applied = kv(
+            "/eden/nodes/web1/states/web",
+            r#"{"generation":"g","status":"applied","time":1,"resources":[]}"#,
+            1,
+            3,
+        );
+        assert_eq!(
+            derive(EventType::Put, &applied, None, 0).unwrap().tag,
+            "state/applied/web1/web"
+        );
+        let failed = kv(
+            "/eden/nodes/web1/states/web",
+            r#"{"status":"failed"}"#,
+            2,
+            4,
+        );
+        assert_eq!(
+            derive(EventType::Put, &failed, None, 0).unwrap().tag,
+            "state/failed/web1/web"
+        );
+        let drift = kv(
+            "/eden/nodes/web1/drift/web/file.motd",
+            r#"{"corrected":true}"#,
+            1,
+            5,
+        );
+        let e = derive(EventType::Put, &drift, None, 0).unwrap();
+        assert_eq!(e.tag, "state/drift/web1/file.motd");
+        assert_eq!(e.labels["state"], "web");
+        assert!(derive(
+            EventType::Put,
+            &kv("/eden/nodes/web1/plans/web", "{}", 1, 6),
+            None,
+            0
+        )
+        .is_none());
     }
 
     #[test]

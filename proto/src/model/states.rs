@@ -88,6 +88,9 @@ pub struct Resource {
     /// How long each plugin call for it may take (`30s`, `5m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Hide its values and the plugin's detail in plans, reports and drift.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sensitive: bool,
 }
 
 impl Resource {

@@ -418,7 +418,9 @@ impl Agent {
     /// files).
     async fn render_resources(&self, resources: &[Resource]) -> Result<Vec<Resource>, String> {
         self.render_with(|ctx| {
-            let env = template::env();
+            let mut env = template::env();
+            // A file's content keeps its last newline.
+            env.set_keep_trailing_newline(true);
             resources
                 .iter()
                 .map(|r| {

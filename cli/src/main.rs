@@ -137,6 +137,15 @@ enum Command {
     /// Reactor rules: store them, list them, try them against an event.
     #[command(subcommand)]
     Reactor(cmd::reactor::ReactorCmd),
+    /// Desired state: every target plans STATE.yaml (shown as a diff), then applies it and
+    /// keeps it (drift corrected); --plan only shows the plans.
+    Apply(Box<cmd::apply::ApplyArgs>),
+    /// Stored states: list, show what each node did, remove.
+    #[command(subcommand)]
+    State(cmd::apply::StateCmd),
+    /// Resource plugins: list them with their schema, approve (lock) their checksums.
+    #[command(subcommand)]
+    Plugin(cmd::plugin::PluginCmd),
 }
 
 /// jemalloc rather than glibc's malloc: after a burst of large writes, glibc kept a member's freed
@@ -169,6 +178,9 @@ fn main() {
             }
         };
         std::process::exit(code);
+    }
+    if let Command::Plugin(cmd::plugin::PluginCmd::Serve { name }) = &cli.command {
+        std::process::exit(cmd::plugin::serve(name));
     }
     if let Command::Pki(c) = cli.command {
         let code = match cmd::pki::run(&printer::Printer::new(cli.write_out), c) {
@@ -293,6 +305,9 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Var(c) => cmd::var::run(&client, &out, c).await,
         Command::File(c) => cmd::file::run(&client, &out, c).await,
         Command::Reactor(c) => cmd::reactor::run(&client, &out, c).await,
+        Command::Apply(a) => cmd::apply::run(&client, &out, *a).await,
+        Command::State(c) => cmd::apply::state_cmd(&client, &out, c).await,
+        Command::Plugin(c) => cmd::plugin::run(&client, &out, c).await,
         Command::Event(c) => cmd::event::run(&client, &out, c).await,
         Command::Hook(c) => cmd::hook::run(&client, &out, c).await,
         Command::Token(c) => cmd::token::run(&client, &out, c).await,

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use eden_proto::plugin_v1 as pb;
 use serde_json::{json, Map, Value};
 
-use crate::{attr, string, type_errors, Plan, Resource};
+use crate::{attr, computed, string, type_errors, Plan, Resource};
 
 /// Output kept in the resource's state after it ran.
 const KEPT_OUTPUT: usize = 4096;
@@ -106,6 +106,10 @@ impl Resource for Exec {
                 ),
                 attr("cwd", "string", "the working directory"),
                 attr("env", "map", "environment variables"),
+                computed("needed", "bool", "whether the guards say it should run"),
+                computed("why", "string", "why it need not run"),
+                computed("exit_code", "number", "its exit code, after it ran"),
+                computed("stdout", "string", "the end of its output, after it ran"),
             ],
         }
     }
@@ -145,7 +149,7 @@ impl Resource for Exec {
             return Ok(Plan::noop(prior.clone()));
         }
         Ok(Plan {
-            planned: json!({"needed": false, "command": cmd}),
+            planned: json!({"needed": false}),
             action: pb::Action::Update,
             requires_replace: vec![],
             detail: format!("will run: {cmd}"),
@@ -175,7 +179,6 @@ impl Resource for Exec {
         }
         Ok(json!({
             "needed": false,
-            "command": cmd,
             "exit_code": out.status.code(),
             "stdout": tail(&out.stdout),
         }))

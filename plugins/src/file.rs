@@ -9,7 +9,7 @@ use eden_agent::place;
 use eden_proto::plugin_v1 as pb;
 use serde_json::{json, Map, Value};
 
-use crate::{attr, string, type_errors, Plan, Resource};
+use crate::{attr, computed, string, type_errors, Plan, Resource};
 
 /// Content larger than this is compared by hash only (not shown, not diffed).
 const MAX_SHOWN: usize = 1 << 20;
@@ -107,9 +107,7 @@ impl Resource for File {
         path.required = true;
         path.optional = false;
         path.force_new = true;
-        let mut sha = attr("sha256", "string", "hex SHA-256 of the content");
-        sha.computed = true;
-        sha.optional = false;
+        let sha = computed("sha256", "string", "hex SHA-256 of the content");
         pb::ResourceSchema {
             r#type: "file".into(),
             version: 1,

@@ -284,6 +284,17 @@ pub(crate) fn attr(name: &str, type_: &str, description: &str) -> pb::Attribute 
     }
 }
 
+/// An attribute the plugin sets (never in a configuration).
+pub(crate) fn computed(name: &str, type_: &str, description: &str) -> pb::Attribute {
+    pb::Attribute {
+        name: name.into(),
+        r#type: type_.into(),
+        computed: true,
+        description: description.into(),
+        ..Default::default()
+    }
+}
+
 /// A string attribute of a configuration, if set.
 pub(crate) fn string<'a>(config: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
     config.get(name).and_then(Value::as_str)

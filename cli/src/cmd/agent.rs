@@ -46,6 +46,10 @@ pub struct AgentArgs {
     /// The CA's pin `eden token create` printed (sha256:HEX).
     #[arg(long)]
     pub ca_pin: Option<String>,
+    /// Where resource plugins are (`eden-plugin-NAME`; each must be approved with `eden plugin
+    /// lock`) [default: DATA_DIR/plugins].
+    #[arg(long)]
+    pub plugin_dir: Option<PathBuf>,
     /// Refused: labels are the operator's (`eden node label NODE KEY=VALUE`).
     #[arg(long = "label", hide = true)]
     pub labels: Vec<String>,
@@ -63,6 +67,7 @@ struct FileConfig {
     lease_ttl: Option<String>,
     facts_interval: Option<String>,
     max_output_bytes: Option<usize>,
+    plugin_dir: Option<PathBuf>,
     /// Only to refuse it with the reason.
     labels: Option<toml::Value>,
 }
@@ -118,6 +123,13 @@ pub fn resolve(a: &AgentArgs) -> Result<AgentConfig, Failure> {
     if let Some(v) = a.max_output_bytes.or(file.max_output_bytes) {
         c.max_output_bytes = v;
     }
+    c.plugin_dir = a.plugin_dir.clone().or(file.plugin_dir);
+    // The built-in plugins are this binary (`eden plugin serve NAME`).
+    c.builtin_plugins = std::env::current_exe().ok();
+    c.builtins = eden_plugins::BUILTINS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     Ok(c)
 }
 

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod alarm;
+pub mod apply;
 pub mod bench;
 pub mod bench_agents;
 pub mod cert;
@@ -17,6 +18,7 @@ pub mod lease;
 pub mod member;
 pub mod node;
 pub mod pki;
+pub mod plugin;
 pub mod put;
 pub mod reactor;
 pub mod run;

@@ -442,6 +442,140 @@ pub async fn locks(client: &Client) -> Result<BTreeMap<String, PluginLock>, Erro
         .collect()
 }
 
+/// The nodes a state is for, as `--on SELECTOR` or `--nodes LIST` gave them.
+pub fn targets_of(t: &crate::model::tasks::Targets) -> Result<Readers, Error> {
+    use crate::model::tasks::Targets;
+    let items: Vec<String> = match t {
+        Targets::Selector(s) => vec![s.clone()],
+        Targets::Nodes(n) => n.iter().map(|n| format!("node:{n}")).collect(),
+    };
+    Readers::parse(&items).map_err(Error::Invalid)
+}
+
+/// A new plan request id or generation: time-ordered, unique.
+pub fn new_id() -> String {
+    crate::model::tasks::new_id()
+}
+
+/// Stores a plan request for `state`; returns the revision it was stored at.
+pub async fn request_plan(client: &Client, req: &PlanRequest) -> Result<i64, Error> {
+    let r = kv::txn(
+        client,
+        vec![],
+        vec![kv::put(&plan(&req.state.name), req, 0)],
+        vec![],
+    )
+    .await?;
+    Ok(r.header.map_or(0, |h| h.revision))
+}
+
+/// Withdraws a plan request (after its plans were shown).
+pub async fn withdraw_plan(client: &Client, name: &str) -> Result<(), Error> {
+    kv::delete_one(client, &plan(name)).await?;
+    Ok(())
+}
+
+/// Stores `state` (its agents apply it) and withdraws its plan request, in one txn; returns the
+/// revision.
+pub async fn store(client: &Client, state: &State) -> Result<i64, Error> {
+    let r = kv::txn(
+        client,
+        vec![],
+        vec![
+            kv::put(&self::state(&state.name), state, 0),
+            kv::delete(&plan(&state.name)),
+        ],
+        vec![],
+    )
+    .await?;
+    Ok(r.header.map_or(0, |h| h.revision))
+}
+
+/// Removes a state: its agents stop keeping it (its resources stay as they are).
+pub async fn remove(client: &Client, name: &str) -> Result<(), Error> {
+    keys::check_name("state name", name).map_err(Error::Invalid)?;
+    let r = kv::txn(
+        client,
+        vec![],
+        vec![kv::delete(&state(name)), kv::delete(&plan(name))],
+        vec![],
+    )
+    .await?;
+    let deleted = r.responses.iter().any(|r| {
+        matches!(&r.response, Some(crate::etcdserverpb::response_op::Response::ResponseDeleteRange(d)) if d.deleted > 0)
+    });
+    if !deleted {
+        return Err(Error::NotFound(format!("no state {name}")));
+    }
+    Ok(())
+}
+
+/// One stored state.
+pub async fn get(client: &Client, name: &str) -> Result<State, Error> {
+    keys::check_name("state name", name).map_err(Error::Invalid)?;
+    match kv::get_one(client, &state(name)).await? {
+        Some(kv) => kv::decode(&kv).map_err(Error::Corrupt),
+        None => Err(Error::NotFound(format!("no state {name}"))),
+    }
+}
+
+/// Waits until each of `nodes` wrote a report under `/eden/nodes/NODE/{kind}/NAME` that `fits`
+/// (watching from revision `from`), or until `within` passed; calls `each` as they come.
+/// Returns the reports by node (a node missing did not report in time).
+pub async fn wait_reports<T: serde::de::DeserializeOwned>(
+    client: &std::sync::Arc<Client>,
+    kind: &str,
+    name: &str,
+    nodes: &[String],
+    from: i64,
+    within: Duration,
+    fits: impl Fn(&T) -> bool,
+    mut each: impl FnMut(&str, &T),
+) -> Result<BTreeMap<String, T>, Error> {
+    use crate::model::watcher::{Change, Watcher};
+    let mut got: BTreeMap<String, T> = BTreeMap::new();
+    let node_of = |key: &[u8]| -> Option<String> {
+        let rest = keys::rest(key, keys::NODES)?;
+        let (node, what) = rest.split_once('/')?;
+        (what == format!("{kind}/{name}") && nodes.iter().any(|n| n == node))
+            .then(|| node.to_string())
+    };
+    // Reports already there (written before the watch starts) count too.
+    let (kvs, _) = kv::get_prefix(client, keys::NODES, 0, false).await?;
+    let mut take = |kvs: &[crate::mvccpb::KeyValue], got: &mut BTreeMap<String, T>| {
+        for kv in kvs {
+            if let Some(node) = node_of(&kv.key) {
+                if let Ok(r) = kv::decode::<T>(kv) {
+                    if fits(&r) && !got.contains_key(&node) {
+                        each(&node, &r);
+                        got.insert(node, r);
+                    }
+                }
+            }
+        }
+    };
+    take(&kvs, &mut got);
+    let mut w = Watcher::from_revision(client.clone(), keys::NODES, from).relist_on_compaction();
+    let end = tokio::time::Instant::now() + within;
+    while got.len() < nodes.len() {
+        let c = tokio::select! {
+            c = w.next() => c,
+            _ = tokio::time::sleep_until(end) => break,
+        };
+        match c {
+            None => break,
+            Some(Err(e)) => return Err(e),
+            Some(Ok(Change::Listed { kvs, .. })) => take(&kvs, &mut got),
+            Some(Ok(Change::Events(events))) => {
+                let kvs: Vec<_> = events.into_iter().filter_map(|e| e.kv).collect();
+                take(&kvs, &mut got);
+            }
+            Some(Ok(Change::Compacted { .. })) => {}
+        }
+    }
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,8 @@
 #   etcd-server          etcd 3.4, which the robustness suite's checks must also pass
 #   openssl              the files tests make a CA with it, as an operator's task would
 #   curl, python3(-venv) the HTTP/JSON gateway's tests: curl, and etcd3gw (PyPI) in a virtual
-#                        environment at ~/.cache/eden-pyclients
+#                        environment at ~/.cache/eden-pyclients; grpcio and protobuf there too,
+#                        for the Python plugins of tests/tests/states.rs
 set -euo pipefail
 need=()
 command -v clang >/dev/null 2>&1 || need+=(clang)
@@ -25,11 +26,13 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# A third-party client of etcd's HTTP/JSON gateway, pinned, for tests/tests/gateway.rs.
+# A third-party client of etcd's HTTP/JSON gateway, pinned, for tests/tests/gateway.rs; and
+# gRPC for Python (the versions examples/plugins/python/greeting's stubs were made with), for
+# the Python plugins of tests/tests/states.rs.
 venv="$HOME/.cache/eden-pyclients"
-if ! "$venv/bin/python" -c 'import etcd3gw' >/dev/null 2>&1; then
-  echo "installing etcd3gw into $venv"
+if ! "$venv/bin/python" -c 'import etcd3gw, grpc, google.protobuf' >/dev/null 2>&1; then
+  echo "installing etcd3gw, grpcio and protobuf into $venv"
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q etcd3gw==2.7.0
+  "$venv/bin/pip" install -q etcd3gw==2.7.0 grpcio==1.68.1 protobuf==5.29.6
 fi

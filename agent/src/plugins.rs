@@ -92,6 +92,14 @@ pub struct Plugin {
     child: Mutex<tokio::process::Child>,
     pid: Option<u32>,
     stderr: Arc<Mutex<VecDeque<String>>>,
+    /// The executable's size and modification time when it started (a changed binary is
+    /// checked against its lock again).
+    stamp: Option<(u64, std::time::SystemTime)>,
+}
+
+fn stamp_of(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
 }
 
 impl Drop for Plugin {
@@ -262,6 +270,7 @@ impl Plugin {
             child: Mutex::new(child),
             pid,
             stderr,
+            stamp: stamp_of(program),
         })
     }
 
@@ -437,8 +446,25 @@ impl Host {
         self
     }
 
-    pub fn set_locks(&self, locks: BTreeMap<String, PluginLock>) {
-        *self.locks.lock().unwrap() = locks;
+    /// The approved checksums as the cluster has them now; a running plugin whose lock changed
+    /// or was withdrawn is stopped (the next call checks it again).
+    pub async fn set_locks(&self, locks: BTreeMap<String, PluginLock>) {
+        let changed: Vec<String> = {
+            let mut old = self.locks.lock().unwrap();
+            let changed = old
+                .iter()
+                .filter(|(n, l)| locks.get(*n).map(|x| &x.sha256) != Some(&l.sha256))
+                .map(|(n, _)| n.clone())
+                .collect();
+            *old = locks;
+            changed
+        };
+        let mut running = self.running.lock().await;
+        for n in changed {
+            if running.remove(&n).is_some() {
+                tracing::info!(plugin = %n, "its lock changed: stopped");
+            }
+        }
     }
 
     pub fn locks(&self) -> BTreeMap<String, PluginLock> {
@@ -475,13 +501,17 @@ impl Host {
     /// locked, its checksum differs, it failed to start).
     pub async fn get(&self, name: &str) -> Result<Arc<Plugin>, String> {
         let mut running = self.running.lock().await;
+        let found = self.discover().into_iter().find(|f| f.name == name);
         if let Some(p) = running.get(name) {
-            if p.alive() {
+            // Still the binary it started from (a replaced one is checked again below).
+            let same = found
+                .as_ref()
+                .is_some_and(|f| f.builtin || stamp_of(&f.path) == p.stamp);
+            if p.alive() && same {
                 return Ok(p.clone());
             }
             running.remove(name);
         }
-        let found = self.discover().into_iter().find(|f| f.name == name);
         let Some(found) = found else {
             return Err(format!(
                 "no plugin {name} on this node (built-ins: {}; others go in {} as {PREFIX}{name})",

@@ -237,7 +237,7 @@ impl Agent {
                 Some(kv) => kv::decode(&kv).map_err(Error::Corrupt)?,
                 None => BTreeMap::new(),
             };
-        self.plugins.set_locks(locks.clone());
+        self.plugins.set_locks(locks.clone()).await;
         let node = self.cfg.name.clone();
         let mine: Vec<State> = all
             .into_iter()

@@ -124,11 +124,7 @@ impl Builtin {
     }
 
     /// The configuration checked against the schema and the type's own rules.
-    fn checked(
-        &self,
-        type_: &str,
-        json: &str,
-    ) -> Result<(&dyn Resource, Map<String, Value>), Vec<pb::Diagnostic>> {
+    fn checked(&self, type_: &str, json: &str) -> Result<Checked<'_>, Vec<pb::Diagnostic>> {
         let r = self
             .resource(type_)
             .map_err(|s| vec![error(s.message(), None)])?;
@@ -144,7 +140,7 @@ impl Builtin {
             if !schema
                 .attributes
                 .iter()
-                .any(|a| &a.name == k && !(a.computed && !a.optional))
+                .any(|a| &a.name == k && (a.optional || !a.computed))
             {
                 d.push(error(format!("{type_} has no attribute {k:?}"), Some(k)));
             }
@@ -161,6 +157,9 @@ impl Builtin {
         }
     }
 }
+
+/// A resource type and a configuration checked against it.
+type Checked<'a> = (&'a dyn Resource, Map<String, Value>);
 
 fn failed(d: Vec<pb::Diagnostic>) -> Status {
     Status::invalid_argument(

@@ -21,7 +21,7 @@ use eden_proto::client::Client;
 use eden_proto::model::files::writer_of;
 use eden_proto::model::objects::{now_ms, show_time};
 use eden_proto::model::states::{
-    self, Action, NodePlan, NodeState, PlanRequest, ResourceReport, State,
+    self, Action, Awaited, NodePlan, NodeState, PlanRequest, ResourceReport, State,
 };
 use eden_proto::model::tasks::{self, Targets};
 use eden_proto::model::{keys, nodes, Error};
@@ -235,16 +235,17 @@ pub async fn run(client: &Arc<Client>, out: &Printer, a: ApplyArgs) -> Result<()
     }
     let plans: BTreeMap<String, NodePlan> = states::wait_reports(
         client,
-        "plans",
-        &name,
-        &up,
-        from,
-        a.timeout,
+        Awaited {
+            kind: "plans",
+            name: &name,
+            nodes: &up,
+            from,
+            within: a.timeout,
+        },
         |p: &NodePlan| p.id == id,
         |_, _| {},
     )
-    .await
-    .inspect_err(|_| {})?;
+    .await?;
     let _ = states::withdraw_plan(client, &name).await;
     let silent: Vec<&String> = up.iter().filter(|n| !plans.contains_key(*n)).collect();
     let changes: usize = plans.values().map(NodePlan::changes).sum();
@@ -319,11 +320,13 @@ pub async fn run(client: &Arc<Client>, out: &Printer, a: ApplyArgs) -> Result<()
     };
     let results: BTreeMap<String, NodeState> = states::wait_reports(
         client,
-        "states",
-        &name,
-        &up,
-        from,
-        a.timeout,
+        Awaited {
+            kind: "states",
+            name: &name,
+            nodes: &up,
+            from,
+            within: a.timeout,
+        },
         |s: &NodeState| s.generation == id,
         |_, _| {
             if let Some(b) = &bar {

@@ -519,19 +519,32 @@ pub async fn get(client: &Client, name: &str) -> Result<State, Error> {
     }
 }
 
-/// Waits until each of `nodes` wrote a report under `/eden/nodes/NODE/{kind}/NAME` that `fits`
-/// (watching from revision `from`), or until `within` passed; calls `each` as they come.
-/// Returns the reports by node (a node missing did not report in time).
+/// Which reports [`wait_reports`] waits for: each of `nodes`' `/eden/nodes/NODE/{kind}/NAME`,
+/// watched from revision `from`, for at most `within`.
+pub struct Awaited<'a> {
+    /// `plans` or `states`.
+    pub kind: &'a str,
+    pub name: &'a str,
+    pub nodes: &'a [String],
+    pub from: i64,
+    pub within: Duration,
+}
+
+/// Waits until each node wrote a report that `fits`, or until the time is up; calls `each` as
+/// they come. Returns the reports by node (a node missing did not report in time).
 pub async fn wait_reports<T: serde::de::DeserializeOwned>(
     client: &std::sync::Arc<Client>,
-    kind: &str,
-    name: &str,
-    nodes: &[String],
-    from: i64,
-    within: Duration,
+    w: Awaited<'_>,
     fits: impl Fn(&T) -> bool,
     mut each: impl FnMut(&str, &T),
 ) -> Result<BTreeMap<String, T>, Error> {
+    let Awaited {
+        kind,
+        name,
+        nodes,
+        from,
+        within,
+    } = w;
     use crate::model::watcher::{Change, Watcher};
     let mut got: BTreeMap<String, T> = BTreeMap::new();
     let node_of = |key: &[u8]| -> Option<String> {

@@ -1,0 +1,479 @@
+//! Desired state and plugins (issue 18), with real processes and TLS on: `eden apply` plans on
+//! every target and changes nothing until it applies; a second apply plans no change; agents
+//! correct drift and report it as an event, also while every server is stopped; `notify` sets
+//! off a resource only when what notifies it changed; a plugin that prints garbage, dies in the
+//! middle of an apply, hangs, or is not the approved binary gives a clear error on its node and
+//! the agent goes on; a plugin written in Python goes through the same path as the built-ins.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use eden_tests::{wait_for, Cluster};
+use tokio::io::AsyncBufReadExt;
+
+/// The Python that scripts/setup.sh gives grpcio (`EDEN_TEST_PYTHON` names another).
+fn python() -> PathBuf {
+    std::env::var_os("EDEN_TEST_PYTHON").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/eden-pyclients/bin/python")
+        },
+        PathBuf::from,
+    )
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds a Python plugin into one executable file (a zipapp): the greeting example's stubs
+/// and helper, with `main` as its `__main__.py`.
+fn zipapp(main: &Path, out: &Path) {
+    let src = tempfile::tempdir().unwrap();
+    let example = repo().join("examples/plugins/python/greeting");
+    for f in std::fs::read_dir(&example).unwrap().flatten() {
+        if f.path().extension().is_some_and(|e| e == "py") {
+            std::fs::copy(f.path(), src.path().join(f.file_name())).unwrap();
+        }
+    }
+    std::fs::copy(main, src.path().join("__main__.py")).unwrap();
+    let s = std::process::Command::new(python())
+        .args(["-m", "zipapp"])
+        .arg(src.path())
+        .arg("-p")
+        .arg(python())
+        .arg("-o")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(s.success(), "zipapp {}", out.display());
+}
+
+fn write(path: &Path, text: &str) -> String {
+    std::fs::write(path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Edits a file as an editor does (a new file renamed over it): the agent never sees it half
+/// written.
+fn tamper(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// Waits for a derived event whose tag starts with `prefix`, at or after revision `from`
+/// (`eden event watch`); returns it.
+async fn wait_event(c: &Cluster, from: i64, prefix: &str) -> serde_json::Value {
+    let mut child = tokio::process::Command::new(eden_tests::eden_bin())
+        .args(c.tls_flags("admin"))
+        .arg("--endpoints")
+        .arg(c.endpoints().join(","))
+        .args([
+            "event",
+            "watch",
+            "state/**",
+            "--from",
+            &from.to_string(),
+            "-w",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["tag"].as_str().is_some_and(|t| t.starts_with(prefix)) {
+                return v;
+            }
+        }
+        panic!("event watch ended before {prefix}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no event {prefix} within 20 s"));
+    let _ = child.kill().await;
+    found
+}
+
+async fn revision(c: &Cluster) -> i64 {
+    c.client()
+        .range(eden_proto::etcdserverpb::RangeRequest {
+            key: b"/".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_changes_nothing_apply_converges_and_notify_fires_only_on_change() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let _agents: Vec<_> = ["web1", "web2", "db1"]
+        .iter()
+        .map(|n| c.agent(n, &[]))
+        .collect();
+    c.wait_nodes(&["web1", "web2", "db1"], true).await;
+    for n in ["web1", "web2"] {
+        assert_eq!(
+            c.eden(&["node", "label", n, "role=web"]).await.code,
+            Some(0)
+        );
+    }
+    let dir = c.dir().join("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    let state = |greeting: &str| {
+        format!(
+            r#"
+name: site
+resources:
+  - type: exec
+    name: reload
+    attrs:
+      command: "echo reload >> {d}/{{{{ node.name }}}}.reloads"
+      refreshonly: true
+  - type: file
+    name: index
+    attrs:
+      path: "{d}/{{{{ node.name }}}}.html"
+      content: "{greeting} from {{{{ node.name }}}}\n"
+      mode: "0640"
+    notify: [exec.reload]
+  - type: exec
+    name: marker
+    attrs:
+      command: "touch {d}/{{{{ node.name }}}}.marker"
+      creates: "{d}/{{{{ node.name }}}}.marker"
+    require: [file.index]
+"#
+        )
+    };
+    let f = write(&c.dir().join("site.yaml"), &state("hello"));
+
+    // The plan: a diff per node, nothing changed, nothing stored.
+    let o = c
+        .eden(&[
+            "apply",
+            &f,
+            "--on",
+            "role=web",
+            "--plan",
+            "--detailed-exitcode",
+        ])
+        .await;
+    assert_eq!(o.code, Some(2), "{o:?}");
+    for n in ["web1", "web2"] {
+        assert!(
+            o.stdout.contains(&format!("{n}: 3 to change")),
+            "{}",
+            o.stdout
+        );
+        assert!(
+            o.stdout.contains(&format!("+hello from {n}")),
+            "{}",
+            o.stdout
+        );
+    }
+    assert!(o.stdout.contains("+ file.index") && o.stdout.contains("will run: touch"));
+    assert!(!o.stdout.contains("db1"), "{}", o.stdout);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "the plan changed nothing"
+    );
+    let ls = c.eden(&["state", "ls", "-w", "json"]).await;
+    assert_eq!(ls.stdout.trim(), "[]", "{ls:?}");
+
+    // Apply: converged, in order; the reload ran once because the file changed.
+    let from = revision(&c).await;
+    let o = c.eden(&["apply", &f, "--on", "role=web"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    for n in ["web1", "web2"] {
+        assert_eq!(
+            read(&dir.join(format!("{n}.html"))).unwrap(),
+            format!("hello from {n}\n")
+        );
+        assert!(dir.join(format!("{n}.marker")).exists());
+        assert_eq!(read(&dir.join(format!("{n}.reloads"))).unwrap(), "reload\n");
+    }
+    assert!(!dir.join("db1.html").exists());
+    let e = wait_event(&c, from, "state/applied/").await;
+    assert_eq!(e["data"]["status"], "applied", "{e}");
+
+    // Again: nothing to change, and nothing set off.
+    let o = c
+        .eden(&["apply", &f, "--on", "role=web", "--detailed-exitcode"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("web1: no changes"), "{}", o.stdout);
+    assert_eq!(read(&dir.join("web1.reloads")).unwrap(), "reload\n");
+
+    // A changed greeting: the file changes and the reload runs once more.
+    let f = write(&c.dir().join("site.yaml"), &state("hi"));
+    let o = c
+        .eden(&["apply", &f, "--on", "role=web", "--detailed-exitcode"])
+        .await;
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stdout.contains("-hello from web1") && o.stdout.contains("+hi from web1"));
+    assert_eq!(read(&dir.join("web1.html")).unwrap(), "hi from web1\n");
+    assert_eq!(read(&dir.join("web1.reloads")).unwrap(), "reload\nreload\n");
+
+    // A node labelled later converges by itself; the state is listed with its nodes.
+    assert_eq!(
+        c.eden(&["node", "label", "db1", "role=web"]).await.code,
+        Some(0)
+    );
+    wait_for("db1 to converge", Duration::from_secs(20), || async {
+        read(&dir.join("db1.html")).as_deref() == Some("hi from db1\n")
+    })
+    .await;
+    let show = c.eden(&["state", "show", "site"]).await;
+    assert!(show.stdout.contains("db1: applied"), "{show:?}");
+    // Removed: agents stop keeping it, and leave the files.
+    assert_eq!(c.eden(&["state", "rm", "site"]).await.code, Some(0));
+    assert_eq!(c.eden(&["state", "rm", "site"]).await.code, Some(1));
+
+    // Bad input: one line, exit 2, nothing stored.
+    let bad = write(
+        &c.dir().join("bad.yaml"),
+        "resources:\n  - {type: file, name: a, require: [file.b]}\n",
+    );
+    let o = c.eden(&["apply", &bad, "--on", "role=web"]).await;
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stderr.contains("not a resource of this state"), "{o:?}");
+    let o = c
+        .eden(&["apply", &bad, "--on", "role=web", "--detailed-exitcode"])
+        .await;
+    assert_eq!(
+        o.code,
+        Some(1),
+        "2 means changes with --detailed-exitcode: {o:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_corrected_and_reported_also_while_every_server_is_stopped() {
+    let mut c = Cluster::start_tls(1, &[]).await;
+    let agent = c.agent("web1", &[]);
+    c.wait_nodes(&["web1"], true).await;
+    let path = c.dir().join("motd");
+    let p = path.display();
+    let f = write(
+        &c.dir().join("motd.yaml"),
+        &format!(
+            "interval: 300ms\nresources:\n  - type: file\n    name: motd\n    attrs: {{path: \"{p}\", content: \"welcome\\n\"}}\n"
+        ),
+    );
+    let o = c.eden(&["apply", &f, "--nodes", "web1"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(read(&path).unwrap(), "welcome\n");
+
+    // Edited by hand: changed back within the interval, and an event says so.
+    let from = revision(&c).await;
+    tamper(&path, "defaced\n");
+    let e = wait_event(&c, from, "state/drift/web1/file.motd").await;
+    assert_eq!(e["data"]["corrected"], true, "{e}");
+    assert_eq!(e["data"]["changes"][0]["from"], "defaced\n", "{e}");
+    assert_eq!(e["labels"]["state"], "motd");
+    assert_eq!(read(&path).unwrap(), "welcome\n");
+
+    // Every server stopped: the agent still changes it back, and reports it when they are back.
+    assert_eq!(c.stop(0), Some(0));
+    tamper(&path, "defaced while cut off\n");
+    wait_for(
+        "the agent to correct the file",
+        Duration::from_secs(10),
+        || async { read(&path).as_deref() == Some("welcome\n") },
+    )
+    .await;
+    c.restart(0);
+    wait_for(
+        "the drift found while cut off to be reported",
+        Duration::from_secs(30),
+        || async {
+            let o = c
+                .eden(&["get", "/eden/nodes/web1/drift/motd/file.motd"])
+                .await;
+            let value = o.stdout.lines().nth(1).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(value).unwrap_or_default();
+            v["changes"][0]["from"] == "defaced while cut off\n" && v["corrected"] == true
+        },
+    )
+    .await;
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plugins_fail_on_their_node_with_a_clear_error_and_the_agent_goes_on() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let plugins = c.dir().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let pd = plugins.display().to_string();
+    let _agent = c.agent("web1", &["--plugin-dir", &pd]);
+    c.wait_nodes(&["web1"], true).await;
+    // Garbage on stdout instead of a handshake.
+    let garbage = plugins.join("eden-plugin-garbage");
+    write(&garbage, "#!/bin/sh\necho 'listening on :8080'\nsleep 60\n");
+    std::fs::set_permissions(
+        &garbage,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // A Python plugin that dies in the middle of an apply, or never answers a plan.
+    zipapp(
+        &repo().join("tests/plugins/misbehave/__main__.py"),
+        &plugins.join("eden-plugin-misbehave"),
+    );
+    let out = c.dir().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let od = out.display().to_string();
+
+    // Not locked: refused before it runs, and the built-in file in the same state is applied.
+    let f = write(
+        &c.dir().join("bad.yaml"),
+        &format!(
+            r#"resources:
+  - {{type: garbage_thing, name: g, attrs: {{}}}}
+  - {{type: misbehave_crash, name: c, attrs: {{path: "{od}/crash"}}}}
+  - {{type: misbehave_hang, name: h, attrs: {{path: "{od}/hang"}}, timeout: 1s}}
+  - {{type: file, name: ok, attrs: {{path: "{od}/ok", content: "fine\n"}}}}
+  - {{type: file, name: after, attrs: {{path: "{od}/after", content: "x\n"}}, require: [misbehave_crash.c]}}
+"#
+        ),
+    );
+    let plan = c.eden(&["apply", &f, "--nodes", "web1", "--plan"]).await;
+    assert_eq!(plan.code, Some(4), "{plan:?}");
+    assert!(
+        plan.stdout
+            .contains("is not approved: run `eden plugin lock"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stderr
+            .contains("the plan failed on web1: nothing applied"),
+        "{plan:?}"
+    );
+    let g = garbage.display().to_string();
+    let m = plugins.join("eden-plugin-misbehave").display().to_string();
+    let o = c.eden(&["plugin", "lock", &g, &m]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+
+    // Locked: planning shows each one's error; nothing is applied.
+    let plan = c.eden(&["apply", &f, "--nodes", "web1", "--plan"]).await;
+    assert_eq!(plan.code, Some(4), "{plan:?}");
+    assert!(
+        plan.stdout
+            .contains("printed \"listening on :8080\" where its handshake belongs"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("planning misbehave_hang.h took longer than 1s"),
+        "{}",
+        plan.stdout
+    );
+    assert!(!out.join("ok").exists());
+
+    // Only the crashing one and what requires it: the crash is reported, the other file applied,
+    // nothing half-written where the state said, and the agent goes on.
+    let f2 = write(
+        &c.dir().join("crash.yaml"),
+        &format!(
+            r#"resources:
+  - {{type: misbehave_crash, name: c, attrs: {{path: "{od}/crash"}}}}
+  - {{type: file, name: ok, attrs: {{path: "{od}/ok", content: "fine\n"}}}}
+  - {{type: file, name: after, attrs: {{path: "{od}/after", content: "x\n"}}, require: [misbehave_crash.c]}}
+"#
+        ),
+    );
+    let o = c.eden(&["apply", &f2, "--nodes", "web1"]).await;
+    assert_eq!(o.code, Some(4), "{o:?}");
+    assert!(
+        o.stdout
+            .contains("plugin misbehave died during applying misbehave_crash.c"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("skipped: it requires misbehave_crash.c, which failed"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(read(&out.join("ok")).unwrap(), "fine\n");
+    assert!(!out.join("crash").exists() && !out.join("after").exists());
+
+    // A binary replaced after it was locked is refused.
+    std::fs::write(&garbage, "#!/bin/sh\necho another\n").unwrap();
+    let f3 = write(
+        &c.dir().join("g.yaml"),
+        "resources:\n  - {type: garbage_thing, name: g, attrs: {}}\n",
+    );
+    let plan = c.eden(&["apply", &f3, "--nodes", "web1", "--plan"]).await;
+    assert_eq!(plan.code, Some(4), "{plan:?}");
+    assert!(plan.stdout.contains("not the approved"), "{}", plan.stdout);
+
+    // The agent still works: a good state applies.
+    let f4 = write(
+        &c.dir().join("good.yaml"),
+        &format!("resources:\n  - {{type: file, name: good, attrs: {{path: \"{od}/good\", content: \"ok\\n\"}}}}\n"),
+    );
+    let o = c.eden(&["apply", &f4, "--nodes", "web1"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(read(&out.join("good")).unwrap(), "ok\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_plugin_is_planned_and_applied_like_the_built_ins() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let plugins = c.dir().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let bin = plugins.join("eden-plugin-greeting");
+    zipapp(
+        &repo().join("examples/plugins/python/greeting/__main__.py"),
+        &bin,
+    );
+    let pd = plugins.display().to_string();
+    let _agent = c.agent("web1", &["--plugin-dir", &pd]);
+    c.wait_nodes(&["web1"], true).await;
+    let b = bin.display().to_string();
+    assert_eq!(c.eden(&["plugin", "lock", &b]).await.code, Some(0));
+    let path = c.dir().join("greeting");
+    let f = write(
+        &c.dir().join("greet.yaml"),
+        &format!(
+            "resources:\n  - type: greeting_message\n    name: hi\n    attrs: {{path: \"{}\", name: \"{{{{ node.name }}}}\"}}\n",
+            path.display()
+        ),
+    );
+    let plan = c.eden(&["apply", &f, "--nodes", "web1", "--plan"]).await;
+    assert_eq!(plan.code, Some(0), "{plan:?}");
+    assert!(plan.stdout.contains("+ greeting_message.hi") && plan.stdout.contains("will write"));
+    assert!(!path.exists());
+    let o = c.eden(&["apply", &f, "--nodes", "web1"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(read(&path).unwrap(), "Hello, web1!\n");
+    let o = c
+        .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    // Its schema, version and lock, as `eden plugin ls` shows them.
+    let ls = c.eden(&["plugin", "ls", "--dir", &pd]).await;
+    assert!(
+        ls.stdout.contains("greeting_message") && ls.stdout.contains("0.1.0"),
+        "{ls:?}"
+    );
+}

@@ -5,6 +5,8 @@
 #   etcd-client          etcdctl 3.4, for the conformance tests
 #   etcd-server          etcd 3.4, which the robustness suite's checks must also pass
 #   openssl              the files tests make a CA with it, as an operator's task would
+#   runit                a real service manager for the `service` resource's tests (this machine
+#                        has no systemd as PID 1): a test runs its own runsvdir
 #   curl, python3(-venv) the HTTP/JSON gateway's tests: curl, and etcd3gw (PyPI) in a virtual
 #                        environment at ~/.cache/eden-pyclients; grpcio and protobuf there too,
 #                        for the Python plugins of tests/tests/states.rs
@@ -17,6 +19,7 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v runsvdir >/dev/null 2>&1 || need+=(runit)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

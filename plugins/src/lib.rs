@@ -1,4 +1,4 @@
-//! eden's built-in resource plugins. Each is a separate process speaking the plugin protocol
+//! eden's built-in resource plugins: file, exec, service, package. Each is a separate process speaking the plugin protocol
 //! (`eden plugin serve NAME` is the program; design/plugins.md), started by the agent exactly as
 //! it starts a plugin written by anyone else: the built-ins are the proof that the protocol
 //! carries real work.
@@ -8,6 +8,8 @@
 
 pub mod exec;
 pub mod file;
+pub mod package;
+pub mod service;
 
 use eden_proto::plugin_v1 as pb;
 use eden_proto::plugin_v1::provider_server::Provider;
@@ -67,22 +69,18 @@ pub struct Builtin {
 
 /// The built-in plugin called `name`.
 pub fn builtin(name: &str) -> Option<Builtin> {
-    let resources: Vec<Box<dyn Resource>> = match name {
-        "file" => vec![Box::new(file::File)],
-        "exec" => vec![Box::new(exec::Exec)],
+    let (name, resources): (&'static str, Vec<Box<dyn Resource>>) = match name {
+        "file" => ("file", vec![Box::new(file::File)]),
+        "exec" => ("exec", vec![Box::new(exec::Exec)]),
+        "service" => ("service", vec![Box::new(service::Service)]),
+        "package" => ("package", vec![Box::new(package::Package)]),
         _ => return None,
     };
-    Some(Builtin {
-        name: match name {
-            "file" => "file",
-            _ => "exec",
-        },
-        resources,
-    })
+    Some(Builtin { name, resources })
 }
 
 /// The names of the built-in plugins.
-pub const BUILTINS: [&str; 2] = ["exec", "file"];
+pub const BUILTINS: [&str; 4] = ["exec", "file", "package", "service"];
 
 fn error(summary: impl Into<String>, attribute: Option<&str>) -> pb::Diagnostic {
     pb::Diagnostic {

@@ -477,3 +477,152 @@ async fn a_python_plugin_is_planned_and_applied_like_the_built_ins() {
         "{ls:?}"
     );
 }
+
+/// `runsvdir` watching a directory: a real service manager for machines without systemd as
+/// PID 1 (this one). SIGHUP on drop: it stops every service and exits.
+struct Runsvdir(std::process::Child);
+
+impl Drop for Runsvdir {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-HUP", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn sv_status(svdir: &Path, name: &str) -> String {
+    let o = std::process::Command::new("sv")
+        .arg("status")
+        .arg(svdir.join(name))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_under_runit_is_started_restarted_on_notify_and_kept_running() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let _agent = c.agent("web1", &[]);
+    c.wait_nodes(&["web1"], true).await;
+    let (svdir, avail) = (c.dir().join("service"), c.dir().join("sv"));
+    let starts = c.dir().join("starts");
+    std::fs::create_dir_all(&svdir).unwrap();
+    std::fs::create_dir_all(avail.join("web")).unwrap();
+    let run = avail.join("web/run");
+    write(
+        &run,
+        &format!(
+            "#!/bin/sh\necho start >> {}\nexec sleep 1000\n",
+            starts.display()
+        ),
+    );
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let _runsvdir = Runsvdir(
+        std::process::Command::new("runsvdir")
+            .arg("-P")
+            .arg(&svdir)
+            .spawn()
+            .expect("runsvdir (scripts/setup.sh installs runit)"),
+    );
+    let conf = c.dir().join("web.conf");
+    let state = |version: &str| {
+        format!(
+            r#"interval: 300ms
+resources:
+  - type: file
+    name: conf
+    attrs: {{path: "{}", content: "version {version}\n"}}
+    notify: [service.web]
+  - type: service
+    name: web
+    attrs: {{name: web, manager: runit, runit_dir: "{}", runit_available: "{}", state: running, enabled: true}}
+"#,
+            conf.display(),
+            svdir.display(),
+            avail.display()
+        )
+    };
+    let starts_now = || read(&starts).unwrap_or_default().lines().count();
+    let f = write(&c.dir().join("web.yaml"), &state("1"));
+    let o = c.eden(&["apply", &f, "--nodes", "web1", "--plan"]).await;
+    assert!(o.stdout.contains("will enable, start"), "{o:?}");
+    let o = c.eden(&["apply", &f, "--nodes", "web1"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        sv_status(&svdir, "web").starts_with("run:"),
+        "{}",
+        sv_status(&svdir, "web")
+    );
+    assert_eq!(starts_now(), 1);
+
+    // Unchanged: not restarted.
+    let o = c
+        .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(starts_now(), 1);
+
+    // The file changed: restarted once.
+    let f = write(&c.dir().join("web.yaml"), &state("2"));
+    let o = c.eden(&["apply", &f, "--nodes", "web1", "--plan"]).await;
+    assert!(o.stdout.contains("will restart (notified)"), "{o:?}");
+    let o = c
+        .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
+        .await;
+    assert_eq!(o.code, Some(2), "{o:?}");
+    wait_for("the restart", Duration::from_secs(10), || async {
+        starts_now() == 2
+    })
+    .await;
+
+    // Stopped by hand: started again, and reported.
+    let from = revision(&c).await;
+    let s = std::process::Command::new("sv")
+        .arg("down")
+        .arg(svdir.join("web"))
+        .status()
+        .unwrap();
+    assert!(s.success());
+    let e = wait_event(&c, from, "state/drift/web1/service.web").await;
+    assert_eq!(e["data"]["corrected"], true, "{e}");
+    wait_for("web to run again", Duration::from_secs(10), || async {
+        sv_status(&svdir, "web").starts_with("run:")
+    })
+    .await;
+    assert_eq!(starts_now(), 3);
+}
+
+/// Installs and removes Debian's `hello` with apt: changes the machine and needs apt's
+/// repositories, so it runs only when asked:
+/// `cargo test -p eden-tests --test states -- --ignored apt` (as root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn apt_installs_and_removes_a_package() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let _agent = c.agent("web1", &[]);
+    c.wait_nodes(&["web1"], true).await;
+    let state = |s: &str| {
+        format!("resources:\n  - {{type: package, name: hello, attrs: {{name: hello, state: {s}}}, timeout: 5m}}\n")
+    };
+    let f = write(&c.dir().join("p.yaml"), &state("installed"));
+    let o = c
+        .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
+        .await;
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stdout.contains("will install hello"), "{o:?}");
+    assert!(std::process::Command::new("hello")
+        .output()
+        .is_ok_and(|o| o.status.success()));
+    let o = c
+        .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let f = write(&c.dir().join("p.yaml"), &state("absent"));
+    let o = c
+        .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
+        .await;
+    assert_eq!(o.code, Some(2), "{o:?}");
+    assert!(o.stdout.contains("will remove hello"), "{o:?}");
+    assert!(std::process::Command::new("hello").output().is_err());
+}

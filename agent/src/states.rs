@@ -56,6 +56,9 @@ pub struct Kept {
     /// Plan requests answered: state name -> request id.
     #[serde(default)]
     pub planned: BTreeMap<String, String>,
+    /// Converge requests (a reactor's `apply`) handled: state name -> request id.
+    #[serde(default)]
+    pub converged: BTreeMap<String, String>,
     #[serde(default)]
     pub locks: BTreeMap<String, PluginLock>,
     /// Reports not yet written: key, value.
@@ -200,6 +203,7 @@ impl Agent {
         let mut w_plans = watch(states::PLANS);
         let mut w_locks = watch(states::PLUGIN_LOCKS);
         let mut w_labels = watch(&keys::labels(&self.cfg.name)).single_key();
+        let mut w_converge = watch(&states::converges(&self.cfg.name));
         loop {
             let due = self.states.lock().await.next_due();
             let wake = match (&synced, due) {
@@ -214,6 +218,7 @@ impl Agent {
                 c = w_plans.next() => changed(c),
                 c = w_locks.next() => changed(c),
                 c = w_labels.next() => changed(c),
+                c = w_converge.next() => changed(c),
                 _ = tokio::time::sleep_until(wake.into()) => synced.is_err(),
             };
             if resync {
@@ -232,6 +237,8 @@ impl Agent {
         let (all, rev) = states::list(&self.client).await?;
         let plans = states::plan_requests(&self.client).await?;
         let locks = states::locks(&self.client).await?;
+        let (converge, _) =
+            kv::get_prefix(&self.client, &states::converges(&self.cfg.name), 0, false).await?;
         let labels: BTreeMap<String, String> =
             match kv::get_one(&self.client, &keys::labels(&self.cfg.name)).await? {
                 Some(kv) => kv::decode(&kv).map_err(Error::Corrupt)?,
@@ -239,6 +246,36 @@ impl Agent {
             };
         self.plugins.set_locks(locks.clone()).await;
         let node = self.cfg.name.clone();
+        // Converge requests: apply the named state now, once each, selected or not.
+        for kv in &converge {
+            let Some(name) = keys::rest(&kv.key, &states::converges(&node)) else {
+                continue;
+            };
+            let Ok(req) = kv::decode::<states::ConvergeRequest>(kv) else {
+                continue;
+            };
+            if self.states.lock().await.converged.get(name) == Some(&req.id) {
+                continue;
+            }
+            let report = match all.iter().find(|s| s.name == name) {
+                None => NodeState {
+                    generation: String::new(),
+                    status: "failed".into(),
+                    time: now_ms(),
+                    error: Some(format!(
+                        "{} asked to apply state {name}, which does not exist",
+                        req.by
+                    )),
+                    resources: vec![],
+                },
+                Some(s) => self.apply_now(s).await,
+            };
+            tracing::info!(state = %name, by = %req.by, status = %report.status, "applied a state on request");
+            self.report(&states::node_state(&node, name), &report).await;
+            let mut k = self.states.lock().await;
+            k.converged.insert(name.to_string(), req.id.clone());
+            k.save();
+        }
         let mine: Vec<State> = all
             .into_iter()
             .filter(|s| s.targets.allows(&node, &labels))
@@ -300,19 +337,7 @@ impl Agent {
                 k.save();
             }
             if new_generation {
-                let outcomes = self.round(&s.name, &rendered, How::Apply).await;
-                let failed = outcomes.iter().any(|o| o.report.error.is_some());
-                let report = NodeState {
-                    generation: s.generation.clone(),
-                    status: if failed { "failed" } else { "applied" }.into(),
-                    time: now_ms(),
-                    error: None,
-                    resources: outcomes
-                        .into_iter()
-                        .filter(|o| o.report.action != Action::Noop || o.report.error.is_some())
-                        .map(|o| o.report)
-                        .collect(),
-                };
+                let report = self.report_of(&s, self.round(&s.name, &rendered, How::Apply).await);
                 tracing::info!(state = %s.name, generation = %s.generation, status = %report.status, "applied a state");
                 self.report(&states::node_state(&node, &s.name), &report)
                     .await;
@@ -340,6 +365,35 @@ impl Agent {
         }
         self.flush_outbox().await;
         Ok(rev)
+    }
+
+    /// Applies state `s` now (its templates rendered now); what happened, as a report.
+    async fn apply_now(&self, s: &State) -> NodeState {
+        match self.render_resources(&s.resources).await {
+            Ok(rendered) => self.report_of(s, self.round(&s.name, &rendered, How::Apply).await),
+            Err(e) => NodeState {
+                generation: s.generation.clone(),
+                status: "failed".into(),
+                time: now_ms(),
+                error: Some(e),
+                resources: vec![],
+            },
+        }
+    }
+
+    fn report_of(&self, s: &State, outcomes: Vec<Outcome>) -> NodeState {
+        let failed = outcomes.iter().any(|o| o.report.error.is_some());
+        NodeState {
+            generation: s.generation.clone(),
+            status: if failed { "failed" } else { "applied" }.into(),
+            time: now_ms(),
+            error: None,
+            resources: outcomes
+                .into_iter()
+                .filter(|o| o.report.action != Action::Noop || o.report.error.is_some())
+                .map(|o| o.report)
+                .collect(),
+        }
     }
 
     async fn plan_request(&self, p: &PlanRequest) -> NodePlan {

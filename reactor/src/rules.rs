@@ -61,6 +61,10 @@ fn render_action(env: &Environment, a: &Action, ctx: &serde_json::Value) -> Resu
             url: r(url)?,
             body: ro(body)?,
         },
+        Action::Apply { state, node } => Action::Apply {
+            state: r(state)?,
+            node: r(node)?,
+        },
     })
 }
 

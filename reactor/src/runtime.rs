@@ -293,6 +293,15 @@ impl Runtime {
                     ops.extend(vars::writes(node, name, value, &Default::default()))
                 }
                 Write::Event(ev) => ops.push(events::put(ev)),
+                Write::Converge { node, state } => ops.push(kv::put(
+                    &eden_proto::model::states::converge(node, state),
+                    &eden_proto::model::states::ConvergeRequest {
+                        id: eden_proto::model::states::new_id(),
+                        by: format!("reactor/{}", f.rule),
+                        time: eden_proto::model::objects::now_ms(),
+                    },
+                    0,
+                )),
             }
         }
         for e in &errors {

@@ -27,6 +27,8 @@ pub enum Write {
     },
     /// Store an explicit event (the source is `reactor/RULE`).
     Event(Event),
+    /// Ask a node to apply a state now.
+    Converge { node: String, state: String },
 }
 
 /// One firing, planned.
@@ -144,6 +146,17 @@ pub fn plan(f: Firing) -> Planned {
                 labels.clone(),
                 data.clone(),
             ))),
+            Action::Apply { state, node } => {
+                match keys::check_node_name(node)
+                    .and_then(|_| keys::check_name("state name", state))
+                {
+                    Ok(()) => writes.push(Write::Converge {
+                        node: node.clone(),
+                        state: state.clone(),
+                    }),
+                    Err(e) => errors.push(format!("apply: {e}")),
+                }
+            }
             Action::Post { url, body } => posts.push((
                 url.clone(),
                 body.clone().unwrap_or_else(|| {

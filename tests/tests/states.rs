@@ -626,3 +626,41 @@ async fn apt_installs_and_removes_a_package() {
     assert!(o.stdout.contains("will remove hello"), "{o:?}");
     assert!(std::process::Command::new("hello").output().is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reactor_applies_a_state_when_an_alert_comes() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let _agent = c.agent("web1", &[]);
+    c.wait_nodes(&["web1"], true).await;
+    let path = c.dir().join("motd");
+    // Mode report: drift is only reported, until an alert converges the machine.
+    let f = write(
+        &c.dir().join("motd.yaml"),
+        &format!(
+            "mode: report\ninterval: 300ms\nresources:\n  - type: file\n    name: motd\n    attrs: {{path: \"{}\", content: \"welcome\\n\"}}\n",
+            path.display()
+        ),
+    );
+    assert_eq!(
+        c.eden(&["apply", &f, "--nodes", "web1"]).await.code,
+        Some(0)
+    );
+    let from = revision(&c).await;
+    tamper(&path, "defaced\n");
+    let e = wait_event(&c, from, "state/drift/web1/file.motd").await;
+    assert_eq!(e["data"]["corrected"], false, "{e}");
+    assert_eq!(read(&path).unwrap(), "defaced\n");
+
+    let rule = write(
+        &c.dir().join("rule.yaml"),
+        "name: converge-on-alert\non: alert/defaced/*\nactions:\n  - apply: {state: motd, node: \"{{ event.parts[2] }}\"}\n",
+    );
+    let o = c.eden(&["reactor", "apply", &rule]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let from = revision(&c).await;
+    let o = c.eden(&["event", "emit", "alert/defaced/web1"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let e = wait_event(&c, from, "state/applied/web1/motd").await;
+    assert_eq!(e["data"]["resources"][0]["id"], "file.motd", "{e}");
+    assert_eq!(read(&path).unwrap(), "welcome\n");
+}

@@ -51,6 +51,7 @@
 //! /eden/nodes/NODE/states/NAME     NodeState (states)           agent NODE (applied a state)
 //! /eden/nodes/NODE/plans/NAME      NodePlan (states)            agent NODE (planned a state)
 //! /eden/nodes/NODE/drift/NAME/RES  Drift (states)               agent NODE (found drift)
+//! /eden/nodes/NODE/converge/NAME   ConvergeRequest (states)     reactor (`apply` action)
 //! ```
 //!
 //! Every change to these keys is also an event ([`events`]): the log is the event bus. A node

@@ -19,6 +19,7 @@
 //!   - set_var: { node: cluster, name: last_join, value: "{{ event.tag }}" }
 //!   - emit: { tag: "join/token-requested", data: { node: "{{ event.tag }}" } }
 //!   - post: { url: "http://hooks.example/join", body: "{{ event | tojson }}" }
+//!   - apply: { state: web, node: "{{ event.parts[2] }}" }   # converge it now (design/plugins.md)
 //! ```
 //!
 //! Every string in an action is a minijinja template (strict) over `event` (with `event.parts`,
@@ -112,6 +113,9 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         body: Option<String>,
     },
+    /// Apply a stored state on a node now (`eden apply`'s state, by name), whatever its mode and
+    /// interval: an alert converges the machine it is about.
+    Apply { state: String, node: String },
 }
 
 fn cluster() -> String {
@@ -223,6 +227,10 @@ pub fn validate(r: &Rule) -> Result<(), String> {
                 check(name)?;
             }
             Action::Emit { tag, .. } => check(tag)?,
+            Action::Apply { state, node } => {
+                check(state)?;
+                check(node)?;
+            }
             Action::Post { url, body } => {
                 check(url)?;
                 if let Some(b) = body {

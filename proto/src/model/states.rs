@@ -5,7 +5,8 @@
 //! agents plan it and change nothing. What each node did is under its own prefix:
 //! `/eden/nodes/NODE/plans/NAME`, `/eden/nodes/NODE/states/NAME` (the events
 //! `state/applied/NODE/NAME` and `state/failed/NODE/NAME`) and
-//! `/eden/nodes/NODE/drift/NAME/RESOURCE` (the event `state/drift/NODE/RESOURCE`).
+//! `/eden/nodes/NODE/drift/NAME/RESOURCE` (the event `state/drift/NODE/RESOURCE`). A reactor's
+//! `apply` action asks a node to apply a state now: `/eden/nodes/NODE/converge/NAME`.
 //!
 //! Every node may read every state (as it may read sync rules): a secret belongs in a sealed
 //! file, which a state names in a template (`{{ file("web1/tls/key.pem") }}`) and only the
@@ -45,6 +46,14 @@ pub fn node_states(node: &str) -> String {
 pub fn node_plan(node: &str, name: &str) -> String {
     format!("{}{node}/plans/{name}", keys::NODES)
 }
+/// A request that node `node` apply state `name` now (a reactor's `apply` action).
+pub fn converge(node: &str, name: &str) -> String {
+    format!("{}{node}/converge/{name}", keys::NODES)
+}
+pub fn converges(node: &str) -> String {
+    format!("{}{node}/converge/", keys::NODES)
+}
+
 /// Drift node `node` found in resource `resource` of state `name`.
 pub fn drift(node: &str, name: &str, resource: &str) -> String {
     format!("{}{node}/drift/{name}/{resource}", keys::NODES)
@@ -398,6 +407,15 @@ pub struct Drift {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// When the agent found it (it may report it later, after it was cut off).
+    pub time: u64,
+}
+
+/// Apply a state now, once (`/eden/nodes/NODE/converge/NAME`; written by a reactor, read by
+/// the node).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ConvergeRequest {
+    pub id: String,
+    pub by: String,
     pub time: u64,
 }
 

@@ -52,6 +52,9 @@ fn show(step: &Step) -> Result<String, Box<dyn Error>> {
                 Write::Event(e) => {
                     writeln!(out, "  emit {} from {} data {}", e.tag, e.source, e.data)?
                 }
+                Write::Converge { node, state } => {
+                    writeln!(out, "  apply state {state} on {node}")?
+                }
             }
         }
         for (url, body) in &p.posts {

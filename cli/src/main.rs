@@ -4,7 +4,9 @@
 //! Exit codes (also in the README): 0 success; 1 the cluster refused the request; 2 bad usage or
 //! input; 3 no endpoint reachable or the cluster is unavailable (a txn whose compares failed is not
 //! an error: etcdctl prints FAILURE and exits 0). `eden run` and `eden task wait`: 4 a target
-//! failed, 5 a target timed out, 6 a target was unreachable or lost. Errors are one line on stderr.
+//! failed, 5 a target timed out, 6 a target was unreachable or lost; `eden apply`: 4 a node's plan
+//! or apply failed, 6 a node did not answer, and with `--detailed-exitcode` 2 for changes (bad
+//! input then 1). Errors are one line on stderr.
 
 mod cmd;
 mod config;

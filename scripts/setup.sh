@@ -5,6 +5,8 @@
 #   etcd-client          etcdctl 3.4, for the conformance tests
 #   etcd-server          etcd 3.4, which the robustness suite's checks must also pass
 #   openssl              the files tests make a CA with it, as an operator's task would
+#   golang-go, golang-github-hashicorp-go-plugin-dev, golang-google-grpc-dev,
+#   golang-goprotobuf-dev  the Go example plugin (HashiCorp's go-plugin), built in GOPATH mode
 #   runit                a real service manager for the `service` resource's tests (this machine
 #                        has no systemd as PID 1): a test runs its own runsvdir
 #   curl, python3(-venv) the HTTP/JSON gateway's tests: curl, and etcd3gw (PyPI) in a virtual
@@ -20,6 +22,10 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v runsvdir >/dev/null 2>&1 || need+=(runit)
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+for p in golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev golang-goprotobuf-dev; do
+  dpkg -s $p >/dev/null 2>&1 || need+=($p)
+done
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

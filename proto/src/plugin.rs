@@ -85,7 +85,7 @@ pub fn parse_handshake(line: &str) -> Result<Handshake, String> {
     }
     if fields.get(5).is_some_and(|c| !c.is_empty()) {
         return Err(
-            "offers a TLS certificate (AutoMTLS), which this agent does not ask for".into(),
+            "offers a TLS certificate (AutoMTLS), which this agent does not ask for (go-plugin's P-521 certificates cannot be checked with its crypto provider; design/plugins.md)".into(),
         );
     }
     Ok(h)

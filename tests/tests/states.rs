@@ -664,3 +664,39 @@ async fn a_reactor_applies_a_state_when_an_alert_comes() {
     assert_eq!(e["data"]["resources"][0]["id"], "file.motd", "{e}");
     assert_eq!(read(&path).unwrap(), "welcome\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_plugin_built_with_hashicorp_go_plugin_is_applied_like_the_built_ins() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let plugins = c.dir().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let bin = plugins.join("eden-plugin-hello");
+    // Built from Debian's Go packages (scripts/setup.sh installs them), in GOPATH mode.
+    let s = std::process::Command::new(repo().join("examples/plugins/go/hello/build.sh"))
+        .arg(&bin)
+        .status()
+        .unwrap();
+    assert!(s.success(), "building the Go plugin");
+    let pd = plugins.display().to_string();
+    let _agent = c.agent("web1", &["--plugin-dir", &pd]);
+    c.wait_nodes(&["web1"], true).await;
+    let b = bin.display().to_string();
+    assert_eq!(c.eden(&["plugin", "lock", &b]).await.code, Some(0));
+    let path = c.dir().join("hello");
+    let f = write(
+        &c.dir().join("hello.yaml"),
+        &format!(
+            "resources:\n  - type: hello_file\n    name: hi\n    attrs: {{path: \"{}\", name: \"{{{{ node.name }}}}\"}}\n",
+            path.display()
+        ),
+    );
+    let plan = c.eden(&["apply", &f, "--nodes", "web1", "--plan", "--detailed-exitcode"]).await;
+    assert_eq!(plan.code, Some(2), "{plan:?}");
+    assert!(plan.stdout.contains("+ hello_file.hi"), "{plan:?}");
+    assert!(!path.exists());
+    let o = c.eden(&["apply", &f, "--nodes", "web1"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(read(&path).unwrap(), "hello from Go, web1\n");
+    let o = c.eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+}

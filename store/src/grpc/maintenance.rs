@@ -139,12 +139,15 @@ impl Maintenance for MaintenanceService {
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         authz::require_rpc(&self.node, &request, auth::Rpc::Admin)?;
         let node = self.node.clone();
+        // The header first: the hash then covers at least its revision (taken after, a write
+        // applied meanwhile would be in the header and not in the hash).
+        let header = self.node.header();
         let hash = tokio::task::spawn_blocking(move || node.mvcc().hash())
             .await
             .map_err(errors::internal)?
             .map_err(crate::grpc::kv::mvcc_status)?;
         Ok(Response::new(HashResponse {
-            header: Some(self.node.header()),
+            header: Some(header),
             hash,
         }))
     }

@@ -447,7 +447,7 @@ async fn a_python_plugin_is_planned_and_applied_like_the_built_ins() {
         &bin,
     );
     let pd = plugins.display().to_string();
-    let _agent = c.agent("web1", &["--plugin-dir", &pd]);
+    let mut agent = c.agent("web1", &["--plugin-dir", &pd]);
     c.wait_nodes(&["web1"], true).await;
     let b = bin.display().to_string();
     assert_eq!(c.eden(&["plugin", "lock", &b]).await.code, Some(0));
@@ -690,13 +690,24 @@ async fn a_go_plugin_built_with_hashicorp_go_plugin_is_applied_like_the_built_in
             path.display()
         ),
     );
-    let plan = c.eden(&["apply", &f, "--nodes", "web1", "--plan", "--detailed-exitcode"]).await;
+    let plan = c
+        .eden(&[
+            "apply",
+            &f,
+            "--nodes",
+            "web1",
+            "--plan",
+            "--detailed-exitcode",
+        ])
+        .await;
     assert_eq!(plan.code, Some(2), "{plan:?}");
     assert!(plan.stdout.contains("+ hello_file.hi"), "{plan:?}");
     assert!(!path.exists());
     let o = c.eden(&["apply", &f, "--nodes", "web1"]).await;
     assert_eq!(o.code, Some(0), "{o:?}");
     assert_eq!(read(&path).unwrap(), "hello from Go, web1\n");
-    let o = c.eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"]).await;
+    let o = c
+        .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
+        .await;
     assert_eq!(o.code, Some(0), "{o:?}");
 }

@@ -476,6 +476,27 @@ async fn a_python_plugin_is_planned_and_applied_like_the_built_ins() {
         ls.stdout.contains("greeting_message") && ls.stdout.contains("0.1.0"),
         "{ls:?}"
     );
+    // What it wrote on stderr is in the agent's log; it dies with the agent.
+    assert!(
+        agent.log_text().contains("greeting: wrote"),
+        "{}",
+        agent.log_text()
+    );
+    let running = || {
+        std::process::Command::new("pgrep")
+            .arg("-f")
+            .arg(&b)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(running(), "the plugin runs while the agent does");
+    agent.kill();
+    wait_for(
+        "the plugin to die with its agent",
+        Duration::from_secs(10),
+        || async { !running() },
+    )
+    .await;
 }
 
 /// `runsvdir` watching a directory: a real service manager for machines without systemd as

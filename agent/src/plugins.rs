@@ -346,6 +346,20 @@ impl Plugin {
             .await
     }
 
+    /// A stream of changes to one resource (the plugin's WatchResource); Err(status) with code
+    /// UNIMPLEMENTED when the plugin cannot watch it. The stream holds its own connection, not
+    /// the plugin: a stopped plugin ends it.
+    pub async fn watch(
+        &self,
+        req: pb::WatchRequest,
+        timeout: Duration,
+    ) -> Result<tonic::Streaming<pb::WatchEvent>, tonic::Status> {
+        match tokio::time::timeout(timeout, self.client.clone().watch_resource(req)).await {
+            Err(_) => Err(tonic::Status::deadline_exceeded("no answer")),
+            Ok(r) => r.map(|r| r.into_inner()),
+        }
+    }
+
     pub async fn apply(
         &self,
         req: pb::ApplyRequest,

@@ -69,6 +69,25 @@ pub struct Kept {
     /// When each state is checked for drift next.
     #[serde(skip)]
     due: HashMap<String, Instant>,
+    /// The plugins' watches of this node's resources, by (state, resource).
+    #[serde(skip)]
+    watches: HashMap<(String, String), Watch>,
+}
+
+/// One resource watched through its plugin (WatchResource).
+#[derive(Debug)]
+struct Watch {
+    /// The configuration it watches (a changed one is watched anew).
+    config: String,
+    task: tokio::task::JoinHandle<()>,
+    /// The plugin cannot watch it: not asked again for this configuration.
+    unsupported: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Kept {
@@ -187,9 +206,95 @@ fn diagnosed(d: &[pb::Diagnostic]) -> (Option<String>, Vec<String>) {
     ((!errors.is_empty()).then(|| errors.join("; ")), warnings)
 }
 
+/// A resource's configuration as the plugin gets it (JSON text).
+fn config_of(r: &Resource) -> String {
+    serde_json::Value::Object(r.attrs.clone()).to_string()
+}
+
+/// How long a plugin may take to start answering a watch.
+const WATCH_START: Duration = Duration::from_secs(10);
+
 impl Agent {
+    /// Watches, through their plugins, the resources of the states kept (those whose plugin can);
+    /// a change sends the state's name on `changed`. Watches of resources no longer kept stop.
+    async fn ensure_watches(self: &Arc<Self>, changed: &tokio::sync::mpsc::Sender<String>) {
+        let mut k = self.states.lock().await;
+        let wanted: HashMap<(String, String), Resource> = k
+            .states
+            .values()
+            .flat_map(|s| {
+                s.rendered
+                    .iter()
+                    .map(|r| ((s.state.name.clone(), r.id()), r.clone()))
+            })
+            .collect();
+        k.watches.retain(|key, w| {
+            wanted.get(key).is_some_and(|r| config_of(r) == w.config)
+                && (!w.task.is_finished()
+                    || w.unsupported.load(std::sync::atomic::Ordering::SeqCst))
+        });
+        for (key, r) in wanted {
+            if k.watches.contains_key(&key) {
+                continue;
+            }
+            let config = config_of(&r);
+            let unsupported = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let task = tokio::spawn(self.clone().watch_one(
+                key.0.clone(),
+                r,
+                config.clone(),
+                changed.clone(),
+                unsupported.clone(),
+            ));
+            k.watches.insert(
+                key,
+                Watch {
+                    config,
+                    task,
+                    unsupported,
+                },
+            );
+        }
+    }
+
+    /// Follows one resource's watch until it ends (the plugin stopped, or cannot watch).
+    async fn watch_one(
+        self: Arc<Self>,
+        state: String,
+        r: Resource,
+        config: String,
+        changed: tokio::sync::mpsc::Sender<String>,
+        unsupported: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let Ok(plugin) = self.plugins.get(r.plugin()).await else {
+            return;
+        };
+        let req = pb::WatchRequest {
+            r#type: r.type_.clone(),
+            name: r.name.clone(),
+            config_json: config,
+        };
+        let mut stream = match plugin.watch(req, WATCH_START).await {
+            Ok(s) => s,
+            Err(s) => {
+                if s.code() == tonic::Code::Unimplemented {
+                    unsupported.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                return;
+            }
+        };
+        drop(plugin);
+        while let Ok(Some(ev)) = stream.message().await {
+            tracing::debug!(%state, resource = %r.id(), reason = %ev.reason, "changed");
+            if changed.send(state.clone()).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Keeps this node's states for as long as the agent runs.
     pub(crate) async fn states_loop(self: Arc<Self>) {
+        let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<String>(64);
         let mut synced = self.states_sync().await;
         let rev = *synced.as_ref().unwrap_or(&0);
         if let Err(e) = &synced {
@@ -219,6 +324,11 @@ impl Agent {
                 c = w_locks.next() => changed(c),
                 c = w_labels.next() => changed(c),
                 c = w_converge.next() => changed(c),
+                Some(state) = changed_rx.recv() => {
+                    // A plugin saw a change: check that state now.
+                    self.states.lock().await.due.insert(state, Instant::now());
+                    false
+                }
                 _ = tokio::time::sleep_until(wake.into()) => synced.is_err(),
             };
             if resync {
@@ -228,6 +338,7 @@ impl Agent {
                 }
             }
             self.drift_round().await;
+            self.ensure_watches(&changed_tx).await;
         }
     }
 
@@ -568,7 +679,7 @@ impl Agent {
         let timeout = r.timeout();
         let config = serde_json::Value::Object(r.attrs.clone()).to_string();
         let stopped = |e: &CallError| matches!(e, CallError::TimedOut(_) | CallError::Died(_));
-        macro_rules! call {
+        let config = config_of(r);
             ($f:expr) => {
                 match $f.await {
                     Ok(x) => x,

@@ -162,6 +162,14 @@ impl Resource for File {
         read_path(Path::new(string(config, "path").unwrap_or_default()))
     }
 
+    fn watch(
+        &self,
+        config: &Map<String, Value>,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, String> {
+        let path = place::check_path(string(config, "path").unwrap_or_default())?;
+        crate::inotify::watch(&path).map(Some)
+    }
+
     async fn plan(
         &self,
         config: &Map<String, Value>,

@@ -8,12 +8,14 @@
 
 pub mod exec;
 pub mod file;
+pub mod inotify;
 pub mod package;
 pub mod service;
 
 use eden_proto::plugin_v1 as pb;
 use eden_proto::plugin_v1::provider_server::Provider;
 use serde_json::{Map, Value};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 /// What a plan says about one resource.
@@ -51,6 +53,15 @@ pub trait Resource: Send + Sync + 'static {
         notified: bool,
         drift_check: bool,
     ) -> Result<Plan, String>;
+    /// A stream with an item (the reason) each time the resource may have changed; None: this
+    /// type cannot watch (the agent checks it at its interval only).
+    fn watch(
+        &self,
+        _config: &Map<String, Value>,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, String> {
+        Ok(None)
+    }
+
     /// Makes the planned change; returns the resource after it.
     async fn apply(
         &self,
@@ -170,6 +181,31 @@ fn failed(d: Vec<pb::Diagnostic>) -> Status {
 
 #[tonic::async_trait]
 impl Provider for Builtin {
+    type WatchResourceStream = std::pin::Pin<
+        Box<dyn futures_core::Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_resource(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchResourceStream>, Status> {
+        let req = req.into_inner();
+        let (r, config) = self
+            .checked(&req.r#type, &req.config_json)
+            .map_err(failed)?;
+        match r.watch(&config).map_err(Status::failed_precondition)? {
+            None => Err(Status::unimplemented(format!(
+                "{} cannot watch its resources",
+                req.r#type
+            ))),
+            Some(rx) => {
+                let events = tokio_stream::wrappers::ReceiverStream::new(rx)
+                    .map(|reason| Ok(pb::WatchEvent { reason }));
+                Ok(Response::new(Box::pin(events)))
+            }
+        }
+    }
+
     async fn get_schema(
         &self,
         _: Request<pb::GetSchemaRequest>,

@@ -732,3 +732,30 @@ async fn a_go_plugin_built_with_hashicorp_go_plugin_is_applied_like_the_built_in
         .await;
     assert_eq!(o.code, Some(0), "{o:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_file_is_changed_back_at_once_not_at_the_interval() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let _agent = c.agent("web1", &[]);
+    c.wait_nodes(&["web1"], true).await;
+    let path = c.dir().join("motd");
+    // An hour between drift checks: only the file plugin's watch (inotify) can be this quick.
+    let f = write(
+        &c.dir().join("motd.yaml"),
+        &format!(
+            "interval: 1h\nresources:\n  - type: file\n    name: motd\n    attrs: {{path: \"{}\", content: \"welcome\\n\"}}\n",
+            path.display()
+        ),
+    );
+    assert_eq!(
+        c.eden(&["apply", &f, "--nodes", "web1"]).await.code,
+        Some(0)
+    );
+    for attempt in 0..2 {
+        let from = revision(&c).await;
+        tamper(&path, &format!("defaced {attempt}\n"));
+        let e = wait_event(&c, from, "state/drift/web1/file.motd").await;
+        assert_eq!(e["data"]["corrected"], true, "{e}");
+        assert_eq!(read(&path).unwrap(), "welcome\n");
+    }
+}

@@ -84,6 +84,25 @@ fn name_of(path: &std::path::Path, given: Option<&String>) -> Result<String, Fai
     Ok(name)
 }
 
+/// A plugin's resource types and their attributes, as JSON (`eden plugin ls -w json`).
+fn schema_json(s: &eden_proto::plugin_v1::GetSchemaResponse) -> serde_json::Value {
+    s.resources
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "type": r.r#type,
+                "version": r.version,
+                "description": r.description,
+                "attributes": r.attributes.iter().map(|a| serde_json::json!({
+                    "name": a.name, "type": a.r#type, "required": a.required,
+                    "optional": a.optional, "computed": a.computed, "sensitive": a.sensitive,
+                    "force_new": a.force_new, "description": a.description,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
 pub async fn run(client: &Arc<Client>, out: &Printer, c: PluginCmd) -> Result<(), Failure> {
     match c {
         PluginCmd::Serve { .. } => unreachable!("handled in main"),
@@ -177,7 +196,7 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: PluginCmd) -> Result<()
                     "name": f.name, "path": f.path, "builtin": f.builtin, "version": version,
                     "protocol": eden_proto::plugin::APP_PROTOCOL_VERSION, "types": types,
                     "sha256": sum, "locked": locked,
-                    "schema": started.as_ref().ok().map(|p| format!("{:?}", p.schema.resources)),
+                    "schema": started.as_ref().ok().map(|p| schema_json(&p.schema)),
                 }));
                 rows.push(vec![
                     f.name.clone(),

@@ -59,9 +59,10 @@ func mustJSON(v interface{}) string {
 	return string(b)
 }
 
-type provider struct{}
+// provider answers UNIMPLEMENTED to WatchResource (it only checks at the agent's interval).
+type provider struct{ pb.UnimplementedProviderServer }
 
-func (provider) GetSchema(context.Context, *pb.GetSchemaRequest) (*pb.GetSchemaResponse, error) {
+func (*provider) GetSchema(context.Context, *pb.GetSchemaRequest) (*pb.GetSchemaResponse, error) {
 	return &pb.GetSchemaResponse{
 		Name:    "hello",
 		Version: "0.1.0",
@@ -78,7 +79,7 @@ func (provider) GetSchema(context.Context, *pb.GetSchemaRequest) (*pb.GetSchemaR
 	}, nil
 }
 
-func (provider) ValidateResource(_ context.Context, r *pb.ValidateRequest) (*pb.ValidateResponse, error) {
+func (*provider) ValidateResource(_ context.Context, r *pb.ValidateRequest) (*pb.ValidateResponse, error) {
 	var c config
 	if err := json.Unmarshal([]byte(r.ConfigJson), &c); err != nil {
 		return &pb.ValidateResponse{Diagnostics: []*pb.Diagnostic{errorDiag(err.Error(), "")}}, nil
@@ -104,7 +105,7 @@ func read(c config) (*state, error) {
 	return &state{Path: c.Path, Name: c.Name, Sha256: sum(b)}, nil
 }
 
-func (provider) ReadResource(_ context.Context, r *pb.ReadRequest) (*pb.ReadResponse, error) {
+func (*provider) ReadResource(_ context.Context, r *pb.ReadRequest) (*pb.ReadResponse, error) {
 	var c config
 	json.Unmarshal([]byte(r.ConfigJson), &c)
 	s, err := read(c)
@@ -117,7 +118,7 @@ func (provider) ReadResource(_ context.Context, r *pb.ReadRequest) (*pb.ReadResp
 	return &pb.ReadResponse{StateJson: mustJSON(s)}, nil
 }
 
-func (provider) PlanResource(_ context.Context, r *pb.PlanRequest) (*pb.PlanResponse, error) {
+func (*provider) PlanResource(_ context.Context, r *pb.PlanRequest) (*pb.PlanResponse, error) {
 	var c config
 	json.Unmarshal([]byte(r.ConfigJson), &c)
 	var prior *state
@@ -133,7 +134,7 @@ func (provider) PlanResource(_ context.Context, r *pb.PlanRequest) (*pb.PlanResp
 	}
 }
 
-func (provider) ApplyResource(_ context.Context, r *pb.ApplyRequest) (*pb.ApplyResponse, error) {
+func (*provider) ApplyResource(_ context.Context, r *pb.ApplyRequest) (*pb.ApplyResponse, error) {
 	var c config
 	json.Unmarshal([]byte(r.ConfigJson), &c)
 	tmp := filepath.Join(filepath.Dir(c.Path), "."+filepath.Base(c.Path)+".tmp")
@@ -151,7 +152,7 @@ func (provider) ApplyResource(_ context.Context, r *pb.ApplyRequest) (*pb.ApplyR
 type providerPlugin struct{ plugin.NetRPCUnsupportedPlugin }
 
 func (providerPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
-	pb.RegisterProviderServer(s, provider{})
+	pb.RegisterProviderServer(s, &provider{})
 	return nil
 }
 

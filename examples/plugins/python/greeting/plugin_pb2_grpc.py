@@ -59,6 +59,11 @@ class ProviderStub(object):
                 request_serializer=plugin__pb2.ApplyRequest.SerializeToString,
                 response_deserializer=plugin__pb2.ApplyResponse.FromString,
                 _registered_method=True)
+        self.WatchResource = channel.unary_stream(
+                '/eden.plugin.v1.Provider/WatchResource',
+                request_serializer=plugin__pb2.WatchRequest.SerializeToString,
+                response_deserializer=plugin__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class ProviderServicer(object):
@@ -99,6 +104,15 @@ class ProviderServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchResource(self, request, context):
+        """Optional (mgmt's Watch): a stream with one message each time the resource may have changed
+        (a file written, a service stopped). The agent then checks it for drift at once instead of
+        at its next interval. A plugin without it answers UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +140,11 @@ def add_ProviderServicer_to_server(servicer, server):
                     servicer.ApplyResource,
                     request_deserializer=plugin__pb2.ApplyRequest.FromString,
                     response_serializer=plugin__pb2.ApplyResponse.SerializeToString,
+            ),
+            'WatchResource': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchResource,
+                    request_deserializer=plugin__pb2.WatchRequest.FromString,
+                    response_serializer=plugin__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +282,33 @@ class Provider(object):
             '/eden.plugin.v1.Provider/ApplyResource',
             plugin__pb2.ApplyRequest.SerializeToString,
             plugin__pb2.ApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/eden.plugin.v1.Provider/WatchResource',
+            plugin__pb2.WatchRequest.SerializeToString,
+            plugin__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -677,9 +677,9 @@ impl Agent {
             );
         };
         let timeout = r.timeout();
-        let config = serde_json::Value::Object(r.attrs.clone()).to_string();
-        let stopped = |e: &CallError| matches!(e, CallError::TimedOut(_) | CallError::Died(_));
         let config = config_of(r);
+        let stopped = |e: &CallError| matches!(e, CallError::TimedOut(_) | CallError::Died(_));
+        macro_rules! call {
             ($f:expr) => {
                 match $f.await {
                     Ok(x) => x,

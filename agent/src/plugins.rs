@@ -88,6 +88,8 @@ pub fn checksum(path: &Path) -> Result<String, String> {
 pub struct Plugin {
     pub name: String,
     pub schema: pb::GetSchemaResponse,
+    /// The connection is TLS pinned both ways (the plugin answered the AutoMTLS offer).
+    pub mtls: bool,
     client: ProviderClient<Channel>,
     child: Mutex<tokio::process::Child>,
     pid: Option<u32>,
@@ -134,9 +136,14 @@ impl Plugin {
         socket_dir: &Path,
         timeout: Duration,
     ) -> Result<Plugin, String> {
+        // go-plugin's AutoMTLS: our throw-away certificate; a plugin that supports it answers
+        // with its own, and the connection is TLS pinned both ways.
+        let own =
+            eden_proto::plugin_tls::AutoCert::new().map_err(|e| format!("plugin {name}: {e}"))?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env(plugin::MAGIC_COOKIE_KEY, plugin::MAGIC_COOKIE_VALUE)
+            .env(plugin::CLIENT_CERT_KEY, &own.pem)
             .env(
                 plugin::PROTOCOL_VERSIONS_KEY,
                 plugin::APP_PROTOCOL_VERSION.to_string(),
@@ -222,7 +229,7 @@ impl Plugin {
                 }
             });
         }
-        let connected = tokio::time::timeout(timeout, connect(&hs)).await;
+        let connected = tokio::time::timeout(timeout, connect(&hs, &own)).await;
         let channel = match connected {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
@@ -266,6 +273,7 @@ impl Plugin {
         Ok(Plugin {
             name: name.to_string(),
             schema,
+            mtls: hs.server_cert.is_some(),
             client: ProviderClient::new(channel),
             child: Mutex::new(child),
             pid,
@@ -390,9 +398,31 @@ impl std::fmt::Display for CallError {
     }
 }
 
-async fn connect(hs: &plugin::Handshake) -> Result<Channel, String> {
-    match hs.network.as_str() {
-        "unix" => {
+async fn connect(
+    hs: &plugin::Handshake,
+    own: &eden_proto::plugin_tls::AutoCert,
+) -> Result<Channel, String> {
+    match (hs.network.as_str(), &hs.server_cert) {
+        ("unix", Some(server)) => {
+            let path = PathBuf::from(&hs.address);
+            let config = eden_proto::plugin_tls::client_config(own, server)?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let dial = tower::service_fn(move |_: Uri| {
+                let (path, connector) = (path.clone(), connector.clone());
+                async move {
+                    let sock = tokio::net::UnixStream::connect(path).await?;
+                    let name =
+                        rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
+                    let tls = connector.connect(name, sock).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                }
+            });
+            Endpoint::from_static("http://plugin.invalid")
+                .connect_with_connector(dial)
+                .await
+                .map_err(|e| format!("{e} ({})", source_chain(&e)))
+        }
+        ("unix", None) => {
             let path = PathBuf::from(&hs.address);
             // The URI is ignored: the connector dials the plugin's socket.
             let dial = tower::service_fn(move |_: Uri| {
@@ -408,12 +438,24 @@ async fn connect(hs: &plugin::Handshake) -> Result<Channel, String> {
                 .await
                 .map_err(|e| e.to_string())
         }
+        (_, Some(_)) => Err("AutoMTLS over TCP is not supported".into()),
         _ => Endpoint::from_shared(format!("http://{}", hs.address))
             .map_err(|e| e.to_string())?
             .connect()
             .await
             .map_err(|e| e.to_string()),
     }
+}
+
+/// Every cause of an error, for the log.
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = vec![];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push(c.to_string());
+        cur = c.source();
+    }
+    out.join(": ")
 }
 
 /// Where plugins come from and which ones run.
@@ -553,7 +595,7 @@ impl Host {
             )
             .await?,
         );
-        tracing::info!(plugin = %name, version = %p.schema.version, "plugin started");
+        tracing::info!(plugin = %name, version = %p.schema.version, mtls = p.mtls, "plugin started");
         running.insert(name.to_string(), p.clone());
         Ok(p)
     }

@@ -75,5 +75,6 @@ pub mod keys;
 pub mod model;
 pub mod pki;
 pub mod plugin;
+pub mod plugin_tls;
 pub mod renewal;
 pub mod tls_listener;

@@ -41,6 +41,8 @@ pub struct Handshake {
     pub address: String,
     /// `grpc` (go-plugin's `netrpc` is not spoken).
     pub protocol: String,
+    /// The plugin's certificate (DER) when it answered the agent's AutoMTLS offer.
+    pub server_cert: Option<Vec<u8>>,
 }
 
 /// Parses a handshake line; Err says what is wrong with it, in words for the operator.
@@ -64,6 +66,10 @@ pub fn parse_handshake(line: &str) -> Result<Handshake, String> {
         network: fields[2].to_string(),
         address: fields[3].to_string(),
         protocol: fields[4].to_string(),
+        server_cert: match fields.get(5) {
+            Some(c) if !c.is_empty() => Some(crate::plugin_tls::decode_handshake_cert(c)?),
+            _ => None,
+        },
     };
     if h.core != CORE_PROTOCOL_VERSION {
         return Err(format!(
@@ -83,21 +89,24 @@ pub fn parse_handshake(line: &str) -> Result<Handshake, String> {
     if h.protocol != "grpc" {
         return Err(format!("speaks {:?}; eden plugins speak grpc", h.protocol));
     }
-    if fields.get(5).is_some_and(|c| !c.is_empty()) {
-        return Err(
-            "offers a TLS certificate (AutoMTLS), which this agent does not ask for (go-plugin's P-521 certificates cannot be checked with its crypto provider; design/plugins.md)".into(),
-        );
-    }
     Ok(h)
 }
 
-/// The handshake line a plugin prints for a socket at `path`.
-pub fn handshake_line(path: &std::path::Path) -> String {
-    format!(
+/// The handshake line a plugin prints for a socket at `path` (with its certificate, when the
+/// agent asked for AutoMTLS).
+pub fn handshake_line(path: &std::path::Path, cert: Option<&str>) -> String {
+    let line = format!(
         "{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|unix|{}|grpc",
         path.display()
-    )
+    );
+    match cert {
+        Some(c) => format!("{line}|{c}"),
+        None => line,
+    }
 }
+
+/// The environment variable holding the agent's certificate (PEM) when it asks for AutoMTLS.
+pub const CLIENT_CERT_KEY: &str = "PLUGIN_CLIENT_CERT";
 
 /// Answers SERVING for the plugin (go-plugin's clients ask for service "plugin").
 struct Healthy;
@@ -114,9 +123,30 @@ impl Health for Healthy {
     }
 }
 
+/// TLS connections on `listener` (failed handshakes are dropped).
+fn async_stream_tls(
+    listener: tokio::net::UnixListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::UnixStream>>>
+{
+    futures::stream::unfold((listener, acceptor), |(listener, acceptor)| async move {
+        loop {
+            let (sock, _) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => return Some((Err(e), (listener, acceptor))),
+            };
+            match acceptor.accept(sock).await {
+                Ok(tls) => return Some((Ok(tls), (listener, acceptor))),
+                Err(e) => eprintln!("a plugin connection without a good TLS handshake: {e}"),
+            }
+        }
+    })
+}
+
 /// Serves `provider` as a plugin: checks that an agent started it, binds a Unix socket (in
-/// `PLUGIN_UNIX_SOCKET_DIR`, else the temporary directory), prints the handshake and serves
-/// until SIGTERM or SIGINT. Err: why it cannot (not started by an agent, no common version).
+/// `PLUGIN_UNIX_SOCKET_DIR`, else the temporary directory), prints the handshake (with its own
+/// certificate when the agent offered one in `PLUGIN_CLIENT_CERT`: then only TLS connections
+/// presenting the agent's certificate are served) and serves until SIGTERM or SIGINT. Err: why it cannot (not started by an agent, no common version).
 pub async fn serve<P: Provider>(provider: P) -> Result<(), String> {
     if std::env::var(MAGIC_COOKIE_KEY).as_deref() != Ok(MAGIC_COOKIE_VALUE) {
         return Err(
@@ -148,12 +178,26 @@ pub async fn serve<P: Provider>(provider: P) -> Result<(), String> {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    // AutoMTLS when the agent offers its certificate: ours goes back in the handshake.
+    let tls = match std::env::var(CLIENT_CERT_KEY) {
+        Ok(pem) if !pem.trim().is_empty() => {
+            let client = crate::plugin_tls::der_of_pem(&pem)?;
+            let own = crate::plugin_tls::AutoCert::new()?;
+            let config = crate::plugin_tls::server_config(&own, &client)?;
+            Some((own.handshake_field(), config))
+        }
+        _ => None,
+    };
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", handshake_line(&path))
-            .and_then(|_| out.flush())
-            .map_err(|e| format!("printing the handshake: {e}"))?;
+        writeln!(
+            out,
+            "{}",
+            handshake_line(&path, tls.as_ref().map(|(c, _)| c.as_str()))
+        )
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("printing the handshake: {e}"))?;
     }
     let stop: Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -170,14 +214,25 @@ pub async fn serve<P: Provider>(provider: P) -> Result<(), String> {
             _ => std::future::pending().await,
         }
     });
-    let served = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(ProviderServer::new(provider))
-        .add_service(HealthServer::new(Healthy))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            stop,
-        )
-        .await;
+        .add_service(HealthServer::new(Healthy));
+    let served = match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    stop,
+                )
+                .await
+        }
+        Some((_, config)) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+            // Handshakes one at a time: the agent is the only client.
+            let incoming = async_stream_tls(listener, acceptor);
+            router.serve_with_incoming_shutdown(incoming, stop).await
+        }
+    };
     let _ = std::fs::remove_file(&path);
     served.map_err(|e| format!("serving: {e}"))
 }
@@ -191,15 +246,33 @@ mod tests {
         let h = parse_handshake("1|1|unix|/tmp/p.sock|grpc\n").unwrap();
         assert_eq!(h.address, "/tmp/p.sock");
         assert_eq!(
-            parse_handshake(&handshake_line(std::path::Path::new("/x/y.sock"))).unwrap(),
+            parse_handshake(&handshake_line(std::path::Path::new("/x/y.sock"), None)).unwrap(),
             Handshake {
                 core: 1,
                 app: 1,
                 network: "unix".into(),
                 address: "/x/y.sock".into(),
-                protocol: "grpc".into()
+                protocol: "grpc".into(),
+                server_cert: None,
             }
         );
+        let cert = crate::plugin_tls::AutoCert::new().unwrap();
+        let with = handshake_line(
+            std::path::Path::new("/x/y.sock"),
+            Some(&cert.handshake_field()),
+        );
+        assert_eq!(
+            parse_handshake(&with).unwrap().server_cert,
+            Some(cert.der.clone())
+        );
+        // go-plugin ends the line with an empty sixth field when there is no certificate.
+        assert_eq!(
+            parse_handshake("1|1|unix|/p|grpc|").unwrap().server_cert,
+            None
+        );
+        assert!(parse_handshake("1|1|unix|/p|grpc|%%%")
+            .unwrap_err()
+            .contains("base64"));
         assert!(parse_handshake("hello world")
             .unwrap_err()
             .contains("never to stdout"));

@@ -476,6 +476,9 @@ async fn a_python_plugin_is_planned_and_applied_like_the_built_ins() {
         ls.stdout.contains("greeting_message") && ls.stdout.contains("0.1.0"),
         "{ls:?}"
     );
+    // It does not answer AutoMTLS: plaintext, on the agent's own socket directory.
+    let json = c.eden(&["plugin", "ls", "--dir", &pd, "-w", "json"]).await;
+    assert!(json.stdout.contains(r#""mtls":false"#), "{json:?}");
     // What it wrote on stderr is in the agent's log; it dies with the agent.
     assert!(
         agent.log_text().contains("greeting: wrote"),
@@ -727,6 +730,18 @@ async fn a_go_plugin_built_with_hashicorp_go_plugin_is_applied_like_the_built_in
     let o = c.eden(&["apply", &f, "--nodes", "web1"]).await;
     assert_eq!(o.code, Some(0), "{o:?}");
     assert_eq!(read(&path).unwrap(), "hello from Go, web1\n");
+    // go-plugin answered the agent's AutoMTLS offer (with a P-521 certificate); the built-ins too.
+    let ls = c.eden(&["plugin", "ls", "--dir", &pd, "-w", "json"]).await;
+    let ls: serde_json::Value = serde_json::from_str(&ls.stdout).unwrap();
+    let mtls = |name: &str| {
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["mtls"].clone())
+    };
+    assert_eq!(mtls("hello"), Some(serde_json::json!(true)), "{ls}");
+    assert_eq!(mtls("file"), Some(serde_json::json!(true)), "{ls}");
     let o = c
         .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
         .await;

@@ -196,6 +196,7 @@ pub async fn run(client: &Arc<Client>, out: &Printer, c: PluginCmd) -> Result<()
                     "name": f.name, "path": f.path, "builtin": f.builtin, "version": version,
                     "protocol": eden_proto::plugin::APP_PROTOCOL_VERSION, "types": types,
                     "sha256": sum, "locked": locked,
+                    "mtls": started.as_ref().ok().map(|p| p.mtls),
                     "schema": started.as_ref().ok().map(|p| schema_json(&p.schema)),
                 }));
                 rows.push(vec![

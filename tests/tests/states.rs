@@ -156,9 +156,39 @@ resources:
       command: "touch {d}/{{{{ node.name }}}}.marker"
       creates: "{d}/{{{{ node.name }}}}.marker"
     require: [file.index]
+  - type: file
+    name: banner
+    attrs:
+      path: "{d}/{{{{ node.name }}}}.banner"
+      content: "{{{{ vars.cluster.motto }}}} / {{{{ files['cluster/banner'] }}}}"
 "#
         )
     };
+    // Templates read variables and files the node may read, as in tasks.
+    let o = c
+        .eden(&[
+            "var",
+            "set",
+            "--cluster",
+            "motto",
+            "be kind",
+            "--readers",
+            "role=web",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let banner = write(&c.dir().join("banner"), "welcome");
+    let o = c
+        .eden(&[
+            "file",
+            "put",
+            &banner,
+            "cluster/banner",
+            "--readers",
+            "role=web",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
     let f = write(&c.dir().join("site.yaml"), &state("hello"));
 
     // The plan: a diff per node, nothing changed, nothing stored.
@@ -175,7 +205,7 @@ resources:
     assert_eq!(o.code, Some(2), "{o:?}");
     for n in ["web1", "web2"] {
         assert!(
-            o.stdout.contains(&format!("{n}: 3 to change")),
+            o.stdout.contains(&format!("{n}: 4 to change")),
             "{}",
             o.stdout
         );
@@ -206,6 +236,10 @@ resources:
         );
         assert!(dir.join(format!("{n}.marker")).exists());
         assert_eq!(read(&dir.join(format!("{n}.reloads"))).unwrap(), "reload\n");
+        assert_eq!(
+            read(&dir.join(format!("{n}.banner"))).unwrap(),
+            "be kind / welcome"
+        );
     }
     assert!(!dir.join("db1.html").exists());
     let e = wait_event(&c, from, "state/applied/").await;

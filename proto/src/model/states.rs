@@ -9,7 +9,7 @@
 //! `apply` action asks a node to apply a state now: `/eden/nodes/NODE/converge/NAME`.
 //!
 //! Every node may read every state (as it may read sync rules): a secret belongs in a sealed
-//! file, which a state names in a template (`{{ file("web1/tls/key.pem") }}`) and only the
+//! file, which a state names in a template (`{{ files["web1/tls/key.pem"] }}`) and only the
 //! nodes the file's readers allow can open.
 
 use std::collections::{BTreeMap, HashMap};

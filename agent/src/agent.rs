@@ -154,7 +154,7 @@ pub struct Agent {
     running: Mutex<usize>,
     shutdown: watch::Sender<bool>,
     /// Places the files the sync rules select for this node, and reads files for templates.
-    placer: Arc<crate::placing::Placer>,
+    pub(crate) placer: Arc<crate::placing::Placer>,
     /// The resource plugins (desired state).
     pub(crate) plugins: Arc<crate::plugins::Host>,
     /// What the states worker keeps between rounds (see [`crate::states`]).

@@ -582,6 +582,40 @@ impl Agent {
     /// Every resource's attributes rendered over this node's context (facts, labels, variables,
     /// files).
     async fn render_resources(&self, resources: &[Resource]) -> Result<Vec<Resource>, String> {
+        let mut rendered = self.render_templates(resources).await?;
+        // A file's `source`: an eden file, read as this node (opened if sealed; a sealed one makes
+        // the resource sensitive, so that its content shows in no plan or report).
+        for r in rendered.iter_mut().filter(|r| r.type_ == "file") {
+            let Some(source) = r.attrs.remove("source") else {
+                continue;
+            };
+            let name = source
+                .as_str()
+                .ok_or_else(|| format!("{}: source must be an eden file's name", r.id()))?;
+            let (bytes, meta, _) = match self.placer.read(name).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return Err(format!("{}: source: no file {name}", r.id())),
+                Err(Error::Client(e)) if e.is_permission_denied() => {
+                    return Err(format!(
+                        "{}: source: this node may not read file {name} (its readers do not include it)",
+                        r.id()
+                    ))
+                }
+                Err(e) => return Err(format!("{}: source: {name}: {e}", r.id())),
+            };
+            use base64::Engine;
+            r.attrs.insert(
+                "content_base64".into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .into(),
+            );
+            r.sensitive |= meta.sealed;
+        }
+        Ok(rendered)
+    }
+
+    async fn render_templates(&self, resources: &[Resource]) -> Result<Vec<Resource>, String> {
         self.render_with(|ctx| {
             let mut env = template::env();
             // A file's content keeps its last newline.

@@ -1,6 +1,7 @@
 //! `file`: a file's content, mode, owner and group, or its absence. Written whole (a temporary
 //! file in the same directory, synced, renamed over the target: nothing ever sees half of it);
-//! the plan shows a unified diff of the content.
+//! the plan shows a unified diff of the content. The content is `content` (text) or
+//! `content_base64` (any bytes: what the agent puts for a state's `source`, an eden file).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -83,6 +84,20 @@ fn read_path(path: &Path) -> Result<Value, String> {
     Ok(state)
 }
 
+/// The content a configuration asks for: `content` (text) or `content_base64` (any bytes); None:
+/// the content is left as it is.
+fn wanted_bytes(config: &Map<String, Value>) -> Result<Option<Vec<u8>>, String> {
+    use base64::Engine;
+    match (string(config, "content"), string(config, "content_base64")) {
+        (Some(t), _) => Ok(Some(t.as_bytes().to_vec())),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(Some)
+            .map_err(|e| format!("content_base64: {e}")),
+        (None, None) => Ok(None),
+    }
+}
+
 fn same_user(a: &str, b: &str) -> bool {
     a == b || matches!((place::uid_of(a), place::uid_of(b)), (Ok(x), Ok(y)) if x == y)
 }
@@ -119,6 +134,12 @@ impl Resource for File {
                     "string",
                     "the whole content (text); unset: the content is left as it is",
                 ),
+                attr(
+                    "content_base64",
+                    "string",
+                    "the whole content in base64 (any bytes); the agent sets it from `source`, an \
+                     eden file",
+                ),
                 attr("mode", "string", "octal permission bits, e.g. \"0644\""),
                 attr("owner", "string", "user name or id"),
                 attr("group", "string", "group name or id"),
@@ -134,6 +155,15 @@ impl Resource for File {
             if let Err(e) = place::check_path(p) {
                 out.push(("path".into(), e));
             }
+        }
+        if config.contains_key("content") && config.contains_key("content_base64") {
+            out.push((
+                "content_base64".into(),
+                "give content or content_base64 (or source), not both".into(),
+            ));
+        }
+        if let Err(e) = wanted_bytes(config) {
+            out.push(("content_base64".into(), e));
         }
         if let Some(m) = string(config, "mode") {
             if let Err(e) = mode_of(m) {
@@ -191,13 +221,17 @@ impl Resource for File {
             });
         }
         let old_text = prior["content"].as_str();
-        let content = string(config, "content")
-            .map(str::to_string)
-            .or_else(|| old_text.map(str::to_string))
-            .unwrap_or_default();
-        let sha256 = match (string(config, "content"), prior["sha256"].as_str()) {
+        let wanted = wanted_bytes(config)?;
+        let sha256 = match (&wanted, prior["sha256"].as_str()) {
+            (Some(b), _) => eden_proto::model::files::sha256_hex(b),
             (None, Some(old)) => old.to_string(),
-            _ => eden_proto::model::files::sha256_hex(content.as_bytes()),
+            (None, None) => eden_proto::model::files::sha256_hex(b""),
+        };
+        // The new content as text, when it is text (and not too large to show).
+        let new_text: Option<String> = match &wanted {
+            Some(b) if b.len() <= MAX_SHOWN => String::from_utf8(b.clone()).ok(),
+            Some(_) => None,
+            None => Some(old_text.unwrap_or_default().to_string()),
         };
         let pick = |k: &str, default: String| {
             string(config, k)
@@ -210,18 +244,21 @@ impl Resource for File {
         let mode = pick("mode", "0644".into());
         let owner = pick("owner", user_name(uid));
         let group = pick("group", group_name(gid));
-        let planned = json!({
+        let mut planned = json!({
             "path": path,
-            "content": content,
             "sha256": sha256,
             "mode": show_mode(mode_of(&mode)?),
             "owner": owner,
             "group": group,
             "state": "present",
         });
+        if let Some(t) = &new_text {
+            planned["content"] = json!(t);
+        }
+        let not_shown = format!("{path}: content not shown (not text, or larger than 1 MiB)");
         if prior.is_null() {
             return Ok(Plan {
-                detail: unified(path, "", &content),
+                detail: new_text.map_or(not_shown, |t| unified(path, "", &t)),
                 planned,
                 action: pb::Action::Create,
                 requires_replace: vec![],
@@ -235,9 +272,9 @@ impl Resource for File {
         if !changed {
             return Ok(Plan::noop(prior.clone()));
         }
-        let detail = match (changed_content, old_text) {
-            (true, Some(old)) => unified(path, old, &content),
-            (true, None) => format!("{path}: content not shown (binary or larger than 1 MiB)"),
+        let detail = match (changed_content, old_text, &new_text) {
+            (true, Some(old), Some(new)) => unified(path, old, new),
+            (true, _, _) => not_shown,
             _ => String::new(),
         };
         Ok(Plan {
@@ -267,9 +304,9 @@ impl Resource for File {
         let mode = mode_of(planned["mode"].as_str().unwrap_or("0644"))?;
         let uid = planned["owner"].as_str().map(place::uid_of).transpose()?;
         let gid = planned["group"].as_str().map(place::gid_of).transpose()?;
-        let content = planned["content"].as_str().unwrap_or_default();
+        let content = wanted_bytes(config)?.unwrap_or_default();
         if prior.is_null() || prior["sha256"] != planned["sha256"] {
-            place::write_atomically(&path, content.as_bytes(), mode, uid, gid)
+            place::write_atomically(&path, &content, mode, uid, gid)
                 .map_err(|e| format!("writing {}: {e}", path.display()))?;
         } else {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
@@ -334,6 +371,31 @@ mod tests {
             .await
             .unwrap();
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn binary_content_comes_in_base64_and_is_not_shown() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("key.der");
+        let c = config(json!({"path": path.display().to_string(), "content_base64": "AP8Q"}));
+        assert!(File.validate(&c).is_empty());
+        let p = File.plan(&c, &Value::Null, false, false).await.unwrap();
+        assert_eq!(p.action, pb::Action::Create);
+        assert!(p.detail.contains("not shown"), "{}", p.detail);
+        File.apply(&c, &Value::Null, &p.planned, false)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), [0u8, 0xff, 0x10]);
+        let again = File
+            .plan(&c, &File.read(&c).await.unwrap(), false, false)
+            .await
+            .unwrap();
+        assert_eq!(again.action, pb::Action::Noop);
+        let both = config(json!({"path": "/x", "content": "a", "content_base64": "YQ=="}));
+        assert!(!File.validate(&both).is_empty());
+        assert!(!File
+            .validate(&config(json!({"path": "/x", "content_base64": "%%"})))
+            .is_empty());
     }
 
     #[test]

@@ -808,3 +808,54 @@ async fn a_watched_file_is_changed_back_at_once_not_at_the_interval() {
         assert_eq!(read(&path).unwrap(), "welcome\n");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_s_source_is_an_eden_file_and_a_sealed_one_never_shows() {
+    let c = Cluster::start_tls(1, &[]).await;
+    let _agent = c.agent("web1", &[]);
+    c.wait_nodes(&["web1"], true).await;
+    assert_eq!(
+        c.eden(&["node", "label", "web1", "role=web"]).await.code,
+        Some(0)
+    );
+    // A key that is not text, sealed for the web nodes (web1 registered its sealing key).
+    let key: Vec<u8> = (0..300u32).map(|i| (i * 11 % 256) as u8).collect();
+    let local = c.dir().join("key.der");
+    std::fs::write(&local, &key).unwrap();
+    let l = local.display().to_string();
+    let o = c
+        .eden(&[
+            "file",
+            "put",
+            &l,
+            "cluster/tls/key.der",
+            "--readers",
+            "role=web",
+            "--sealed",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let path = c.dir().join("placed.der");
+    let f = write(
+        &c.dir().join("key.yaml"),
+        &format!(
+            "resources:\n  - type: file\n    name: key\n    attrs: {{path: \"{}\", source: cluster/tls/key.der, mode: \"0600\"}}\n",
+            path.display()
+        ),
+    );
+    let plan = c.eden(&["apply", &f, "--nodes", "web1", "--plan"]).await;
+    assert_eq!(plan.code, Some(0), "{plan:?}");
+    assert!(plan.stdout.contains("(sensitive)"), "{plan:?}");
+    assert!(!plan.stdout.contains("content"), "{plan:?}");
+    assert!(
+        !plan.stdout.contains("not shown"),
+        "the detail is hidden too: {plan:?}"
+    );
+    let o = c.eden(&["apply", &f, "--nodes", "web1"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), key);
+    let o = c
+        .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+}

@@ -272,8 +272,12 @@ resources:
         read(&dir.join("db1.html")).as_deref() == Some("hi from db1\n")
     })
     .await;
-    let show = c.eden(&["state", "show", "site"]).await;
-    assert!(show.stdout.contains("db1: applied"), "{show:?}");
+    // Its report comes once its whole round is done (the file above is its first resource).
+    wait_for("db1's report", Duration::from_secs(20), || async {
+        let show = c.eden(&["state", "show", "site"]).await;
+        show.stdout.contains("db1: applied")
+    })
+    .await;
     // Removed: agents stop keeping it, and leave the files.
     assert_eq!(c.eden(&["state", "rm", "site"]).await.code, Some(0));
     assert_eq!(c.eden(&["state", "rm", "site"]).await.code, Some(1));
@@ -612,7 +616,11 @@ resources:
         "{}",
         sv_status(&svdir, "web")
     );
-    assert_eq!(starts_now(), 1);
+    // Its run script writes the line as it starts (just after runsv reports it running).
+    wait_for("the start", Duration::from_secs(10), || async {
+        starts_now() == 1
+    })
+    .await;
 
     // Unchanged: not restarted.
     let o = c
@@ -645,10 +653,9 @@ resources:
     let e = wait_event(&c, from, "state/drift/web1/service.web").await;
     assert_eq!(e["data"]["corrected"], true, "{e}");
     wait_for("web to run again", Duration::from_secs(10), || async {
-        sv_status(&svdir, "web").starts_with("run:")
+        sv_status(&svdir, "web").starts_with("run:") && starts_now() == 3
     })
     .await;
-    assert_eq!(starts_now(), 3);
 }
 
 /// Installs and removes Debian's `hello` with apt: changes the machine and needs apt's

@@ -1430,6 +1430,18 @@ async fn join_cluster(
             {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
+            // No answer in time (a CI run saw one take 15 s right after autopilot removed this
+            // server's old self): ask again. If the first attempt added us after all, the next
+            // one finds our peer URL taken by an unstarted member and takes that entry over.
+            Err(eden_proto::client::ClientError::Server(s))
+                if matches!(
+                    s.code(),
+                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                ) && std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!("joining: no answer in time ({}); asking again", s.message());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
             other => break other,
         }
     };

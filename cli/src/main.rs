@@ -148,6 +148,9 @@ enum Command {
     /// Resource plugins: list them with their schema, approve (lock) their checksums.
     #[command(subcommand)]
     Plugin(cmd::plugin::PluginCmd),
+    /// The web view (`eden server --ui-addr`): a one-time sign-in link.
+    #[command(subcommand)]
+    Ui(cmd::ui::UiCmd),
 }
 
 /// jemalloc rather than glibc's malloc: after a burst of large writes, glibc kept a member's freed
@@ -310,6 +313,7 @@ async fn run_client(cli: Cli) -> Result<(), Failure> {
         Command::Apply(a) => cmd::apply::run(&client, &out, *a).await,
         Command::State(c) => cmd::apply::state_cmd(&client, &out, c).await,
         Command::Plugin(c) => cmd::plugin::run(&client, &out, c).await,
+        Command::Ui(c) => cmd::ui::run(&client, &out, c).await,
         Command::Event(c) => cmd::event::run(&client, &out, c).await,
         Command::Hook(c) => cmd::hook::run(&client, &out, c).await,
         Command::Token(c) => cmd::token::run(&client, &out, c).await,

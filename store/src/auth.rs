@@ -19,6 +19,9 @@
 //!                   key attached; LeaseTimeToLive (only the keys it may read are listed)
 //! ```
 //!
+//! A user (an etcd user, `user:NAME`) gets what its roles grant, except writing under
+//! `/eden/ui/` (the web view's sign-in links name whom their sessions act as): root users only.
+//!
 //! A node never writes labels, tasks, rules, hooks, events or anything outside `/eden/`, and never
 //! calls Maintenance (but Status), Compact or Cluster changes. A range or watch is allowed only if
 //! every key it could ever cover is readable: a multi-key range must lie inside one prefix the
@@ -310,6 +313,13 @@ fn check(
         Caller::Node(n) => n.as_str(),
         Caller::User(u) => {
             let (root, perms) = facts.user_perms(u);
+            // A web view sign-in link names whom its session acts as: no role may grant writing
+            // one (admins, members and root users only).
+            if write && !root && overlaps(key, range_end, eden_proto::model::ui::UI.as_bytes()) {
+                return Err(Denied(format!(
+                    "{caller} may not write the web view's sign-in links (admins only)"
+                )));
+            }
             // As etcd: the permissions of all its roles together must cover the whole range.
             return if root || users::covered(&perms, write, key, range_end) {
                 Ok(())
@@ -341,6 +351,15 @@ fn check(
             show(range_end)
         )))
     }
+}
+
+/// Whether `[key, end)` (or `key` alone, `end` empty) holds a key that starts with `prefix`.
+fn overlaps(key: &[u8], end: &[u8], prefix: &[u8]) -> bool {
+    if end.is_empty() || is_key_plus_zero(key, end) {
+        return key.starts_with(prefix);
+    }
+    let prefix_end = eden_proto::keys::prefix_end(prefix);
+    key < prefix_end.as_slice() && (end == [0] || end > prefix)
 }
 
 /// `end` is `key` followed by one zero byte: the range holds `key` alone.
@@ -612,6 +631,15 @@ mod tests {
         fn user_perms(&self, _: &str) -> (bool, Vec<Perm>) {
             (false, vec![])
         }
+    }
+
+    #[test]
+    fn a_range_overlaps_a_prefix_when_one_of_its_keys_starts_with_it() {
+        assert!(overlaps(b"/eden/ui/logins/a", b"", b"/eden/ui/"));
+        assert!(overlaps(b"/eden/", b"/eden0", b"/eden/ui/"));
+        assert!(overlaps(b"/", b"\0", b"/eden/ui/"));
+        assert!(!overlaps(b"/eden/vars/", b"/eden/vars0", b"/eden/ui/"));
+        assert!(!overlaps(b"/eden/uj", b"", b"/eden/ui/"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod status;
 pub mod task;
 pub mod token;
 pub mod txn;
+pub mod ui;
 pub mod user;
 pub mod var;
 pub mod watch;

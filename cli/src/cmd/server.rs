@@ -143,6 +143,10 @@ pub struct ServerArgs {
     /// Largest webhook body in bytes; larger ones get 413 [default: 1048576].
     #[arg(long)]
     pub webhook_max_bytes: Option<usize>,
+    /// Serve the web view on https://HOST:PORT (sign in with a client certificate from the
+    /// cluster's CA or a link from `eden ui login`; design/ui.md).
+    #[arg(long)]
+    pub ui_addr: Option<String>,
     /// Serve the client and peer ports over TLS with this certificate (PEM; with --key-file and
     /// --trusted-ca-file): clients and members must then present a certificate from that CA
     /// (mutual TLS). The member presents it when it connects to other members.
@@ -222,6 +226,7 @@ struct FileConfig {
     reactor: Option<bool>,
     webhook_addr: Option<String>,
     webhook_max_bytes: Option<usize>,
+    ui_addr: Option<String>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
@@ -490,6 +495,7 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
         metrics_addr: args.metrics_addr.clone().or(file.metrics_addr),
         reactor: !args.no_reactor && file.reactor.unwrap_or(true),
         webhook_addr: args.webhook_addr.clone().or(file.webhook_addr),
+        ui_addr: args.ui_addr.clone().or(file.ui_addr),
         webhook_max_bytes: args
             .webhook_max_bytes
             .or(file.webhook_max_bytes)
@@ -719,6 +725,7 @@ struct Extras {
     reactor: bool,
     webhook_addr: Option<String>,
     webhook_max_bytes: usize,
+    ui_addr: Option<String>,
     /// The member's certificate is its own, in DATA_DIR/pki (made at bootstrap or got with a
     /// join token), so it renews it; one given with --cert-file is the operator's to replace.
     own_cert: bool,
@@ -759,6 +766,14 @@ async fn serve(
             tokio::net::TcpListener::bind(a)
                 .await
                 .with_context(|| format!("binding the webhook address {a}"))?,
+        ),
+        None => None,
+    };
+    let ui_listener = match &extras.ui_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the web view's address {a}"))?,
         ),
         None => None,
     };
@@ -819,6 +834,23 @@ async fn serve(
         ),
         (None, None) => None,
     };
+    if let Some(l) = ui_listener {
+        // A browser may present a client certificate from the cluster's CA; without one it signs
+        // in with a link.
+        let tls = match (node.server_cert(), node.tls()) {
+            (Some(cert), Some(t)) => Some(
+                config_with(cert, &t.ca_pem, ClientAuth::Optional, b"http/1.1")
+                    .map_err(|e| anyhow::anyhow!("the web view's TLS: {e}"))?,
+            ),
+            _ => None,
+        };
+        let (node, stop) = (node.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = eden_store::grpc::ui::serve(node, l, tls, stop).await {
+                tracing::error!(error = %e, "the web view failed");
+            }
+        });
+    }
     if let Some(l) = metrics_listener {
         let (node, stop) = (node.clone(), stopped(stop_rx.clone()));
         tokio::spawn(async move {

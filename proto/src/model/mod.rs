@@ -52,6 +52,8 @@
 //! /eden/nodes/NODE/plans/NAME      NodePlan (states)            agent NODE (planned a state)
 //! /eden/nodes/NODE/drift/NAME/RES  Drift (states)               agent NODE (found drift)
 //! /eden/nodes/NODE/converge/NAME   ConvergeRequest (states)     reactor (`apply` action)
+//! /eden/ui/logins/ID               Login (ui)                   admin (`eden ui login`); the web
+//!                                                               view consumes it
 //! ```
 //!
 //! Every change to these keys is also an event ([`events`]): the log is the event bus. A node
@@ -76,6 +78,7 @@ pub mod states;
 pub mod tasks;
 pub mod template;
 pub mod tokens;
+pub mod ui;
 pub mod users;
 pub mod vars;
 pub mod watcher;

@@ -16,8 +16,8 @@ use crate::model::Error;
 use crate::pki::Identity;
 
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-const ID_LEN: usize = 6;
-const SECRET_LEN: usize = 16;
+pub const ID_LEN: usize = 6;
+pub const SECRET_LEN: usize = 16;
 /// Longest life a token may be given.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -68,7 +68,7 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
-fn random(n: usize) -> String {
+pub fn random(n: usize) -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
     (0..n)

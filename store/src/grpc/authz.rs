@@ -34,8 +34,18 @@ pub fn cert_info(der: &[u8]) -> Result<pki::CertInfo, String> {
     Ok(info)
 }
 
-/// The certificate of a request's connection (TLS already checked it against the cluster's CA).
+/// A request the server makes for someone, in process (the web view, for a signed-in viewer):
+/// the certificate it acts as. Only code in this crate can attach it; nothing from the network
+/// can.
+#[derive(Clone, Debug)]
+pub struct ActingAs(pub(crate) pki::CertInfo);
+
+/// The certificate of a request's connection (TLS already checked it against the cluster's CA),
+/// or the one an in-process request acts as.
 pub(crate) fn peer_cert<T>(req: &Request<T>) -> Result<pki::CertInfo, Status> {
+    if let Some(a) = req.extensions().get::<ActingAs>() {
+        return Ok(a.0.clone());
+    }
     let der = req
         .peer_certs()
         .and_then(|c| c.first().cloned())

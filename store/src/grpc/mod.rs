@@ -13,6 +13,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod peer;
+pub mod ui;
 pub mod validate;
 pub mod watch;
 

@@ -1,0 +1,129 @@
+//! The web view (issue 19, first part): `eden server --ui-addr`, signing in with a client
+//! certificate or a one-time link from `eden ui login`, and the cluster page, read through the
+//! authorizer as the viewer. Over real TLS with curl (browser tests are to come).
+
+use std::time::Duration;
+
+use eden_tests::{free_port, wait_for, Cluster};
+
+/// `curl` against the web view: (HTTP status, headers and body).
+async fn curl(args: &[&str]) -> (u16, String) {
+    let o = tokio::process::Command::new("curl")
+        .args(["-s", "-i", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl (scripts/setup.sh installs it)");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_link_works_once_and_the_cluster_page_shows_the_members() {
+    let ui = format!("127.0.0.1:{}", free_port());
+    let c = Cluster::start_tls(1, &["--ui-addr", &ui]).await;
+    let url = format!("https://{ui}");
+    let admin = c.tls_flags("admin");
+    let ca = admin[1].clone();
+    wait_for("the web view", Duration::from_secs(20), || async {
+        curl(&["--cacert", &ca, &format!("{url}/")]).await.0 != 0
+    })
+    .await;
+
+    // Nobody signed in: the sign-in page, 401.
+    let (code, body) = curl(&["--cacert", &ca, &format!("{url}/")]).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("eden ui login"), "{body}");
+
+    // A client certificate from the cluster's CA signs in.
+    let (code, body) = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &admin[3],
+        "--key",
+        &admin[5],
+        &format!("{url}/"),
+    ])
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("signed in as admin:admin") && body.contains(">m0<"),
+        "{body}"
+    );
+
+    // A one-time link, made by an admin: a session cookie, then refused a second time.
+    let o = c
+        .eden_as("admin-ops", &["ui", "login", "--url", &url])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let link = o.stdout.trim().to_string();
+    assert!(link.starts_with(&format!("{url}/login?token=")), "{link}");
+    let (code, head) = curl(&["--cacert", &ca, &link]).await;
+    assert_eq!(code, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a session cookie")
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("Secure")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let (code, body) = curl(&[
+        "--cacert",
+        &ca,
+        "-H",
+        &format!("Cookie: {session}"),
+        &format!("{url}/"),
+    ])
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("signed in as admin:ops"), "{body}");
+    let (code, body) = curl(&["--cacert", &ca, &link]).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("used already"), "{body}");
+
+    // A node may not make links.
+    let o = c.eden_as("node-web1", &["ui", "login"]).await;
+    assert_ne!(o.code, Some(0), "{o:?}");
+    assert!(o.stderr.contains("admins only"), "{o:?}");
+
+    // Nor may a user whose role grants all of /eden/: a link names whom its session acts as.
+    for args in [
+        vec!["role", "add", "all"],
+        vec![
+            "role",
+            "grant-permission",
+            "all",
+            "readwrite",
+            "/eden/",
+            "--prefix",
+        ],
+        vec!["user", "add", "bob"],
+        vec!["user", "grant-role", "bob", "all"],
+    ] {
+        let o = c.eden(&args).await;
+        assert_eq!(o.code, Some(0), "{args:?}: {o:?}");
+    }
+    let o = c.eden_as("user-bob", &["ui", "login"]).await;
+    assert_ne!(o.code, Some(0), "{o:?}");
+    assert!(o.stderr.contains("admins only"), "{o:?}");
+
+    // Revoking the certificate the link stood for ends its session.
+    let o = c.eden(&["cert", "revoke", "admin:ops"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let (code, body) = curl(&[
+        "--cacert",
+        &ca,
+        "-H",
+        &format!("Cookie: {session}"),
+        &format!("{url}/"),
+    ])
+    .await;
+    assert_eq!(code, 401, "{body}");
+}

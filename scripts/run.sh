@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine, builds eden (release), links it as `eden` on the PATH (~/.cargo/bin, or
 # ~/.local/bin) and runs a single-member server with its data in ./eden-data, clients on
-# 127.0.0.1:2379 and peers on 127.0.0.1:2380. Extra arguments go to `eden server`.
+# 127.0.0.1:2379, peers on 127.0.0.1:2380 and the web view on https://127.0.0.1:2378 (unless the
+# arguments give --ui-addr). Extra arguments go to `eden server`.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/setup.sh"
@@ -17,4 +18,8 @@ case ":$PATH:" in
 *":$bin:"*) echo "eden is on the PATH: $bin/eden" >&2 ;;
 *) echo "eden is $bin/eden; add $bin to the PATH to type just 'eden'" >&2 ;;
 esac
-exec "$CARGO_TARGET_DIR/release/eden" server "$@"
+ui=(--ui-addr 127.0.0.1:2378)
+for a in "$@"; do
+  case "$a" in --ui-addr | --ui-addr=*) ui=() ;; esac
+done
+exec "$CARGO_TARGET_DIR/release/eden" server "${ui[@]}" "$@"

@@ -127,3 +127,42 @@ async fn a_sign_in_link_works_once_and_the_cluster_page_shows_the_members() {
     .await;
     assert_eq!(code, 401, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_page_shows_agents_up_and_down_to_whom_may_see_every_node() {
+    let ui = format!("127.0.0.1:{}", free_port());
+    let c = Cluster::start_tls(1, &["--ui-addr", &ui]).await;
+    let mut web1 = c.agent("web1", &[]);
+    let _web2 = c.agent("web2", &[]);
+    c.wait_nodes(&["web1", "web2"], true).await;
+    let url = format!("https://{ui}/nodes");
+    let admin = c.tls_flags("admin");
+    let get = |who: Vec<String>| {
+        let url = url.clone();
+        async move {
+            curl(&[
+                "--cacert", &who[1], "--cert", &who[3], "--key", &who[5], &url,
+            ])
+            .await
+        }
+    };
+    let row = |body: &str, node: &str| {
+        body.lines()
+            .find(|l| l.contains(&format!("id=\"node-{node}\"")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (code, body) = get(admin.clone()).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(row(&body, "web1").contains(">up<"), "{body}");
+    assert!(row(&body, "web2").contains(">up<"), "{body}");
+    // An agent killed: down once its lease expires.
+    web1.kill();
+    c.wait_nodes(&["web1"], false).await;
+    let (_, body) = get(admin).await;
+    assert!(row(&body, "web1").contains(">down<"), "{body}");
+    assert!(row(&body, "web2").contains(">up<"), "{body}");
+    // A node may not read every node's keys: the authorizer refuses the page.
+    let (code, body) = get(c.tls_flags("node-web2")).await;
+    assert_eq!(code, 403, "{body}");
+}

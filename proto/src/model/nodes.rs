@@ -13,8 +13,13 @@ use crate::model::Error;
 /// Every known node (one with facts, labels or a live agent), by name.
 pub async fn list(client: &Client) -> Result<Vec<NodeInfo>, Error> {
     let (kvs, _) = kv::get_prefix(client, keys::NODES, 0, false).await?;
+    from_kvs(&kvs)
+}
+
+/// The nodes the keys under `/eden/nodes/` describe (what [`list`] reads), by name.
+pub fn from_kvs(kvs: &[crate::mvccpb::KeyValue]) -> Result<Vec<NodeInfo>, Error> {
     let mut nodes: BTreeMap<String, NodeInfo> = BTreeMap::new();
-    for kv in &kvs {
+    for kv in kvs {
         let Some(rest) = keys::rest(&kv.key, keys::NODES) else {
             continue;
         };

@@ -1,5 +1,5 @@
-//! The web view (`eden server --ui-addr`, decision 0026), first part: signing in and the cluster
-//! page. Pages are HTML rendered here (minijinja, templates embedded in the binary); they read
+//! The web view (`eden server --ui-addr`, decision 0026), first part: signing in, the cluster
+//! page and the nodes page. Pages are HTML rendered here (minijinja, templates embedded in the binary); they read
 //! through the same services a gRPC call reaches, in process, as the signed-in viewer's
 //! certificate ([`ActingAs`]), so the one authorizer decides what a viewer sees.
 //!
@@ -38,6 +38,7 @@ const COOKIE: &str = "eden_session";
 const LAYOUT: &str = include_str!("ui/layout.html");
 const CLUSTER: &str = include_str!("ui/cluster.html");
 const SIGN_IN: &str = include_str!("ui/sign_in.html");
+const NODES: &str = include_str!("ui/nodes.html");
 const STYLE: &str = include_str!("ui/style.css");
 
 struct Session {
@@ -60,6 +61,7 @@ impl Ui {
             ("layout.html", LAYOUT),
             ("cluster.html", CLUSTER),
             ("sign_in.html", SIGN_IN),
+            ("nodes.html", NODES),
         ] {
             t.add_template(name, src)
                 .expect("the web view's templates parse");
@@ -162,6 +164,49 @@ impl Ui {
                 db_size => status.db_size,
                 leader => format!("{:x}", status.leader),
                 errors => status.errors,
+            },
+        )
+    }
+
+    async fn nodes_page(&self, viewer: Option<pki::CertInfo>) -> Response {
+        use eden_proto::etcdserverpb::kv_server::Kv;
+        use eden_proto::etcdserverpb::RangeRequest;
+        let kv = crate::grpc::kv::KvService {
+            node: self.node.clone(),
+        };
+        let prefix = eden_proto::model::keys::NODES;
+        let req = RangeRequest {
+            key: prefix.into(),
+            range_end: eden_proto::keys::prefix_end(prefix.as_bytes()),
+            ..Default::default()
+        };
+        let r = match kv.range(Self::as_viewer(&viewer, req)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return refused(&s),
+        };
+        let nodes = match eden_proto::model::nodes::from_kvs(&r.kvs) {
+            Ok(n) => n,
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        };
+        let rows: Vec<minijinja::Value> = nodes
+            .iter()
+            .map(|n| {
+                minijinja::context! {
+                    name => n.name,
+                    up => n.up,
+                    labels => n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "),
+                    address => n.facts.as_ref().and_then(|f| f.addresses.first().cloned()).unwrap_or_default(),
+                    os => n.facts.as_ref().map(|f| f.os.clone()).unwrap_or_default(),
+                    last_seen => n.last_seen.map(eden_proto::model::objects::show_time).unwrap_or_default(),
+                }
+            })
+            .collect();
+        self.render(
+            "nodes.html",
+            minijinja::context! {
+                viewer => viewer.as_ref().map_or("root (insecure)".to_string(), |c| c.identity.to_string()),
+                nodes => rows,
+                revision => r.header.map_or(0, |h| h.revision),
             },
         )
     }
@@ -306,6 +351,19 @@ pub fn router(ui: Arc<Ui>) -> Router {
                             *r.status_mut() = StatusCode::UNAUTHORIZED;
                             r
                         }
+                    }
+                },
+            ),
+        )
+        .route(
+            "/nodes",
+            get(
+                |State(ui): State<Arc<Ui>>,
+                 ConnectInfo(peer): ConnectInfo<PeerCert>,
+                 headers: HeaderMap| async move {
+                    match ui.viewer(&headers, &peer) {
+                        Some(v) => ui.nodes_page(v).await,
+                        None => Redirect::to("/").into_response(),
                     }
                 },
             ),

@@ -166,3 +166,69 @@ async fn the_nodes_page_shows_agents_up_and_down_to_whom_may_see_every_node() {
     let (code, body) = get(c.tls_flags("node-web2")).await;
     assert_eq!(code, 403, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_page_is_live_a_killed_agent_shows_down_without_a_reload() {
+    let ui = format!("127.0.0.1:{}", free_port());
+    let c = Cluster::start_tls(1, &["--ui-addr", &ui]).await;
+    let mut web1 = c.agent("web1", &[]);
+    c.wait_nodes(&["web1"], true).await;
+    let admin = c.tls_flags("admin");
+    // The page names its stream and the revision to follow from.
+    let (code, body) = curl(&[
+        "--cacert",
+        &admin[1],
+        "--cert",
+        &admin[3],
+        "--key",
+        &admin[5],
+        &format!("https://{ui}/nodes"),
+    ])
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let stream = body
+        .split("data-stream=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a live table")
+        .to_string();
+    // What a browser's EventSource reads, with curl.
+    let mut events = tokio::process::Command::new("curl")
+        .args([
+            "-s", "-N", "--cacert", &admin[1], "--cert", &admin[3], "--key", &admin[5],
+        ])
+        .arg(format!("https://{ui}{stream}"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(events.stdout.take().unwrap()));
+    web1.kill();
+    let down = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("data:") && line.contains("node-web1") && line.contains(">down<") {
+                return line;
+            }
+        }
+        panic!("the stream ended");
+    })
+    .await
+    .expect("web1 shown down within 20 s");
+    assert!(down.contains("node-web1"), "{down}");
+    // A node's certificate gets no stream.
+    let node = c.tls_flags("node-web2");
+    let (code, _) = curl(&[
+        "--cacert",
+        &node[1],
+        "--cert",
+        &node[3],
+        "--key",
+        &node[5],
+        "--max-time",
+        "5",
+        &format!("https://{ui}/nodes/stream"),
+    ])
+    .await;
+    assert_eq!(code, 403);
+}

@@ -39,6 +39,8 @@ const LAYOUT: &str = include_str!("ui/layout.html");
 const CLUSTER: &str = include_str!("ui/cluster.html");
 const SIGN_IN: &str = include_str!("ui/sign_in.html");
 const NODES: &str = include_str!("ui/nodes.html");
+const NODE_ROW: &str = include_str!("ui/node_row.html");
+const LIVE_JS: &str = include_str!("ui/live.js");
 const STYLE: &str = include_str!("ui/style.css");
 
 struct Session {
@@ -49,6 +51,9 @@ struct Session {
 /// The web view of one member.
 pub struct Ui {
     node: Arc<Node>,
+    /// This member's own client (its certificate), for the watches behind live pages; what a
+    /// viewer may see is checked as the viewer before and during each stream.
+    client: Arc<eden_proto::client::Client>,
     sessions: Mutex<HashMap<String, Session>>,
     templates: minijinja::Environment<'static>,
 }
@@ -62,11 +67,18 @@ impl Ui {
             ("cluster.html", CLUSTER),
             ("sign_in.html", SIGN_IN),
             ("nodes.html", NODES),
+            ("node_row.html", NODE_ROW),
         ] {
             t.add_template(name, src)
                 .expect("the web view's templates parse");
         }
+        let client = eden_proto::client::Client::with_tls(
+            std::slice::from_ref(&node.config().client_addr),
+            node.tls(),
+        )
+        .expect("this member's own client address");
         Arc::new(Ui {
+            client: Arc::new(client),
             node,
             sessions: Mutex::default(),
             templates: t,
@@ -168,27 +180,31 @@ impl Ui {
         )
     }
 
-    async fn nodes_page(&self, viewer: Option<pki::CertInfo>) -> Response {
+    /// The nodes under `prefix` (`/eden/nodes/`, or one node's), read as the viewer, as table
+    /// rows; and the revision read at.
+    async fn node_rows(
+        &self,
+        viewer: &Option<pki::CertInfo>,
+        prefix: &str,
+    ) -> Result<(Vec<minijinja::Value>, i64), Response> {
         use eden_proto::etcdserverpb::kv_server::Kv;
         use eden_proto::etcdserverpb::RangeRequest;
         let kv = crate::grpc::kv::KvService {
             node: self.node.clone(),
         };
-        let prefix = eden_proto::model::keys::NODES;
         let req = RangeRequest {
             key: prefix.into(),
             range_end: eden_proto::keys::prefix_end(prefix.as_bytes()),
             ..Default::default()
         };
-        let r = match kv.range(Self::as_viewer(&viewer, req)).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => return refused(&s),
-        };
-        let nodes = match eden_proto::model::nodes::from_kvs(&r.kvs) {
-            Ok(n) => n,
-            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-        };
-        let rows: Vec<minijinja::Value> = nodes
+        let r = kv
+            .range(Self::as_viewer(viewer, req))
+            .await
+            .map_err(|s| refused(&s))?
+            .into_inner();
+        let nodes = eden_proto::model::nodes::from_kvs(&r.kvs)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response())?;
+        let rows = nodes
             .iter()
             .map(|n| {
                 minijinja::context! {
@@ -201,14 +217,105 @@ impl Ui {
                 }
             })
             .collect();
+        Ok((rows, r.header.map_or(0, |h| h.revision)))
+    }
+
+    async fn nodes_page(&self, viewer: Option<pki::CertInfo>) -> Response {
+        let (rows, revision) = match self
+            .node_rows(&viewer, eden_proto::model::keys::NODES)
+            .await
+        {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
         self.render(
             "nodes.html",
             minijinja::context! {
                 viewer => viewer.as_ref().map_or("root (insecure)".to_string(), |c| c.identity.to_string()),
                 nodes => rows,
-                revision => r.header.map_or(0, |h| h.revision),
+                revision => revision,
             },
         )
+    }
+
+    /// Server-sent events for the nodes page: after each change under `/eden/nodes/` from
+    /// revision `from` on, the changed nodes' rows (read again as the viewer), each event's id
+    /// its revision, so that a reconnecting browser resumes where it was (`Last-Event-ID`).
+    async fn nodes_stream(self: Arc<Self>, viewer: Option<pki::CertInfo>, from: i64) -> Response {
+        use axum::response::sse::{Event, KeepAlive, Sse};
+        use eden_proto::model::keys::{self, NODES};
+        use eden_proto::model::watcher::{Change, Watcher};
+        // The viewer must be allowed the page's read to get its changes.
+        let start = match self.node_rows(&viewer, NODES).await {
+            Ok((_, rev)) => rev,
+            Err(r) => return r,
+        };
+        let from = if from > 0 { from } else { start + 1 };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, std::convert::Infallible>>(64);
+        let ui = self.clone();
+        tokio::spawn(async move {
+            let mut w =
+                Watcher::from_revision(ui.client.clone(), NODES, from).relist_on_compaction();
+            loop {
+                let c = tokio::select! {
+                    c = w.next() => c,
+                    _ = tx.closed() => return,
+                };
+                let (names, rev): (std::collections::BTreeSet<String>, i64) = match c {
+                    None => return,
+                    Some(Err(_)) => continue,
+                    Some(Ok(Change::Compacted { .. })) => return,
+                    Some(Ok(Change::Listed { kvs, revision })) => (
+                        kvs.iter().filter_map(|kv| node_of(&kv.key)).collect(),
+                        revision,
+                    ),
+                    Some(Ok(Change::Events(evs))) => {
+                        let rev = evs
+                            .iter()
+                            .filter_map(|e| e.kv.as_ref())
+                            .map(|kv| kv.mod_revision)
+                            .max()
+                            .unwrap_or(0);
+                        (
+                            evs.iter()
+                                .filter_map(|e| e.kv.as_ref())
+                                .filter_map(|kv| node_of(&kv.key))
+                                .collect(),
+                            rev,
+                        )
+                    }
+                };
+                for name in names {
+                    // Read as the viewer again: a revoked certificate or a lost right ends it.
+                    let rows = match ui.node_rows(&viewer, &keys::node_prefix(&name)).await {
+                        Ok((rows, _)) => rows,
+                        Err(_) => return,
+                    };
+                    let html = match rows.first() {
+                        Some(row) => match ui
+                            .templates
+                            .get_template("node_row.html")
+                            .and_then(|t| t.render(minijinja::context! { n => row }))
+                        {
+                            Ok(h) => h,
+                            Err(_) => return,
+                        },
+                        None => String::new(),
+                    };
+                    let data = serde_json::json!({"id": format!("node-{name}"), "html": html});
+                    let ev = Event::default()
+                        .event("row")
+                        .id(rev.to_string())
+                        .data(data.to_string());
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .keep_alive(KeepAlive::default())
+            .into_response()
     }
 
     /// Consumes a sign-in link and starts a session.
@@ -326,6 +433,12 @@ fn refused(s: &tonic::Status) -> Response {
     (code, format!("{}\n", s.message())).into_response()
 }
 
+/// The node a key under `/eden/nodes/` is about.
+fn node_of(key: &[u8]) -> Option<String> {
+    let rest = eden_proto::model::keys::rest(key, eden_proto::model::keys::NODES)?;
+    rest.split_once('/').map(|(n, _)| n.to_string())
+}
+
 /// A query parameter's value (sign-in tokens are letters, digits and a dot: nothing to decode).
 fn query_param<'a>(uri: &'a axum::http::Uri, name: &str) -> Option<&'a str> {
     uri.query()?
@@ -367,6 +480,32 @@ pub fn router(ui: Arc<Ui>) -> Router {
                     }
                 },
             ),
+        )
+        .route(
+            "/nodes/stream",
+            get(
+                |State(ui): State<Arc<Ui>>,
+                 ConnectInfo(peer): ConnectInfo<PeerCert>,
+                 headers: HeaderMap,
+                 uri: axum::http::Uri| async move {
+                    // A reconnecting EventSource says where it was; a page, what it rendered.
+                    let from = headers
+                        .get("last-event-id")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .map(|r| r + 1)
+                        .or_else(|| query_param(&uri, "from").and_then(|v| v.parse().ok()))
+                        .unwrap_or(0);
+                    match ui.viewer(&headers, &peer) {
+                        Some(v) => ui.clone().nodes_stream(v, from).await,
+                        None => StatusCode::UNAUTHORIZED.into_response(),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/live.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], LIVE_JS) }),
         )
         .route(
             "/login",

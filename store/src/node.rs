@@ -263,7 +263,23 @@ impl Node {
                 config.member_of.unwrap_or_default(),
             ),
             (None, Some(endpoints)) => {
-                join_cluster(endpoints, &config.peer_addr, config.tls.clone()).await?
+                // Not through itself: its own client port is bound already (a server that forms
+                // a cluster listens before it knows whether it joins), but nothing answers on it
+                // yet, so a request sent there hangs until the client's timeout (checked by hand:
+                // a member-add through a bound, unserved port first in the list took 15 s). A
+                // rejoining server's member-add timed out like that in two CI runs; whether
+                // through its own port was not proven.
+                let others: Vec<String> = endpoints
+                    .iter()
+                    .filter(|e| !same_addr(e, &config.client_addr))
+                    .cloned()
+                    .collect();
+                let through = if others.is_empty() {
+                    endpoints
+                } else {
+                    &others
+                };
+                join_cluster(through, &config.peer_addr, config.tls.clone()).await?
             }
             (None, None) => {
                 let mut names: Vec<String> = config
@@ -1394,6 +1410,17 @@ impl crate::metrics::ServerHealth for Node {
             leases: self.sm.leases.ids().len() as i64,
         }
     }
+}
+
+/// Whether two client addresses name the same `HOST:PORT` (a scheme in front ignored).
+fn same_addr(a: &str, b: &str) -> bool {
+    let bare = |s: &str| {
+        s.trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    };
+    bare(a) == bare(b)
 }
 
 async fn join_cluster(

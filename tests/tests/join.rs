@@ -520,3 +520,43 @@ async fn members_and_operators_renew_their_certificates_with_no_downtime() {
     )
     .await;
 }
+
+/// A server's `--join` list may name the server itself (every server of a self-forming cluster
+/// gets the same list): it joins through the others at once. (A member-add sent to a port that is
+/// bound but not served hangs until the client's 15 s timeout; the server no longer sends its own
+/// join there. This test does not reproduce that hang: the client found the cluster's members
+/// first here, with or without the change.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_list_that_names_the_server_itself_joins_through_the_others() {
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let c = Cluster::start(1, &["--insecure"]).await;
+    let (cp, pp) = (eden_tests::free_port(), eden_tests::free_port());
+    let own = format!("127.0.0.1:{cp}");
+    let _j = Killed(
+        std::process::Command::new(eden_tests::eden_bin())
+            .args(["server", "--insecure", "--name", "j2", "--data-dir"])
+            .arg(c.dir().join("j2"))
+            .args(["--client-addr", &own])
+            .args(["--peer-addr", &format!("127.0.0.1:{pp}")])
+            // Itself first.
+            .args(["--join", &format!("{own},{}", c.members[0].endpoint())])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("j2 to join", Duration::from_secs(10), || async {
+        c.client().member_list().await.is_ok_and(|l| {
+            l.members
+                .iter()
+                .any(|m| m.name == "j2" && !m.client_ur_ls.is_empty())
+        })
+    })
+    .await;
+}

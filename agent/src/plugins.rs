@@ -497,11 +497,6 @@ impl Host {
         })
     }
 
-    pub fn with_start_timeout(mut self, t: Duration) -> Host {
-        self.start_timeout = t;
-        self
-    }
-
     /// The approved checksums as the cluster has them now; a running plugin whose lock changed
     /// or was withdrawn is stopped (the next call checks it again).
     pub async fn set_locks(&self, locks: BTreeMap<String, PluginLock>) {
@@ -521,10 +516,6 @@ impl Host {
                 tracing::info!(plugin = %n, "its lock changed: stopped");
             }
         }
-    }
-
-    pub fn locks(&self) -> BTreeMap<String, PluginLock> {
-        self.locks.lock().unwrap().clone()
     }
 
     /// Every plugin this agent can start: the built-ins, then the directory's.

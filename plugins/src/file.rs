@@ -209,16 +209,7 @@ impl Resource for File {
     ) -> Result<Plan, String> {
         let path = string(config, "path").unwrap_or_default();
         if string(config, "state") == Some("absent") {
-            return Ok(if prior.is_null() {
-                Plan::noop(Value::Null)
-            } else {
-                Plan {
-                    planned: Value::Null,
-                    action: pb::Action::Delete,
-                    requires_replace: vec![],
-                    detail: format!("remove {path}"),
-                }
-            });
+            return Ok(Plan::absent(prior, || format!("remove {path}")));
         }
         let old_text = prior["content"].as_str();
         let wanted = wanted_bytes(config)?;

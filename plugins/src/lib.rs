@@ -36,6 +36,19 @@ impl Plan {
             detail: String::new(),
         }
     }
+
+    /// The plan for a resource that must be absent: nothing to do when it is, else delete it.
+    pub fn absent(prior: &Value, detail: impl FnOnce() -> String) -> Plan {
+        if prior.is_null() {
+            return Plan::noop(Value::Null);
+        }
+        Plan {
+            planned: Value::Null,
+            action: pb::Action::Delete,
+            requires_replace: vec![],
+            detail: detail(),
+        }
+    }
 }
 
 /// One resource type.

@@ -117,19 +117,12 @@ impl Resource for Package {
     ) -> Result<Plan, String> {
         let name = string(config, "name").unwrap_or_default();
         if string(config, "state") == Some("absent") {
-            return Ok(if prior.is_null() {
-                Plan::noop(Value::Null)
-            } else {
-                Plan {
-                    planned: Value::Null,
-                    action: pb::Action::Delete,
-                    requires_replace: vec![],
-                    detail: format!(
-                        "will remove {name} {}",
-                        prior["version"].as_str().unwrap_or("")
-                    ),
-                }
-            });
+            return Ok(Plan::absent(prior, || {
+                format!(
+                    "will remove {name} {}",
+                    prior["version"].as_str().unwrap_or("")
+                )
+            }));
         }
         let want = string(config, "version");
         let planned = json!({"name": name, "state": "installed", "version": want.map_or(prior["version"].clone(), |v| json!(v))});

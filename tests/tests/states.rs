@@ -103,6 +103,39 @@ async fn wait_event(c: &Cluster, from: i64, prefix: &str) -> serde_json::Value {
     found
 }
 
+/// A plugin's resource `TYPE.hi` (attributes `path`, `name`) on web1: planned (a change, nothing
+/// written), applied (the file says `expected`), applied again (nothing to change).
+async fn plan_apply_again(c: &Cluster, type_: &str, expected: &str) {
+    let path = c.dir().join(format!("{type_}.out"));
+    let f = write(
+        &c.dir().join(format!("{type_}.yaml")),
+        &format!(
+            "resources:\n  - type: {type_}\n    name: hi\n    attrs: {{path: \"{}\", name: \"{{{{ node.name }}}}\"}}\n",
+            path.display()
+        ),
+    );
+    let plan = c
+        .eden(&[
+            "apply",
+            &f,
+            "--nodes",
+            "web1",
+            "--plan",
+            "--detailed-exitcode",
+        ])
+        .await;
+    assert_eq!(plan.code, Some(2), "{plan:?}");
+    assert!(plan.stdout.contains(&format!("+ {type_}.hi")), "{plan:?}");
+    assert!(!path.exists(), "the plan wrote nothing");
+    let o = c.eden(&["apply", &f, "--nodes", "web1"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(read(&path).unwrap(), expected);
+    let o = c
+        .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
+        .await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+}
+
 async fn revision(c: &Cluster) -> i64 {
     c.client()
         .range(eden_proto::etcdserverpb::RangeRequest {
@@ -489,25 +522,7 @@ async fn a_python_plugin_is_planned_and_applied_like_the_built_ins() {
     c.wait_nodes(&["web1"], true).await;
     let b = bin.display().to_string();
     assert_eq!(c.eden(&["plugin", "lock", &b]).await.code, Some(0));
-    let path = c.dir().join("greeting");
-    let f = write(
-        &c.dir().join("greet.yaml"),
-        &format!(
-            "resources:\n  - type: greeting_message\n    name: hi\n    attrs: {{path: \"{}\", name: \"{{{{ node.name }}}}\"}}\n",
-            path.display()
-        ),
-    );
-    let plan = c.eden(&["apply", &f, "--nodes", "web1", "--plan"]).await;
-    assert_eq!(plan.code, Some(0), "{plan:?}");
-    assert!(plan.stdout.contains("+ greeting_message.hi") && plan.stdout.contains("will write"));
-    assert!(!path.exists());
-    let o = c.eden(&["apply", &f, "--nodes", "web1"]).await;
-    assert_eq!(o.code, Some(0), "{o:?}");
-    assert_eq!(read(&path).unwrap(), "Hello, web1!\n");
-    let o = c
-        .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
-        .await;
-    assert_eq!(o.code, Some(0), "{o:?}");
+    plan_apply_again(&c, "greeting_message", "Hello, web1!\n").await;
     // Its schema, version and lock, as `eden plugin ls` shows them.
     let ls = c.eden(&["plugin", "ls", "--dir", &pd]).await;
     assert!(
@@ -747,30 +762,7 @@ async fn a_go_plugin_built_with_hashicorp_go_plugin_is_applied_like_the_built_in
     c.wait_nodes(&["web1"], true).await;
     let b = bin.display().to_string();
     assert_eq!(c.eden(&["plugin", "lock", &b]).await.code, Some(0));
-    let path = c.dir().join("hello");
-    let f = write(
-        &c.dir().join("hello.yaml"),
-        &format!(
-            "resources:\n  - type: hello_file\n    name: hi\n    attrs: {{path: \"{}\", name: \"{{{{ node.name }}}}\"}}\n",
-            path.display()
-        ),
-    );
-    let plan = c
-        .eden(&[
-            "apply",
-            &f,
-            "--nodes",
-            "web1",
-            "--plan",
-            "--detailed-exitcode",
-        ])
-        .await;
-    assert_eq!(plan.code, Some(2), "{plan:?}");
-    assert!(plan.stdout.contains("+ hello_file.hi"), "{plan:?}");
-    assert!(!path.exists());
-    let o = c.eden(&["apply", &f, "--nodes", "web1"]).await;
-    assert_eq!(o.code, Some(0), "{o:?}");
-    assert_eq!(read(&path).unwrap(), "hello from Go, web1\n");
+    plan_apply_again(&c, "hello_file", "hello from Go, web1\n").await;
     // go-plugin answered the agent's AutoMTLS offer (with a P-521 certificate); the built-ins too.
     let ls = c.eden(&["plugin", "ls", "--dir", &pd, "-w", "json"]).await;
     let ls: serde_json::Value = serde_json::from_str(&ls.stdout).unwrap();
@@ -783,10 +775,6 @@ async fn a_go_plugin_built_with_hashicorp_go_plugin_is_applied_like_the_built_in
     };
     assert_eq!(mtls("hello"), Some(serde_json::json!(true)), "{ls}");
     assert_eq!(mtls("file"), Some(serde_json::json!(true)), "{ls}");
-    let o = c
-        .eden(&["apply", &f, "--nodes", "web1", "--detailed-exitcode"])
-        .await;
-    assert_eq!(o.code, Some(0), "{o:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

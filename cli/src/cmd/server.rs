@@ -834,23 +834,6 @@ async fn serve(
         ),
         (None, None) => None,
     };
-    if let Some(l) = ui_listener {
-        // A browser may present a client certificate from the cluster's CA; without one it signs
-        // in with a link.
-        let tls = match (node.server_cert(), node.tls()) {
-            (Some(cert), Some(t)) => Some(
-                config_with(cert, &t.ca_pem, ClientAuth::Optional, b"http/1.1")
-                    .map_err(|e| anyhow::anyhow!("the web view's TLS: {e}"))?,
-            ),
-            _ => None,
-        };
-        let (node, stop) = (node.clone(), stopped(stop_rx.clone()));
-        tokio::spawn(async move {
-            if let Err(e) = eden_store::grpc::ui::serve(node, l, tls, stop).await {
-                tracing::error!(error = %e, "the web view failed");
-            }
-        });
-    }
     if let Some(l) = metrics_listener {
         let (node, stop) = (node.clone(), stopped(stop_rx.clone()));
         tokio::spawn(async move {
@@ -863,6 +846,23 @@ async fn serve(
         std::slice::from_ref(&node.config().client_addr),
         node.tls(),
     )?);
+    if let Some(l) = ui_listener {
+        // A browser may present a client certificate from the cluster's CA; without one it signs
+        // in with a link.
+        let tls = match (node.server_cert(), node.tls()) {
+            (Some(cert), Some(t)) => Some(
+                config_with(cert, &t.ca_pem, ClientAuth::Optional, b"http/1.1")
+                    .map_err(|e| anyhow::anyhow!("the web view's TLS: {e}"))?,
+            ),
+            _ => None,
+        };
+        let (node, client, stop) = (node.clone(), own_client.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = eden_store::grpc::ui::serve(node, client, l, tls, stop).await {
+                tracing::error!(error = %e, "the web view failed");
+            }
+        });
+    }
     let reactor = extras.reactor.then(|| {
         let rt = Arc::new(eden_reactor::runtime::Runtime::new(
             own_client.clone(),

@@ -39,9 +39,6 @@ pub fn plugin_lock(name: &str) -> String {
 pub fn node_state(node: &str, name: &str) -> String {
     format!("{}{node}/states/{name}", keys::NODES)
 }
-pub fn node_states(node: &str) -> String {
-    format!("{}{node}/states/", keys::NODES)
-}
 /// Node `node`'s plan of state `name`.
 pub fn node_plan(node: &str, name: &str) -> String {
     format!("{}{node}/plans/{name}", keys::NODES)

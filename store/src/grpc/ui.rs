@@ -59,7 +59,8 @@ pub struct Ui {
 }
 
 impl Ui {
-    pub fn new(node: Arc<Node>) -> Arc<Ui> {
+    /// `client`: the member's own client (its certificate, its own client port).
+    pub fn new(node: Arc<Node>, client: Arc<eden_proto::client::Client>) -> Arc<Ui> {
         let mut t = minijinja::Environment::new();
         t.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         for (name, src) in [
@@ -72,13 +73,8 @@ impl Ui {
             t.add_template(name, src)
                 .expect("the web view's templates parse");
         }
-        let client = eden_proto::client::Client::with_tls(
-            std::slice::from_ref(&node.config().client_addr),
-            node.tls(),
-        )
-        .expect("this member's own client address");
         Arc::new(Ui {
-            client: Arc::new(client),
+            client,
             node,
             sessions: Mutex::default(),
             templates: t,
@@ -548,11 +544,12 @@ pub fn router(ui: Arc<Ui>) -> Router {
 /// may present a client certificate from the cluster's CA), else plaintext.
 pub async fn serve(
     node: Arc<Node>,
+    client: Arc<eden_proto::client::Client>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router(Ui::new(node));
+    let app = router(Ui::new(node, client));
     match tls {
         Some(config) => {
             let listener = eden_proto::tls_listener::TlsListener::new(listener, config)?;

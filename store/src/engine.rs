@@ -109,6 +109,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Syncs the WAL: every write that returned before this call is on disk when it returns.
+    pub fn sync_wal(&self) -> Result<()> {
+        let start = std::time::Instant::now();
+        self.db.flush_wal(true)?;
+        crate::metrics::metrics()
+            .fsync
+            .observe(start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// Writes a batch without waiting for fsync (for work that is safe to redo after a crash).
     pub fn write_nosync(&self, batch: WriteBatch) -> Result<()> {
         self.db.write(batch)?;

@@ -1,7 +1,12 @@
 //! The Raft log and vote in RocksDB (`log` and `meta` column families).
 //!
-//! Appended entries and the vote are written with a synced WriteBatch before openraft is told they
-//! are stored, so a member killed with kill -9 never forgets a vote or an entry it acknowledged.
+//! The vote is written with a synced WriteBatch. Appended entries are written at once (visible to
+//! reads, so the leader replicates them while its own disk syncs) and openraft is told they are
+//! stored only once the WAL is synced: one syncer thread per store syncs for every append that
+//! waits, in order (one sync covers all writes before it). A follower answers its leader only
+//! after that, and the leader counts itself in a quorum only after it (the patched openraft,
+//! third_party/openraft/PATCHED.md), so a member killed with kill -9 or a power loss never forgets
+//! a vote or an entry it acknowledged.
 //!
 //! Invariant: the stored log is one contiguous run of indexes, `purged + 1 ..= last`. openraft
 //! 0.9.25 checks only the first and last index of what it reads, and its apply path panics on a
@@ -30,11 +35,70 @@ const META_COMMITTED: &[u8] = b"committed";
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<Engine>,
+    syncer: Arc<Syncer>,
+}
+
+/// Syncs the WAL for appends that wait for it, on its own thread, in the order they were
+/// submitted; appends that arrive while a sync runs share the next one (group commit).
+struct Syncer {
+    tx: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    #[cfg(test)]
+    hold: Arc<tests::Hold>,
+}
+
+impl Syncer {
+    fn start(engine: &Arc<Engine>) -> Syncer {
+        let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+        // A weak reference: the database closes when the store is dropped, whatever this thread
+        // is doing.
+        let engine = Arc::downgrade(engine);
+        #[cfg(test)]
+        let hold = Arc::new(tests::Hold::default());
+        #[cfg(test)]
+        let held = hold.clone();
+        std::thread::Builder::new()
+            .name("eden-log-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    #[cfg(test)]
+                    held.wait_released();
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let res = match engine.upgrade() {
+                        Some(engine) => engine.sync_wal().map_err(|e| e.to_string()),
+                        None => Err("the store was closed".to_string()),
+                    };
+                    for callback in waiting {
+                        callback.log_io_completed(res.clone().map_err(std::io::Error::other));
+                    }
+                }
+            })
+            .expect("spawn the log sync thread");
+        Syncer {
+            tx,
+            #[cfg(test)]
+            hold,
+        }
+    }
+
+    fn submit(&self, callback: LogFlushed<TypeConfig>) {
+        if let Err(std::sync::mpsc::SendError(callback)) = self.tx.send(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("the log sync thread stopped")));
+        }
+    }
 }
 
 impl LogStore {
     pub fn new(engine: Arc<Engine>) -> LogStore {
-        LogStore { engine }
+        let syncer = Arc::new(Syncer::start(&engine));
+        LogStore { engine, syncer }
+    }
+
+    /// Tests: while held, appends are written but never reported stored (a disk that does not
+    /// sync).
+    #[cfg(test)]
+    pub(crate) fn hold_syncs(&self, held: bool) {
+        self.syncer.hold.set(held);
     }
 
     fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -88,11 +152,19 @@ impl LogStore {
 
     /// Writes entries (synced) that must follow each other and start at most one past the last
     /// stored entry; anything else would leave a hole and is refused with [`LogGap`], and nothing
-    /// is written. [`RaftLogStorage::append`]
-    /// is this plus openraft's callback.
+    /// is written. [`RaftLogStorage::append`] is this unsynced, plus a sync on the syncer thread
+    /// before openraft's callback.
     pub fn append_entries(
         &self,
         entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<(), StorageError> {
+        self.write_entries(entries, true)
+    }
+
+    fn write_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+        sync: bool,
     ) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         let cf = self.engine.cf(CF_LOG);
@@ -125,7 +197,11 @@ impl LogStore {
             expected = Some(index + 1);
             batch.put_cf(cf, log_key(index), encode(&e));
         }
-        self.engine.write_sync(batch).map_err(Self::write_err)
+        if sync {
+            self.engine.write_sync(batch).map_err(Self::write_err)
+        } else {
+            self.engine.write_nosync(batch).map_err(Self::write_err)
+        }
     }
 
     /// The stored entries in `range`, as one contiguous run. Entries below the purged index are
@@ -269,13 +345,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let res = self.append_entries(entries);
-        let io = res
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| std::io::Error::other(e.to_string()));
-        callback.log_io_completed(io);
-        res
+        // Written now, so replication (on the leader) reads the entries at once; stored, as far
+        // as openraft is concerned, once the syncer calls back.
+        match self.write_entries(entries, false) {
+            Ok(()) => {
+                self.syncer.submit(callback);
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -302,8 +383,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Holds a store's syncs while set.
+    #[derive(Default)]
+    pub(crate) struct Hold {
+        held: std::sync::Mutex<bool>,
+        released: std::sync::Condvar,
+    }
+
+    impl Hold {
+        pub(crate) fn set(&self, held: bool) {
+            *self.held.lock().unwrap() = held;
+            self.released.notify_all();
+        }
+
+        pub(crate) fn wait_released(&self) {
+            let mut held = self.held.lock().unwrap();
+            while *held {
+                held = self.released.wait(held).unwrap();
+            }
+        }
+    }
     use crate::raft::Command;
     use openraft::{CommittedLeaderId, EntryPayload};
 

@@ -17,6 +17,8 @@
 // openraft's StorageError is large (224 bytes) and its trait signatures return it by value.
 #![allow(clippy::result_large_err)]
 
+#[cfg(test)]
+mod cluster_tests;
 pub mod log_store;
 pub mod network;
 pub mod propose;

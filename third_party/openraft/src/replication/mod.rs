@@ -79,6 +79,10 @@ where C: RaftTypeConfig
 /// NOTE: we do not stack replication requests to targets because this could result in
 /// out-of-order delivery. We always buffer until we receive a success response, then send the
 /// next payload from the buffer.
+/// eden: how long a heartbeat that only carries a new committed index waits for entries to carry
+/// it instead (third_party/openraft/PATCHED.md).
+const COMMIT_PIGGYBACK: Duration = Duration::from_millis(2);
+
 pub(crate) struct ReplicationCore<C, N, LS>
 where
     C: RaftTypeConfig,
@@ -87,6 +91,10 @@ where
 {
     /// The ID of the target Raft node which replication events are to be sent to.
     target: C::NodeId,
+
+    /// eden: the pending action is a heartbeat made only to carry a new committed index; it waits
+    /// up to [`COMMIT_PIGGYBACK`] for entries to carry it instead.
+    commit_only: bool,
 
     /// Identifies which session this replication belongs to.
     session_id: ReplicationSessionId<C::NodeId>,
@@ -198,6 +206,7 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            commit_only: false,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -211,6 +220,23 @@ where
     #[tracing::instrument(level="debug", skip(self), fields(session=%self.session_id, target=display(&self.target), cluster=%self.config.cluster_name))]
     async fn main(mut self) -> Result<(), ReplicationClosed> {
         loop {
+            if self.commit_only && matches!(self.next_action, Some(Data::Heartbeat)) {
+                // eden: a request that only tells the follower the new committed index would
+                // hold the next entries back for a round trip (one request in flight per
+                // follower), and under one writing client the next entry comes a moment after
+                // the commit. Wait a little for it; the entries carry the committed index.
+                self.commit_only = false;
+                match C::AsyncRuntime::timeout(COMMIT_PIGGYBACK, self.rx_event.recv()).await {
+                    Ok(Some(event)) => {
+                        self.process_event(event);
+                        self.try_drain_events().await?;
+                    }
+                    Ok(None) => return Err(ReplicationClosed::new("rx_repl is closed while waiting to piggyback")),
+                    Err(_) => {}
+                }
+            }
+            self.commit_only = false;
+
             let action = self.next_action.take();
 
             let Some(d) = action else {
@@ -682,9 +708,12 @@ where
                 // If there is no action, fill in an heartbeat action to send committed index.
                 if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
+                    self.commit_only = true;
                 }
             }
             Replicate::Heartbeat => {
+                // eden: a heartbeat goes at once.
+                self.commit_only = false;
                 // Never overwrite action with payload.
                 if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());

@@ -150,21 +150,13 @@ impl LogStore {
         Ok(purged.map(|p| p.index + 1))
     }
 
-    /// Writes entries (synced) that must follow each other and start at most one past the last
+    /// Writes entries (unsynced: [`RaftLogStorage::append`] has the syncer sync them before
+    /// openraft's callback) that must follow each other and start at most one past the last
     /// stored entry; anything else would leave a hole and is refused with [`LogGap`], and nothing
-    /// is written. [`RaftLogStorage::append`] is this unsynced, plus a sync on the syncer thread
-    /// before openraft's callback.
+    /// is written.
     pub fn append_entries(
         &self,
         entries: impl IntoIterator<Item = Entry>,
-    ) -> Result<(), StorageError> {
-        self.write_entries(entries, true)
-    }
-
-    fn write_entries(
-        &self,
-        entries: impl IntoIterator<Item = Entry>,
-        sync: bool,
     ) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         let cf = self.engine.cf(CF_LOG);
@@ -197,11 +189,7 @@ impl LogStore {
             expected = Some(index + 1);
             batch.put_cf(cf, log_key(index), encode(&e));
         }
-        if sync {
-            self.engine.write_sync(batch).map_err(Self::write_err)
-        } else {
-            self.engine.write_nosync(batch).map_err(Self::write_err)
-        }
+        self.engine.write_nosync(batch).map_err(Self::write_err)
     }
 
     /// The stored entries in `range`, as one contiguous run. Entries below the purged index are
@@ -347,7 +335,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         // Written now, so replication (on the leader) reads the entries at once; stored, as far
         // as openraft is concerned, once the syncer calls back.
-        match self.write_entries(entries, false) {
+        match self.append_entries(entries) {
             Ok(()) => {
                 self.syncer.submit(callback);
                 Ok(())
@@ -385,6 +373,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::raft::Command;
+    use openraft::{CommittedLeaderId, EntryPayload};
 
     /// Holds a store's syncs while set.
     #[derive(Default)]
@@ -406,8 +396,6 @@ pub(crate) mod tests {
             }
         }
     }
-    use crate::raft::Command;
-    use openraft::{CommittedLeaderId, EntryPayload};
 
     fn entry(index: u64, bytes: usize) -> Entry {
         Entry {

@@ -97,6 +97,9 @@ pub struct Client {
     /// Mutual TLS, when the cluster speaks it (replaced when a certificate is renewed).
     tls: Mutex<Option<Tls>>,
     secure: bool,
+    /// One channel given by the caller (an in-process connection): never dialed, forgotten or
+    /// replaced by members learned from the cluster.
+    fixed: bool,
 }
 
 /// How often a client in use refreshes its members.
@@ -279,7 +282,27 @@ impl Client {
             channels: Mutex::new(vec![None; n]),
             tls: Mutex::new(tls),
             secure,
+            fixed: false,
         })
+    }
+
+    /// A client that sends everything over `channel` and nowhere else (the server's web view
+    /// uses one per viewer, over an in-process connection that carries the viewer's identity).
+    pub fn over_channel(channel: Channel, secure: bool) -> Client {
+        let ep = "http://in-process".to_string();
+        Client {
+            pool: Mutex::new(Pool {
+                endpoints: vec![ep.clone()],
+                channels: [(ep.clone(), channel.clone())].into_iter().collect(),
+                synced: std::time::Instant::now(),
+            }),
+            endpoints: vec![ep],
+            current: AtomicUsize::new(0),
+            channels: Mutex::new(vec![Some(channel)]),
+            tls: Mutex::new(None),
+            secure,
+            fixed: true,
+        }
     }
 
     /// A client for other endpoints of the same cluster, with the same certificates.
@@ -333,6 +356,9 @@ impl Client {
     }
 
     fn pool_forget(&self, i: usize) {
+        if self.fixed {
+            return;
+        }
         let ep = self.pool_endpoint(i);
         self.pool.lock().expect("pool lock").channels.remove(&ep);
     }
@@ -347,6 +373,9 @@ impl Client {
     /// last time is SYNC_INTERVAL ago): the pool becomes the given endpoints plus the client
     /// addresses of the voting members.
     async fn sync_pool(&self, force: bool) {
+        if self.fixed {
+            return;
+        }
         let eps = {
             let mut p = self.pool.lock().expect("pool lock");
             if !force && p.synced.elapsed() < SYNC_INTERVAL {
@@ -399,6 +428,9 @@ impl Client {
     }
 
     fn forget(&self, i: usize) {
+        if self.fixed {
+            return;
+        }
         self.channels.lock().expect("channel lock")[i] = None;
     }
 

@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use eden_proto::client::{Client, Retry};
-use eden_proto::forming::autopilot_client::AutopilotClient;
-use eden_proto::forming::StateRequest;
+use eden_proto::client::Client;
 use eden_proto::model::cluster::{self, AutopilotSettings, ClusterStatus};
 
 use crate::exit::Failure;
@@ -77,16 +75,7 @@ fn print_settings(out: &Printer, s: &AutopilotSettings) -> Result<(), Failure> {
 
 /// What the leader's autopilot reports.
 pub async fn status(client: &Client) -> Result<ClusterStatus, Failure> {
-    let r = client
-        .call(Retry::Read, |ch| async move {
-            AutopilotClient::new(ch)
-                .state(StateRequest {})
-                .await
-                .map(|r| r.into_inner())
-        })
-        .await?;
-    serde_json::from_str(&r.status_json)
-        .map_err(|e| Failure::usage(format!("the leader's status does not parse: {e}")))
+    Ok(cluster::status(client).await?)
 }
 
 fn print_status(out: &Printer, s: &ClusterStatus) -> Result<(), Failure> {

@@ -856,9 +856,9 @@ async fn serve(
             ),
             _ => None,
         };
-        let (node, client, stop) = (node.clone(), own_client.clone(), stopped(stop_rx.clone()));
+        let (node, stop) = (node.clone(), stopped(stop_rx.clone()));
         tokio::spawn(async move {
-            if let Err(e) = eden_store::grpc::ui::serve(node, client, l, tls, stop).await {
+            if let Err(e) = eden_store::grpc::ui::serve(node, l, tls, stop).await {
                 tracing::error!(error = %e, "the web view failed");
             }
         });

@@ -96,6 +96,23 @@ pub async fn autopilot(client: &Client) -> Result<AutopilotSettings, Error> {
     }
 }
 
+/// What the leader's autopilot reports (the `Autopilot.State` call).
+pub async fn status(client: &Client) -> Result<ClusterStatus, Error> {
+    use crate::client::Retry;
+    use crate::forming::autopilot_client::AutopilotClient;
+    use crate::forming::StateRequest;
+    let r = client
+        .call(Retry::Read, |ch| async move {
+            AutopilotClient::new(ch)
+                .state(StateRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await?;
+    serde_json::from_str(&r.status_json)
+        .map_err(|e| Error::Corrupt(format!("the leader's status does not parse: {e}")))
+}
+
 /// Stores new settings (checked first).
 pub async fn set_autopilot(client: &Client, s: &AutopilotSettings) -> Result<(), Error> {
     s.check().map_err(Error::Invalid)?;

@@ -123,7 +123,7 @@ pub fn new_id() -> String {
 
 /// Creates the task; returns its spec.
 pub async fn create(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
-    use futures::{StreamExt, TryStreamExt};
+    use futures::StreamExt;
     let (spec, ops) = prepare(client, t).await?;
     let mut chunks = ops.chunks(MAX_OPS_PER_TXN);
     // The first txn (the spec and the first assignments) also makes sure the ID is new.
@@ -138,11 +138,20 @@ pub async fn create(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
     if !r.succeeded {
         return Err(Error::Refused(format!("task {} exists already", spec.id)));
     }
-    futures::stream::iter(chunks)
-        .map(|chunk| kv::txn(client, vec![], chunk.to_vec(), vec![]))
-        .buffer_unordered(TXNS_IN_FLIGHT)
-        .try_collect::<Vec<_>>()
-        .await?;
+    // A loop, not a stream over a closure: rustc cannot prove the latter's future Send for
+    // every lifetime, and the web view awaits this in a handler that must be Send.
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    for chunk in chunks {
+        if in_flight.len() >= TXNS_IN_FLIGHT {
+            if let Some(r) = in_flight.next().await {
+                r?;
+            }
+        }
+        in_flight.push(kv::txn(client, vec![], chunk.to_vec(), vec![]));
+    }
+    while let Some(r) = in_flight.next().await {
+        r?;
+    }
     Ok(spec)
 }
 
@@ -279,7 +288,7 @@ impl TaskState {
     }
 
     /// Applies one key under `/eden/runs/ID/`.
-    fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
+    pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
         let Some(rest) = keys::rest(key, &keys::run_prefix(&self.spec.id)) else {
             return;
         };

@@ -46,6 +46,10 @@ pub(crate) fn peer_cert<T>(req: &Request<T>) -> Result<pki::CertInfo, Status> {
     if let Some(a) = req.extensions().get::<ActingAs>() {
         return Ok(a.0.clone());
     }
+    // A connection of the in-process server (grpc::InProcess): whom it was made for.
+    if let Some(Some(a)) = req.extensions().get::<Option<ActingAs>>() {
+        return Ok(a.0.clone());
+    }
     let der = req
         .peer_certs()
         .and_then(|c| c.first().cloned())

@@ -144,6 +144,21 @@ pub async fn serve_client(
     //
     // HTTP/1.1 is accepted too, for etcd's HTTP/JSON gateway (gateway.rs) on the same port.
     let tls = tls_config(&node, ClientAuth::Optional, &[b"h2", b"http/1.1"])?;
+    let grpc = client_services(&node, max);
+    // JSON spells bytes in base64 (4 bytes for 3) and adds its own syntax.
+    let gateway = gateway::router(node.clone(), 2 * max);
+    let routes = grpc.routes().into_axum_router().merge(gateway);
+    let router = Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(CLIENT_MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(CLIENT_MAX_LOCAL_RESETS))
+        .accept_http1(true)
+        .layer(RpcTimer)
+        .add_routes(tonic::service::Routes::from(routes).prepare());
+    serve_on(router, listener, tls, shutdown).await
+}
+
+/// The client port's gRPC services (everything but the HTTP/JSON gateway).
+fn client_services(node: &Arc<Node>, max: usize) -> tonic::service::RoutesBuilder {
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
         KvServer::new(kv::KvService { node: node.clone() }).max_decoding_message_size(max),
@@ -178,16 +193,108 @@ pub async fn serve_client(
         LockServer::new(concurrency::LockService { node: node.clone() })
             .max_decoding_message_size(max),
     );
-    // JSON spells bytes in base64 (4 bytes for 3) and adds its own syntax.
-    let gateway = gateway::router(node.clone(), 2 * max);
-    let routes = grpc.routes().into_axum_router().merge(gateway);
-    let router = Server::builder()
-        .http2_max_pending_accept_reset_streams(Some(CLIENT_MAX_PENDING_RESETS))
-        .http2_max_local_error_reset_streams(Some(CLIENT_MAX_LOCAL_RESETS))
-        .accept_http1(true)
-        .layer(RpcTimer)
-        .add_routes(tonic::service::Routes::from(routes).prepare());
-    serve_on(router, listener, tls, shutdown).await
+    grpc
+}
+
+/// The client port's services, served in process to the web view: each connection carries the
+/// identity of the viewer it was made for (the same services and authorizer as the client port;
+/// nothing from the network reaches it).
+pub struct InProcess {
+    conns: tokio::sync::mpsc::UnboundedSender<InProcessConn>,
+    secure: bool,
+}
+
+/// One in-process connection and whom it acts for (None: root, on an insecure member).
+struct InProcessConn {
+    io: tokio::io::DuplexStream,
+    acting: Option<authz::ActingAs>,
+}
+
+impl tonic::transport::server::Connected for InProcessConn {
+    type ConnectInfo = Option<authz::ActingAs>;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.acting.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for InProcessConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for InProcessConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl InProcess {
+    /// Starts serving the client port's services in process, until `shutdown`.
+    pub fn start(
+        node: Arc<Node>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> InProcess {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<InProcessConn>();
+        let max = node.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let secure = node.secure();
+        let routes = client_services(&node, max).routes();
+        let incoming =
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
+        tokio::spawn(async move {
+            let r = Server::builder()
+                .layer(RpcTimer)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "the in-process client services stopped");
+            }
+        });
+        InProcess { conns: tx, secure }
+    }
+
+    /// A client whose every request acts as `viewer` (None: root, on an insecure member).
+    pub fn client_as(
+        &self,
+        viewer: Option<eden_proto::pki::CertInfo>,
+    ) -> eden_proto::client::Client {
+        let conns = self.conns.clone();
+        let acting = viewer.map(authz::ActingAs);
+        let channel = tonic::transport::Endpoint::from_static("http://in-process")
+            .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                let (ours, theirs) = tokio::io::duplex(256 * 1024);
+                let sent = conns.send(InProcessConn {
+                    io: theirs,
+                    acting: acting.clone(),
+                });
+                async move {
+                    sent.map_err(|_| std::io::Error::other("the server is stopping"))?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(ours))
+                }
+            }));
+        eden_proto::client::Client::over_channel(channel, self.secure)
+    }
 }
 
 /// Serves the forming call alone on the client port of a server that has no data yet and forms a

@@ -12,6 +12,7 @@
 #   curl, python3(-venv) the HTTP/JSON gateway's tests: curl, and etcd3gw (PyPI) in a virtual
 #                        environment at ~/.cache/eden-pyclients; grpcio and protobuf there too,
 #                        for the Python plugins of tests/tests/states.rs
+#   chromium, chromium-driver  the web view's browser tests (scripts/test-browser.sh)
 set -euo pipefail
 need=()
 command -v clang >/dev/null 2>&1 || need+=(clang)
@@ -28,6 +29,8 @@ for p in golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev golang-gop
 done
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

@@ -941,6 +941,11 @@ impl Cluster {
         done
     }
 
+    /// Member `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(|c| c.id())
+    }
+
     /// SIGSTOP: the member freezes (its peers see it as gone, its sockets stay open).
     pub fn pause(&mut self, i: usize) {
         self.members[i].signal("STOP");

@@ -442,3 +442,175 @@ async fn a_node_identity_sees_its_own_page_and_not_another_nodes_variables_or_fi
     let source = b.client.source().await.unwrap();
     assert!(!source.contains("secret-later"), "{source}");
 }
+
+/// CPU seconds (user and system) process `pid` used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's closing parenthesis: state is field 3; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The web view with 1,000 nodes and a stream of 100 events a second (issue 19's bench; not a
+/// test: it prints figures). `bench/ui.sh` runs it against a release build. N nodes
+/// (`EDEN_UI_BENCH_NODES`, default 1,000) are simulated agents of `eden bench agents`, alive and
+/// idle; events are emitted by this process at `EDEN_UI_BENCH_RATE` a second (default 100) for
+/// `EDEN_UI_BENCH_SECS` (default 30) while the browser tails them. Each row's update latency is
+/// taken in the page (a MutationObserver: when the row was put in, minus the event's time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a bench, not a test: bench/ui.sh"]
+async fn bench_a_thousand_nodes_and_a_hundred_events_a_second() {
+    use eden_proto::model::events::{self, Event};
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, rate, secs) = (
+        env("EDEN_UI_BENCH_NODES", 1000),
+        env("EDEN_UI_BENCH_RATE", 100),
+        env("EDEN_UI_BENCH_SECS", 30),
+    );
+    let ui = format!("127.0.0.1:{}", free_port());
+    let c = Cluster::start_tls(1, &["--ui-addr", &ui]).await;
+    let url = format!("https://{ui}");
+    let pid = c.pid(0).expect("the member runs");
+    // The simulated agents: registered, kept alive, idle for the whole bench.
+    let mut sim = tokio::process::Command::new(eden_tests::eden_bin())
+        .args(c.tls_flags("admin"))
+        .arg("--endpoints")
+        .arg(c.endpoints().join(","))
+        .args([
+            "bench",
+            "agents",
+            "--count",
+            &n.to_string(),
+            "--idle",
+            "3600s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("eden bench agents");
+    let admin = c.client_as("admin");
+    let started = Instant::now();
+    wait_for("the simulated nodes up", Duration::from_secs(300), || {
+        let admin = admin.clone();
+        async move {
+            eden_proto::model::nodes::list(&admin)
+                .await
+                .map(|l| l.iter().filter(|x| x.up).count() as u64 >= n)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    eprintln!(
+        "{n} nodes up after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let b = browser().await;
+    sign_in(&b, &c, &url).await;
+
+    // The nodes page with every node: rendered, loaded and its stream open.
+    let t = Instant::now();
+    b.client.goto(&format!("{url}/nodes")).await.unwrap();
+    b.wait_live("#nodes").await;
+    let load = t.elapsed();
+    let rows = b
+        .client
+        .execute(
+            "return document.querySelectorAll('#nodes tr').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    eprintln!(
+        "nodes page: {rows} rows, loaded and live in {} ms",
+        load.as_millis()
+    );
+
+    // The events tail at `rate` events a second.
+    b.client
+        .goto(&format!("{url}/events?allow=bench/**"))
+        .await
+        .unwrap();
+    b.wait_live("#events").await;
+    b.client
+        .execute(
+            "window.edenLat = []; new MutationObserver((ms) => { const now = Date.now(); \
+             for (const m of ms) for (const r of m.addedNodes) \
+             if (r.dataset && r.dataset.time) window.edenLat.push(now - Number(r.dataset.time)); })\
+             .observe(document.getElementById('events'), { childList: true });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    // The server at rest first: the idle agents' keep-alives, the page open.
+    let (rest0, r0) = (cpu_seconds(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    eprintln!(
+        "server at rest: {:.0}% of one core over {:.1} s",
+        (cpu_seconds(pid) - rest0) / r0.elapsed().as_secs_f64() * 100.0,
+        r0.elapsed().as_secs_f64()
+    );
+    let total = rate * secs;
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    for i in 0..total {
+        tick.tick().await;
+        let ev = Event::new(
+            "bench/ui".into(),
+            "bench",
+            Default::default(),
+            serde_json::json!({ "i": i }),
+        );
+        events::emit(&admin, &[ev]).await.expect("emit");
+    }
+    let emitted_in = t0.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lat: Vec<f64> = loop {
+        let v = b
+            .client
+            .execute("return window.edenLat;", vec![])
+            .await
+            .unwrap();
+        let lat: Vec<f64> = v
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_default();
+        if lat.len() as u64 >= total || Instant::now() > deadline {
+            break lat;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (cpu1, t1) = (cpu_seconds(pid), t0.elapsed().as_secs_f64());
+    let mut sorted = lat.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!(
+        "events: {total} emitted in {emitted_in:.1} s, {} shown; update latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        lat.len(),
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.99),
+        sorted.last().copied().unwrap_or(f64::NAN),
+    );
+    eprintln!(
+        "server: {:.0}% of one core over those {t1:.1} s (with {n} idle agents and the page open)",
+        (cpu1 - cpu0) / t1 * 100.0
+    );
+    b.screenshot("bench-events").await;
+    let _ = sim.kill().await;
+    assert_eq!(lat.len() as u64, total, "every event shown");
+}

@@ -234,3 +234,53 @@ async fn the_nodes_page_is_live_a_killed_agent_shows_down_without_a_reload() {
     .await;
     assert_eq!(code, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_started_from_a_form_of_this_site_only_and_as_the_viewer() {
+    let ui = format!("127.0.0.1:{}", free_port());
+    let c = Cluster::start_tls(1, &["--ui-addr", &ui]).await;
+    let _web1 = c.agent("web1", &[]);
+    c.wait_nodes(&["web1"], true).await;
+    let o = c.eden(&["node", "label", "web1", "role=web"]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let post = |who: Vec<String>, origin: String| {
+        let ui = ui.clone();
+        async move {
+            curl(&[
+                "--cacert",
+                &who[1],
+                "--cert",
+                &who[3],
+                "--key",
+                &who[5],
+                "-H",
+                &format!("Origin: {origin}"),
+                "--data",
+                "selector=role%3Dweb&command=echo+from-a-form&timeout=",
+                &format!("https://{ui}/tasks"),
+            ])
+            .await
+        }
+    };
+    // A browser that presents the admin's certificate, posting another site's form: refused,
+    // and no task made.
+    let (code, body) = post(c.tls_flags("admin"), "https://evil.example".into()).await;
+    assert_eq!(code, 403, "{body}");
+    let o = c.eden(&["task", "ls"]).await;
+    assert!(!o.stdout.contains("from-a-form"), "{o:?}");
+    // A node may not start tasks, from the page either: the authorizer refuses it.
+    let (code, body) = post(c.tls_flags("node-web1"), format!("https://{ui}")).await;
+    assert_eq!(code, 403, "{body}");
+    // The admin, from this site's own page: the task runs; the answer is its page.
+    let (code, head) = post(c.tls_flags("admin"), format!("https://{ui}")).await;
+    assert_eq!(code, 303, "{head}");
+    let task = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: /tasks/"))
+        .expect("the task's page")
+        .trim()
+        .to_string();
+    let o = c.eden(&["task", "wait", &task]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("from-a-form"), "{o:?}");
+}

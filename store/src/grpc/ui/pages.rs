@@ -499,6 +499,7 @@ pub fn event_row(e: &Event, n: usize) -> Value {
         "id": format!("ev-{}-{n}", e.revision),
         "revision": e.revision,
         "time": show_time(e.time),
+        "time_ms": e.time,
         "tag": e.tag,
         "source": e.source,
         "labels": labels(&e.labels),

@@ -206,6 +206,10 @@ async fn an_admin_sees_the_fleet_live_starts_a_task_and_tails_events() {
     b.wait_text("filtered", "#node-web2", "web2", Duration::from_secs(5))
         .await;
     b.screenshot("nodes").await;
+    // On a phone's screen.
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.screenshot("nodes-phone").await;
+    b.client.set_window_size(1280, 900).await.unwrap();
 
     // A task started from the page shows each node's output.
     b.client.goto(&format!("{url}/tasks")).await.unwrap();
@@ -228,6 +232,43 @@ async fn an_admin_sees_the_fleet_live_starts_a_task_and_tails_events() {
         assert_eq!(b.text(&format!("#run-{n} .exit")).await, "0");
     }
     b.screenshot("task").await;
+    // A long task, canceled from its page: every node's run ends canceled.
+    b.client.goto(&format!("{url}/tasks")).await.unwrap();
+    let form = b.client.form(Locator::Css("form.start")).await.unwrap();
+    form.set_by_name("selector", "role=web").await.unwrap();
+    form.set_by_name("command", "sleep 120").await.unwrap();
+    form.submit().await.unwrap();
+    b.wait_text(
+        "the long task",
+        "#run-web1 td:nth-child(2)",
+        "running",
+        Duration::from_secs(20),
+    )
+    .await;
+    b.client
+        .find(Locator::Id("cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_text(
+        "canceled",
+        "#task-state",
+        "canceled",
+        Duration::from_secs(20),
+    )
+    .await;
+    for n in ["web1", "web2", "web3"] {
+        b.wait_text(
+            &format!("{n} canceled"),
+            &format!("#run-{n} td:nth-child(2)"),
+            "canceled",
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    b.screenshot("task-canceled").await;
     b.client.goto(&format!("{url}/tasks")).await.unwrap();
     b.wait_text("the list", "#tasks-list", "3 of 3", Duration::from_secs(10))
         .await;

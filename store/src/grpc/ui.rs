@@ -275,18 +275,22 @@ impl Ui {
             // The first render compares against the page as the browser got it, if it changed
             // meanwhile: render now.
             let mut first = true;
+            // Until every watch ended (refused or gone): then only the tick, if any, is left.
+            let mut watching = true;
             loop {
                 if !first {
-                    let woke = tokio::select! {
-                        c = changed.recv() => c.is_some(),
-                        _ = sleep_or_never(tick) => true,
-                        _ = tx.closed() => return,
-                    };
-                    if !woke {
-                        // No watch is left (refused or ended): nothing more will change here.
-                        if tick.is_none() {
-                            return;
+                    tokio::select! {
+                        c = changed.recv(), if watching => {
+                            if c.is_none() {
+                                watching = false;
+                                if tick.is_none() {
+                                    return;
+                                }
+                                continue;
+                            }
                         }
+                        _ = sleep_or_never(tick) => {}
+                        _ = tx.closed() => return,
                     }
                     tokio::time::sleep(SECTION_EVERY).await;
                 }

@@ -310,22 +310,20 @@ async fn node_page(client: &Client, name: &str) -> Result<(Value, i64), Error> {
                 .iter()
                 .find(|kv| kv.key == keys::assignment(name, id).as_bytes())
                 .and_then(|kv| kv::decode(kv).ok());
-            let (runs, _) = kv::get_prefix(client, &keys::run_prefix(id), 0, false).await?;
-            let mut state = NodeState::Pending;
-            for kv in &runs {
-                let rest = keys::rest(&kv.key, &keys::run_prefix(id)).unwrap_or_default();
-                if rest == format!("results/{name}") {
-                    if let Ok(r) = kv::decode::<TaskResult>(kv) {
-                        state = NodeState::Done(r);
-                    }
-                } else if rest == format!("claims/{name}") && state == NodeState::Pending {
-                    if let Ok(c) = kv::decode::<eden_proto::model::objects::Claim>(kv) {
-                        state = NodeState::Running {
-                            started_at: c.started_at,
-                        };
-                    }
-                }
-            }
+            // This node's claim and result only: a task may have thousands of targets.
+            let result = kv::get_one(client, &keys::result(id, name)).await?;
+            let claim = kv::get_one(client, &keys::claim(id, name)).await?;
+            let state = match (result, claim) {
+                (Some(kv), _) => kv::decode::<TaskResult>(&kv)
+                    .map(NodeState::Done)
+                    .unwrap_or(NodeState::Pending),
+                (None, Some(kv)) => kv::decode::<eden_proto::model::objects::Claim>(&kv)
+                    .map(|c| NodeState::Running {
+                        started_at: c.started_at,
+                    })
+                    .unwrap_or(NodeState::Pending),
+                (None, None) => NodeState::Pending,
+            };
             let mut row = result_row(name, &state);
             row["id"] = json!(id);
             row["command"] = json!(spec.as_ref().map(tasks::describe).unwrap_or_default());

@@ -8,5 +8,6 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/eden-target}"
 export EDEN_SCREENSHOTS="${EDEN_SCREENSHOTS:-/tmp/eden-ui-screenshots}"
 cargo build --bin eden
-cargo test -p eden-tests --test browser -- --ignored --test-threads=1 "$@"
+# The bench in the same file (bench/ui.sh) is skipped: it wants a release build.
+cargo test -p eden-tests --test browser -- --ignored --test-threads=1 --skip bench_ "$@"
 echo "screenshots: $EDEN_SCREENSHOTS"

@@ -67,6 +67,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("node_tasks.html", include_str!("ui/node_tasks.html")),
     ("node_vars.html", include_str!("ui/node_vars.html")),
     ("node_files.html", include_str!("ui/node_files.html")),
+    ("event_list.html", include_str!("ui/event_list.html")),
     ("node_events.html", include_str!("ui/node_events.html")),
     ("tasks.html", include_str!("ui/tasks.html")),
     ("tasks_list.html", include_str!("ui/tasks_list.html")),

@@ -2,7 +2,8 @@
 # Two builds of eden side by side, to see what one change did: a fresh three-member cluster of
 # each (--insecure, free ports, fsync on), RUNS rounds alternating A and B, each round etcd's Go
 # benchmark tool (../shared/tools/etcd-benchmark) with put from 1 client (p50, p99), put from 64
-# clients, and linearizable range from 64 clients. Every run is printed, then the medians.
+# clients, and linearizable range from 64 clients and from 1 client on 1 connection. Every run is
+# printed, then the medians.
 #
 #   bench/ab.sh OLD_EDEN_BINARY NEW_EDEN_BINARY
 #   RUNS=5 bench/ab.sh /tmp/eden-old /tmp/eden-new
@@ -62,6 +63,7 @@ for round in $(seq 1 "$RUNS"); do
     go "$which" "put-1" 1 1 put --total 300 --key-size 16 --key-space-size 100000
     go "$which" "put-64" 64 16 put --total 5000 --key-size 16 --key-space-size 100000
     go "$which" "range-lin-64" 64 16 range k --total 8000 --consistency l
+    go "$which" "range-lin-1" 1 1 range k --total 2000 --consistency l
     stop
     rm -rf "$work/$which-$round-"*/
   done

@@ -76,6 +76,9 @@ pub struct NodeConfig {
     pub snapshot_catchup_entries: u64,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
+    /// The leader answers linearizable reads without a heartbeat round while a quorum
+    /// acknowledged it within `election_timeout_ms` (half the leader lease): decision 0028.
+    pub lease_reads: bool,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub progress_notify_interval: Duration,
@@ -131,6 +134,7 @@ impl NodeConfig {
             snapshot_catchup_entries: 5_000,
             heartbeat_ms: 100,
             election_timeout_ms: 1_000,
+            lease_reads: true,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             progress_notify_interval: Duration::from_secs(600),
@@ -845,7 +849,16 @@ impl Node {
         if self.transferring() {
             return Err(ForwardError::NotLeader);
         }
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.get_read_log_id()).await {
+        let asked = async {
+            if self.config.lease_reads {
+                // Half the leader lease (`election_timeout_max`, twice this): decision 0028.
+                let lease = Duration::from_millis(self.config.election_timeout_ms);
+                self.raft.get_read_log_id_leased(lease).await
+            } else {
+                self.raft.get_read_log_id().await
+            }
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, asked).await {
             Err(_) => Err(ForwardError::Failed(errors::TIMEOUT.into())),
             Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {

@@ -404,6 +404,63 @@ async fn an_isolated_leader_is_replaced_serves_no_stale_read_and_catches_up() {
     .await;
 }
 
+/// A leader that a quorum acknowledges refuses to vote, as its followers do (decision 0028: it
+/// answers linearizable reads under that lease, so no one may be elected while it holds). A
+/// follower that stops hearing the leader (one direction cut: its own requests still reach the
+/// leader) campaigns again and again; the leader, still heard by the other follower, neither
+/// votes for it nor steps down. Without the leader's refusal, the leader granted the first vote
+/// (the follower's log was as long as its own) and leadership moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_acknowledged_by_a_quorum_refuses_to_vote() {
+    let c = Cluster::start_partitionable(3, &[]).await;
+    let leader = c.wait_leader().await;
+    c.put(leader, "k", "v").await.expect("put");
+    let term = |i: usize| {
+        let client = c.client_of(i);
+        async move {
+            client
+                .status_of(0)
+                .await
+                .ok()
+                .map(|s| (s.raft_term, s.leader, s.header.map_or(0, |h| h.member_id)))
+        }
+    };
+    let (start_term, leader_id, _) = term(leader).await.expect("leader status");
+    let cut = (0..3).find(|i| *i != leader).unwrap();
+    c.net.as_ref().unwrap().block(leader, cut);
+    // Until the cut follower has campaigned twice, or leadership moved.
+    wait_for(
+        "the cut follower to campaign twice (or the leader to lose)",
+        Duration::from_secs(30),
+        || async {
+            let cut_term = term(cut).await.map_or(0, |t| t.0);
+            let now = term(leader).await;
+            cut_term >= start_term + 2 || now.is_none_or(|(_, l, me)| l != me)
+        },
+    )
+    .await;
+    let (now_term, now_leader, me) = term(leader).await.expect("leader status");
+    assert_eq!(
+        (now_leader, now_term),
+        (leader_id, start_term),
+        "the leader (term {start_term}) voted or stepped down"
+    );
+    assert_eq!(me, leader_id);
+    // And it still serves linearizable reads and writes.
+    c.put(leader, "k", "still")
+        .await
+        .expect("put while the follower is cut");
+    let r = c
+        .client_of(leader)
+        .range(RangeRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("linearizable read");
+    assert_eq!(r.kvs[0].value, b"still");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_given_one_member_follows_the_cluster_after_it_dies() {
     let mut c = Cluster::start(3, &[]).await;

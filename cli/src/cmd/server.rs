@@ -78,6 +78,10 @@ pub struct ServerArgs {
     /// Raft election timeout in milliseconds [default: 1000].
     #[arg(long)]
     pub election_timeout: Option<u64>,
+    /// The leader answers linearizable reads under a lease (no heartbeat round per read) while a
+    /// quorum acknowledged it within one election timeout [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub lease_reads: Option<bool>,
     /// Largest client request in bytes [default: 1572864].
     #[arg(long)]
     pub max_request_bytes: Option<usize>,
@@ -207,6 +211,7 @@ struct FileConfig {
     snapshot_catchup_entries: Option<u64>,
     heartbeat_interval: Option<u64>,
     election_timeout: Option<u64>,
+    lease_reads: Option<bool>,
     max_request_bytes: Option<usize>,
     max_txn_ops: Option<usize>,
     max_file_bytes: Option<usize>,
@@ -390,6 +395,9 @@ fn resolve(args: &ServerArgs) -> anyhow::Result<(NodeConfig, Extras)> {
             c.election_timeout_ms,
             c.heartbeat_ms
         );
+    }
+    if let Some(v) = args.lease_reads.or(file.lease_reads) {
+        c.lease_reads = v;
     }
     if let Some(v) = args.max_request_bytes.or(file.max_request_bytes) {
         c.max_request_bytes = v;

@@ -281,7 +281,7 @@ where
     // TODO: the second condition is such a read request can only read from state machine only when the last log it sees
     //       at `T1` is committed.
     #[tracing::instrument(level = "trace", skip(self, tx))]
-    pub(super) async fn handle_check_is_leader_request(&mut self, tx: ClientReadTx<C>) {
+    pub(super) async fn handle_check_is_leader_request(&mut self, tx: ClientReadTx<C>, lease: Option<Duration>) {
         // Setup sentinel values to track when we've received majority confirmation of leadership.
 
         let resp = {
@@ -314,6 +314,23 @@ where
         if eff_mem.is_quorum(granted.iter()) {
             let _ = tx.send(Ok(resp));
             return;
+        }
+
+        // eden: a leader lease. `last_quorum_acked_time` is the latest time t at which a quorum
+        // (this leader counted as now) had acknowledged a request this leader sent at t. Every
+        // follower that acknowledged one refuses to vote for `leader_lease` after it received
+        // it, and this leader refuses to vote for `leader_lease` after t (`handle_vote_req`), so
+        // no other leader can be elected before t + leader_lease: within a shorter `lease` this
+        // member still leads and its read log id is a valid read index without another round.
+        if let Some(lease) = lease {
+            debug_assert!(lease < self.engine.config.timer_config.leader_lease);
+            let acked = self.engine.leader.as_mut().and_then(|l| l.last_quorum_acked_time());
+            if let Some(t) = acked {
+                if C::now() < t + lease {
+                    let _ = tx.send(Ok(resp));
+                    return;
+                }
+            }
         }
 
         // Spawn parallel requests, all with the standard timeout for heartbeats.
@@ -1205,8 +1222,8 @@ where
             RaftMsg::InstallFullSnapshot { vote, snapshot, tx } => {
                 self.engine.handle_install_full_snapshot(vote, snapshot, tx);
             }
-            RaftMsg::CheckIsLeaderRequest { tx } => {
-                self.handle_check_is_leader_request(tx).await;
+            RaftMsg::CheckIsLeaderRequest { tx, lease } => {
+                self.handle_check_is_leader_request(tx, lease).await;
             }
             RaftMsg::ClientWriteRequest { app_data, tx } => {
                 self.write_entry(C::Entry::from_app_data(app_data), Some(tx));

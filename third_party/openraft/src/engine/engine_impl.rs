@@ -302,6 +302,20 @@ where C: RaftTypeConfig
             vote_utime + lease - now
         );
 
+        // eden: a leader refuses to vote while a quorum acknowledged it within the leader lease,
+        // as its followers do: a leader that serves reads under a shorter lease
+        // (`Raft::get_read_log_id_leased`) relies on no one being elected before it runs out.
+        if let Some(leader) = self.leader.as_mut() {
+            if let Some(t) = leader.last_quorum_acked_time() {
+                if now <= t + lease {
+                    tracing::info!(
+                        "reject vote-request: this leader was acknowledged by a quorum within the leader lease"
+                    );
+                    return VoteResponse::new(self.state.vote_ref(), self.state.last_log_id().cloned(), false);
+                }
+            }
+        }
+
         if vote.is_committed() {
             // Current leader lease has not yet expired, reject voting request
             if now <= vote_utime + lease {

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::core::raft_msg::external_command::ExternalCommand;
 use crate::error::CheckIsLeaderError;
@@ -76,6 +77,9 @@ where C: RaftTypeConfig
 
     CheckIsLeaderRequest {
         tx: ClientReadTx<C>,
+        /// eden: answer at once, without a heartbeat round, while a quorum acknowledged this
+        /// leader within this long (see `Raft::get_read_log_id_leased`).
+        lease: Option<Duration>,
     },
 
     Initialize {

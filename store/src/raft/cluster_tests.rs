@@ -304,3 +304,35 @@ async fn a_commit_rides_on_the_next_write_to_a_follower() {
     );
     c.shutdown().await;
 }
+
+/// Writes far apart (a writer now and then, as in the watch-latency bench): a commit goes to the
+/// followers at once instead of waiting for next entries that do not come, so a follower applies
+/// (and its watchers see) each write about a round trip after the leader. With a fixed wait, a
+/// follower applied each one at least 2 ms after the leader answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_does_not_wait_for_writes_that_come_far_apart() {
+    let c = Cluster::start().await;
+    let leader = c.leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let raft = c.raft(leader);
+    let mut lags = Vec::new();
+    for i in 0..21 {
+        // Writes 10 ms apart: the spacing is the workload here.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let r = raft.client_write(grant(200 + i)).await.unwrap();
+        let t = std::time::Instant::now();
+        c.raft(follower)
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(Some(r.log_id.index), "the follower applied it")
+            .await
+            .unwrap();
+        lags.push(t.elapsed());
+    }
+    lags.sort();
+    let median = lags[lags.len() / 2];
+    assert!(
+        median < Duration::from_millis(2),
+        "a follower applied writes far apart {median:?} after the leader (median of {lags:?})"
+    );
+    c.shutdown().await;
+}

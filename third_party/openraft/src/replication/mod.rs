@@ -96,6 +96,11 @@ where
     /// up to [`COMMIT_PIGGYBACK`] for entries to carry it instead.
     commit_only: bool,
 
+    /// eden: when entries to send last came, and how long after the ones before: a commit waits
+    /// for the next entries only while they come closer together than [`COMMIT_PIGGYBACK`].
+    last_data_at: Option<InstantOf<C>>,
+    data_gap: Option<Duration>,
+
     /// Identifies which session this replication belongs to.
     session_id: ReplicationSessionId<C::NodeId>,
 
@@ -207,6 +212,8 @@ where
             next_action: None,
             entries_hint: Default::default(),
             commit_only: false,
+            last_data_at: None,
+            data_gap: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -708,7 +715,10 @@ where
                 // If there is no action, fill in an heartbeat action to send committed index.
                 if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
-                    self.commit_only = true;
+                    // eden: it waits for the next entries only when writes come one right after
+                    // another (a client writing in a loop); writes further apart would each
+                    // reach the follower's state machine (and its watchers) that much later.
+                    self.commit_only = self.data_gap.is_some_and(|g| g < COMMIT_PIGGYBACK);
                 }
             }
             Replicate::Heartbeat => {
@@ -720,6 +730,10 @@ where
                 }
             }
             Replicate::Data(d) => {
+                // eden: how far apart entries come (see `commit_only`).
+                let now = C::now();
+                self.data_gap = self.last_data_at.map(|t| now - t);
+                self.last_data_at = Some(now);
                 // TODO: Currently there is at most 1 in flight data. But in future RaftCore may send next data
                 //       actions without waiting for the previous to finish.
                 debug_assert!(

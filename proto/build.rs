@@ -1,4 +1,4 @@
-//! Generates the etcd v3 API (packages etcdserverpb, mvccpb, authpb, v3electionpb, v3lockpb), eden's peer protocol, its join call, its forming call and
+//! Generates the etcd v3 API (packages etcdserverpb, mvccpb, authpb, v3electionpb, v3lockpb), eden's peer protocol, its join call, its forming call, its task call and
 //! its plugin protocol (with gRPC's health service, which plugins serve).
 //! protoc comes from protoc-bin-vendored, so no system protoc is needed.
 //!
@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/eden/peer.proto",
                 "proto/eden/join.proto",
                 "proto/eden/forming.proto",
+                "proto/eden/tasks.proto",
                 "proto/eden/plugin.proto",
                 "proto/grpc/health/v1/health.proto",
             ],

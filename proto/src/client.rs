@@ -548,6 +548,22 @@ impl Client {
         .await
     }
 
+    /// Stores a task (its spec, JSON, targets included) in one log entry: eden's `Tasks.Create`
+    /// (an etcd server answers Unimplemented).
+    pub async fn create_task(&self, spec_json: Vec<u8>) -> Result<crate::tasks::CreateResponse> {
+        self.call(Retry::Write, |ch| {
+            let spec_json = spec_json.clone();
+            async move {
+                crate::tasks::tasks_client::TasksClient::new(ch)
+                    .max_encoding_message_size(MAX_RESPONSE_BYTES)
+                    .create(crate::tasks::CreateRequest { spec_json })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
         self.call(Retry::Write, |ch| async move {
             Self::kv(ch).compact(req).await.map(|r| r.into_inner())

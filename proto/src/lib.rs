@@ -56,6 +56,12 @@ pub mod forming {
     tonic::include_proto!("eden.forming");
 }
 
+/// Storing a task in one log entry (eden's own call on the client port).
+pub mod tasks {
+    #![allow(clippy::all)]
+    tonic::include_proto!("eden.tasks");
+}
+
 /// The plugin protocol (design/plugins.md): what the agent asks a resource plugin.
 pub mod plugin_v1 {
     #![allow(clippy::all)]

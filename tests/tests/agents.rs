@@ -636,8 +636,8 @@ async fn eden_agent_keys_under(c: &Cluster, prefix: &str) -> (usize, i64) {
     (r.count as usize, r.header.map_or(0, |h| h.revision))
 }
 
-/// A task for more targets than one txn holds is stored in several (the spec first, the rest
-/// several at a time) and every target answers: `eden bench agents` with 500 simulated agents.
+/// A task for more targets than one etcd txn holds (one log entry through `Tasks.Create`) reaches
+/// every target, on three members: `eden bench agents` with 500 simulated agents.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_on_500_simulated_agents_reaches_every_one() {
     let c = Cluster::start(3, &[]).await;
@@ -666,4 +666,62 @@ async fn a_task_on_500_simulated_agents_reaches_every_one() {
         (Some(500), Some(500), Some(0)),
         "{v}"
     );
+}
+
+/// The revision a task's spec was written at, and how many assignments (`/eden/nodes/*/tasks/*`)
+/// were written at that revision (read then: the bench deletes its nodes when it ends).
+async fn assignments_with_the_spec(c: &Cluster) -> (i64, usize) {
+    let range = |prefix: &'static str, revision: i64| async move {
+        c.client()
+            .range(eden_proto::etcdserverpb::RangeRequest {
+                key: prefix.into(),
+                range_end: eden_proto::keys::prefix_end(prefix.as_bytes()),
+                revision,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .kvs
+    };
+    let specs = range(eden_proto::model::keys::TASKS, 0).await;
+    assert_eq!(specs.len(), 1);
+    let at = specs[0].mod_revision;
+    let with = range(eden_proto::model::keys::NODES, at)
+        .await
+        .into_iter()
+        .filter(|kv| String::from_utf8_lossy(&kv.key).contains("/tasks/") && kv.mod_revision == at)
+        .count();
+    (at, with)
+}
+
+/// eden stores a task on 300 targets in one log entry (`Tasks.Create`: the spec and every
+/// assignment at one revision); etcd does not know that call, and the same task goes to it in
+/// txns of at most 120 operations (the spec and 119 assignments in the first). Every simulated
+/// agent answers on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_one_entry_on_eden_and_txns_on_etcd() {
+    let bench = [
+        "bench", "agents", "--count", "300", "--idle", "1s", "-w", "json",
+    ];
+    for etcd in [false, true] {
+        let c = if etcd {
+            Cluster::start_etcd(1).await
+        } else {
+            Cluster::start(1, &[]).await
+        };
+        let o = c.eden(&bench).await;
+        assert_eq!(o.code, Some(0), "etcd {etcd}: {}", o.stderr);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        assert_eq!(
+            (v["targets"].as_u64(), v["ok"].as_u64()),
+            (Some(300), Some(300)),
+            "etcd {etcd}: {v}"
+        );
+        let (at, with) = assignments_with_the_spec(&c).await;
+        let want = if etcd { 119 } else { 300 };
+        assert_eq!(
+            with, want,
+            "etcd {etcd}: assignments at the spec's revision {at}"
+        );
+    }
 }

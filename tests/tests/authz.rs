@@ -515,6 +515,28 @@ async fn the_authorization_matrix_over_every_rpc_and_caller() {
         value: b"{}".to_vec(),
         ..Default::default()
     };
+    // The task's own lease (the matrix counts the keys on the node's).
+    let task_lease = c.client().lease_grant(600, 0).await.unwrap().id;
+    let task_json = |who: &str| {
+        serde_json::to_vec(&eden_proto::model::objects::TaskSpec {
+            id: format!("20261201-000000-{who}"),
+            command: vec!["true".into()],
+            script: None,
+            shell: false,
+            env: Default::default(),
+            cwd: None,
+            timeout_ms: 1_000,
+            deadline: 0,
+            register: None,
+            readers: Default::default(),
+            for_: None,
+            targets: vec!["a".into()],
+            selector: "nodes a".into(),
+            created_at: 0,
+            lease: task_lease,
+        })
+        .unwrap()
+    };
     // (rpc, admin, node-a, node-c, alice); no-cert and other-ca are refused everything.
     type Row = (&'static str, [bool; 4]);
     let mut failures = Vec::new();
@@ -614,6 +636,18 @@ async fn the_authorization_matrix_over_every_rpc_and_caller() {
             (
                 ("nested txn", [true, false, false, false]),
                 allowed(&kv.txn(nested).await),
+            ),
+            (
+                // eden's one-entry task: the same rights as its txn (a node may not make one,
+                // not even for itself).
+                ("task create", [true, false, false, false]),
+                allowed(
+                    &eden_proto::tasks::tasks_client::TasksClient::new(ch.clone())
+                        .create(eden_proto::tasks::CreateRequest {
+                            spec_json: task_json(name),
+                        })
+                        .await,
+                ),
             ),
             (
                 ("compact", [true, false, false, false]),

@@ -3,16 +3,18 @@
 //!
 //! A task is stored as its spec (`/eden/tasks/ID`) plus one assignment per target
 //! (`/eden/nodes/NODE/tasks/ID`), all under one lease whose TTL is the task's retention, in one
-//! txn (in several, of at most [`MAX_OPS_PER_TXN`] operations, for more targets than fit one: the
-//! spec goes in the first, so a target whose assignment was never written shows as unreachable;
-//! the others go [`TXNS_IN_FLIGHT`] at a time).
+//! log entry through eden's `Tasks.Create` (the txn [`store_txn`], without etcd's limit on a
+//! txn's operations; decision 0029). A server without that call (etcd) gets txns instead: one, or
+//! several of at most [`MAX_OPS_PER_TXN`] operations for more targets than fit one (the spec goes
+//! in the first, so a target whose assignment was never written shows as unreachable; the others
+//! go [`TXNS_IN_FLIGHT`] at a time).
 //! Agents write claims and results under `/eden/runs/ID/`, which [`follow`] watches.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use rand::Rng;
 use serde::Serialize;
 
@@ -125,6 +127,14 @@ pub fn new_id() -> String {
 pub async fn create(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
     use futures::StreamExt;
     let (spec, ops) = prepare(client, t).await?;
+    let json = serde_json::to_vec(&spec).expect("JSON");
+    match client.create_task(json).await {
+        Ok(r) if r.created => return Ok(spec),
+        Ok(_) => return Err(Error::Refused(format!("task {} exists already", spec.id))),
+        // etcd, or an eden from before the call: txns.
+        Err(ClientError::Server(s)) if s.code() == tonic::Code::Unimplemented => {}
+        Err(e) => return Err(e.into()),
+    }
     let mut chunks = ops.chunks(MAX_OPS_PER_TXN);
     // The first txn (the spec and the first assignments) also makes sure the ID is new.
     let first = chunks.next().unwrap_or_default();
@@ -198,19 +208,36 @@ pub async fn prepare(
         created_at: now,
         lease,
     };
-    let mut ops = vec![kv::put(&keys::spec(&spec.id), &spec, lease)];
+    let ops = store_ops(&spec);
+    Ok((spec, ops))
+}
+
+/// The puts that store a task: its spec, then one assignment per target, under its lease.
+pub fn store_ops(spec: &TaskSpec) -> Vec<crate::etcdserverpb::RequestOp> {
+    let mut ops = vec![kv::put(&keys::spec(&spec.id), spec, spec.lease)];
     // Each assignment carries the spec without the targets: all its agent needs, so that
     // 10,000 agents do not each read a spec that names 10,000 targets.
-    let slim = TaskSpec {
+    let slim = serde_json::to_vec(&TaskSpec {
         targets: vec![],
         ..spec.clone()
-    };
+    })
+    .expect("JSON");
     ops.extend(
-        targets
+        spec.targets
             .iter()
-            .map(|n| kv::put(&keys::assignment(n, &spec.id), &slim, lease)),
+            .map(|n| kv::put_raw(&keys::assignment(n, &spec.id), slim.clone(), spec.lease)),
     );
-    Ok((spec, ops))
+    ops
+}
+
+/// The one txn that stores a task ([`store_ops`]) if no task has its ID yet: what the server
+/// writes for `Tasks.Create`.
+pub fn store_txn(spec: &TaskSpec) -> crate::etcdserverpb::TxnRequest {
+    crate::etcdserverpb::TxnRequest {
+        compare: vec![kv::absent(&keys::spec(&spec.id))],
+        success: store_ops(spec),
+        failure: vec![],
+    }
 }
 
 /// Where one target of a task stands.

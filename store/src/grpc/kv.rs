@@ -155,6 +155,30 @@ impl KvService {
         write_op(&self.node, op).await
     }
 
+    /// A txn that writes (already validated): authorized, checked against the caps on files,
+    /// quota and events, proposed. Also what `Tasks.Create` writes.
+    pub(crate) async fn txn_write(
+        &self,
+        cert: Option<&pki::CertInfo>,
+        req: TxnRequest,
+        puts: bool,
+    ) -> Result<TxnResponse, Status> {
+        let mut op = RequestOp {
+            request: Some(request_op::Request::RequestTxn(req)),
+        };
+        let seen = self.authorize(cert, &op)?;
+        self.check_files(&op)?;
+        self.node.refuse_learner()?;
+        if puts {
+            self.node.check_quota().await?;
+        }
+        self.node.admit_events(&mut op).await?;
+        match self.write_authorized(op, cert, seen).await?.response {
+            Some(response_op::Response::ResponseTxn(t)) => Ok(t),
+            _ => Err(internal("txn answered with another response")),
+        }
+    }
+
     /// Authorizes `op` for the certificate's caller on this member's state; returns what the
     /// check read (the certificate's revocations, a user's roles, a node's labels and
     /// assignments).
@@ -324,10 +348,16 @@ impl Kv for KvService {
             validate::all_serializable(&req),
             validate::has_puts(&req),
         );
-        let mut op = RequestOp {
+        if !read_only {
+            return self
+                .txn_write(cert.as_ref(), req, puts)
+                .await
+                .map(Response::new);
+        }
+        let op = RequestOp {
             request: Some(request_op::Request::RequestTxn(req)),
         };
-        let mut resp = if read_only {
+        let mut resp = {
             // A read-only txn needs no log entry: a read barrier (unless every range is
             // serializable), then the rights of the state it reads, and an evaluation that writes
             // nothing.
@@ -340,15 +370,6 @@ impl Kv for KvService {
             let mut resp = batch.apply_op(&op).map_err(mvcc_status)?;
             set_headers(&mut resp, &self.node.header());
             resp
-        } else {
-            let seen = self.authorize(cert.as_ref(), &op)?;
-            self.check_files(&op)?;
-            self.node.refuse_learner()?;
-            if puts {
-                self.node.check_quota().await?;
-            }
-            self.node.admit_events(&mut op).await?;
-            self.write_authorized(op, cert.as_ref(), seen).await?
         };
         match resp.response.take() {
             Some(response_op::Response::ResponseTxn(t)) => Ok(Response::new(t)),

@@ -13,6 +13,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod peer;
+pub mod tasks;
 pub mod ui;
 pub mod validate;
 pub mod watch;
@@ -32,6 +33,7 @@ use eden_proto::forming::autopilot_server::AutopilotServer;
 use eden_proto::forming::forming_server::FormingServer;
 use eden_proto::join::join_server::JoinServer;
 use eden_proto::peer::peer_server::PeerServer;
+use eden_proto::tasks::tasks_server::TasksServer;
 use eden_proto::tls_listener::{self, ClientAuth};
 use eden_proto::v3electionpb::election_server::ElectionServer;
 use eden_proto::v3lockpb::lock_server::LockServer;
@@ -192,6 +194,9 @@ fn client_services(node: &Arc<Node>, max: usize) -> tonic::service::RoutesBuilde
     .add_service(
         LockServer::new(concurrency::LockService { node: node.clone() })
             .max_decoding_message_size(max),
+    )
+    .add_service(
+        TasksServer::new(tasks::TasksService { node: node.clone() }).max_decoding_message_size(max),
     );
     grpc
 }

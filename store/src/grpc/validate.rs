@@ -4,6 +4,8 @@
 use eden_proto::etcdserverpb::{
     range_request, request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
+use std::collections::HashSet;
+
 use prost::Message;
 use tonic::Status;
 
@@ -77,7 +79,7 @@ pub fn txn(t: &TxnRequest, max_ops: usize) -> Result<(), Status> {
                 None => {}
             }
         }
-        let mut puts = Vec::new();
+        let mut puts = HashSet::new();
         let mut dels = Vec::new();
         writes(branch, &mut puts, &mut dels)?;
     }
@@ -89,10 +91,11 @@ fn dup() -> Status {
 }
 
 /// Collects the keys a branch puts and the ranges it deletes; a key put twice, or put and deleted,
-/// is a duplicate. A nested txn counts with the writes of both its branches.
+/// is a duplicate. A nested txn counts with the writes of both its branches. (A set: a task's
+/// txn puts 10,000 keys.)
 fn writes(
     ops: &[RequestOp],
-    puts: &mut Vec<Vec<u8>>,
+    puts: &mut HashSet<Vec<u8>>,
     dels: &mut Vec<KeyRange>,
 ) -> Result<(), Status> {
     for op in ops {
@@ -101,7 +104,7 @@ fn writes(
                 if puts.contains(&p.key) || dels.iter().any(|d| d.contains(&p.key)) {
                     return Err(dup());
                 }
-                puts.push(p.key.clone());
+                puts.insert(p.key.clone());
             }
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 let r = KeyRange::new(&d.key, &d.range_end);
@@ -115,11 +118,7 @@ fn writes(
                 writes(&t.success, &mut p1, &mut d1)?;
                 let (mut p2, mut d2) = (puts.clone(), dels.clone());
                 writes(&t.failure, &mut p2, &mut d2)?;
-                for k in p1.into_iter().chain(p2) {
-                    if !puts.contains(&k) {
-                        puts.push(k);
-                    }
-                }
+                puts.extend(p1.into_iter().chain(p2));
                 dels.extend(d1.into_iter().chain(d2));
             }
             _ => {}

@@ -96,8 +96,10 @@ where
     /// up to [`COMMIT_PIGGYBACK`] for entries to carry it instead.
     commit_only: bool,
 
-    /// eden: when entries to send last came, and how long after the ones before: a commit waits
-    /// for the next entries only while they come closer together than [`COMMIT_PIGGYBACK`].
+    /// eden: when entries to send last came, and how far apart they come (a moving average of
+    /// the gaps, each counted at most as 4 x [`COMMIT_PIGGYBACK`], so that one late write does
+    /// not change it much and writes after a pause soon do): a commit waits for the next entries
+    /// only while they come closer together than [`COMMIT_PIGGYBACK`].
     last_data_at: Option<InstantOf<C>>,
     data_gap: Option<Duration>,
 
@@ -732,7 +734,10 @@ where
             Replicate::Data(d) => {
                 // eden: how far apart entries come (see `commit_only`).
                 let now = C::now();
-                self.data_gap = self.last_data_at.map(|t| now - t);
+                if let Some(t) = self.last_data_at {
+                    let gap = (now - t).min(COMMIT_PIGGYBACK * 4);
+                    self.data_gap = Some(self.data_gap.map_or(gap, |g| (g * 3 + gap) / 4));
+                }
                 self.last_data_at = Some(now);
                 // TODO: Currently there is at most 1 in flight data. But in future RaftCore may send next data
                 //       actions without waiting for the previous to finish.

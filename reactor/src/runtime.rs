@@ -283,9 +283,9 @@ impl Runtime {
         for w in &p.writes {
             match w {
                 Write::Task(t) => match tasks::prepare(&self.client, t).await {
-                    Ok((spec, o)) => {
+                    Ok(spec) => {
                         tasks_made.push(spec.id.clone());
-                        ops.extend(o);
+                        ops.extend(tasks::store_ops(&spec));
                     }
                     Err(e) => errors.push(format!("run: {e}")),
                 },

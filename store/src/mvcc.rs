@@ -944,20 +944,29 @@ impl<'a> ApplyBatch<'a> {
         }
         let keys = self.keys_of_lease(id)?;
         let mut w = self.begin();
-        for key in &keys {
-            if let Some((r, rec)) = self.live(key)? {
-                self.write_version(&mut w, key, Record::tombstone(), Some((r, rec)));
+        // Index entries the deletions below do not remove themselves (a live key detaches from
+        // its own lease as it is deleted). One delete each, not a range deletion: every range
+        // tombstone in a memtable is fragmented again by every new iterator on it, so 10,000
+        // revocations (agents going away together) made each later read of the index slower.
+        let mut left = Vec::new();
+        for key in keys {
+            match self.live(&key)? {
+                Some((r, rec)) => {
+                    let detaches = rec.lease == id;
+                    self.write_version(&mut w, &key, Record::tombstone(), Some((r, rec)));
+                    if !detaches {
+                        left.push(key);
+                    }
+                }
+                None => left.push(key),
             }
         }
         self.commit(w);
         let e = &self.mvcc.engine;
         self.batch.delete_cf(e.cf(CF_LEASE), lease_key(id));
-        // One delete per attached key, not a range deletion: every range tombstone in a memtable
-        // is fragmented again by every new iterator on it, so 10,000 revocations (agents going
-        // away together) made each later read of the column family slower than the last.
-        for key in &keys {
+        for key in left {
             self.batch
-                .delete_cf(e.cf(CF_LEASE_KEYS), lease_keys_key(id, key));
+                .delete_cf(e.cf(CF_LEASE_KEYS), lease_keys_key(id, &key));
         }
         self.leases.insert(id, None);
         Ok(())

@@ -725,3 +725,49 @@ async fn a_task_is_one_entry_on_eden_and_txns_on_etcd() {
         );
     }
 }
+
+/// `Tasks.Create` refuses a bad spec with InvalidArgument and a one-line reason, and writes
+/// nothing: not JSON, no target, a target that is no node name, a target named twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_task_spec_is_refused_and_nothing_is_written() {
+    let c = Cluster::start(1, &[]).await;
+    let client = c.client();
+    let lease = client.lease_grant(600, 0).await.unwrap().id;
+    let spec = |targets: &[&str]| {
+        serde_json::to_vec(&eden_proto::model::objects::TaskSpec {
+            id: "20261201-000000-0bad".into(),
+            command: vec!["true".into()],
+            script: None,
+            shell: false,
+            env: Default::default(),
+            cwd: None,
+            timeout_ms: 1_000,
+            deadline: 0,
+            register: None,
+            readers: Default::default(),
+            for_: None,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            selector: String::new(),
+            created_at: 0,
+            lease,
+        })
+        .unwrap()
+    };
+    for (what, json, says) in [
+        ("not JSON", b"{".to_vec(), "not a task spec"),
+        ("no target", spec(&[]), "names no target"),
+        ("a bad name", spec(&["a/b"]), "node name"),
+        ("twice", spec(&["a", "a"]), "duplicate key"),
+    ] {
+        match client.create_task(json).await {
+            Err(eden_proto::client::ClientError::Server(s)) => {
+                assert_eq!(s.code(), tonic::Code::InvalidArgument, "{what}: {s:?}");
+                assert!(s.message().contains(says), "{what}: {}", s.message());
+                assert!(!s.message().contains('\n'), "{what}: {}", s.message());
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    let (kvs, _) = eden_agent_keys_under(&c, eden_proto::model::keys::TASKS).await;
+    assert_eq!(kvs, 0, "nothing stored");
+}

@@ -126,7 +126,7 @@ pub fn new_id() -> String {
 /// Creates the task; returns its spec.
 pub async fn create(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
     use futures::StreamExt;
-    let (spec, ops) = prepare(client, t).await?;
+    let spec = prepare(client, t).await?;
     let json = serde_json::to_vec(&spec).expect("JSON");
     match client.create_task(json).await {
         Ok(r) if r.created => return Ok(spec),
@@ -135,6 +135,7 @@ pub async fn create(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
         Err(ClientError::Server(s)) if s.code() == tonic::Code::Unimplemented => {}
         Err(e) => return Err(e.into()),
     }
+    let ops = store_ops(&spec);
     let mut chunks = ops.chunks(MAX_OPS_PER_TXN);
     // The first txn (the spec and the first assignments) also makes sure the ID is new.
     let first = chunks.next().unwrap_or_default();
@@ -165,13 +166,10 @@ pub async fn create(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
     Ok(spec)
 }
 
-/// Checks a new task, resolves its targets and grants its lease; returns the spec and the puts
-/// that store it (the spec first, then one assignment per target), for a caller that writes
-/// them in its own txn (a reactor, with its cursor).
-pub async fn prepare(
-    client: &Client,
-    t: &NewTask,
-) -> Result<(TaskSpec, Vec<crate::etcdserverpb::RequestOp>), Error> {
+/// Checks a new task, resolves its targets and grants its lease; returns the spec, which
+/// [`store_ops`] turns into the puts that store it (for a caller that writes them in its own
+/// txn: a reactor, with its cursor).
+pub async fn prepare(client: &Client, t: &NewTask) -> Result<TaskSpec, Error> {
     if t.command.is_empty() && t.script.is_none() {
         return Err(Error::Invalid(
             "nothing to run: give a command after -- or --script FILE".into(),
@@ -200,7 +198,7 @@ pub async fn prepare(
         register: t.register.clone(),
         readers,
         for_: t.for_.clone(),
-        targets: targets.clone(),
+        targets,
         selector: match &t.targets {
             Targets::Selector(s) => s.clone(),
             Targets::Nodes(n) => format!("nodes {}", n.join(",")),
@@ -208,8 +206,7 @@ pub async fn prepare(
         created_at: now,
         lease,
     };
-    let ops = store_ops(&spec);
-    Ok((spec, ops))
+    Ok(spec)
 }
 
 /// The puts that store a task: its spec, then one assignment per target, under its lease.

@@ -96,12 +96,14 @@ where
     /// up to [`COMMIT_PIGGYBACK`] for entries to carry it instead.
     commit_only: bool,
 
-    /// eden: when entries to send last came, and how far apart they come (a moving average of
-    /// the gaps, each counted at most as 4 x [`COMMIT_PIGGYBACK`], so that one late write does
-    /// not change it much and writes after a pause soon do): a commit waits for the next entries
-    /// only while they come closer together than [`COMMIT_PIGGYBACK`].
-    last_data_at: Option<InstantOf<C>>,
-    data_gap: Option<Duration>,
+    /// eden: when the committed index last moved, and how soon after a commit the next entries
+    /// come (a moving average, each sample counted at most as 4 x [`COMMIT_PIGGYBACK`], so that
+    /// one late write does not change it much and writes after a pause soon do): a commit waits
+    /// for the next entries only while they come sooner than [`COMMIT_PIGGYBACK`]. (A client
+    /// writing in a loop sends its next write as soon as it has the answer, however long each
+    /// write takes; a writer now and then does not.)
+    last_commit_at: Option<InstantOf<C>>,
+    data_after_commit: Option<Duration>,
 
     /// Identifies which session this replication belongs to.
     session_id: ReplicationSessionId<C::NodeId>,
@@ -214,8 +216,8 @@ where
             next_action: None,
             entries_hint: Default::default(),
             commit_only: false,
-            last_data_at: None,
-            data_gap: None,
+            last_commit_at: None,
+            data_after_commit: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -713,6 +715,7 @@ where
                 );
 
                 self.committed = c;
+                self.last_commit_at = Some(C::now());
 
                 // If there is no action, fill in an heartbeat action to send committed index.
                 if self.next_action.is_none() {
@@ -720,7 +723,7 @@ where
                     // eden: it waits for the next entries only when writes come one right after
                     // another (a client writing in a loop); writes further apart would each
                     // reach the follower's state machine (and its watchers) that much later.
-                    self.commit_only = self.data_gap.is_some_and(|g| g < COMMIT_PIGGYBACK);
+                    self.commit_only = self.data_after_commit.is_some_and(|g| g < COMMIT_PIGGYBACK);
                 }
             }
             Replicate::Heartbeat => {
@@ -733,12 +736,10 @@ where
             }
             Replicate::Data(d) => {
                 // eden: how far apart entries come (see `commit_only`).
-                let now = C::now();
-                if let Some(t) = self.last_data_at {
-                    let gap = (now - t).min(COMMIT_PIGGYBACK * 4);
-                    self.data_gap = Some(self.data_gap.map_or(gap, |g| (g * 3 + gap) / 4));
+                if let Some(t) = self.last_commit_at.take() {
+                    let gap = (C::now() - t).min(COMMIT_PIGGYBACK * 4);
+                    self.data_after_commit = Some(self.data_after_commit.map_or(gap, |g| (g * 3 + gap) / 4));
                 }
-                self.last_data_at = Some(now);
                 // TODO: Currently there is at most 1 in flight data. But in future RaftCore may send next data
                 //       actions without waiting for the previous to finish.
                 debug_assert!(

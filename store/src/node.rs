@@ -499,8 +499,13 @@ impl Node {
     /// Waits for the Raft core to stop (openraft sets `running_state` to an error when it stops
     /// on an error, and drops the metrics sender when its task ends, also on a panic), then
     /// records why and logs it once. A clean shutdown (`raft.shutdown()`) is not a failure.
+    ///
+    /// It wakes on the server metrics (role, leader, membership), which change rarely, not on
+    /// the full metrics, which openraft sends on every turn of its loop: a subscriber to those
+    /// wakes several times per write.
     async fn watch_core(self: Arc<Self>) {
-        let mut rx = self.raft.metrics();
+        let mut changes = self.raft.server_metrics();
+        let metrics = self.raft.metrics();
         let state = |rx: &tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, Member>>| {
             rx.borrow()
                 .running_state
@@ -509,11 +514,12 @@ impl Node {
                 .map(|e| e.to_string())
         };
         let reason = loop {
-            if let Some(e) = state(&rx) {
+            if let Some(e) = state(&metrics) {
                 break e;
             }
-            if rx.changed().await.is_err() {
-                break state(&rx).unwrap_or_else(|| "the Raft core task ended (panicked)".into());
+            if changes.changed().await.is_err() {
+                break state(&metrics)
+                    .unwrap_or_else(|| "the Raft core task ended (panicked)".into());
             }
         };
         if reason == openraft::error::Fatal::<u64>::Stopped.to_string() {
@@ -1084,7 +1090,7 @@ impl Node {
     /// replicating to it first), so a member that does not lead also asks the others, every few
     /// seconds, for a linearizable member list: only a member in a working quorum can answer it.
     pub async fn removed(&self) {
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.raft.server_metrics();
         let mut was_member = false;
         let mut tick = tokio::time::interval(Duration::from_secs(3));
         loop {
@@ -1225,7 +1231,7 @@ impl Node {
     /// The leader revokes expired leases through the log; a new leader first gives every lease a
     /// full TTL.
     async fn lease_loop(self: Arc<Self>) {
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.raft.server_metrics();
         let mut led_term: Option<u64> = None;
         let mut last_leader: Option<u64> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -1236,7 +1242,7 @@ impl Node {
             }
             let (state, term, leader) = {
                 let m = metrics.borrow();
-                (m.state, m.current_term, m.current_leader)
+                (m.state, m.vote.leader_id().get_term(), m.current_leader)
             };
             if leader.is_some() && leader != last_leader {
                 crate::metrics::metrics().leader_changes.inc();

@@ -906,10 +906,19 @@ impl Node {
         if self.alarms().iter().any(|(_, a)| *a == ALARM_NOSPACE) {
             return Err(errors::no_space());
         }
-        if self.config.quota_bytes > 0 && self.sm.engine.size_bytes() > self.config.quota_bytes {
+        // A size under the quota may be up to SIZE_MAX_AGE old (what arrives meanwhile is let
+        // through, as etcd lets through what is in flight past its check); one over it is measured
+        // again, so a size from before a compaction and defragmentation refuses nothing.
+        let size = match self.config.quota_bytes {
+            q if q > 0 && self.sm.engine.recent_size_bytes() > q => {
+                self.sm.engine.measure_size_bytes()
+            }
+            _ => 0,
+        };
+        if self.config.quota_bytes > 0 && size > self.config.quota_bytes {
             tracing::warn!(
                 quota = self.config.quota_bytes,
-                size = self.sm.engine.size_bytes(),
+                size,
                 "database space exceeded: raising NOSPACE"
             );
             self.propose(Command::Alarm {

@@ -297,6 +297,7 @@ where C: RaftTypeConfig
             tx_metrics,
             tx_data_metrics,
             tx_server_metrics,
+            metrics_reported: None,
 
             command_state: CommandState::default(),
             span: core_span,

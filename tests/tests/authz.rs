@@ -312,6 +312,23 @@ async fn the_peer_port_answers_members_only() {
         r.expect_err("a node's peer call was answered").code(),
         tonic::Code::PermissionDenied
     );
+    // Nor may it append to a member's log, in a call or on a stream.
+    let r = pc
+        .append_entries(eden_proto::peer::Payload::default())
+        .await;
+    assert_eq!(
+        r.expect_err("a node's append was answered").code(),
+        tonic::Code::PermissionDenied
+    );
+    let r = pc
+        .append_stream(futures::stream::iter(
+            [eden_proto::peer::Payload::default()],
+        ))
+        .await;
+    assert_eq!(
+        r.expect_err("a node's append stream was opened").code(),
+        tonic::Code::PermissionDenied
+    );
     // Forwarded writes are proposed as they come: a node must never reach them (it would write
     // past the authorizer).
     let r = pc.forward_batch(eden_proto::peer::Payload::default()).await;

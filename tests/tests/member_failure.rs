@@ -26,6 +26,7 @@ async fn send(
     c: &Cluster,
     to: usize,
     req: &AppendEntriesRequest<TypeConfig>,
+    streamed: bool,
 ) -> Result<AppendEntriesResponse<u64>, tonic::Status> {
     let mut names: Vec<String> = c.initial_cluster().split(',').map(String::from).collect();
     names.sort();
@@ -37,7 +38,16 @@ async fn send(
     let mut peer = PeerClient::connect(format!("http://{}", c.members[to].peer_addr))
         .await
         .expect("connect to the peer port");
-    let reply = peer.append_entries(payload).await?.into_inner();
+    let reply = if streamed {
+        // As a leader's replication sends all but its first request: on an AppendStream.
+        let mut answers = peer
+            .append_stream(futures::stream::iter([payload]))
+            .await?
+            .into_inner();
+        answers.message().await?.expect("an answer on the stream")
+    } else {
+        peer.append_entries(payload).await?.into_inner()
+    };
     let r: Result<AppendEntriesResponse<u64>, openraft::error::RaftError<u64>> =
         bincode::deserialize(&reply.data).expect("decode");
     Ok(r.expect("a Raft answer"))
@@ -70,14 +80,16 @@ async fn an_append_entries_with_a_hole_is_refused_and_the_member_lives_on() {
         ],
         leader_commit: Some(log_id(leader, 3)),
     };
-    let refused = send(&c, 1, &holed)
-        .await
-        .expect_err("an append-entries request with a hole must be refused");
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    assert!(
-        refused.message().contains("entry 3 does not follow 1"),
-        "{refused:?}"
-    );
+    for streamed in [false, true] {
+        let refused = send(&c, 1, &holed, streamed)
+            .await
+            .expect_err("an append-entries request with a hole must be refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("entry 3 does not follow 1"),
+            "{refused:?}"
+        );
+    }
     // Entries that do not follow prev_log_id are refused too.
     let detached = AppendEntriesRequest::<TypeConfig> {
         vote,
@@ -85,10 +97,12 @@ async fn an_append_entries_with_a_hole_is_refused_and_the_member_lives_on() {
         entries: vec![Entry::new_blank(log_id(leader, 2))],
         leader_commit: None,
     };
-    assert_eq!(
-        send(&c, 1, &detached).await.unwrap_err().code(),
-        tonic::Code::InvalidArgument
-    );
+    for streamed in [false, true] {
+        assert_eq!(
+            send(&c, 1, &detached, streamed).await.unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
     // The member is alive and takes a well-formed request, and applies it.
     let good = AppendEntriesRequest::<TypeConfig> {
         vote,
@@ -99,7 +113,7 @@ async fn an_append_entries_with_a_hole_is_refused_and_the_member_lives_on() {
         leader_commit: Some(log_id(leader, 3)),
     };
     assert_eq!(
-        send(&c, 1, &good).await.unwrap(),
+        send(&c, 1, &good, true).await.unwrap(),
         AppendEntriesResponse::Success
     );
     wait_for("m1 to apply index 3", Duration::from_secs(10), || async {

@@ -29,7 +29,11 @@ impl PeerService {
     /// Refuses a request from another cluster, or a Raft message meant for another member (a
     /// stopped member's address taken over by another one). 0 on either side is not checked.
     fn check(&self, p: &Payload) -> Result<(), Status> {
-        let (mine, me) = (self.node.cluster_id(), self.node.id());
+        Self::check_for(&self.node, p)
+    }
+
+    fn check_for(node: &Node, p: &Payload) -> Result<(), Status> {
+        let (mine, me) = (node.cluster_id(), node.id());
         if p.cluster_id != 0 && mine != 0 && p.cluster_id != mine {
             return Err(Status::failed_precondition(format!(
                 "a request from cluster {:x} reached a member of cluster {mine:x}",
@@ -87,17 +91,63 @@ pub fn check_consecutive(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), S
     Ok(())
 }
 
+/// Appends one request's entries (checked as [`Peer::append_entries`] does) and answers.
+async fn append_one(node: &Node, p: &Payload) -> Result<Payload, Status> {
+    PeerService::check_for(node, p)?;
+    let req: AppendEntriesRequest<TypeConfig> = from_payload(p).map_err(bad)?;
+    if let Err(e) = check_consecutive(&req) {
+        tracing::warn!(error = %e, vote = %req.vote, "refused an append-entries request");
+        return Err(Status::invalid_argument(e));
+    }
+    Ok(to_payload(&node.raft().append_entries(req).await, 0))
+}
+
+type AppendAnswers =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Payload, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         authz::require_member(&self.node, &request)?;
-        self.check(request.get_ref())?;
-        let req: AppendEntriesRequest<TypeConfig> = from_payload(request.get_ref()).map_err(bad)?;
-        if let Err(e) = check_consecutive(&req) {
-            tracing::warn!(error = %e, vote = %req.vote, "refused an append-entries request");
-            return Err(Status::invalid_argument(e));
-        }
-        Self::reply(&self.node.raft().append_entries(req).await)
+        append_one(&self.node, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    type AppendStreamStream = AppendAnswers;
+
+    /// Each request on the stream as [`Peer::append_entries`], in order; the caller's certificate
+    /// is checked once for the stream and again (revocation, expiry) before each request.
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<Payload>>,
+    ) -> Result<Response<AppendAnswers>, Status> {
+        authz::require_member(&self.node, &request)?;
+        let cert = match self.node.secure() {
+            true => Some(authz::peer_cert(&request)?),
+            false => None,
+        };
+        let node = self.node.clone();
+        let requests = request.into_inner();
+        let answers = futures::stream::unfold(Some((requests, node, cert)), |state| async move {
+            let (mut requests, node, cert) = state?;
+            let p = match requests.message().await {
+                Ok(Some(p)) => p,
+                Ok(None) => return None,
+                Err(status) => return Some((Err(status), None)),
+            };
+            if let Some(info) = &cert {
+                if let Err(status) = authz::still_valid(&node, info) {
+                    return Some((Err(status), None));
+                }
+            }
+            match append_one(&node, &p).await {
+                Ok(answer) => Some((Ok(answer), Some((requests, node, cert)))),
+                // The stream ends after a refused request, as a unary call would fail.
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

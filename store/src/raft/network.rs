@@ -162,6 +162,9 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             tls: self.tls.clone(),
             generation: 0,
             channels: self.channels.clone(),
+            stream: None,
+            appends: 0,
+            unary_only: false,
         };
         c.connect();
         c
@@ -178,6 +181,18 @@ pub struct PeerConn {
     /// Of the certificate `client` presents.
     generation: u64,
     channels: Channels,
+    /// The append stream to this peer, once opened ([`PeerConn::append_entries`]).
+    stream: Option<AppendStream>,
+    /// Append requests made through this connection.
+    appends: u64,
+    /// The peer does not know `AppendStream` (a member of an older version).
+    unary_only: bool,
+}
+
+/// One `AppendStream` call: requests go one at a time, each answered before the next.
+struct AppendStream {
+    requests: tokio::sync::mpsc::Sender<Payload>,
+    answers: tonic::Streaming<Payload>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +208,7 @@ type PeerRpc =
 
 impl PeerConn {
     fn connect(&mut self) {
+        self.stream = None;
         self.generation = self.tls.generation();
         self.client = shared_client(&self.channels, &self.addr, self.local_ip, &self.tls);
     }
@@ -226,31 +242,64 @@ impl PeerConn {
         // error, retried at once; treating those as unreachable stalled commits for half a
         // second at a time under load.
         let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
-            Err(_) => {
-                return Err(RPCError::Network(NetworkError::new(&Msg(format!(
-                    "timeout talking to {}",
-                    self.addr
-                )))))
-            }
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
-                    "{}: {}",
-                    self.addr,
-                    status.message()
-                )))))
-            }
-            Ok(Err(status)) => {
-                return Err(RPCError::Network(NetworkError::new(&Msg(format!(
-                    "{}: {}",
-                    self.addr,
-                    status.message()
-                )))))
-            }
+            Err(_) => return Err(self.timed_out()),
+            Ok(Err(status)) => return Err(self.failed(status)),
             Ok(Ok(r)) => r.into_inner(),
         };
+        self.answer(&reply)
+    }
+
+    fn timed_out<E: std::error::Error>(&self) -> RPCError<NodeId, Member, E> {
+        RPCError::Network(NetworkError::new(&Msg(format!(
+            "timeout talking to {}",
+            self.addr
+        ))))
+    }
+
+    fn failed<E: std::error::Error>(&self, status: tonic::Status) -> RPCError<NodeId, Member, E> {
+        let msg = Msg(format!("{}: {}", self.addr, status.message()));
+        match status.code() {
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&msg)),
+            _ => RPCError::Network(NetworkError::new(&msg)),
+        }
+    }
+
+    fn answer<Resp, E>(
+        &self,
+        reply: &Payload,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let result: Result<Resp, RaftError<NodeId, E>> =
-            from_payload(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            from_payload(reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// Sends one append request on the append stream (opened first if there is none) and waits
+    /// for its answer.
+    async fn on_stream(&mut self, payload: Payload) -> Result<Payload, tonic::Status> {
+        if self.stream.is_none() {
+            let mut client = self.client.clone().ok_or_else(|| {
+                tonic::Status::unavailable(format!("bad peer address {}", self.addr))
+            })?;
+            let (requests, rx) = tokio::sync::mpsc::channel(1);
+            let answers = client
+                .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            self.stream = Some(AppendStream { requests, answers });
+        }
+        let s = self.stream.as_mut().expect("the append stream is open");
+        s.requests
+            .send(payload)
+            .await
+            .map_err(|_| tonic::Status::unavailable("the append stream closed"))?;
+        s.answers
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::unavailable("the append stream ended"))
     }
 }
 
@@ -260,10 +309,38 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(&rpc, &option, |mut c, p| {
-            Box::pin(async move { c.append_entries(p).await })
-        })
-        .await
+        // openraft 0.9 makes a new client for each leadership check, which sends one request;
+        // a replication task sends all its requests through one. So the first request goes as
+        // a call of its own and the ones after it on a stream, kept open between them.
+        self.appends += 1;
+        if self.appends == 1 || self.unary_only {
+            return self
+                .call(&rpc, &option, |mut c, p| {
+                    Box::pin(async move { c.append_entries(p).await })
+                })
+                .await;
+        }
+        if self.generation != self.tls.generation() {
+            self.connect();
+        }
+        let mut payload = to_payload(&rpc, self.cluster_id);
+        payload.to = self.target;
+        // A request that failed or timed out closes the stream: its answer, if one still comes,
+        // must not be taken for the next request's.
+        match tokio::time::timeout(option.hard_ttl(), self.on_stream(payload)).await {
+            Ok(Ok(reply)) => self.answer(&reply),
+            Err(_) => {
+                self.stream = None;
+                Err(self.timed_out())
+            }
+            Ok(Err(status)) => {
+                self.stream = None;
+                if status.code() == tonic::Code::Unimplemented {
+                    self.unary_only = true;
+                }
+                Err(self.failed(status))
+            }
+        }
     }
 
     async fn install_snapshot(

@@ -909,27 +909,22 @@ impl Node {
         // A size under the quota may be up to SIZE_MAX_AGE old (what arrives meanwhile is let
         // through, as etcd lets through what is in flight past its check); one over it is measured
         // again, so a size from before a compaction and defragmentation refuses nothing.
-        let size = match self.config.quota_bytes {
-            q if q > 0 && self.sm.engine.recent_size_bytes() > q => {
-                self.sm.engine.measure_size_bytes()
-            }
-            _ => 0,
-        };
-        if self.config.quota_bytes > 0 && size > self.config.quota_bytes {
-            tracing::warn!(
-                quota = self.config.quota_bytes,
-                size,
-                "database space exceeded: raising NOSPACE"
-            );
-            self.propose(Command::Alarm {
-                activate: true,
-                member: self.id,
-                alarm: ALARM_NOSPACE,
-            })
-            .await?;
-            return Err(errors::no_space());
+        let quota = self.config.quota_bytes;
+        if quota <= 0 || self.sm.engine.recent_size_bytes() <= quota {
+            return Ok(());
         }
-        Ok(())
+        let size = self.sm.engine.measure_size_bytes();
+        if size <= quota {
+            return Ok(());
+        }
+        tracing::warn!(quota, size, "database space exceeded: raising NOSPACE");
+        self.propose(Command::Alarm {
+            activate: true,
+            member: self.id,
+            alarm: ALARM_NOSPACE,
+        })
+        .await?;
+        Err(errors::no_space())
     }
 
     /// Grants a lease (id 0: the member picks one).

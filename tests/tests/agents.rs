@@ -737,19 +737,10 @@ async fn a_bad_task_spec_is_refused_and_nothing_is_written() {
         serde_json::to_vec(&eden_proto::model::objects::TaskSpec {
             id: "20261201-000000-0bad".into(),
             command: vec!["true".into()],
-            script: None,
-            shell: false,
-            env: Default::default(),
-            cwd: None,
             timeout_ms: 1_000,
-            deadline: 0,
-            register: None,
-            readers: Default::default(),
-            for_: None,
             targets: targets.iter().map(|t| t.to_string()).collect(),
-            selector: String::new(),
-            created_at: 0,
             lease,
+            ..Default::default()
         })
         .unwrap()
     };

@@ -44,8 +44,8 @@ pub struct LogStore {
 /// was just appended, and reading it back from RocksDB (an iterator, a seek, decoding the entry)
 /// was about 4% of a leader's CPU under one writing client, finding the next index for each
 /// append (another iterator, decoding the last entry whole) 2%. The entries are a consecutive
-/// run that is always a copy of the stored log's last entries: an append adds what it wrote once
-/// it is written, a truncation drops entries before it deletes them, a purge drops what it purges.
+/// run that is always a copy of stored entries: an append adds what it wrote once it is written,
+/// a truncation drops entries before it deletes them, a purge drops what it purges.
 #[derive(Default)]
 struct Tail {
     /// The index the next append must have, once known (`None`: ask the store).
@@ -86,8 +86,10 @@ impl Tail {
         }
     }
 
-    /// Adds consecutive entries just written, replacing any kept from their first index on.
-    fn add(&mut self, written: Vec<(Entry, usize)>) {
+    /// Adds consecutive entries just written, replacing any kept from their first index on;
+    /// `next` is the stored log's next index now.
+    fn add(&mut self, written: Vec<(Entry, usize)>, next: Option<u64>) {
+        self.next = Some(next);
         let Some(first) = written.first().map(|(e, _)| e.get_log_id().index) else {
             return;
         };
@@ -101,7 +103,6 @@ impl Tail {
             self.bytes = 0;
         }
         for (e, size) in written {
-            self.next = Some(Some(e.get_log_id().index + 1));
             self.bytes += size;
             self.entries.push_back((e, size));
         }
@@ -274,6 +275,7 @@ impl LogStore {
         let mut batch = WriteBatch::default();
         let cf = self.engine.cf(CF_LOG);
         let mut expected = self.next_index()?;
+        let stored_next = expected;
         let mut first = true;
         let mut written = Vec::new();
         for e in entries {
@@ -311,7 +313,9 @@ impl LogStore {
         let mut tail = self.tail.lock().expect("log tail lock");
         match written_ok {
             Ok(()) => {
-                tail.add(written);
+                // Overwriting leaves any stored entries past the written ones in place.
+                let next = expected.max(stored_next);
+                tail.add(written, next);
                 Ok(())
             }
             Err(e) => {
@@ -600,6 +604,13 @@ pub(crate) mod tests {
             vec![(2, 6), (3, 7)]
         );
         log.append_entries([termed(3, 8, 100)]).unwrap();
+        // Overwriting 7 again leaves 8 stored: the next append is 9.
+        log.append_entries([termed(3, 7, 100)]).unwrap();
+        log.append_entries([termed(3, 9, 100)]).unwrap();
+        assert_eq!(
+            terms(&log.limited_get_log_entries(7, 10).await.unwrap()),
+            vec![(3, 7), (3, 8), (3, 9)]
+        );
         // Purged: what is left, as the store has it.
         log.purge(openraft::LogId::new(CommittedLeaderId::new(2, 0), 6))
             .await
@@ -615,11 +626,11 @@ pub(crate) mod tests {
         // A new store on the same data (a restart) reads the same from disk.
         let mut again = LogStore::new(log.engine.clone());
         assert_eq!(
-            terms(&again.limited_get_log_entries(7, 9).await.unwrap()),
-            vec![(3, 7), (3, 8)]
+            terms(&again.limited_get_log_entries(7, 10).await.unwrap()),
+            vec![(3, 7), (3, 8), (3, 9)]
         );
-        again.append_entries([termed(3, 9, 100)]).unwrap();
-        assert!(again.append_entries([termed(3, 11, 100)]).is_err());
+        again.append_entries([termed(3, 10, 100)]).unwrap();
+        assert!(again.append_entries([termed(3, 12, 100)]).is_err());
     }
 
     /// Replication reads about MAX_APPEND_BYTES of entries at a time, never none; other reads get

@@ -608,25 +608,8 @@ where
                 return;
             }
         }
+        let leader_metrics = key.replication.as_ref().map(|r| r.iter().cloned().collect());
         self.metrics_reported = Some((key, now));
-        let leader_metrics = if let Some(leader) = self.engine.leader.as_ref() {
-            let prog = &leader.progress;
-            Some(
-                prog.iter()
-                    .map(|(id, p)| {
-                        (
-                            id.clone(),
-                            <ProgressEntry<<C as RaftTypeConfig>::NodeId> as Borrow<Option<LogId<C::NodeId>>>>::borrow(
-                                p,
-                            )
-                            .clone(),
-                        )
-                    })
-                    .collect(),
-            )
-        } else {
-            None
-        };
         self.report_metrics(leader_metrics);
     }
 

@@ -31,8 +31,10 @@ use crate::mvcc::Mvcc;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{from_payload, peer_channel, to_payload, MemberTls, PeerNetwork};
 use crate::raft::propose::Proposer;
+use ask::{Answer, Ask, AskStreams};
 use forward::{Forwarded, Forwarder};
 
+pub(crate) mod ask;
 mod autopilot;
 mod forward;
 mod leadership;
@@ -164,10 +166,18 @@ struct ClusterInfo {
 }
 
 /// Which connection to a peer a request takes (see [`Node::peer_client`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Lane {
     Writes,
     Control,
+}
+
+/// The leader's peer port as [`Node::at_leader`] hands it to a question asked remotely.
+#[derive(Clone)]
+pub(crate) struct LeaderPeer {
+    pub client: PeerClient<Channel>,
+    pub addr: String,
+    pub lane: Lane,
 }
 
 /// A write or read-index request forwarded between members.
@@ -212,6 +222,8 @@ pub struct Node {
     proposer: Proposer,
     /// Writes proposed here while a follower go to the leader through it, batched.
     forwarder: Forwarder,
+    /// The streams that forwarded writes and read-index rounds take to the leader.
+    asks: Arc<AskStreams>,
     sm: Arc<StateMachine>,
     peers: Mutex<BTreeMap<(String, Lane), PeerClient<Channel>>>,
     /// The certificate this member presents to other members, and to its clients (the same one,
@@ -353,12 +365,14 @@ impl Node {
             raft.initialize(members).await?;
         }
         let (audit, audits) = tokio::sync::mpsc::channel(256);
+        let asks = Arc::new(AskStreams::new(cluster_id));
         let node = Arc::new(Node {
             id,
             cluster_id,
             config,
             proposer: Proposer::start(raft.clone()),
-            forwarder: Forwarder::start(cluster_id),
+            forwarder: Forwarder::start(asks.clone()),
+            asks,
             raft,
             sm,
             peers: Mutex::new(BTreeMap::new()),
@@ -593,6 +607,7 @@ impl Node {
         server.replace(&tls.cert_pem, &tls.key_pem)?;
         self.tls.replace(tls);
         self.peers.lock().expect("peer lock").clear();
+        self.asks.close_all();
         Ok(())
     }
 
@@ -630,7 +645,7 @@ impl Node {
     }
 
     /// The one "ask the leader" loop: until [`REQUEST_TIMEOUT`], `local()` when this member
-    /// leads, else `remote(client, time left)` on the leader's peer port (on `lane`); after
+    /// leads, else `remote(leader, time left)` on the leader's peer port (on `lane`); after
     /// [`Step::Again`] (not the leader, no answer) it pauses and asks whoever leads then. At the
     /// deadline: "no leader" when there is none, else "request timed out".
     pub(crate) async fn at_leader<T, L, LF, R, RF>(
@@ -642,7 +657,7 @@ impl Node {
     where
         L: FnMut() -> LF,
         LF: Future<Output = Step<T>>,
-        R: FnMut(PeerClient<Channel>, Duration) -> RF,
+        R: FnMut(LeaderPeer, Duration) -> RF,
         RF: Future<Output = Step<T>>,
     {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
@@ -652,7 +667,8 @@ impl Node {
                 leader => match self.leader_addr(leader) {
                     Some(addr) => {
                         let client = self.peer_client(&addr, lane)?;
-                        remote(client, deadline.saturating_duration_since(Instant::now())).await
+                        let to = LeaderPeer { client, addr, lane };
+                        remote(to, deadline.saturating_duration_since(Instant::now())).await
                     }
                     None => Step::Again,
                 },
@@ -696,11 +712,10 @@ impl Node {
                 let cmd = cmd.clone();
                 async move { done(self.propose_local(cmd).await) }
             },
-            |client, left| {
+            |to, left| {
                 let cmd = cmd.clone();
-                let leader = self.leader().unwrap_or(0);
                 async move {
-                    match self.forwarder.forward(leader, client, cmd, left).await {
+                    match self.forwarder.forward(to, cmd, left).await {
                         Forwarded::TimedOut => Step::Done(Err(errors::timeout())),
                         Forwarded::Answer(r) => done(r),
                         Forwarded::BadReply(e) => {
@@ -819,7 +834,6 @@ impl Node {
 
     /// One read-index round: from the leader's quorum, here or over the peer port.
     async fn read_index_round(&self) -> Result<u64, Status> {
-        let cluster = self.cluster_id;
         self.at_leader(
             Lane::Control,
             || async move {
@@ -831,18 +845,13 @@ impl Node {
                     Err(ForwardError::NotLeader) => Step::Again,
                 }
             },
-            |mut client, left| async move {
-                let asked = client.read_index(to_payload(&(), cluster));
+            |to, left| async move {
+                let asked = self.asks.ask(&to, Ask::ReadIndex);
                 match tokio::time::timeout(left, asked).await {
-                    Ok(Ok(reply)) => {
-                        match from_payload::<Result<u64, ForwardError>>(reply.get_ref()) {
-                            Ok(Ok(index)) => Step::Done(Ok(index)),
-                            Ok(Err(_)) => Step::Again,
-                            Err(e) => {
-                                Step::Done(Err(internal(format!("bad read index reply: {e}"))))
-                            }
-                        }
-                    }
+                    Ok(Ok(Answer::ReadIndex(Ok(index)))) => Step::Done(Ok(index)),
+                    Ok(Ok(Answer::Writes(_))) => Step::Done(Err(internal(
+                        "the leader answered a read-index question with writes",
+                    ))),
                     _ => Step::Again,
                 }
             },
@@ -994,7 +1003,7 @@ impl Node {
                 let change = change.clone();
                 async move { outcome(self.change_membership_local(change).await) }
             },
-            |mut client, left| {
+            |LeaderPeer { mut client, .. }, left| {
                 let payload = to_payload(&change, cluster);
                 async move {
                     let asked = client.membership(payload);
@@ -1174,7 +1183,7 @@ impl Node {
                 let a = self.lease_query_local(&q);
                 async move { answered(a) }
             },
-            |mut client, left| {
+            |LeaderPeer { mut client, .. }, left| {
                 let payload = to_payload(&q, cluster);
                 async move {
                     let asked = client.lease_query(payload);

@@ -336,6 +336,15 @@ async fn the_peer_port_answers_members_only() {
         r.expect_err("a node's forwarded writes were taken").code(),
         tonic::Code::PermissionDenied
     );
+    let r = pc
+        .ask(futures::stream::iter(
+            [eden_proto::peer::Payload::default()],
+        ))
+        .await;
+    assert_eq!(
+        r.expect_err("a node's ask stream was opened").code(),
+        tonic::Code::PermissionDenied
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

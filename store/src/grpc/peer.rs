@@ -9,9 +9,10 @@ use tonic::{Request, Response, Status};
 
 use crate::grpc::authz;
 use crate::membership::MembershipChange;
-use crate::node::{LeadershipRequest, LeaseQuery, Node};
+use crate::node::ask::{Answer, Ask};
+use crate::node::{ForwardError, LeadershipRequest, LeaseQuery, Node};
 use crate::raft::network::{from_payload, to_payload};
-use crate::raft::{Command, TypeConfig};
+use crate::raft::{Command, Response as Reply, TypeConfig};
 
 pub struct PeerService {
     pub node: Arc<Node>,
@@ -105,6 +106,22 @@ async fn append_one(node: &Node, p: &Payload) -> Result<Payload, Status> {
 type AppendAnswers =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<Payload, Status>> + Send + 'static>>;
 
+/// Questions on one `Ask` stream answered at a time; the next one is read when one is done.
+pub const ASK_IN_FLIGHT: usize = 64;
+
+/// Proposes forwarded writes, each as if it came alone (they join the leader's group commit).
+async fn propose_all(node: &Node, cmds: Vec<Command>) -> Vec<Result<Reply, ForwardError>> {
+    futures::future::join_all(cmds.into_iter().map(|cmd| node.propose_local(cmd))).await
+}
+
+/// Answers one question from a follower (on the client runtime).
+async fn answer(node: Arc<Node>, ask: Ask) -> Answer {
+    match ask {
+        Ask::Writes(cmds) => Answer::Writes(propose_all(&node, cmds).await),
+        Ask::ReadIndex => Answer::ReadIndex(node.read_index_local().await),
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
@@ -150,6 +167,56 @@ impl Peer for PeerService {
         Ok(Response::new(Box::pin(answers)))
     }
 
+    type AskStream = AppendAnswers;
+
+    /// Each question on the stream as [`Peer::forward_batch`] or [`Peer::read_index`] would
+    /// answer it, up to [`ASK_IN_FLIGHT`] at a time, each answer sent when it is ready with its
+    /// question's id. The caller's certificate is checked once for the stream and again
+    /// (revocation, expiry) before each question; the stream ends after a refused one.
+    async fn ask(
+        &self,
+        request: Request<tonic::Streaming<Payload>>,
+    ) -> Result<Response<AppendAnswers>, Status> {
+        authz::require_member(&self.node, &request)?;
+        let cert = match self.node.secure() {
+            true => Some(authz::peer_cert(&request)?),
+            false => None,
+        };
+        let (node, work) = (self.node.clone(), self.client_work.clone());
+        let mut questions = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(ASK_IN_FLIGHT + 1);
+        tokio::spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(ASK_IN_FLIGHT));
+            while let Ok(Some(p)) = questions.message().await {
+                let checked = match &cert {
+                    Some(info) => authz::still_valid(&node, info),
+                    None => Ok(()),
+                }
+                .and_then(|_| Self::check_for(&node, &p))
+                .and_then(|_| from_payload::<(u64, Ask)>(&p).map_err(bad));
+                let (id, ask) = match checked {
+                    Ok(q) => q,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (node, tx) = (node.clone(), tx.clone());
+                work.spawn(async move {
+                    let a = answer(node, ask).await;
+                    let _ = tx.send(Ok(to_payload(&(id, a), 0))).await;
+                    drop(slot);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         authz::require_member(&self.node, &request)?;
         self.check(request.get_ref())?;
@@ -173,10 +240,8 @@ impl Peer for PeerService {
         self.check(request.get_ref())?;
         let cmds: Vec<Command> = from_payload(request.get_ref()).map_err(bad)?;
         let node = self.node.clone();
-        self.on_client_runtime(async move {
-            futures::future::join_all(cmds.into_iter().map(|cmd| node.propose_local(cmd))).await
-        })
-        .await
+        self.on_client_runtime(async move { propose_all(&node, cmds).await })
+            .await
     }
 
     async fn read_index(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

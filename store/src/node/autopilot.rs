@@ -39,7 +39,7 @@ use eden_proto::model::cluster::{
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use super::{Lane, LeadershipError, LeadershipRequest, Node, Step};
+use super::{Lane, LeaderPeer, LeadershipError, LeadershipRequest, Node, Step};
 use crate::errors;
 use crate::membership::MembershipChange;
 use crate::raft::network::{from_payload, to_payload};
@@ -625,7 +625,7 @@ impl Node {
         self.at_leader(
             Lane::Control,
             || async move { answer(self.autopilot_status_local()) },
-            |mut client, left| async move {
+            |LeaderPeer { mut client, .. }, left| async move {
                 let asked =
                     client.leadership(to_payload(&LeadershipRequest::AutopilotState, cluster));
                 match tokio::time::timeout(left, asked).await {

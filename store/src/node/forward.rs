@@ -1,5 +1,6 @@
 //! Writes a follower forwards to the leader travel together: the commands proposed on this member
-//! while earlier forwards are on their way go to the leader in one `ForwardBatch` call, where each
+//! while earlier forwards are on their way go to the leader in one question on the `Ask` stream
+//! ([`super::ask`]), where each
 //! is proposed as if it had come alone (and joins the leader's group commit,
 //! [`crate::raft::propose`]). With one call per write, a cluster whose clients spread over every
 //! member wrote a third less than one whose clients all spoke to the leader (design/benchmarks.md).
@@ -8,17 +9,16 @@
 //! or [`MAX_BATCH_BYTES`] go in one. Every command gets its own answer, what the leader's
 //! `propose_local` answered for it; a failed call answers each of its commands with the failure.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 use tonic::Status;
 
-use super::ForwardError;
-use crate::raft::network::{from_payload, to_payload};
+use super::ask::{Answer, Ask, AskStreams};
+use super::{ForwardError, LeaderPeer};
 use crate::raft::propose::{gather, Limits};
 use crate::raft::{Command, Response};
-use eden_proto::peer::peer_client::PeerClient;
 
 /// Calls on their way to the leader at a time.
 pub const IN_FLIGHT: usize = 4;
@@ -40,8 +40,7 @@ pub(crate) enum Forwarded {
 }
 
 struct Item {
-    leader: u64,
-    client: PeerClient<Channel>,
+    to: LeaderPeer,
     cmd: Command,
     size: usize,
     left: Duration,
@@ -53,25 +52,17 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn start(cluster_id: u64) -> Forwarder {
+    pub fn start(asks: Arc<AskStreams>) -> Forwarder {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, cluster_id));
+        tokio::spawn(run(rx, asks));
         Forwarder { tx }
     }
 
-    /// Forwards one command to the leader `leader` (whose peer client is `client`) and waits for
-    /// its answer, at most `left`.
-    pub async fn forward(
-        &self,
-        leader: u64,
-        client: PeerClient<Channel>,
-        cmd: Command,
-        left: Duration,
-    ) -> Forwarded {
+    /// Forwards one command to the leader `to` and waits for its answer, at most `left`.
+    pub async fn forward(&self, to: LeaderPeer, cmd: Command, left: Duration) -> Forwarded {
         let (reply, answer) = oneshot::channel();
         let item = Item {
-            leader,
-            client,
+            to,
             size: cmd.approx_size(),
             cmd,
             left,
@@ -88,7 +79,7 @@ impl Forwarder {
     }
 }
 
-async fn run(rx: mpsc::UnboundedReceiver<Item>, cluster_id: u64) {
+async fn run(rx: mpsc::UnboundedReceiver<Item>, asks: Arc<AskStreams>) {
     let limits = Limits {
         in_flight: IN_FLIGHT,
         max_items: MAX_BATCH_COMMANDS,
@@ -98,35 +89,31 @@ async fn run(rx: mpsc::UnboundedReceiver<Item>, cluster_id: u64) {
         rx,
         limits,
         |i| i.size,
-        |first, i| i.leader == first.leader,
-        |batch| send(batch, cluster_id),
+        |first, i| i.to.addr == first.to.addr,
+        |batch| send(batch, asks.clone()),
     )
     .await
 }
 
-async fn send(batch: Vec<Item>, cluster_id: u64) {
-    let mut client = batch[0].client.clone();
+async fn send(batch: Vec<Item>, asks: Arc<AskStreams>) {
+    let to = batch[0].to.clone();
     let left = batch.iter().map(|i| i.left).min().unwrap_or_default();
     let (cmds, replies): (Vec<Command>, Vec<oneshot::Sender<Forwarded>>) =
         batch.into_iter().map(|i| (i.cmd, i.reply)).unzip();
     let n = cmds.len();
-    let call = client.forward_batch(to_payload(&cmds, cluster_id));
-    let answers: Vec<Forwarded> = match tokio::time::timeout(left, call).await {
+    let asked = asks.ask(&to, Ask::Writes(cmds));
+    let answers: Vec<Forwarded> = match tokio::time::timeout(left, asked).await {
         Err(_) => (0..n).map(|_| Forwarded::TimedOut).collect(),
         Ok(Err(status)) => (0..n).map(|_| Forwarded::Failed(status.clone())).collect(),
-        Ok(Ok(reply)) => {
-            match from_payload::<Vec<Result<Response, ForwardError>>>(reply.get_ref()) {
-                Ok(answers) if answers.len() == n => {
-                    answers.into_iter().map(Forwarded::Answer).collect()
-                }
-                Ok(answers) => (0..n)
-                    .map(|_| {
-                        Forwarded::BadReply(format!("{} answers to {n} commands", answers.len()))
-                    })
-                    .collect(),
-                Err(e) => (0..n).map(|_| Forwarded::BadReply(e.to_string())).collect(),
-            }
+        Ok(Ok(Answer::Writes(answers))) if answers.len() == n => {
+            answers.into_iter().map(Forwarded::Answer).collect()
         }
+        Ok(Ok(Answer::Writes(answers))) => (0..n)
+            .map(|_| Forwarded::BadReply(format!("{} answers to {n} commands", answers.len())))
+            .collect(),
+        Ok(Ok(Answer::ReadIndex(_))) => (0..n)
+            .map(|_| Forwarded::BadReply("a read index in answer to writes".into()))
+            .collect(),
     };
     for (reply, answer) in replies.into_iter().zip(answers) {
         let _ = reply.send(answer);

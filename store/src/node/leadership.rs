@@ -16,7 +16,7 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use super::{Lane, Node, Step, REQUEST_TIMEOUT};
+use super::{Lane, LeaderPeer, Node, Step, REQUEST_TIMEOUT};
 use crate::errors;
 use crate::raft::network::{from_payload, to_payload};
 
@@ -62,7 +62,7 @@ impl Node {
         self.at_leader(
             Lane::Control,
             || async move { answer(self.move_leader_local(to).await) },
-            |mut client, left| async move {
+            |LeaderPeer { mut client, .. }, left| async move {
                 let asked = client.leadership(to_payload(&LeadershipRequest::MoveTo(to), cluster));
                 match tokio::time::timeout(left, asked).await {
                     Ok(Ok(reply)) => {

@@ -10,6 +10,8 @@
 #   BIN=/tmp/eden-old bench/write-cpu.sh    # another eden binary
 #   ETCD=/usr/bin/etcd bench/write-cpu.sh   # etcd 3.4 for comparison
 #   TO=follower bench/write-cpu.sh          # the client talks to a follower (a forwarded write)
+#   TO=all CLIENTS=64 CONNS=16 bench/write-cpu.sh   # 64 clients over all three members
+#   KEYS=100000 bench/write-cpu.sh          # random keys of 16 B out of 100,000 (default: one key)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${BIN:-${BENCH_TARGET_DIR:-$HOME/.cache/eden-target}/release/eden}"
@@ -54,6 +56,7 @@ d = json.load(sys.stdin)
 print([i for i, e in enumerate(d) if e["Status"]["leader"] == e["Status"]["header"]["member_id"]][0])')
 LEADER=127.0.0.1:${cps[$((leader + 1))]}
 [ "${TO:-leader}" = follower ] && LEADER=127.0.0.1:${cps[$(((leader + 1) % 3 + 1))]}
+[ "${TO:-leader}" = all ] && LEADER=$EPS
 "$B" --endpoints "$LEADER" --clients 1 --conns 1 put --total 1000 --key-size 8 --val-size 256 >/dev/null 2>&1
 ticks() { for p in "${pids[@]}"; do awk '{printf "%d ", $14 + $15}' "/proc/$p/stat"; done; }
 if [ -n "${PERF:-}" ]; then
@@ -63,10 +66,12 @@ if [ -n "${PERF:-}" ]; then
   perf record -F 1999 ${PERF_ARGS:-} -o "$work/perf.data" -p "${pids[$who]}" -- sleep 4 >/dev/null 2>&1 &
 fi
 hz=$(getconf CLK_TCK)
+ksize=8
+[ "${KEYS:-1}" -gt 1 ] && ksize=16
 echo "member $((leader + 1)) leads, the client talks to ${TO:-leader} $LEADER; CPU per write in microseconds, members 1 2 3 and their sum"
 for r in $(seq 1 "$RUNS"); do
   a=$(ticks)
-  out=$("$B" --endpoints "$LEADER" --clients 1 --conns 1 put --total "$N" --key-size 8 --val-size 256 2>&1)
+  out=$("$B" --endpoints "$LEADER" --clients "${CLIENTS:-1}" --conns "${CONNS:-1}" put --total "$N" --key-size "$ksize" --key-space-size "${KEYS:-1}" --val-size 256 2>&1)
   b=$(ticks)
   rps=$(awk '/Requests\/sec:/ {print $2}' <<<"$out")
   p50=$(awk '/ 50% in / {print $3 * 1000}' <<<"$out")

@@ -512,3 +512,28 @@ async fn fragments_split_a_large_revision_for_watches_that_ask() {
         assert_eq!(*r, rev);
     }
 }
+
+/// `eden bench lease-keepalive` revokes the leases it granted once it is measured, so they do not
+/// expire minutes later in the time of another benchmark on the same machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_benchmark_revokes_its_leases() {
+    let c = Cluster::start(1, &["--no-reactor"]).await;
+    let before = c.client().lease_leases().await.unwrap().leases.len();
+    let o = c
+        .eden(&[
+            "bench",
+            "lease-keepalive",
+            "--leases",
+            "40",
+            "--clients",
+            "4",
+            "--conns",
+            "2",
+            "--total",
+            "200",
+        ])
+        .await;
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let after = c.client().lease_leases().await.unwrap().leases.len();
+    assert_eq!(after, before, "leases left behind");
+}

@@ -16,8 +16,9 @@ use eden_proto::etcdserverpb::kv_client::KvClient;
 use eden_proto::etcdserverpb::lease_client::LeaseClient;
 use eden_proto::etcdserverpb::watch_client::WatchClient;
 use eden_proto::etcdserverpb::{
-    request_op, watch_request, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    request_op, watch_request, Compare, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    WatchRequest,
 };
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -559,11 +560,33 @@ pub async fn run(endpoints: &[String], out: &Printer, c: BenchCmd) -> Result<(),
                         .map_err(|e| Failure::usage(format!("bench task failed: {e}")))?,
                 );
             }
-            run.report(&name, hists)
+            let report = run.report(&name, hists);
+            revoke_all(&chans, &ids).await;
+            report
         }
     };
     report.print(out)?;
     Ok(())
+}
+
+/// Revokes the leases a run granted (after it was measured), so that they do not expire later
+/// in another run's time (a benchmark of many systems on one machine). Failures are ignored:
+/// a lease left behind expires on its own.
+async fn revoke_all(chans: &[Channel], ids: &[i64]) {
+    let mut tasks = Vec::new();
+    for (c, ch) in chans.iter().enumerate() {
+        let mine: Vec<i64> = ids.iter().skip(c).step_by(chans.len()).copied().collect();
+        let ch = ch.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = LeaseClient::new(ch);
+            for id in mine {
+                let _ = client.lease_revoke(LeaseRevokeRequest { id }).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
 }
 
 /// N watchers over M streams on one prefix, one writer: for each put, the time from its

@@ -68,6 +68,18 @@ impl Record {
             lease: self.lease,
         }
     }
+
+    /// [`Record::to_kv`], taking the value instead of copying it.
+    pub fn into_kv(self, key: &[u8], mod_rev: i64) -> KeyValue {
+        KeyValue {
+            key: key.to_vec(),
+            create_revision: self.create_rev,
+            mod_revision: mod_rev,
+            version: self.version,
+            value: self.value,
+            lease: self.lease,
+        }
+    }
 }
 
 /// A lease as the state machine keeps it: its granted TTL. Deadlines live on the leader only
@@ -774,7 +786,7 @@ impl<'a> ApplyBatch<'a> {
         }
         let prev_kv = prev
             .filter(|(_, p)| !p.tombstone)
-            .map(|(r, p)| p.to_kv(key, r));
+            .map(|(r, p)| p.into_kv(key, r));
         w.events.push(make_event(key, w.rev, &rec, prev_kv));
         self.overlay
             .entry(key.to_vec())
@@ -892,17 +904,18 @@ impl<'a> ApplyBatch<'a> {
         d: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, MvccError> {
         let found = self.range_at(&KeyRange::new(&d.key, &d.range_end), w.rev)?;
+        let deleted = found.len() as i64;
         let mut prev_kvs = Vec::new();
-        for (key, r, rec) in &found {
-            self.write_version(w, key, Record::tombstone(), Some((*r, rec.clone())));
+        for (key, r, rec) in found {
             if d.prev_kv {
-                prev_kvs.push(rec.to_kv(key, *r));
+                prev_kvs.push(rec.to_kv(&key, r));
             }
+            self.write_version(w, &key, Record::tombstone(), Some((r, rec)));
         }
-        let rev = if found.is_empty() { self.rev } else { w.rev };
+        let rev = if deleted == 0 { self.rev } else { w.rev };
         Ok(DeleteRangeResponse {
             header: Some(header(rev)),
-            deleted: found.len() as i64,
+            deleted,
             prev_kvs,
         })
     }

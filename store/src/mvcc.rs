@@ -21,7 +21,7 @@
 //! shows them a half-written state. Shortcut: a range walks every key in it (as etcd's index does
 //! to count), so `count` costs as much as reading the keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -794,7 +794,10 @@ impl<'a> ApplyBatch<'a> {
             .push((w.rev, rec));
     }
 
-    fn check_op(&self, op: &RequestOp) -> Result<(), MvccError> {
+    /// Refuses an op that would fail (a missing lease or key) before anything is written. A
+    /// txn's compares are evaluated here, once: what each txn on the path decided goes to
+    /// `decided` in the order [`ApplyBatch::exec_op`] meets them.
+    fn check_op(&self, op: &RequestOp, decided: &mut VecDeque<bool>) -> Result<(), MvccError> {
         match &op.request {
             Some(request_op::Request::RequestPut(p)) => {
                 if p.lease != 0 && !p.ignore_lease && !self.lease_exists(p.lease)? {
@@ -810,15 +813,10 @@ impl<'a> ApplyBatch<'a> {
             Some(request_op::Request::RequestTxn(t)) => {
                 // Only the branch the compares select is checked (as etcd does): compares read the
                 // store as it was before the txn, so they can be evaluated first.
-                let mut succeeded = true;
-                for c in &t.compare {
-                    if !self.compare(c)? {
-                        succeeded = false;
-                        break;
-                    }
-                }
+                let succeeded = self.compares_hold(t)?;
+                decided.push_back(succeeded);
                 for op in if succeeded { &t.success } else { &t.failure } {
-                    self.check_op(op)?;
+                    self.check_op(op, decided)?;
                 }
             }
             _ => {}
@@ -832,14 +830,20 @@ impl<'a> ApplyBatch<'a> {
 
     /// Applies one KV request (put, delete range or txn) as one revision.
     pub fn apply_op(&mut self, op: &RequestOp) -> Result<ResponseOp, MvccError> {
-        self.check_op(op)?;
+        let mut decided = VecDeque::new();
+        self.check_op(op, &mut decided)?;
         let mut w = self.begin();
-        let resp = self.exec_op(&mut w, op)?;
+        let resp = self.exec_op(&mut w, op, &mut decided)?;
         self.commit(w);
         Ok(resp)
     }
 
-    fn exec_op(&mut self, w: &mut RevWrite, op: &RequestOp) -> Result<ResponseOp, MvccError> {
+    fn exec_op(
+        &mut self,
+        w: &mut RevWrite,
+        op: &RequestOp,
+        decided: &mut VecDeque<bool>,
+    ) -> Result<ResponseOp, MvccError> {
         let response = match &op.request {
             Some(request_op::Request::RequestPut(p)) => {
                 response_op::Response::ResponsePut(self.exec_put(w, p)?)
@@ -855,7 +859,7 @@ impl<'a> ApplyBatch<'a> {
                 response_op::Response::ResponseRange(shape_range(r, found, visible))
             }
             Some(request_op::Request::RequestTxn(t)) => {
-                response_op::Response::ResponseTxn(self.exec_txn(w, t)?)
+                response_op::Response::ResponseTxn(self.exec_txn(w, t, decided)?)
             }
             None => response_op::Response::ResponseRange(RangeResponse::default()),
         };
@@ -920,18 +924,23 @@ impl<'a> ApplyBatch<'a> {
         })
     }
 
-    fn exec_txn(&mut self, w: &mut RevWrite, t: &TxnRequest) -> Result<TxnResponse, MvccError> {
-        let mut succeeded = true;
-        for c in &t.compare {
-            if !self.compare(c)? {
-                succeeded = false;
-                break;
-            }
-        }
+    /// Runs the branch [`ApplyBatch::check_op`] chose (its compares read the store as it was
+    /// before the txn, so evaluating them there or here gives the same answer).
+    fn exec_txn(
+        &mut self,
+        w: &mut RevWrite,
+        t: &TxnRequest,
+        decided: &mut VecDeque<bool>,
+    ) -> Result<TxnResponse, MvccError> {
+        let succeeded = match decided.pop_front() {
+            Some(d) => d,
+            // Not reached: apply_op checks before it executes. Evaluated here if it ever is.
+            None => self.compares_hold(t)?,
+        };
         let ops = if succeeded { &t.success } else { &t.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
-            responses.push(self.exec_op(w, op)?);
+            responses.push(self.exec_op(w, op, decided)?);
         }
         let rev = if w.events.is_empty() { self.rev } else { w.rev };
         Ok(TxnResponse {
@@ -939,6 +948,16 @@ impl<'a> ApplyBatch<'a> {
             succeeded,
             responses,
         })
+    }
+
+    /// Whether every compare of `t` holds (against the store before the txn).
+    fn compares_hold(&self, t: &TxnRequest) -> Result<bool, EngineError> {
+        for c in &t.compare {
+            if !self.compare(c)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn compare(&self, c: &Compare) -> Result<bool, EngineError> {

@@ -536,3 +536,70 @@ fn ranges_over_many_keys_agree_with_each_keys_own_lookup() {
         assert_eq!(get("k05", b"k17", rev), part, "seed {seed}, revision {rev}");
     }
 }
+
+/// Nested txns decide their branches on the store as it was before the outer txn (as etcd's
+/// txn path), each once, in the order they come: a put the outer txn makes first does not change
+/// what a nested compare sees, and two nested txns side by side each take their own branch.
+#[test]
+fn nested_txns_decide_on_the_store_before_the_outer_txn() {
+    let r = Runner::new();
+    let put = |k: &str| RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: k.as_bytes().to_vec(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })),
+    };
+    let version_is = |k: &str, v: i64| Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Version as i32,
+        key: k.as_bytes().to_vec(),
+        target_union: Some(TargetUnion::Version(v)),
+        range_end: Vec::new(),
+    };
+    let txn = |compare: Vec<Compare>, success: Vec<RequestOp>, failure: Vec<RequestOp>| RequestOp {
+        request: Some(request_op::Request::RequestTxn(TxnRequest {
+            compare,
+            success,
+            failure,
+        })),
+    };
+    // x is absent before the txn: the nested compare holds although the outer txn put x first.
+    r.write(|b| {
+        b.apply_op(&txn(
+            vec![],
+            vec![
+                put("x"),
+                txn(vec![version_is("x", 0)], vec![put("y")], vec![put("z")]),
+            ],
+            vec![],
+        ))
+    })
+    .unwrap();
+    // Now x and y exist: the outer compare fails; of its two nested txns the first fails (x
+    // has version 1) and the second holds (y has version 1).
+    r.write(|b| {
+        b.apply_op(&txn(
+            vec![version_is("x", 0)],
+            vec![put("never")],
+            vec![
+                txn(vec![version_is("x", 0)], vec![put("a1")], vec![put("a2")]),
+                txn(vec![version_is("y", 1)], vec![put("b1")], vec![put("b2")]),
+            ],
+        ))
+    })
+    .unwrap();
+    let keys: Vec<String> = r
+        .mvcc
+        .range(&RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .unwrap()
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect();
+    assert_eq!(keys, ["a2", "b1", "x", "y"]);
+}

@@ -59,14 +59,7 @@ impl Record {
     }
 
     pub fn to_kv(&self, key: &[u8], mod_rev: i64) -> KeyValue {
-        KeyValue {
-            key: key.to_vec(),
-            create_revision: self.create_rev,
-            mod_revision: mod_rev,
-            version: self.version,
-            value: self.value.clone(),
-            lease: self.lease,
-        }
+        self.clone().into_kv(key, mod_rev)
     }
 
     /// [`Record::to_kv`], taking the value instead of copying it.
@@ -521,15 +514,14 @@ fn scan_range(
     it.seek(enc_key(&range.start));
     while it.valid() {
         let raw = it.key().unwrap_or_default();
-        let split = kv_key_prefix_len(raw);
         if raw.len() < 10 {
             return Err(bad());
         }
+        let split = kv_key_prefix_len(raw);
         if raw[..split] != prefix[..] {
             keep(&key, best.take())?;
             let (k, _) = dec_kv_key(raw).ok_or_else(bad)?;
             if !range.contains(&k) {
-                prefix.clear();
                 break;
             }
             prefix.clear();
@@ -554,9 +546,9 @@ fn scan_range(
         it.next();
     }
     it.status()?;
-    if !prefix.is_empty() {
-        keep(&key, best.take())?;
-    }
+    // The last key stepped through (a no-op when the scan stopped at a key out of range: that
+    // key's predecessor was kept then).
+    keep(&key, best.take())?;
     Ok(out)
 }
 

@@ -138,6 +138,25 @@ pub fn require_member<T>(node: &Node, req: &Request<T>) -> Result<(), Status> {
     }
 }
 
+/// A peer-port stream opening: refused unless from a member ([`require_member`]); the caller's
+/// certificate, to check again before each request with [`still_member`] (None when insecure).
+pub fn member_stream<T>(node: &Node, req: &Request<T>) -> Result<Option<pki::CertInfo>, Status> {
+    require_member(node, req)?;
+    match node.secure() {
+        true => Ok(Some(peer_cert(req)?)),
+        false => Ok(None),
+    }
+}
+
+/// Before each request on a stream [`member_stream`] opened: the certificate was not revoked and
+/// has not expired since.
+pub fn still_member(node: &Node, cert: &Option<pki::CertInfo>) -> Result<(), Status> {
+    match cert {
+        Some(info) => still_valid(node, info),
+        None => Ok(()),
+    }
+}
+
 /// Logs a refusal, records it as an audit event, and turns it into etcd's "permission denied".
 pub fn refuse(node: &Node, caller: &Caller, why: Denied) -> Status {
     tracing::warn!(caller = %caller, "refused: {why}");

@@ -139,11 +139,7 @@ impl Peer for PeerService {
         &self,
         request: Request<tonic::Streaming<Payload>>,
     ) -> Result<Response<AppendAnswers>, Status> {
-        authz::require_member(&self.node, &request)?;
-        let cert = match self.node.secure() {
-            true => Some(authz::peer_cert(&request)?),
-            false => None,
-        };
+        let cert = authz::member_stream(&self.node, &request)?;
         let node = self.node.clone();
         let requests = request.into_inner();
         let answers = futures::stream::unfold(Some((requests, node, cert)), |state| async move {
@@ -153,10 +149,8 @@ impl Peer for PeerService {
                 Ok(None) => return None,
                 Err(status) => return Some((Err(status), None)),
             };
-            if let Some(info) = &cert {
-                if let Err(status) = authz::still_valid(&node, info) {
-                    return Some((Err(status), None));
-                }
+            if let Err(status) = authz::still_member(&node, &cert) {
+                return Some((Err(status), None));
             }
             match append_one(&node, &p).await {
                 Ok(answer) => Some((Ok(answer), Some((requests, node, cert)))),
@@ -177,23 +171,16 @@ impl Peer for PeerService {
         &self,
         request: Request<tonic::Streaming<Payload>>,
     ) -> Result<Response<AppendAnswers>, Status> {
-        authz::require_member(&self.node, &request)?;
-        let cert = match self.node.secure() {
-            true => Some(authz::peer_cert(&request)?),
-            false => None,
-        };
+        let cert = authz::member_stream(&self.node, &request)?;
         let (node, work) = (self.node.clone(), self.client_work.clone());
         let mut questions = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(ASK_IN_FLIGHT + 1);
         tokio::spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(ASK_IN_FLIGHT));
             while let Ok(Some(p)) = questions.message().await {
-                let checked = match &cert {
-                    Some(info) => authz::still_valid(&node, info),
-                    None => Ok(()),
-                }
-                .and_then(|_| Self::check_for(&node, &p))
-                .and_then(|_| from_payload::<(u64, Ask)>(&p).map_err(bad));
+                let checked = authz::still_member(&node, &cert)
+                    .and_then(|_| Self::check_for(&node, &p))
+                    .and_then(|_| from_payload::<(u64, Ask)>(&p).map_err(bad));
                 let (id, ask) = match checked {
                     Ok(q) => q,
                     Err(status) => {

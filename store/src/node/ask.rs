@@ -117,38 +117,50 @@ impl AskStreams {
         }
     }
 
-    /// Puts a question on the stream to `to` (opened first if there is none, or it closed).
+    /// Puts a question on the stream to `to` (opened first if there is none, or it closed). The
+    /// question is encoded outside the locks: its waiter is in place before it is sent, so its
+    /// answer cannot come first.
     fn send(
         &self,
         to: &LeaderPeer,
         ask: &Ask,
     ) -> (oneshot::Receiver<Result<Answer, Status>>, Forget) {
-        let mut streams = self.streams.lock().expect("ask lock");
         let key = (to.addr.clone(), to.lane);
         loop {
-            let stream = streams
-                .entry(key.clone())
-                .or_insert_with(|| open(to.client.clone()));
-            let waiting = stream.waiting.clone();
-            let mut w = waiting.lock().expect("ask lock");
-            if w.closed.is_some() {
-                drop(w);
-                streams.remove(&key);
-                continue;
-            }
-            let id = w.next_id;
-            w.next_id += 1;
-            let payload = to_payload(&(id, ask), self.cluster_id);
-            if stream.requests.send(payload).is_err() {
-                // The stream's task ended: it marks the stream closed as it does.
-                drop(w);
-                streams.remove(&key);
-                continue;
-            }
             let (tx, rx) = oneshot::channel();
-            w.waiters.insert(id, tx);
-            drop(w);
-            return (rx, Forget { waiting, id });
+            let (requests, waiting, id) = {
+                let mut streams = self.streams.lock().expect("ask lock");
+                let stream = streams
+                    .entry(key.clone())
+                    .or_insert_with(|| open(to.client.clone()));
+                let mut w = stream.waiting.lock().expect("ask lock");
+                if w.closed.is_some() {
+                    drop(w);
+                    streams.remove(&key);
+                    continue;
+                }
+                let id = w.next_id;
+                w.next_id += 1;
+                w.waiters.insert(id, tx);
+                drop(w);
+                (stream.requests.clone(), stream.waiting.clone(), id)
+            };
+            let forget = Forget { waiting, id };
+            if requests
+                .send(to_payload(&(id, ask), self.cluster_id))
+                .is_ok()
+            {
+                return (rx, forget);
+            }
+            // The stream's task ended (it marks the stream closed as it does): this stream is
+            // not used again, the next turn opens a new one.
+            let mut streams = self.streams.lock().expect("ask lock");
+            if streams
+                .get(&key)
+                .is_some_and(|s| Arc::ptr_eq(&s.waiting, &forget.waiting))
+            {
+                streams.remove(&key);
+            }
         }
     }
 }

@@ -491,10 +491,7 @@ mod tests {
 
     fn revs(from: i64, n: i64) -> Vec<RevEvents> {
         (from..from + n)
-            .map(|rev| RevEvents {
-                rev,
-                events: Vec::new(),
-            })
+            .map(|rev| RevEvents::new(rev, Vec::new()))
             .collect()
     }
 
@@ -569,9 +566,9 @@ mod tests {
 
     fn put(rev: i64, key: &str) -> RevEvents {
         use eden_proto::mvccpb::{Event, KeyValue};
-        RevEvents {
+        RevEvents::new(
             rev,
-            events: vec![Event {
+            vec![Event {
                 kv: Some(KeyValue {
                     key: key.as_bytes().to_vec(),
                     mod_revision: rev,
@@ -579,7 +576,7 @@ mod tests {
                 }),
                 ..Default::default()
             }],
-        }
+        )
     }
 
     fn taken_revs(t: &Taken) -> Vec<i64> {

@@ -93,20 +93,15 @@ impl Watcher {
 
     /// The events of `rev` this watcher wants, shaped for it (prev_kv only if asked).
     pub fn select(&self, rev: &RevEvents) -> Vec<Event> {
-        rev.events
-            .iter()
+        rev.positions_in(&self.range)
+            .into_iter()
+            .map(|i| &rev.events[i])
             .filter(|e| {
-                let key =
-                    e.kv.as_ref()
-                        .map(|kv| kv.key.as_slice())
-                        .unwrap_or_default();
-                let is_put = e.r#type == EventType::Put as i32;
-                self.range.contains(key)
-                    && if is_put {
-                        !self.no_put
-                    } else {
-                        !self.no_delete
-                    }
+                if e.r#type == EventType::Put as i32 {
+                    !self.no_put
+                } else {
+                    !self.no_delete
+                }
             })
             .map(|e| {
                 let mut e = e.clone();
@@ -587,11 +582,7 @@ impl StreamTask {
 
     /// Whether revision `r` changed what this stream's caller may read.
     fn rights_changed(&self, r: &RevEvents) -> bool {
-        !self.caller.is_root()
-            && r.events.iter().any(|e| {
-                e.kv.as_ref()
-                    .is_some_and(|kv| self.rights.iter().any(|x| x.contains(&kv.key)))
-            })
+        !self.caller.is_root() && self.rights.iter().any(|x| r.any_in(x))
     }
 
     /// Checks a watch again against the rights as they are now.

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! At most once: an assignment runs only after this agent's claim txn succeeded (claim and result
-//! both absent). A claim found without a result and made by another run of the agent (one that
+//! both absent). A new assignment seen in the watch is claimed straight from the event (its value
+//! is the spec): one txn that also requires it not canceled and unchanged since the event; when
+//! that fails, the agent reads the four keys and decides, as for a listed one. A claim found without a result and made by another run of the agent (one that
 //! was killed) is reported as `lost`, never run again. The result and a registered variable are
 //! written in one txn, only if no result exists yet.
 //!
@@ -28,6 +30,7 @@ use std::time::Duration;
 use eden_proto::client::Client;
 use eden_proto::etcdserverpb::{RangeRequest, WatchCreateRequest};
 use eden_proto::mvccpb::event::EventType;
+use eden_proto::mvccpb::KeyValue;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore};
@@ -483,7 +486,7 @@ impl Agent {
                         let Some(kv) = &e.kv else { continue };
                         if e.r#type == EventType::Put as i32 {
                             if let Some(id) = keys::rest(&kv.key, &prefix) {
-                                self.handle(id.to_string()).await;
+                                self.handle_new(id.to_string(), kv).await;
                             }
                         }
                         cursor = cursor.max(kv.mod_revision);
@@ -505,6 +508,11 @@ impl Agent {
         if !self.handled.lock().unwrap().insert(id.clone()) {
             return;
         }
+        self.settle(id).await
+    }
+
+    /// Reads what the store holds for an assignment and acts on it, retrying until that works.
+    async fn settle(self: &Arc<Self>, id: String) {
         if let Err(e) = self.try_handle(&id).await {
             tracing::warn!(task = %id, "handling the assignment failed, will retry: {e}");
             let me = self.clone();
@@ -520,6 +528,64 @@ impl Agent {
                 }
             });
         }
+    }
+
+    /// An assignment as a watch event brought it: claimed in one txn when nothing happened to it
+    /// since (the common case: two round trips to run it rather than three); otherwise handled
+    /// as any other.
+    async fn handle_new(self: &Arc<Self>, id: String, assignment: &KeyValue) {
+        if !self.handled.lock().unwrap().insert(id.clone()) {
+            return;
+        }
+        match self.claim_as_seen(&id, assignment).await {
+            Ok(true) => {}
+            Ok(false) => self.settle(id).await,
+            Err(e) => {
+                tracing::warn!(task = %id, "claiming the assignment failed, reading it again: {e}");
+                self.settle(id).await
+            }
+        }
+    }
+
+    /// Claims an assignment on condition that its claim, result and cancel keys are absent and
+    /// it is unchanged since `assignment` was read: what [`decide`] would conclude from reading
+    /// them. False when a condition fails (or the spec says not to claim): nothing was written.
+    async fn claim_as_seen(
+        self: &Arc<Self>,
+        id: &str,
+        assignment: &KeyValue,
+    ) -> Result<bool, Error> {
+        let node = self.cfg.name.as_str();
+        let spec: TaskSpec = kv::decode(assignment).map_err(Error::Corrupt)?;
+        let seen = Seen {
+            spec: Some(spec),
+            ..Default::default()
+        };
+        if decide(&seen, &self.run, now_ms()) != Decision::Claim {
+            return Ok(false);
+        }
+        let spec = seen.spec.expect("set above");
+        let claim = Claim {
+            instance: self.instance.clone(),
+            run: self.run.clone(),
+            started_at: now_ms(),
+        };
+        let c = kv::txn(
+            &self.client,
+            vec![
+                kv::absent(&keys::claim(id, node)),
+                kv::absent(&keys::result(id, node)),
+                kv::absent(&keys::cancel(id)),
+                kv::unchanged_since(&keys::assignment(node, id), assignment.mod_revision),
+            ],
+            vec![kv::put(&keys::claim(id, node), &claim, spec.lease)],
+            vec![],
+        )
+        .await?;
+        if c.succeeded {
+            self.start_execution(spec);
+        }
+        Ok(c.succeeded)
     }
 
     async fn try_handle(self: &Arc<Self>, id: &str) -> Result<(), Error> {

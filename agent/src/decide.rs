@@ -2,7 +2,8 @@
 //! plain function, so that every case is a story in `tests/scripts/decide` (run by
 //! `tests/decide.rs`). The agent reads the assignment, claim, result and cancel keys in one txn,
 //! asks [`decide`], and acts: claims with a txn that requires no claim and no result (at most
-//! once), or writes the result it was told to.
+//! once), or writes the result it was told to. A new assignment seen in the watch is first offered
+//! to [`decide`] as if nothing else were there, and claimed with a txn that requires exactly that.
 
 use eden_proto::model::objects::{show_time, Claim, TaskSpec};
 

@@ -329,6 +329,75 @@ async fn an_agent_killed_mid_task_reports_it_lost_and_nothing_runs_twice() {
     );
 }
 
+/// A new assignment is claimed straight from its watch event, on condition that nothing happened
+/// to it since: one that another run already claimed, or that was canceled, when the agent sees
+/// it is settled by reading (lost, canceled) and never runs. Keys written as `eden run` and
+/// `eden task cancel` would, in the order that makes the agent meet them on the watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_claimed_or_canceled_before_the_agent_sees_it_never_runs() {
+    use eden_proto::model::objects::{now_ms, Claim, Status, TaskResult, TaskSpec};
+    use eden_proto::model::{keys, kv};
+    let (c, _agents) = setup(&[]).await;
+    let client = c.client();
+    let ran = c.dir().join("ran");
+    for (id, before) in [("t-claimed", "claim"), ("t-canceled", "cancel")] {
+        let spec = TaskSpec {
+            id: id.into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo {id} >> {}", ran.display()),
+            ],
+            timeout_ms: 10_000,
+            deadline: now_ms() + 60_000,
+            created_at: now_ms(),
+            ..Default::default()
+        };
+        let (key, value) = if before == "claim" {
+            let claim = Claim {
+                instance: "web1-before".into(),
+                run: "a-run-that-died".into(),
+                started_at: now_ms(),
+            };
+            (
+                keys::claim(id, "web1"),
+                serde_json::to_string(&claim).unwrap(),
+            )
+        } else {
+            (keys::cancel(id), now_ms().to_string())
+        };
+        c.put(0, &key, &value).await.expect("put");
+        c.put(0, &keys::spec(id), &serde_json::to_string(&spec).unwrap())
+            .await
+            .expect("put");
+        c.put(
+            0,
+            &keys::assignment("web1", id),
+            &serde_json::to_string(&spec).unwrap(),
+        )
+        .await
+        .expect("put");
+        let result = keys::result(id, "web1");
+        wait_for("the agent's result", Duration::from_secs(20), || async {
+            kv::get_one(&client, &result).await.ok().flatten().is_some()
+        })
+        .await;
+        let r: TaskResult =
+            kv::decode(&kv::get_one(&client, &result).await.unwrap().unwrap()).unwrap();
+        let want = if before == "claim" {
+            Status::Lost
+        } else {
+            Status::Canceled
+        };
+        assert_eq!(r.status, want, "{id}: {r:?}");
+    }
+    assert!(
+        !ran.exists(),
+        "a task ran: {:?}",
+        std::fs::read_to_string(&ran)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_while_a_task_fans_out_loses_no_result() {
     let (mut c, _agents) = setup(&[]).await;

@@ -28,6 +28,7 @@ use eden_proto::model::objects::{now_ms, Alive, Claim, Facts, Status, TaskResult
 use eden_proto::model::readers::Readers;
 use eden_proto::model::tasks::{self, NewTask, Targets};
 use eden_proto::mvccpb::event::EventType;
+use eden_proto::mvccpb::KeyValue;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
@@ -162,15 +163,17 @@ async fn register(client: &Client, name: &str, ttl: Duration) -> Result<i64, Str
     Ok(lease)
 }
 
-/// Claims and answers one assignment the way an agent does (claim txn, then result txn). Safe to
-/// repeat after a timeout: a claim of its own from an earlier attempt is taken up, a result
-/// already there is the answer.
-async fn answer(client: &Client, name: &str, id: &str) -> Result<bool, String> {
-    let spec_kv = kv::get_one(client, &keys::assignment(name, id))
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("no assignment")?;
-    let spec: TaskSpec = kv::decode(&spec_kv)?;
+/// Claims and answers one assignment the way an agent does: claimed straight from the watch
+/// event (claim, result and cancel absent, the assignment unchanged since), then the result txn.
+/// Safe to repeat after a timeout: a claim of its own from an earlier attempt is taken up, a
+/// result already there is the answer.
+async fn answer(
+    client: &Client,
+    name: &str,
+    id: &str,
+    assignment: &KeyValue,
+) -> Result<bool, String> {
+    let spec: TaskSpec = kv::decode(assignment)?;
     let claim = Claim {
         instance: name.into(),
         run: "bench".into(),
@@ -181,6 +184,8 @@ async fn answer(client: &Client, name: &str, id: &str) -> Result<bool, String> {
         vec![
             kv::absent(&keys::claim(id, name)),
             kv::absent(&keys::result(id, name)),
+            kv::absent(&keys::cancel(id)),
+            kv::unchanged_since(&keys::assignment(name, id), assignment.mod_revision),
         ],
         vec![kv::put(&keys::claim(id, name), &claim, spec.lease)],
         vec![
@@ -356,11 +361,11 @@ async fn sim_agent(a: SimAgent, mut lease: i64) {
                     let Some(kv) = &e.kv else { continue };
                     if e.r#type != EventType::Put as i32 { continue }
                     if let Some(id) = keys::rest(&kv.key, &prefix) {
-                        let (client, name, id, stats) = (client.clone(), name.clone(), id.to_string(), stats.clone());
+                        let (client, name, id, stats, kv) = (client.clone(), name.clone(), id.to_string(), stats.clone(), kv.clone());
                         tokio::spawn(async move {
                             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
                             for _ in 0..20 {
-                                match timed(answer(&client, &name, &id)).await {
+                                match timed(answer(&client, &name, &id, &kv)).await {
                                     Ok(_) => { stats.results.fetch_add(1, Ordering::Relaxed); return; }
                                     Err(e) => {
                                         stats.answer_errors.add(&e);

@@ -435,6 +435,63 @@ fn kinds_text(kinds: &BTreeMap<String, u64>) -> String {
         .join("; ")
 }
 
+/// What the operator does in the run: `eden run --on bench=agents -- true`, storing the task,
+/// then following it to the last result; the spec, the final status and the times to both.
+async fn operate(
+    client: &Arc<Client>,
+    run_timeout: Duration,
+    stats: &Stats,
+) -> Result<(TaskSpec, tasks::TaskState, Duration, Duration), Failure> {
+    let t1 = Instant::now();
+    let deadline = Duration::from_secs(120);
+    let spec = tokio::time::timeout(
+        run_timeout,
+        tasks::create(
+            client,
+            &NewTask {
+                targets: Targets::Selector("bench=agents".into()),
+                command: vec!["true".into()],
+                script: None,
+                shell: false,
+                env: Default::default(),
+                cwd: None,
+                timeout: Duration::from_secs(60),
+                deadline,
+                register: None,
+                readers: vec![],
+                for_: None,
+                retention: Duration::from_secs(3600),
+            },
+        ),
+    )
+    .await
+    .map_err(|_| Failure {
+        code: crate::exit::UNAVAILABLE,
+        message: format!(
+            "storing the task took more than {} s",
+            run_timeout.as_secs()
+        ),
+        quiet: false,
+    })??;
+    let created = t1.elapsed();
+    let left = run_timeout.saturating_sub(created);
+    let st = tokio::time::timeout(left, tasks::follow(client, &spec.id, |_| {}))
+        .await
+        .map_err(|_| Failure {
+            code: crate::exit::UNAVAILABLE,
+            message: format!(
+                "the task did not finish within {} s: {} of {} agents answered; answer errors by kind: {}; keep-alive errors by kind: {}",
+                run_timeout.as_secs(),
+                stats.results.load(Ordering::Relaxed),
+                spec.targets.len(),
+                kinds_text(&stats.answer_errors.take()),
+                kinds_text(&stats.keepalive_kinds.take())
+            ),
+            quiet: false,
+        })??;
+    Ok((spec, st, created, t1.elapsed()))
+}
+
 pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(), Failure> {
     let conns = a.count.div_ceil(a.per_conn.max(1)).max(1);
     let clients: Vec<Arc<Client>> = (0..conns)
@@ -570,57 +627,33 @@ pub async fn run(endpoints: &[String], out: &Printer, a: AgentsArgs) -> Result<(
             h.value_at_quantile(0.99) as f64 / 1000.0,
         )
     };
-    // The run: one task on every simulated agent, created and followed as `eden run` does.
+    // The run: one task on every simulated agent, created and followed as `eden run` does, from
+    // its own connection and its own thread (an operator's `eden run` is its own process, not a
+    // task queued behind 10,000 agents' in this runtime).
     *phase.lock().unwrap() = "running a task on every agent".into();
     let client = clients[0].clone();
-    let t1 = Instant::now();
-    let deadline = Duration::from_secs(120);
-    let spec = tokio::time::timeout(
-        a.run_timeout,
-        tasks::create(
-            &client,
-            &NewTask {
-                targets: Targets::Selector("bench=agents".into()),
-                command: vec!["true".into()],
-                script: None,
-                shell: false,
-                env: Default::default(),
-                cwd: None,
-                timeout: Duration::from_secs(60),
-                deadline,
-                register: None,
-                readers: vec![],
-                for_: None,
-                retention: Duration::from_secs(3600),
-            },
-        ),
-    )
-    .await
-    .map_err(|_| Failure {
-        code: crate::exit::UNAVAILABLE,
-        message: format!(
-            "storing the task took more than {} s",
-            a.run_timeout.as_secs()
-        ),
-        quiet: false,
-    })??;
-    let created = t1.elapsed();
-    let left = a.run_timeout.saturating_sub(created);
-    let st = tokio::time::timeout(left, tasks::follow(&client, &spec.id, |_| {}))
+    let run_timeout = a.run_timeout;
+    let op_stats = stats.clone();
+    let op_endpoints = endpoints.to_vec();
+    let operator = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure {
+                code: crate::exit::UNAVAILABLE,
+                message: format!("a runtime for the operator: {e}"),
+                quiet: false,
+            })?
+            .block_on(async move {
+                // Made here: a client's connection tasks run on the runtime that makes it.
+                let op = Arc::new(Client::with_tls(&op_endpoints, super::bench::tls())?);
+                operate(&op, run_timeout, &op_stats).await
+            })
+    });
+    let (spec, st, created, all) = tokio::task::spawn_blocking(move || operator.join())
         .await
-        .map_err(|_| Failure {
-            code: crate::exit::UNAVAILABLE,
-            message: format!(
-                "the task did not finish within {} s: {} of {} agents answered; answer errors by kind: {}; keep-alive errors by kind: {}",
-                a.run_timeout.as_secs(),
-                stats.results.load(Ordering::Relaxed),
-                spec.targets.len(),
-                kinds_text(&stats.answer_errors.take()),
-                kinds_text(&stats.keepalive_kinds.take())
-            ),
-            quiet: false,
-        })??;
-    let all = t1.elapsed();
+        .expect("the operator's thread is joined")
+        .expect("the operator's thread does not panic")?;
     // The file phase: one file for every agent, from the put to the last placement recorded.
     let placed = match &file {
         None => None,

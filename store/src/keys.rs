@@ -56,6 +56,24 @@ pub fn enc_key(key: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The escaped user key at the head of a `kv` record key, its terminator included: the prefix the
+/// kv family's bloom filters hold, so a lookup of one key's versions skips every table that has
+/// none (a put of a new key otherwise read a block of every level). The first 0x00 0x00 is the
+/// terminator (an escaped 0x00 is always followed by 0xFF), so the prefix of a prefix is itself,
+/// as RocksDB asks of a prefix extractor. A slice without one is returned whole; see
+/// [`kv_key_has_prefix`].
+pub fn kv_key_prefix(raw: &[u8]) -> &[u8] {
+    match raw.windows(2).position(|w| w == [0, 0]) {
+        Some(i) => &raw[..i + 2],
+        None => raw,
+    }
+}
+
+/// Whether `raw` has a [`kv_key_prefix`] (RocksDB's "in domain"): every key eden writes to `kv`.
+pub fn kv_key_has_prefix(raw: &[u8]) -> bool {
+    raw.windows(2).any(|w| w == [0, 0])
+}
+
 /// A `kv` record key: the escaped user key and the revision.
 pub fn kv_key(key: &[u8], rev: i64) -> Vec<u8> {
     let mut out = enc_key(key);
@@ -238,6 +256,23 @@ mod tests {
         }
         // all versions of "a" sort before any version of "a\0".
         assert!(kv_key(b"a", i64::MAX) < kv_key(b"a\0", 1));
+    }
+
+    /// The prefix of a kv record key is its escaped user key whatever bytes the key and the
+    /// revision hold, and the prefix of a prefix is itself.
+    #[test]
+    fn a_kv_key_prefix_is_the_escaped_user_key() {
+        let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"a\0", b"\0\xff\0", b"x\xff", b"ab"];
+        for k in &keys {
+            for rev in [0i64, 1, 256, 1 << 40, i64::MAX] {
+                let raw = kv_key(k, rev);
+                assert!(kv_key_has_prefix(&raw));
+                let p = kv_key_prefix(&raw);
+                assert_eq!(p, enc_key(k).as_slice(), "key {k:?} rev {rev}");
+                assert_eq!(kv_key_prefix(p), p);
+            }
+        }
+        assert!(!kv_key_has_prefix(b"a\0\xff"));
     }
 
     #[test]

@@ -31,10 +31,10 @@ use eden_proto::etcdserverpb::{
     TxnResponse,
 };
 use eden_proto::mvccpb::{self, event::EventType, KeyValue};
-use rocksdb::{DBRawIteratorWithThreadMode, WriteBatch, DB};
+use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{decode, encode, Engine, EngineError};
+use crate::engine::{decode, encode, Engine, EngineError, RawIter};
 use crate::keys::*;
 
 /// One version of a key as stored in `kv`. The mod revision is part of the record's RocksDB key.
@@ -244,8 +244,13 @@ impl Mvcc {
         let snap = self.engine.db.snapshot();
         let compact = self.compact_rev();
         let rev = check_read_rev(req.revision, current, compact)?;
-        let mut it = snap.raw_iterator_cf(self.engine.cf(CF_KV));
-        let found = scan_range(&mut it, &KeyRange::new(&req.key, &req.range_end), rev)?;
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let mut it = if range.single {
+            self.engine.versions_at(&snap)
+        } else {
+            self.engine.scan_at(&snap, CF_KV)
+        };
+        let found = scan_range(&mut it, &range, rev)?;
         Ok(shape_range(req, found, current))
     }
 
@@ -262,8 +267,8 @@ impl Mvcc {
         if from < self.compact_rev() {
             return Ok(None);
         }
-        let mut rev_it = snap.raw_iterator_cf(self.engine.cf(CF_REV));
-        let mut kv_it = snap.raw_iterator_cf(self.engine.cf(CF_KV));
+        let mut rev_it = self.engine.scan_at(&snap, CF_REV);
+        let mut kv_it = self.engine.versions_at(&snap);
         let mut out: Vec<RevEvents> = Vec::new();
         rev_it.seek(rev_key(from, 0));
         while rev_it.valid() {
@@ -311,7 +316,7 @@ impl Mvcc {
         let kv = e.cf(CF_KV);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(e.cf(CF_REV), rev_key(0, 0), rev_key(compact, 0));
-        let mut it = e.db.raw_iterator_cf(kv);
+        let mut it = e.scan(CF_KV);
         it.seek_to_first();
         // Versions of the current key with rev <= compact, newest last.
         let mut pending: Vec<(Vec<u8>, bool, i64)> = Vec::new();
@@ -363,7 +368,7 @@ impl Mvcc {
         let snap = self.engine.db.snapshot();
         let compact = self.compact_rev();
         let rev = check_read_rev(rev, current, compact)?;
-        let mut it = snap.raw_iterator_cf(self.engine.cf(CF_KV));
+        let mut it = self.engine.scan_at(&snap, CF_KV);
         it.seek_to_first();
         let mut hasher = crc32fast::Hasher::new();
         // The versions of one key with revision <= rev: (raw key, revision, record bytes, tombstone).
@@ -415,7 +420,7 @@ impl Mvcc {
         h.update(&kv.to_be_bytes());
         let snap = self.engine.db.snapshot();
         for cf in [CF_LEASE, CF_LEASE_KEYS] {
-            let mut it = snap.raw_iterator_cf(self.engine.cf(cf));
+            let mut it = self.engine.scan_at(&snap, cf);
             it.seek_to_first();
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
                 h.update(k);
@@ -429,7 +434,7 @@ impl Mvcc {
 
     /// Every lease in the store with its granted TTL.
     pub fn leases(&self) -> Result<Vec<(i64, LeaseRecord)>, EngineError> {
-        let mut it = self.engine.db.raw_iterator_cf(self.engine.cf(CF_LEASE));
+        let mut it = self.engine.scan(CF_LEASE);
         it.seek_to_first();
         let mut out = Vec::new();
         while it.valid() {
@@ -455,10 +460,7 @@ impl Mvcc {
 
     /// The keys attached to a lease.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EngineError> {
-        let mut it = self
-            .engine
-            .db
-            .raw_iterator_cf(self.engine.cf(CF_LEASE_KEYS));
+        let mut it = self.engine.scan(CF_LEASE_KEYS);
         let prefix = lease_key(id);
         it.seek(prefix);
         let mut out = Vec::new();
@@ -504,8 +506,6 @@ pub fn check_read_rev(rev: i64, current: i64, compact: i64) -> Result<i64, Apply
         Ok(rev)
     }
 }
-
-type RawIter<'a> = DBRawIteratorWithThreadMode<'a, DB>;
 
 /// The newest version of `key` with revision <= `rev`, tombstones included.
 fn latest_at(
@@ -747,8 +747,7 @@ impl<'a> ApplyBatch<'a> {
                 return Ok(Some((*r, rec.clone())));
             }
         }
-        let e = &self.mvcc.engine;
-        let mut it = e.db.raw_iterator_cf(e.cf(CF_KV));
+        let mut it = self.mvcc.engine.versions();
         latest_at(&mut it, key, rev.min(self.db_rev))
     }
 
@@ -758,7 +757,11 @@ impl<'a> ApplyBatch<'a> {
         rev: i64,
     ) -> Result<Vec<(Vec<u8>, i64, Record)>, EngineError> {
         let e = &self.mvcc.engine;
-        let mut it = e.db.raw_iterator_cf(e.cf(CF_KV));
+        let mut it = if range.single {
+            e.versions()
+        } else {
+            e.scan(CF_KV)
+        };
         let base = scan_range(&mut it, range, rev.min(self.db_rev))?;
         if rev <= self.db_rev {
             return Ok(base);

@@ -242,7 +242,7 @@ impl StateMachine {
         let e = &self.engine;
         let mut body = BodyWriter::new(w)?;
         for cf in SM_CFS {
-            let mut it = snap.raw_iterator_cf(e.cf(cf));
+            let mut it = e.scan_at(snap, cf);
             it.seek_to_first();
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
                 body.record(cf, k, v)?;
@@ -289,7 +289,7 @@ impl StateMachine {
         let e = &self.engine;
         let mut batch = WriteBatch::default();
         for cf in SM_CFS {
-            let mut it = e.db.raw_iterator_cf(e.cf(cf));
+            let mut it = e.scan(cf);
             it.seek_to_first();
             while let Some(k) = it.key() {
                 batch.delete_cf(e.cf(cf), k);

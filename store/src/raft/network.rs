@@ -189,10 +189,56 @@ pub struct PeerConn {
     unary_only: bool,
 }
 
-/// One `AppendStream` call: requests go one at a time, each answered before the next.
-struct AppendStream {
+/// One `AppendStream` call: requests go one at a time, each answered before the next. (Generic
+/// over its answers so tests can make one from a channel.)
+struct AppendStream<A = tonic::Streaming<Payload>> {
     requests: tokio::sync::mpsc::Sender<Payload>,
-    answers: tonic::Streaming<Payload>,
+    answers: A,
+    /// A request went and its answer was not read yet. Left set when the call waiting for it
+    /// is dropped: openraft wraps every append in its own timeout, as long as ours, and when
+    /// that one fires first our call just stops. That answer may still come, and on this stream
+    /// it would be taken for the next request's (a follower's "conflict" for an earlier probe
+    /// read as the answer to a later append, or a success for entries it has not got yet).
+    waiting: bool,
+}
+
+impl<A> AppendStream<A>
+where
+    A: futures::Stream<Item = Result<Payload, tonic::Status>> + Unpin,
+{
+    fn new(requests: tokio::sync::mpsc::Sender<Payload>, answers: A) -> AppendStream<A> {
+        AppendStream {
+            requests,
+            answers,
+            waiting: false,
+        }
+    }
+
+    /// Sends one request and waits for its answer.
+    async fn exchange(&mut self, payload: Payload) -> Result<Payload, tonic::Status> {
+        use futures::StreamExt;
+        self.waiting = true;
+        self.requests
+            .send(payload)
+            .await
+            .map_err(|_| tonic::Status::unavailable("the append stream closed"))?;
+        let answer = self
+            .answers
+            .next()
+            .await
+            .ok_or_else(|| tonic::Status::unavailable("the append stream ended"))??;
+        self.waiting = false;
+        Ok(answer)
+    }
+
+    /// The stream in `slot` if it can carry another request: one whose last request was
+    /// abandoned before its answer came is dropped (see [`AppendStream::waiting`]).
+    fn usable(slot: &mut Option<AppendStream<A>>) -> Option<&mut AppendStream<A>> {
+        if slot.as_ref().is_some_and(|s| s.waiting) {
+            *slot = None;
+        }
+        slot.as_mut()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,7 +326,7 @@ impl PeerConn {
     /// Sends one append request on the append stream (opened first if there is none) and waits
     /// for its answer.
     async fn on_stream(&mut self, payload: Payload) -> Result<Payload, tonic::Status> {
-        if self.stream.is_none() {
+        if AppendStream::usable(&mut self.stream).is_none() {
             let mut client = self.client.clone().ok_or_else(|| {
                 tonic::Status::unavailable(format!("bad peer address {}", self.addr))
             })?;
@@ -289,17 +335,10 @@ impl PeerConn {
                 .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await?
                 .into_inner();
-            self.stream = Some(AppendStream { requests, answers });
+            self.stream = Some(AppendStream::new(requests, answers));
         }
         let s = self.stream.as_mut().expect("the append stream is open");
-        s.requests
-            .send(payload)
-            .await
-            .map_err(|_| tonic::Status::unavailable("the append stream closed"))?;
-        s.answers
-            .message()
-            .await?
-            .ok_or_else(|| tonic::Status::unavailable("the append stream ended"))
+        s.exchange(payload).await
     }
 }
 
@@ -366,5 +405,50 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             Box::pin(async move { c.vote(p).await })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(b: u8) -> Payload {
+        Payload {
+            data: vec![b],
+            cluster_id: 0,
+            to: 0,
+        }
+    }
+
+    /// A request whose call was dropped before its answer came (openraft's own timeout fired
+    /// first) leaves its stream unused: the next request never gets that answer as its own.
+    #[tokio::test]
+    async fn an_abandoned_append_never_answers_the_next_one() {
+        let (requests, mut rx) = tokio::sync::mpsc::channel::<Payload>(1);
+        let (answer, answers) = tokio::sync::mpsc::channel(4);
+        // The peer: echoes each request, the one holding 1 slowly.
+        tokio::spawn(async move {
+            while let Some(p) = rx.recv().await {
+                if p.data == [1] {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let _ = answer.send(Ok(p)).await;
+            }
+        });
+        let answers = tokio_stream::wrappers::ReceiverStream::new(answers);
+        let mut slot = Some(AppendStream::new(requests, answers));
+        // Answered in time: the stream carries the next request too.
+        let s = AppendStream::usable(&mut slot).expect("a fresh stream");
+        assert_eq!(s.exchange(payload(0)).await.unwrap().data, [0]);
+        let s = AppendStream::usable(&mut slot).expect("still usable");
+        let abandoned = tokio::time::timeout(Duration::from_millis(20), s.exchange(payload(1)));
+        assert!(
+            abandoned.await.is_err(),
+            "the slow answer outlived the call"
+        );
+        if let Some(s) = AppendStream::usable(&mut slot) {
+            assert_eq!(s.exchange(payload(2)).await.unwrap().data, [2]);
+        }
+        assert!(slot.is_none(), "the abandoned stream is dropped");
     }
 }

@@ -455,22 +455,6 @@ where
                     let first = logs.first().map(|x| x.get_log_id().clone()).unwrap();
                     let last = logs.last().map(|x| x.get_log_id().clone()).unwrap();
 
-                    // eden: what the follower is told it matches is the last entry read; one
-                    // that is not the leader's own entry at that index (a store that returned
-                    // a stale entry) would be appended by the follower and counted as
-                    // replicated. The range's last id is the leader's: compare where they meet.
-                    if let Some(want) = rng.last.as_ref() {
-                        if last.index == want.index && &last != want {
-                            let msg = format!(
-                                "log store returned {} where the leader's log has {}",
-                                last, want
-                            );
-                            tracing::error!("{}", msg);
-                            let io_err = StorageIOError::read_logs(AnyError::error(msg));
-                            return Err(ReplicationError::StorageError(StorageError::IO { source: io_err }));
-                        }
-                    }
-
                     debug_assert!(
                         logs.len() <= (end - start) as usize,
                         "expect logs ⊆ [{}..{}) but got {} entries, first: {}, last: {}",

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/eden-target}"
 export EDEN_SCREENSHOTS="${EDEN_SCREENSHOTS:-/tmp/eden-ui-screenshots}"
-cargo build --bin eden
+# The same selections as scripts/test.sh, so this reuses its build (RocksDB's C++ included).
+cargo build --workspace --all-targets
 # The bench in the same file (bench/ui.sh) is skipped: it wants a release build.
-cargo test -p eden-tests --test browser -- --ignored --test-threads=1 --skip bench_ "$@"
+cargo test --workspace --test browser -- --ignored --test-threads=1 --skip bench_ "$@"
 echo "screenshots: $EDEN_SCREENSHOTS"
